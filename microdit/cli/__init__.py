@@ -1,0 +1,1 @@
+"""Command-line entry points (thin wrappers; the work is done in the library)."""

@@ -1,0 +1,68 @@
+"""EDM training loss with MicroDiT's masked reduction and caption dropout.
+
+Shapes: N batch, C channels, H x W input, p patch, T = (H/p)(W/p) patches, K kept patches,
+L caption tokens, Dy caption width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from microdit.diffusion.edm import EDMConfig, denoise, loss_weight, sample_sigma
+
+
+def drop_captions(
+    y: torch.Tensor, y_mask: torch.Tensor | None, p: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Replace each sample's caption by an all-zero embedding with probability ``p`` (for CFG).
+
+    A dropped caption is attended in full (its padding mask row becomes all True).
+    """
+    if p == 0:
+        return y, y_mask
+    drop = torch.rand(y.shape[0], generator=generator, device=y.device) < p  # (N,)
+    y = y.masked_fill(drop[:, None, None], 0.0)
+    if y_mask is not None:
+        y_mask = y_mask | drop[:, None]
+    return y, y_mask
+
+
+def patch_loss(per_pixel: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Per-pixel loss (N, C, H, W) -> per-patch loss (N, T): mean over channels, then over each patch."""
+    per_position = per_pixel.mean(dim=1, keepdim=True)  # (N, 1, H, W)
+    return F.avg_pool2d(per_position, patch_size).flatten(1)  # (N, T), row-major like the tokens
+
+
+def masked_mean(per_patch: torch.Tensor, keep_ids: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the kept patches of each sample: (N, T), (N, K) -> (N,); all patches if None."""
+    if keep_ids is None:
+        return per_patch.mean(dim=1)
+    return torch.gather(per_patch, 1, keep_ids).mean(dim=1)
+
+
+def edm_loss(
+    net: nn.Module,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    edm: EDMConfig,
+    patch_size: int,
+    keep_ids: torch.Tensor | None = None,
+    y_mask: torch.Tensor | None = None,
+    caption_dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-sample EDM loss (N,): lambda(sigma) (D(x0 + n; sigma) - x0)^2 averaged over the kept patches.
+
+    Per-pixel loss -> mean over channels -> mean per patch -> mean over kept patches. The mean
+    over the batch is the caller's (so it can also log per-sigma losses).
+    """
+    n = x0.shape[0]
+    x0 = x0.float()
+    sigma = sample_sigma(n, edm.P_mean, edm.P_std, generator, x0.device)  # (N,)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    y, y_mask = drop_captions(y, y_mask, caption_dropout, generator)
+    d = denoise(net, x0 + noise * sigma.view(-1, 1, 1, 1), sigma, y, edm.sigma_data, keep_ids=keep_ids, y_mask=y_mask)
+    per_pixel = loss_weight(sigma, edm.sigma_data).view(-1, 1, 1, 1) * (d - x0) ** 2  # (N, C, H, W)
+    return masked_mean(patch_loss(per_pixel, patch_size), keep_ids)

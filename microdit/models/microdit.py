@@ -1,0 +1,213 @@
+"""The MicroDiT network: patch embed -> patch-mixer -> mask -> backbone -> final layer.
+
+Shapes: N batch, C channels, H x W input, p patch, (h, w) = (H/p, W/p) token grid, T = h * w
+tokens, K kept tokens, D width, Dm mixer width, L caption tokens, Dy caption width.
+
+The network is F of EDM: ``model(x, c_noise, y)`` returns a tensor of x's shape. With ``keep_ids``
+(N, K) from ``microdit.masking`` only those tokens pass the backbone (after the patch-mixer, which
+sees all tokens); masked tokens come back as a zero mask token in output space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from microdit.masking import gather_tokens, scatter_tokens
+from microdit.models.config import BlockSpec, MicroDiTConfig
+from microdit.nn import (
+    CaptionBlock,
+    DiTBlock,
+    ExpertChoiceMoE,
+    FinalLayer,
+    GeluMLP,
+    PatchEmbed,
+    ProjectionMLP,
+    SwiGLU,
+    TimestepEmbedder,
+    sincos_pos_embed_2d,
+    swiglu_hidden,
+)
+
+
+def _projection(in_dim: int, out_dim: int, eps: float) -> nn.Module:
+    """LN + bias-free Linear between widths; identity when the widths are equal."""
+    if in_dim == out_dim:
+        return nn.Identity()
+    return nn.Sequential(nn.LayerNorm(in_dim, eps=eps, bias=False), nn.Linear(in_dim, out_dim, bias=False))
+
+
+class PatchMixer(nn.Module):
+    """A few DiT blocks of width Dm over **all** tokens, before masking (deferred masking).
+
+    ``x_in`` / ``y_in`` project image and caption tokens to Dm; ``x_out`` projects back to D and
+    runs on kept tokens only.
+    """
+
+    def __init__(self, cfg: MicroDiTConfig, make_block) -> None:
+        super().__init__()
+        eps = cfg.norm_eps
+        self.x_in = _projection(cfg.width, cfg.mixer_width, eps)
+        self.y_in = _projection(cfg.width, cfg.mixer_width, eps)
+        self.x_out = _projection(cfg.mixer_width, cfg.width, eps)
+        self.blocks = nn.ModuleList([make_block(cfg.mixer_width, spec) for spec in cfg.mixer_specs()])
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        y: torch.Tensor,
+        y_mask: torch.Tensor | None,
+        keep_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """x (N, T, D) -> (N, K, D) (K = T without keep_ids)."""
+        x = self.x_in(x)  # (N, T, Dm)
+        y = self.y_in(y)  # (N, L, Dm)
+        for block in self.blocks:
+            x = block(x, c, y, y_mask)
+        if keep_ids is not None:
+            x = gather_tokens(x, keep_ids)  # (N, K, Dm)
+        return self.x_out(x)  # (N, K, D)
+
+
+class MicroDiT(nn.Module):
+    """MicroDiT text-to-image diffusion transformer (REFERENCE.md section 1)."""
+
+    def __init__(self, cfg: MicroDiTConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d, eps, p = cfg.width, cfg.norm_eps, cfg.patch_size
+        self.patch_embed = PatchEmbed(cfg.in_channels, d, p)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, cfg.base_grid, cfg.base_grid, cfg.pos_interp_scale),
+                             persistent=False)  # (T, D)
+        self.timestep_embed = TimestepEmbedder(d, cfg.freq_dim)
+        self.caption_proj = ProjectionMLP(cfg.caption_dim, d, eps)
+        self.caption_block = CaptionBlock(d, cfg.head_dim, SwiGLU(d, swiglu_hidden(d, cfg.caption_mlp_ratio,
+                                                                                     cfg.multiple_of)), eps)
+        self.pooled_caption_proj = ProjectionMLP(d, d, eps)
+        self.mixer = PatchMixer(cfg, self._make_block) if cfg.mixer_depth > 0 else None
+        self.blocks = nn.ModuleList([self._make_block(d, spec) for spec in cfg.backbone_specs()])
+        self.final = FinalLayer(d, p * p * cfg.in_channels, eps)
+        self.initialize_weights()
+
+    def _make_block(self, dim: int, spec: BlockSpec) -> DiTBlock:
+        cfg = self.cfg
+        if spec.moe:
+            ffn = ExpertChoiceMoE(dim, spec.hidden, cfg.num_experts, cfg.expert_capacity)
+        elif cfg.ffn == "gelu":
+            ffn = GeluMLP(dim, spec.hidden)
+        else:
+            ffn = SwiGLU(dim, spec.hidden)
+        return DiTBlock(dim, cfg.width, spec.attn_width, cfg.head_dim, ffn, cfg.norm_eps)
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """REFERENCE.md initialisation; afterwards the network output is exactly zero."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        conv = self.patch_embed.proj
+        nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+        nn.init.zeros_(conv.bias)
+        for mlp in (self.timestep_embed.mlp[0], self.timestep_embed.mlp[2], self.caption_proj.fc1,
+                    self.caption_proj.fc2, self.pooled_caption_proj.fc1, self.pooled_caption_proj.fc2):
+            nn.init.normal_(mlp.weight, std=0.02)
+        for layer in (self.caption_block.attn.proj, self.caption_block.mlp.w3):
+            nn.init.zeros_(layer.weight)
+        mixer_blocks = list(self.mixer.blocks) if self.mixer is not None else []
+        for block in mixer_blocks:
+            self._init_block(block, out_std=0.02 / math.sqrt(2 * len(mixer_blocks)))
+        for i, block in enumerate(self.blocks):
+            self._init_block(block, out_std=0.02 / math.sqrt(2 * (i + 1)))
+        for layer in (self.final.ada_ln[1], self.final.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @staticmethod
+    def _init_block(block: DiTBlock, out_std: float) -> None:
+        for w in (block.attn.qkv.weight, block.cross_attn.q.weight, block.cross_attn.kv.weight):
+            nn.init.trunc_normal_(w, std=0.02)
+        for w in (block.attn.proj.weight, block.cross_attn.proj.weight):
+            nn.init.trunc_normal_(w, std=out_std)
+        mlp = block.mlp
+        if isinstance(mlp, ExpertChoiceMoE):
+            nn.init.trunc_normal_(mlp.w1, std=0.02)
+            nn.init.trunc_normal_(mlp.w2, std=out_std)
+        else:
+            for layer in (mlp.w1, getattr(mlp, "w2", None)):
+                if layer is not None:
+                    nn.init.trunc_normal_(layer.weight, std=0.02)
+            nn.init.trunc_normal_(mlp.w3.weight, std=out_std)
+        nn.init.zeros_(block.ada_ln[1].weight)
+        nn.init.zeros_(block.ada_ln[1].bias)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) of an H x W input."""
+        p = self.cfg.patch_size
+        return height // p, width // p
+
+    def _pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        if grid == self.cfg.base_grid:
+            return self.pos_embed
+        return sincos_pos_embed_2d(self.cfg.width, grid, self.cfg.base_grid, self.cfg.pos_interp_scale).to(
+            self.pos_embed.device)
+
+    def _check_inputs(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor,
+                      keep_ids: torch.Tensor | None, y_mask: torch.Tensor | None) -> None:
+        cfg = self.cfg
+        p = cfg.patch_size
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[2] % p or x.shape[3] % p:
+            raise ValueError(f"x must be (N, {cfg.in_channels}, H, W) with H and W divisible by patch_size {p}, "
+                             f"got {tuple(x.shape)}")
+        n = x.shape[0]
+        if c_noise.shape != (n,):
+            raise ValueError(f"c_noise must be ({n},), got {tuple(c_noise.shape)}")
+        if y.ndim != 3 or y.shape[0] != n or y.shape[2] != cfg.caption_dim:
+            raise ValueError(f"y must be ({n}, L, {cfg.caption_dim}), got {tuple(y.shape)}")
+        if y_mask is not None and y_mask.shape != y.shape[:2]:
+            raise ValueError(f"y_mask must be {tuple(y.shape[:2])}, got {tuple(y_mask.shape)}")
+        if keep_ids is not None:
+            t = (x.shape[2] // p) * (x.shape[3] // p)
+            if keep_ids.ndim != 2 or keep_ids.shape[0] != n or keep_ids.shape[1] > t:
+                raise ValueError(f"keep_ids must be ({n}, K) with K <= {t} tokens, got {tuple(keep_ids.shape)}")
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        c_noise: torch.Tensor,
+        y: torch.Tensor,
+        keep_ids: torch.Tensor | None = None,
+        y_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """F(x, c_noise, y): x (N, C, H, W), c_noise (N,), y (N, L, Dy) -> (N, C, H, W).
+
+        keep_ids (N, K): tokens that pass the backbone (None: all). y_mask (N, L): True at
+        caption tokens that may be attended (None: all, as the reference).
+        """
+        self._check_inputs(x, c_noise, y, keep_ids, y_mask)
+        h, w = self.grid(x.shape[2], x.shape[3])
+        tokens = self.patch_embed(x) + self._pos_embed((h, w)).to(x.dtype)  # (N, T, D)
+        y = self.caption_block(self.caption_proj(y), y_mask)  # (N, L, D)
+        if y_mask is None:
+            pooled = y.mean(dim=1)  # (N, D)
+        else:
+            weights = y_mask.to(y.dtype).unsqueeze(-1)  # (N, L, 1)
+            pooled = (y * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)  # (N, D)
+        c = self.timestep_embed(c_noise) + self.pooled_caption_proj(pooled)  # (N, D)
+        if self.mixer is not None:
+            tokens = self.mixer(tokens, c, y, y_mask, keep_ids)  # (N, K, D)
+        elif keep_ids is not None:
+            tokens = gather_tokens(tokens, keep_ids)  # (N, K, D)
+        for block in self.blocks:
+            tokens = block(tokens, c, y, y_mask)
+        out = self.final(tokens, c)  # (N, K, p*p*C)
+        if keep_ids is not None:
+            out = scatter_tokens(out, keep_ids, h * w)  # (N, T, p*p*C)
+        p = self.cfg.patch_size
+        return rearrange(out, "n (h w) (p q c) -> n c (h p) (w q)", h=h, w=w, p=p, q=p)  # (N, C, H, W)

@@ -1,0 +1,63 @@
+"""Expert-choice mixture of experts (Zhou et al. 2022) as used in MicroDiT.
+
+Shapes: N batch, T tokens, D width, E experts, k tokens per expert, Hf expert hidden width.
+
+Routing is per sample: ``probs = softmax(x @ W_gate)`` over the E experts; each expert picks the
+k tokens with the highest probability for it, ``k = int(capacity * T / E)``; a token may be
+picked by several experts or by none. Each expert is a bias-free GELU MLP ``w2(gelu(w1 x))``;
+its outputs are scaled by the router probability and summed back into the token positions.
+
+Dispatch and combine are a gather and a scatter-add over token indices: memory and time are
+linear in T, where the reference's dense one-hot (N, E, k, T) matrices are quadratic.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def expert_capacity(num_tokens: int, num_experts: int, capacity: float) -> int:
+    """Tokens per expert: int(capacity * T / E), at least 1 and at most T."""
+    return min(num_tokens, max(1, int(capacity * num_tokens / num_experts)))
+
+
+class ExpertChoiceMoE(nn.Module):
+    """Expert-choice MoE layer with ``num_experts`` GELU experts of hidden width ``hidden``.
+
+    Parameters keep the reference layout: ``w1`` (E, D, Hf), ``w2`` (E, Hf, D), ``gate`` Linear(D, E).
+    """
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, capacity: float) -> None:
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0, got {capacity}")
+        self.num_experts = num_experts
+        self.capacity = capacity
+        self.gate = nn.Linear(dim, num_experts, bias=False)
+        self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router decision for x (N, T, D): gates (N, E, k) and token indices (N, E, k)."""
+        k = expert_capacity(x.shape[1], self.num_experts, self.capacity)
+        probs = self.gate(x).softmax(dim=-1)  # (N, T, E)
+        gates, token_ids = probs.transpose(1, 2).topk(k, dim=-1)  # (N, E, k) each
+        return gates, token_ids
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, D) -> (N, T, D)."""
+        n, t, d = x.shape
+        e = self.num_experts
+        gates, token_ids = self.route(x)
+        k = token_ids.shape[-1]
+        index = token_ids.reshape(n, e * k, 1).expand(n, e * k, d)  # (N, E*k, D)
+        routed = torch.gather(x, 1, index)  # (N, E*k, D)
+        routed = routed.view(n, e, k, d).transpose(0, 1).reshape(e, n * k, d)  # (E, N*k, D)
+        hidden = F.gelu(torch.bmm(routed, self.w1))  # (E, N*k, Hf)
+        out = torch.bmm(hidden, self.w2)  # (E, N*k, D)
+        out = out.view(e, n, k, d).transpose(0, 1) * gates.unsqueeze(-1).to(out.dtype)  # (N, E, k, D)
+        return x.new_zeros(n, t, d).scatter_add(1, index, out.reshape(n, e * k, d))  # (N, T, D)

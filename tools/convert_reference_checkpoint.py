@@ -1,0 +1,74 @@
+"""Convert a checkpoint of the reference implementation (SonyResearch/micro_diffusion) to microdit.
+
+    python tools/convert_reference_checkpoint.py --preset MicroDiT_XL_2 INPUT.pt OUTPUT.pt \
+        [--override caption_dim=1024 ...]
+
+INPUT is a plain ``torch.save`` state dict (or .safetensors); OUTPUT (.pt or .safetensors)
+loads with ``build_model(preset, **overrides).load_state_dict(sd, strict=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from microdit.models import PRESETS, preset_config
+from microdit.models.reference_import import ReferenceImportError, convert_reference_state_dict
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SystemExit(f"error: input checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise SystemExit(f"error: {path} is not a state dict (a mapping of names to tensors)")
+    return sd
+
+
+def _save(sd: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+    else:
+        torch.save(sd, tmp)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", required=True, choices=PRESETS)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="model config override (YAML value), e.g. caption_dim=1024")
+    parser.add_argument("input", type=Path)
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --override expects KEY=VALUE, got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    cfg = preset_config(args.preset, **overrides)
+    try:
+        sd = convert_reference_state_dict(_load(args.input), cfg)
+    except ReferenceImportError as err:
+        raise SystemExit(f"error: {args.input}: {err}") from None
+    _save(sd, args.output)
+    print(f"wrote {len(sd)} tensors ({sum(v.numel() for v in sd.values()):,} parameters) to {args.output}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create (or reuse) the git-ignored virtual environment .venv inside the repository, install
+# microdit into it with its test extras, then run the given command inside it.
+#   tools/env.sh COMMAND [ARGS...]
+# Re-installs only when pyproject.toml or this script changed since the last install.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.venv"
+python="${PYTHON:-python3}"
+# The torch pair the tests are run with; users may install any torch>=2.3 themselves.
+torch_pins=(torch==2.14.1 torchvision==0.29.1)
+
+stamp_of() { cat "$repo/pyproject.toml" "$repo/tools/env.sh" | sha256sum | cut -d' ' -f1; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[env] creating $venv" >&2
+  "$python" -m venv "$venv"
+fi
+want="$(stamp_of)"
+have="$(cat "$venv/.microdit-install" 2>/dev/null || true)"
+if [ "$want" != "$have" ]; then
+  echo "[env] installing microdit and its dependencies into $venv (first time: several minutes)" >&2
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet "${torch_pins[@]}"
+  "$venv/bin/python" -m pip install --quiet -e "$repo[dev]" "${torch_pins[@]}"
+  echo "$want" > "$venv/.microdit-install"
+fi
+cd "$repo"
+export PATH="$venv/bin:$PATH"
+exec "$@"
