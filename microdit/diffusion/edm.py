@@ -73,11 +73,14 @@ def sample_sigma(
 def denoise(
     net: nn.Module, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor, sigma_data: float, **net_kwargs
 ) -> torch.Tensor:
-    """D(x; sigma, y) = c_skip x + c_out F(c_in x, c_noise, y) (EDM eq. 7) in float32.
+    """D(x; sigma, y) = c_skip x + c_out F(c_in x, c_noise, y) (EDM eq. 7).
 
-    x (N, C, H, W) noisy input, sigma (N,); ``net_kwargs`` go to F (keep_ids, y_mask).
+    x (N, C, H, W) noisy input, sigma (N,); ``net_kwargs`` go to F (keep_ids, y_mask). The
+    preconditioning runs in x's precision, at least float32, whatever F's autocast dtype.
     """
-    x = x.float()
-    s = sigma.float().reshape(-1, 1, 1, 1)  # (N, 1, 1, 1)
-    f = net(c_in(s, sigma_data) * x, c_noise(sigma.float()), y, **net_kwargs).float()
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x = x.to(dtype)
+    sigma = sigma.to(dtype)
+    s = sigma.reshape(-1, 1, 1, 1)  # (N, 1, 1, 1)
+    f = net(c_in(s, sigma_data) * x, c_noise(sigma), y, **net_kwargs).to(dtype)
     return c_skip(s, sigma_data) * x + c_out(s, sigma_data) * f

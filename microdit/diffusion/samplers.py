@@ -39,11 +39,13 @@ def guided_denoiser(
     cfg_scale: float = 1.0,
     y_uncond: torch.Tensor | None = None,
     y_mask: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Denoiser:
     """A denoiser ``D(x, sigma)`` for the sampler from the network F and captions y (N, L, Dy).
 
     With ``y_uncond`` (the unconditional embedding, e.g. zeros), guidance is
-    ``F_u + cfg_scale (F_c - F_u)`` with both halves in one batch of 2N.
+    ``F_u + cfg_scale (F_c - F_u)`` with both halves in one batch of 2N. The float64 sampler
+    state is cast to ``dtype`` (the network's parameter dtype) for the call.
     """
     if y_uncond is not None:
         y_both = torch.cat([y, y_uncond.expand_as(y)])  # (2N, L, Dy)
@@ -51,7 +53,8 @@ def guided_denoiser(
 
     def denoise_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        s = sigma.to(torch.float32).reshape(1).expand(n)  # (N,)
+        x = x.to(dtype)
+        s = sigma.to(dtype).reshape(1).expand(n)  # (N,)
         if y_uncond is None:
             return denoise(net, x, s, y, sigma_data, y_mask=y_mask).to(torch.float64)
         # D_u + w (D_c - D_u) = c_skip x + c_out (F_u + w (F_c - F_u)): both halves share x.
