@@ -131,3 +131,10 @@ def test_caption_dropout():
     assert torch.equal(new_mask.all(dim=1), rows)  # dropped captions are attended in full
     same, _ = drop_captions(y, None, 0.0)
     assert same is y
+
+
+def test_edm_config_problems():
+    assert EDMConfig().problems() == []
+    problems = EDMConfig(sigma_data=0.0, sigma_min=100.0).problems()
+    assert any("sigma_data must be > 0" in p for p in problems)
+    assert any("sigma_min (100.0) must be < sigma_max (80.0)" in p for p in problems)

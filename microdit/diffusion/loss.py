@@ -59,9 +59,9 @@ def edm_loss(
     over the batch is the caller's (so it can also log per-sigma losses).
     """
     n = x0.shape[0]
-    x0 = x0.float()
-    sigma = sample_sigma(n, edm.P_mean, edm.P_std, generator, x0.device)  # (N,)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    x0 = x0.to(torch.promote_types(x0.dtype, torch.float32))
+    sigma = sample_sigma(n, edm.P_mean, edm.P_std, generator, x0.device).to(x0.dtype)  # (N,)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device).to(x0.dtype)
     y, y_mask = drop_captions(y, y_mask, caption_dropout, generator)
     d = denoise(net, x0 + noise * sigma.view(-1, 1, 1, 1), sigma, y, edm.sigma_data, keep_ids=keep_ids, y_mask=y_mask)
     per_pixel = loss_weight(sigma, edm.sigma_data).view(-1, 1, 1, 1) * (d - x0) ** 2  # (N, C, H, W)

@@ -122,30 +122,12 @@ class MicroDiT(nn.Module):
             nn.init.zeros_(layer.weight)
         mixer_blocks = list(self.mixer.blocks) if self.mixer is not None else []
         for block in mixer_blocks:
-            self._init_block(block, out_std=0.02 / math.sqrt(2 * len(mixer_blocks)))
+            block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * len(mixer_blocks)))
         for i, block in enumerate(self.blocks):
-            self._init_block(block, out_std=0.02 / math.sqrt(2 * (i + 1)))
+            block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * (i + 1)))
         for layer in (self.final.ada_ln[1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-
-    @staticmethod
-    def _init_block(block: DiTBlock, out_std: float) -> None:
-        for w in (block.attn.qkv.weight, block.cross_attn.q.weight, block.cross_attn.kv.weight):
-            nn.init.trunc_normal_(w, std=0.02)
-        for w in (block.attn.proj.weight, block.cross_attn.proj.weight):
-            nn.init.trunc_normal_(w, std=out_std)
-        mlp = block.mlp
-        if isinstance(mlp, ExpertChoiceMoE):
-            nn.init.trunc_normal_(mlp.w1, std=0.02)
-            nn.init.trunc_normal_(mlp.w2, std=out_std)
-        else:
-            for layer in (mlp.w1, getattr(mlp, "w2", None)):
-                if layer is not None:
-                    nn.init.trunc_normal_(layer.weight, std=0.02)
-            nn.init.trunc_normal_(mlp.w3.weight, std=out_std)
-        nn.init.zeros_(block.ada_ln[1].weight)
-        nn.init.zeros_(block.ada_ln[1].bias)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid (h, w) of an H x W input."""

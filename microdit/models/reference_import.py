@@ -53,12 +53,12 @@ def our_key(ref_key: str) -> str | None:
 
 def _check_fixed(ref: dict[str, torch.Tensor], cfg: MicroDiTConfig) -> None:
     if "pos_embed" in ref:
-        expected = sincos_pos_embed_2d(cfg.width, cfg.base_grid, cfg.base_grid, cfg.pos_interp_scale)
-        got = ref["pos_embed"].float().reshape(-1, cfg.width) if ref["pos_embed"].shape[-1] == cfg.width else None
-        if got is None or got.shape != expected.shape:
-            raise ReferenceImportError(f"reference key 'pos_embed' has shape {tuple(ref['pos_embed'].shape)}, "
-                                       f"expected (1, {expected.shape[0]}, {cfg.width}) for this config")
-        err = (got - expected).abs().max().item()
+        expected = sincos_pos_embed_2d(cfg.width, cfg.base_grid, cfg.base_grid, cfg.pos_interp_scale).unsqueeze(0)
+        got = ref["pos_embed"]
+        if tuple(got.shape) != tuple(expected.shape):
+            raise ReferenceImportError(f"reference key 'pos_embed' has shape {tuple(got.shape)}, expected "
+                                       f"{tuple(expected.shape)} for this config")
+        err = (got.float() - expected).abs().max().item()
         if err > 1e-4:
             raise ReferenceImportError(f"reference key 'pos_embed' differs from the 2-D sin-cos embedding of this "
                                        f"config by up to {err:.3g} (input_size {cfg.input_size}, pos_interp_scale "

@@ -54,6 +54,11 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * width, bias=False)
         self.proj = nn.Linear(width, dim, bias=False)
 
+    def init_weights(self, std: float, out_std: float) -> None:
+        """Truncated-normal init: ``std`` for the qkv projection, ``out_std`` for the output."""
+        nn.init.trunc_normal_(self.qkv.weight, std=std)
+        nn.init.trunc_normal_(self.proj.weight, std=out_std)
+
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, T, D) -> (N, T, D)."""
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (N, T, W)
@@ -74,6 +79,12 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        """Truncated-normal init: ``std`` for the q and kv projections, ``out_std`` for the output."""
+        nn.init.trunc_normal_(self.q.weight, std=std)
+        nn.init.trunc_normal_(self.kv.weight, std=std)
+        nn.init.trunc_normal_(self.proj.weight, std=out_std)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, key_padding_mask: torch.Tensor | None = None

@@ -38,6 +38,15 @@ class DiTBlock(nn.Module):
         self.mlp = ffn
         self.ada_ln = nn.Sequential(nn.GELU(approximate="tanh"), nn.Linear(cond_dim, 6 * dim))
 
+    def init_weights(self, std: float, out_std: float) -> None:
+        """Input projections trunc-normal(std), output projections trunc-normal(out_std), adaLN
+        zero (so every gate is 0 and the block is the identity at init)."""
+        self.attn.init_weights(std, out_std)
+        self.cross_attn.init_weights(std, out_std)
+        self.mlp.init_weights(std, out_std)
+        nn.init.zeros_(self.ada_ln[1].weight)
+        nn.init.zeros_(self.ada_ln[1].bias)
+
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -35,6 +35,12 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(hidden, dim, bias=False)
 
+    def init_weights(self, std: float, out_std: float) -> None:
+        """Truncated-normal init: ``std`` for the input projections, ``out_std`` for the output."""
+        nn.init.trunc_normal_(self.w1.weight, std=std)
+        nn.init.trunc_normal_(self.w2.weight, std=std)
+        nn.init.trunc_normal_(self.w3.weight, std=out_std)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, D) -> (N, T, D)."""
         return self.w3(F.silu(self.w1(x)) * self.w2(x))
@@ -47,6 +53,11 @@ class GeluMLP(nn.Module):
         super().__init__()
         self.w1 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(hidden, dim, bias=False)
+
+    def init_weights(self, std: float, out_std: float) -> None:
+        """Truncated-normal init: ``std`` for the input projection, ``out_std`` for the output."""
+        nn.init.trunc_normal_(self.w1.weight, std=std)
+        nn.init.trunc_normal_(self.w3.weight, std=out_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, D) -> (N, T, D)."""

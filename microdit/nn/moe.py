@@ -41,6 +41,12 @@ class ExpertChoiceMoE(nn.Module):
         self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden))
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))
 
+    def init_weights(self, std: float, out_std: float) -> None:
+        """Truncated-normal init of the experts: ``std`` for w1, ``out_std`` for w2 (the router
+        keeps the model-wide xavier init)."""
+        nn.init.trunc_normal_(self.w1, std=std)
+        nn.init.trunc_normal_(self.w2, std=out_std)
+
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Router decision for x (N, T, D): gates (N, E, k) and token indices (N, E, k)."""
         k = expert_capacity(x.shape[1], self.num_experts, self.capacity)
