@@ -76,15 +76,19 @@ def test_init_statistics():
     assert torch.count_nonzero(block.ada_ln[1].weight) == 0
     assert abs(block.attn.qkv.weight.std().item() - 0.02) < 0.003  # trunc-normal(0.02), torch's default bounds
     assert abs(block.attn.proj.weight.std().item() - 0.02 / math.sqrt(6)) < 0.001
-    assert abs(model.mixer.blocks[0].attn.proj.weight.std().item() - 0.02 / math.sqrt(4)) < 0.001
+    assert abs(model.mixer.blocks[0].attn.proj.weight.std().item() - 0.02 / math.sqrt(2 * 4)) < 0.001
+    assert abs(block.mlp.w2.weight.std().item() - 0.02 / math.sqrt(6)) < 0.001  # SwiGLU value projection
+    assert abs(model.blocks[1].mlp.gate.weight.std().item() - 0.02) < 0.003
+    assert abs(model.caption_block.attn.qkv.weight.std().item() - 0.02) < 0.002
     assert abs(model.timestep_embed.mlp[0].weight.std().item() - 0.02) < 0.002
     assert torch.count_nonzero(model.caption_block.attn.proj.weight) == 0
     assert torch.count_nonzero(model.final.linear.weight) == 0
-    limit = math.sqrt(6 / (512 + 8))  # xavier-uniform on the other Linears (router: 512 -> 8)
     assert model.pooled_caption_proj.fc1.bias.abs().max() == 0
     assert model.blocks[0].norm1.weight.eq(1).all()
     assert abs(model.blocks[0].cross_attn.kv.weight.std().item() - 0.02) < 0.002
-    assert 0.9 * limit < model.blocks[1].mlp.gate.weight.abs().max() <= limit
+    projection = build_model("MicroDiT_Tiny_2", depth=2, mixer_depth=1, mixer_width=256).mixer.x_in[1].weight
+    limit = math.sqrt(6 / (512 + 256))  # xavier-uniform on the remaining Linears
+    assert 0.99 * limit < projection.abs().max() <= limit
 
 
 def test_ratio_zero_masking_equals_unmasked_exactly():
@@ -173,6 +177,9 @@ def test_moe_placement_rule():
     model = build_model("MicroDiT_Tiny_2", depth=6, mixer_depth=4)
     assert [isinstance(b.mlp, ExpertChoiceMoE) for b in model.blocks] == [False, True, False, True, False, False]
     assert [isinstance(b.mlp, ExpertChoiceMoE) for b in model.mixer.blocks] == [False, True, False, True]
+    every = build_model("MicroDiT_Tiny_2", depth=3, mixer_depth=3, moe_every=1)
+    assert [isinstance(b.mlp, ExpertChoiceMoE) for b in every.blocks] == [True, True, False]
+    assert [isinstance(b.mlp, ExpertChoiceMoE) for b in every.mixer.blocks] == [False, True, True]
     dense = build_model("MicroDiT_Tiny_2", depth=6, mixer_depth=4, moe=False)
     assert all(isinstance(b.mlp, SwiGLU) for b in list(dense.blocks) + list(dense.mixer.blocks))
 

@@ -19,10 +19,15 @@ fi
 want="$(stamp_of)"
 have="$(cat "$venv/.microdit-install" 2>/dev/null || true)"
 if [ "$want" != "$have" ]; then
-  echo "[env] installing microdit and its dependencies into $venv (first time: several minutes)" >&2
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet "${torch_pins[@]}"
-  "$venv/bin/python" -m pip install --quiet -e "$repo[dev]" "${torch_pins[@]}"
+  log="$venv/install.log"
+  echo "[env] installing microdit and its dependencies into $venv (first time: several minutes; log: $log)" >&2
+  if ! { "$venv/bin/python" -m pip install --upgrade pip &&
+         "$venv/bin/python" -m pip install "${torch_pins[@]}" &&
+         "$venv/bin/python" -m pip install -e "$repo[dev]" "${torch_pins[@]}"; } > "$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "[env] installation failed; full log: $log" >&2
+    exit 1
+  fi
   echo "$want" > "$venv/.microdit-install"
 fi
 cd "$repo"

@@ -139,10 +139,11 @@ class MicroDiTConfig:
         return swiglu_hidden(dim, ratio, self.multiple_of)
 
     def is_moe(self, index: int, depth: int, is_mixer: bool) -> bool:
-        """MoE placement: block i is MoE iff (i + 1) % moe_every == 0, never the last backbone block."""
+        """MoE placement: block i is MoE iff (i + 1) % moe_every == 0, never the last backbone
+        block and never the first mixer block."""
         if not self.moe or (index + 1) % self.moe_every:
             return False
-        return is_mixer or index != depth - 1
+        return index >= 1 if is_mixer else index != depth - 1
 
     def backbone_specs(self) -> list[BlockSpec]:
         """Per-block layout of the backbone (layer-wise or constant width)."""

@@ -118,11 +118,10 @@ class MicroDiT(nn.Module):
         for mlp in (self.timestep_embed.mlp[0], self.timestep_embed.mlp[2], self.caption_proj.fc1,
                     self.caption_proj.fc2, self.pooled_caption_proj.fc1, self.pooled_caption_proj.fc2):
             nn.init.normal_(mlp.weight, std=0.02)
-        for layer in (self.caption_block.attn.proj, self.caption_block.mlp.w3):
-            nn.init.zeros_(layer.weight)
-        mixer_blocks = list(self.mixer.blocks) if self.mixer is not None else []
-        for block in mixer_blocks:
-            block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * len(mixer_blocks)))
+        self.caption_block.init_weights(0.02)
+        # mixer blocks: the depth-independent scale of the backbone's full depth; backbone: per block
+        for block in self.mixer.blocks if self.mixer is not None else []:
+            block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * self.cfg.depth))
         for i, block in enumerate(self.blocks):
             block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * (i + 1)))
         for layer in (self.final.ada_ln[1], self.final.linear):

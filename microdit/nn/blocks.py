@@ -67,6 +67,14 @@ class CaptionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps, bias=False)
         self.mlp = ffn
 
+    def init_weights(self, std: float) -> None:
+        """Input projections trunc-normal(std); both output projections zero, so the block is
+        the identity at init."""
+        self.attn.init_weights(std, out_std=std)
+        self.mlp.init_weights(std, out_std=std)
+        nn.init.zeros_(self.attn.proj.weight)
+        nn.init.zeros_(self.mlp.w3.weight)
+
     def forward(self, y: torch.Tensor, y_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L, D) -> (N, L, D)."""
         y = y + self.attn(self.norm1(y), y_mask)

@@ -36,9 +36,10 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(hidden, dim, bias=False)
 
     def init_weights(self, std: float, out_std: float) -> None:
-        """Truncated-normal init: ``std`` for the input projections, ``out_std`` for the output."""
+        """Truncated-normal init: ``std`` for the gate projection w1, ``out_std`` for the value
+        projection w2 and the output w3 (as the reference)."""
         nn.init.trunc_normal_(self.w1.weight, std=std)
-        nn.init.trunc_normal_(self.w2.weight, std=std)
+        nn.init.trunc_normal_(self.w2.weight, std=out_std)
         nn.init.trunc_normal_(self.w3.weight, std=out_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ k tokens with the highest probability for it, ``k = int(capacity * T / E)``; a t
 picked by several experts or by none. Each expert is a bias-free GELU MLP ``w2(gelu(w1 x))``;
 its outputs are scaled by the router probability and summed back into the token positions.
 
-Dispatch and combine are a gather and a scatter-add over token indices: memory and time are
+Dispatch and combine are an index_select and an index_add over token rows: memory and time are
 linear in T, where the reference's dense one-hot (N, E, k, T) matrices are quadratic.
 """
 
@@ -42,8 +42,8 @@ class ExpertChoiceMoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))
 
     def init_weights(self, std: float, out_std: float) -> None:
-        """Truncated-normal init of the experts: ``std`` for w1, ``out_std`` for w2 (the router
-        keeps the model-wide xavier init)."""
+        """Truncated-normal init: ``std`` for the router and w1, ``out_std`` for w2."""
+        nn.init.trunc_normal_(self.gate.weight, std=std)
         nn.init.trunc_normal_(self.w1, std=std)
         nn.init.trunc_normal_(self.w2, std=out_std)
 
@@ -58,12 +58,11 @@ class ExpertChoiceMoE(nn.Module):
         """(N, T, D) -> (N, T, D)."""
         n, t, d = x.shape
         e = self.num_experts
-        gates, token_ids = self.route(x)
+        gates, token_ids = self.route(x)  # (N, E, k)
         k = token_ids.shape[-1]
-        index = token_ids.reshape(n, e * k, 1).expand(n, e * k, d)  # (N, E*k, D)
-        routed = torch.gather(x, 1, index)  # (N, E*k, D)
-        routed = routed.view(n, e, k, d).transpose(0, 1).reshape(e, n * k, d)  # (E, N*k, D)
+        offsets = torch.arange(n, device=x.device).view(n, 1, 1) * t
+        rows = (token_ids + offsets).transpose(0, 1).reshape(e * n * k)  # expert-major rows of x viewed (N*T, D)
+        routed = x.reshape(n * t, d).index_select(0, rows).view(e, n * k, d)  # (E, N*k, D)
         hidden = F.gelu(torch.bmm(routed, self.w1))  # (E, N*k, Hf)
-        out = torch.bmm(hidden, self.w2)  # (E, N*k, D)
-        out = out.view(e, n, k, d).transpose(0, 1) * gates.unsqueeze(-1).to(out.dtype)  # (N, E, k, D)
-        return x.new_zeros(n, t, d).scatter_add(1, index, out.reshape(n, e * k, d))  # (N, T, D)
+        out = torch.bmm(hidden, self.w2) * gates.transpose(0, 1).reshape(e, n * k, 1).to(x.dtype)  # (E, N*k, D)
+        return x.new_zeros(n * t, d).index_add(0, rows, out.view(e * n * k, d)).view(n, t, d)  # (N, T, D)
