@@ -82,7 +82,9 @@ def scatter_tokens(x_kept: torch.Tensor, keep_ids: torch.Tensor, num_tokens: int
     return out.scatter(1, keep_ids.unsqueeze(-1).expand(-1, -1, d), x_kept)
 
 
-def keep_mask(keep_ids: torch.Tensor | None, batch: int, num_tokens: int, device: torch.device | None = None) -> torch.Tensor:
+def keep_mask(
+    keep_ids: torch.Tensor | None, batch: int, num_tokens: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Boolean (N, T), True at kept tokens (all True when ``keep_ids`` is None)."""
     if keep_ids is None:
         return torch.ones(batch, num_tokens, dtype=torch.bool, device=device)

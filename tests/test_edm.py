@@ -5,8 +5,20 @@ import math
 import pytest
 import torch
 
-from microdit.diffusion import (EDMConfig, c_in, c_noise, c_out, c_skip, denoise, drop_captions, edm_loss,
-                                loss_weight, masked_mean, patch_loss, sample_sigma)
+from microdit.diffusion import (
+    EDMConfig,
+    c_in,
+    c_noise,
+    c_out,
+    c_skip,
+    denoise,
+    drop_captions,
+    edm_loss,
+    loss_weight,
+    masked_mean,
+    patch_loss,
+    sample_sigma,
+)
 from microdit.masking import keep_mask, sample_keep_ids
 
 SD = 0.9

@@ -42,7 +42,7 @@ def test_block_masking_keeps_whole_blocks(b):
     assert ids.shape == (3, int(groups * 0.25) * b * b)
     for row in ids:
         rows, cols = row // 16, row % 16
-        blocks = set(zip((rows // b).tolist(), (cols // b).tolist()))
+        blocks = set(zip((rows // b).tolist(), (cols // b).tolist(), strict=True))
         assert len(blocks) * b * b == len(row)  # every kept block is kept in full
         for br, bc in blocks:
             members = ((rows // b == br) & (cols // b == bc)).sum().item()

@@ -40,7 +40,7 @@ def test_moe_matches_one_hot_forward_and_backward(t, experts, capacity):
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, [x, moe.w1, moe.w2, moe.gate.weight], grad_out)
     grads_ref = torch.autograd.grad(ref, [x_ref, moe.w1, moe.w2, moe.gate.weight], grad_out)
-    for g, g_ref in zip(grads, grads_ref):
+    for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
 
 

@@ -69,8 +69,8 @@ def save_grid(images: torch.Tensor, path: Path, columns: int) -> None:
     Image.fromarray(array).resize((columns * w * 4, rows * h * 4), Image.NEAREST).save(path)
 
 
-def run(preset: str, steps: int, batch: int, mask_ratio: float, finetune_steps: int, lr: float, sample_steps: int, cfg_scale: float,
-        out_dir: Path, seed: int, log_every: int) -> dict:
+def run(preset: str, steps: int, batch: int, mask_ratio: float, finetune_steps: int, lr: float, sample_steps: int,
+        cfg_scale: float, out_dir: Path, seed: int, log_every: int) -> dict:
     """Train, sample and evaluate; returns the loss curve and the class accuracy of the samples."""
     torch.manual_seed(seed)
     model = build_model(preset)
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=50)
     args = parser.parse_args(argv)
-    run(args.preset, args.steps, args.batch, args.mask_ratio, args.finetune_steps, args.lr, args.sample_steps, args.cfg_scale, args.out,
-        args.seed, args.log_every)
+    run(args.preset, args.steps, args.batch, args.mask_ratio, args.finetune_steps, args.lr, args.sample_steps,
+        args.cfg_scale, args.out, args.seed, args.log_every)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ class MicroDiTConfig:
     def backbone_specs(self) -> list[BlockSpec]:
         """Per-block layout of the backbone (layer-wise or constant width)."""
         specs = []
-        for i, (qkv, mlp) in enumerate(zip(self._ratios(self.qkv_ratio), self._ratios(self.mlp_ratio))):
+        for i, (qkv, mlp) in enumerate(zip(self._ratios(self.qkv_ratio), self._ratios(self.mlp_ratio), strict=True)):
             moe = self.is_moe(i, self.depth, is_mixer=False)
             specs.append(BlockSpec(self.attn_width(qkv), moe, self.ffn_hidden(self.width, mlp, moe)))
         return specs
