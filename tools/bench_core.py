@@ -3,9 +3,10 @@ against the reference's dense one-hot (N, E, k, T) formulation (time and peak me
 
     tools/env.sh python tools/bench_core.py [--json OUT.json]
 
-Each memory figure is measured in a fresh process as the growth of the peak resident set size
-(VmHWM) over the resident size after set-up, so it includes everything forward + backward
-allocate. Times are medians over repeats after warm-up. Numbers belong in notes, not tests.
+MoE memory is given two ways, each case in a fresh process: the growth of the peak resident set
+size (VmHWM) over the resident size after set-up (everything forward + backward allocate,
+parameter gradients included), and the bytes autograd saves for the backward pass. Times are
+medians over repeats after warm-up. Numbers belong in notes, not tests.
 """
 
 from __future__ import annotations
@@ -45,14 +46,29 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def saved_for_backward_mib(fn, x: torch.Tensor, module: torch.nn.Module) -> float:
+    """MiB of distinct activation storages (not the input, not ``module``'s parameters) that
+    autograd keeps for the backward pass of ``fn(x)``."""
+    storages = {}
+    skip = {x.untyped_storage().data_ptr()} | {p.untyped_storage().data_ptr() for p in module.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in skip:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x).square().mean()
+    return sum(storages.values()) / 2**20
+
+
 def _moe_case(kind: str, tokens: int, dim: int, batch: int, repeats: int, queue) -> None:
     torch.manual_seed(0)
     moe = ExpertChoiceMoE(dim, 4 * dim, 8, 2.0)
-    with torch.no_grad():
-        moe.w1.normal_(0, 0.02)
-        moe.w2.normal_(0, 0.02)
+    moe.init_weights(0.02, 0.02)
     x = torch.randn(batch, tokens, dim, requires_grad=True)
     fn = moe if kind == "gather" else (lambda v: one_hot_moe(moe, v))
+    saved = saved_for_backward_mib(fn, x, moe)
     base = _rss_kib("VmRSS")
     times = []
     for i in range(repeats + 1):
@@ -60,7 +76,8 @@ def _moe_case(kind: str, tokens: int, dim: int, batch: int, repeats: int, queue)
         fn(x).square().mean().backward()
         if i:
             times.append(time.perf_counter() - start)
-    queue.put({"time_s": statistics.median(times), "peak_mib": (_rss_kib("VmHWM") - base) / 1024})
+    queue.put({"time_s": statistics.median(times), "peak_mib": (_rss_kib("VmHWM") - base) / 1024,
+               "saved_mib": saved})
 
 
 def bench_moe(tokens: int, dim: int = 512, batch: int = 8, repeats: int = 5) -> dict:
@@ -75,6 +92,7 @@ def bench_moe(tokens: int, dim: int = 512, batch: int = 8, repeats: int = 5) -> 
         proc.join()
     out["speedup"] = out["one_hot"]["time_s"] / out["gather"]["time_s"]
     out["memory_ratio"] = out["one_hot"]["peak_mib"] / max(out["gather"]["peak_mib"], 1e-9)
+    out["saved_ratio"] = out["one_hot"]["saved_mib"] / out["gather"]["saved_mib"]
     return out
 
 
@@ -116,9 +134,11 @@ def main() -> None:
     for tokens in (64, 256, 1024):
         m = bench_moe(tokens)
         results["moe"][tokens] = m
-        print(f"moe   T={tokens:4d} D=512 N=8 E=8 cap=2 fwd+bwd: gather {m['gather']['time_s'] * 1000:.0f} ms "
-              f"{m['gather']['peak_mib']:.0f} MiB | one-hot {m['one_hot']['time_s'] * 1000:.0f} ms "
-              f"{m['one_hot']['peak_mib']:.0f} MiB | {m['speedup']:.1f}x faster, {m['memory_ratio']:.1f}x less memory")
+        g, o = m["gather"], m["one_hot"]
+        print(f"moe   T={tokens:4d} D=512 N=8 E=8 cap=2 fwd+bwd: gather {g['time_s'] * 1000:.0f} ms, peak "
+              f"{g['peak_mib']:.0f} MiB, saved {g['saved_mib']:.1f} MiB | one-hot {o['time_s'] * 1000:.0f} ms, peak "
+              f"{o['peak_mib']:.0f} MiB, saved {o['saved_mib']:.1f} MiB | {m['speedup']:.1f}x faster, "
+              f"{m['memory_ratio']:.2f}x less peak, {m['saved_ratio']:.2f}x less saved")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
