@@ -1,0 +1,165 @@
+"""``microdit-data``: build, encode, inspect and verify datasets.
+
+    microdit-data synthetic OUT --num 20000 --size 32
+    microdit-data cifar-captions OUT --from-folder ROOT | --from-dump DIR | --from-torchvision ROOT
+    microdit-data encode IMAGES_DIR LATENTS_DIR --autoencoder pixel:2 --text-encoder offline:256:32
+    microdit-data inspect DIR [--grid grid.png]
+    microdit-data verify DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
+from microdit.data import cifar_captions as cc
+from microdit.data.images import IMAGE_EXTS, decode_image
+from microdit.data.reader import LatentBatches
+from microdit.data.shards import iter_shard
+from microdit.data.synthetic import SHAPES, synthetic_sample
+from microdit.encoders import load_autoencoder, load_text_encoder
+
+
+def cmd_synthetic(args: argparse.Namespace) -> None:
+    """Write N synthetic samples as image shards."""
+    samples = ((f"{i:08d}", (s := synthetic_sample(args.seed, i, args.size)).image, s.caption, s.labels)
+               for i in tqdm(range(args.num), desc="synthetic", unit="img"))
+    manifest = write_image_dataset(args.out, samples, args.size, list(SHAPES), f"synthetic(seed={args.seed})",
+                                   args.shard_size)
+    print(f"wrote {manifest.samples} samples in {len(manifest.shards)} shard(s) to {args.out}")
+
+
+def cmd_cifar_captions(args: argparse.Namespace) -> None:
+    """Build cifar-captions image shards from one source."""
+    keep = cc.Filter(args.size, args.min_side)
+    if args.from_folder:
+        samples, source = cc.from_image_folder(args.from_folder, keep, args.captions_file, args.seed), "folder"
+    elif args.from_dump:
+        dump = args.from_dump
+        reader = cc.from_parquet_dump if any(dump.glob("*.parquet")) else cc.from_webdataset_dump
+        samples, source = reader(dump, keep), "dump"
+    else:
+        samples, source = cc.from_torchvision_cifar10(args.from_torchvision, keep, not args.test, args.seed), "cifar10"
+    origin = args.from_folder or args.from_dump or args.from_torchvision
+    manifest = write_image_dataset(args.out, tqdm(samples, desc="cifar-captions", unit="img"), args.size,
+                                   list(cc.CIFAR10_CLASSES), f"cifar-captions({source}: {origin})", args.shard_size)
+    print(f"wrote {manifest.samples} samples to {args.out}; filter counts: {dict(keep.counts)}")
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    """Encode an image dataset into latents."""
+    autoencoder, text = load_autoencoder(args.autoencoder), load_text_encoder(args.text_encoder)
+    manifest = encode_dataset(args.src, args.dst, autoencoder, text, args.batch_size, args.seed, args.device,
+                              args.skip_bad_samples)
+    print(f"{args.dst}: {manifest.samples} samples, latents {manifest.latent_shape}, text {manifest.text_shape}")
+
+
+def _save_grid(images: list[np.ndarray], path: Path, columns: int = 8) -> None:
+    h, w, _ = images[0].shape
+    rows = (len(images) + columns - 1) // columns
+    grid = np.zeros((rows * h, columns * w, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
+    Image.fromarray(grid).save(path)
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    """Print the manifest and a few captions; optionally save a PNG grid of (decoded) samples."""
+    manifest = load_manifest(args.dir)
+    print(manifest.to_json() if args.full else
+          f"{args.dir}: {manifest.kind}, {manifest.samples} samples in {len(manifest.shards)} shard(s), "
+          f"image size {manifest.image_size}, labels {manifest.label_names}\n"
+          f"  autoencoder {manifest.autoencoder} latents {manifest.latent_shape} (scale {manifest.latent_scale}), "
+          f"text {manifest.text_encoder} {manifest.text_shape}, complete {manifest.complete}")
+    if manifest.kind == "images":
+        samples = []
+        for key, members in iter_shard(Path(args.dir) / manifest.shards[0].name):
+            ext = next(e for e in IMAGE_EXTS if e in members)
+            samples.append((key, np.asarray(decode_image(members[ext], key)), members["txt"].decode()))
+            if len(samples) == args.num:
+                break
+        images = [s[1] for s in samples]
+    else:
+        batch = LatentBatches(args.dir, batch_size=min(args.num, manifest.samples), shuffle="global").batch(0)
+        samples = list(zip(batch["key"], [None] * len(batch["key"]), batch["caption"], strict=True))
+        images = []
+        if args.grid:
+            decoded = load_autoencoder(manifest.autoencoder).decode(batch["latent"])
+            images = list(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    for key, _, caption in samples:
+        print(f"  {key}: {caption}")
+    if args.grid:
+        _save_grid(images, args.grid)
+        print(f"grid of {len(images)} samples: {args.grid}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Check every shard's size and sha256 against the manifest."""
+    manifest = verify_dataset(args.dir)
+    print(f"{args.dir}: {len(manifest.shards)} shard(s), {manifest.samples} samples, all match the manifest")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``microdit-data``."""
+    parser = argparse.ArgumentParser(prog="microdit-data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("synthetic", help="write the synthetic captioned dataset as image shards")
+    p.add_argument("out", type=Path)
+    p.add_argument("--num", type=int, default=20000)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=2000)
+    p.set_defaults(func=cmd_synthetic)
+    p = sub.add_parser("cifar-captions", help="build cifar-captions image shards")
+    p.add_argument("out", type=Path)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--from-folder", type=Path, help="ROOT/<class>/*.jpg|png")
+    group.add_argument("--from-dump", type=Path, help="img2dataset output: webdataset .tar or .parquet files")
+    group.add_argument("--from-torchvision", type=Path, help="download CIFAR-10 into this folder (online)")
+    p.add_argument("--captions-file", type=Path, help="JSON {'<class>/<file>': caption} for --from-folder")
+    p.add_argument("--test", action="store_true", help="CIFAR-10 test split instead of train")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--min-side", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=2000)
+    p.set_defaults(func=cmd_cifar_captions)
+    p = sub.add_parser("encode", help="encode image shards into latent shards (resumable)")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--autoencoder", default="pixel:2", help="sdxl, ostris16, pixel, pixel:F, ORG/REPO[:SUB], folder")
+    p.add_argument("--text-encoder", default="offline:256:32",
+                   help="openclip:ARCH[:PRETRAINED] (paper: openclip:ViT-H-14-378-quickgelu:dfn5b) or offline[:D[:L]]")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--skip-bad-samples", action="store_true")
+    p.set_defaults(func=cmd_encode)
+    p = sub.add_parser("inspect", help="show a dataset's manifest and a few samples")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--num", type=int, default=8)
+    p.add_argument("--grid", type=Path, help="save a PNG grid of the (decoded) samples")
+    p.add_argument("--full", action="store_true", help="print the whole manifest")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("verify", help="check shards against the manifest's sizes and sha256")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``microdit-data``; data errors end with a one-line message and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DataError as err:
+        print(f"microdit-data {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,22 @@
+"""Datasets: image and latent shards with manifests, the synthetic captioned dataset,
+cifar-captions builders, encoding with frozen encoders, and the training reader."""
+
+from microdit.data.encode import encode_dataset, verify_dataset
+from microdit.data.images import write_image_dataset
+from microdit.data.manifest import DataError, Manifest, ShardInfo, load_manifest
+from microdit.data.reader import LatentBatches, check_fits_model, make_loader
+from microdit.data.synthetic import synthetic_sample
+
+__all__ = [
+    "DataError",
+    "LatentBatches",
+    "Manifest",
+    "ShardInfo",
+    "check_fits_model",
+    "encode_dataset",
+    "load_manifest",
+    "make_loader",
+    "synthetic_sample",
+    "verify_dataset",
+    "write_image_dataset",
+]

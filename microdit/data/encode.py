@@ -1,0 +1,119 @@
+"""Encoding an image dataset into a latent dataset with frozen encoders: batched, resumable.
+
+Input shard ``images-NNNNN.tar`` becomes output shard ``latents-NNNNN.tar``. A shard is written
+under a temporary name and renamed when complete, and the manifest is rewritten (atomically)
+after every shard, so an interrupted run resumes where it stopped without redoing finished
+shards and never leaves a half-written shard under its final name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from microdit.data.images import IMAGE_EXTS, decode_image
+from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest, sha256_of
+from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
+from microdit.encoders import Autoencoder, TextEncoder
+
+
+def _read_image_shard(path: Path, skip_bad: bool, counts: dict) -> list[tuple[str, np.ndarray, str, bytes]]:
+    samples = []
+    for key, members in iter_shard(path):
+        where = f"shard {path}: sample {key!r}"
+        try:
+            ext = next((e for e in IMAGE_EXTS if e in members), None)
+            if ext is None or "txt" not in members:
+                raise DataError(f"{where} lacks an image ({'/'.join(IMAGE_EXTS)}) or a .txt caption")
+            image = np.asarray(decode_image(members[ext], where))
+            samples.append((key, image, members["txt"].decode("utf-8"), members.get("json", b"{}")))
+        except (DataError, UnicodeDecodeError) as err:
+            if not skip_bad:
+                raise DataError(str(err)) from None
+            counts["bad_samples"] += 1
+    return samples
+
+
+def _start_manifest(src: Manifest, dst: Path, autoencoder: Autoencoder, text: TextEncoder,
+                    src_folder: Path) -> Manifest:
+    h, w = src.image_size
+    fresh = Manifest(kind="latents", image_size=[h, w], label_names=src.label_names,
+                     autoencoder=autoencoder.name, latent_shape=list(autoencoder.latent_shape(h, w)),
+                     latent_scale=autoencoder.scale, text_encoder=text.name, text_shape=[text.length, text.dim],
+                     source=str(src_folder), complete=False)
+    if (dst / "manifest.json").exists():
+        old = load_manifest(dst)
+        same = {k: getattr(old, k) for k in ("autoencoder", "latent_shape", "text_encoder", "text_shape", "source")}
+        want = {k: getattr(fresh, k) for k in same}
+        if same != want:
+            raise DataError(f"{dst} already holds a different encoding ({same}); expected {want}: "
+                            "choose another output folder")
+        fresh.shards = old.shards
+    return fresh
+
+
+def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: Autoencoder, text: TextEncoder,
+                   batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
+                   skip_bad_samples: bool = False, progress: bool = True) -> Manifest:
+    """Encode every image shard of ``src_folder`` into a latent shard in ``dst_folder``."""
+    src_folder, dst = Path(src_folder), Path(dst_folder)
+    src = load_manifest(src_folder)
+    if src.kind != "images":
+        raise DataError(f"{src_folder}: expected an image dataset to encode, found kind {src.kind!r}")
+    dst.mkdir(parents=True, exist_ok=True)
+    manifest = _start_manifest(src, dst, autoencoder, text, src_folder)
+    done = {s.name for s in manifest.shards if (dst / s.name).is_file()}
+    manifest.shards = [s for s in manifest.shards if s.name in done]
+    counts = {"bad_samples": 0}
+    autoencoder.to(device)
+    text.to(device)
+    todo = [s for s in src.shards if s.name.replace("images-", "latents-") not in done]
+    bar = tqdm(total=sum(s.samples for s in todo), desc=f"encode {dst.name}", unit="img", disable=not progress)
+    for info in todo:
+        shard = src_folder / info.name
+        if shard.stat().st_size != info.bytes:
+            raise DataError(f"shard {shard} has {shard.stat().st_size} bytes, the manifest says {info.bytes}: "
+                            "truncated or replaced")
+        samples = _read_image_shard(shard, skip_bad_samples, counts)
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + len(manifest.shards))
+        with ShardWriter(dst / info.name.replace("images-", "latents-")) as writer:
+            for start in range(0, len(samples), batch_size):
+                batch = samples[start:start + batch_size]
+                images = torch.from_numpy(np.stack([s[1] for s in batch])).permute(0, 3, 1, 2).float()
+                images = (images / 127.5 - 1).to(device)  # (B, 3, H, W) in [-1, 1]
+                latents = autoencoder.encode(images, generator=generator).cpu().numpy()
+                emb, mask = text.encode([s[2] for s in batch])
+                emb, mask = emb.cpu().numpy(), mask.cpu().numpy()
+                for i, (key, _, caption, labels) in enumerate(batch):
+                    writer.write(key, {"latent.npy": npy_bytes(latents[i].astype(np.float16)),
+                                       "text.npy": npy_bytes(emb[i].astype(np.float16)),
+                                       "mask.npy": npy_bytes(mask[i]),
+                                       "txt": caption.encode(), "json": labels})
+                bar.update(len(batch))
+            manifest.shards.append(writer.close())
+        manifest.samples = sum(s.samples for s in manifest.shards)
+        save_manifest(dst, manifest)
+    bar.close()
+    if counts["bad_samples"]:
+        print(f"[encode] skipped {counts['bad_samples']} bad sample(s)")
+    manifest.complete = True
+    manifest.shards.sort(key=lambda s: s.name)
+    manifest.samples = sum(s.samples for s in manifest.shards)
+    save_manifest(dst, manifest)
+    return manifest
+
+
+def verify_dataset(folder: str | Path) -> Manifest:
+    """Check every shard of a dataset against its manifest (size and sha256)."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    for info in manifest.shards:
+        path = folder / info.name
+        if not path.is_file():
+            raise DataError(f"shard {path} listed in the manifest is missing")
+        if path.stat().st_size != info.bytes or sha256_of(path) != info.sha256:
+            raise DataError(f"shard {path} does not match its manifest entry (size or sha256): corrupt or replaced")
+    return manifest

@@ -1,0 +1,88 @@
+"""Image + caption datasets: resize / centre-crop, and writing image shards with their manifest."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from microdit.data.manifest import DataError, Manifest, save_manifest
+from microdit.data.shards import ShardWriter
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` (bicubic, antialiased) and crop the centre square."""
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    """Lossless PNG bytes of an RGB image."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_image(data: bytes, where: str) -> Image.Image:
+    """Open image bytes as RGB, naming ``where`` if they are not an image."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as err:  # PIL raises many types for bad files
+        raise DataError(f"{where}: not a readable image ({err})") from None
+    return image.convert("RGB")
+
+
+def write_image_dataset(
+    folder: str | Path,
+    samples: Iterable[tuple[str, Image.Image | np.ndarray, str, dict]],
+    size: int,
+    label_names: list[str],
+    source: str,
+    shard_size: int = 1000,
+) -> Manifest:
+    """Write (key, image, caption, labels) samples as image shards ``images-NNNNN.tar`` + manifest.
+
+    Images must already be ``size`` x ``size``. Returns the manifest (also written).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(kind="images", image_size=[size, size], label_names=list(label_names), source=source,
+                        complete=False)
+    writer = None
+    try:
+        for key, image, caption, labels in samples:
+            array = np.asarray(image)
+            if array.shape != (size, size, 3):
+                raise DataError(f"sample {key!r}: image is {array.shape}, expected ({size}, {size}, 3)")
+            if writer is None:
+                writer = ShardWriter(folder / f"images-{len(manifest.shards):05d}.tar")
+            writer.write(key, {"png": png_bytes(array), "txt": caption.encode(), "json": json.dumps(labels).encode()})
+            if writer.samples == shard_size:
+                manifest.shards.append(writer.close())
+                writer = None
+        if writer is not None:
+            manifest.shards.append(writer.close())
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    manifest.samples = sum(s.samples for s in manifest.shards)
+    if manifest.samples == 0:
+        raise DataError(f"no samples to write to {folder}")
+    manifest.complete = True
+    save_manifest(folder, manifest)
+    return manifest

@@ -1,0 +1,111 @@
+"""The ``manifest.json`` beside every dataset's shards: what the samples are and how to check them.
+
+Two kinds of dataset share the format:
+- ``images``: image + caption shards (``KEY.png|jpg``, ``KEY.txt``, ``KEY.json``), the input of encoding;
+- ``latents``: training shards (``KEY.latent.npy`` fp16, ``KEY.text.npy`` fp16, ``KEY.mask.npy``,
+  ``KEY.txt``, ``KEY.json``), what the trainer reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+KINDS = ("images", "latents")
+
+
+class DataError(ValueError):
+    """Bad data: names the file (and sample key) and what was expected."""
+
+
+@dataclass
+class ShardInfo:
+    """One shard: file name (relative to the dataset folder), sample count, size and sha256."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    """Description of a sharded dataset."""
+
+    kind: str
+    samples: int = 0
+    shards: list[ShardInfo] = field(default_factory=list)
+    image_size: list[int] | None = None  # [H, W] of images (images) or of the source images (latents)
+    label_names: list[str] = field(default_factory=list)  # class names, index = label["class"]
+    autoencoder: str | None = None
+    latent_shape: list[int] | None = None  # [C, h, w]
+    latent_scale: float | None = None
+    text_encoder: str | None = None
+    text_shape: list[int] | None = None  # [L, Dy]
+    source: str | None = None  # where the samples came from (builder, source folder, ...)
+    complete: bool = True
+
+    def to_json(self) -> str:
+        """Pretty JSON text."""
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str) -> Manifest:
+        """Parse, naming ``where`` (the file) on any problem."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise DataError(f"{where}: unknown manifest field(s) {unknown}")
+        try:
+            shards = [ShardInfo(**s) for s in values.get("shards", [])]
+            manifest = cls(**{**values, "shards": shards})
+        except TypeError as err:
+            raise DataError(f"{where}: malformed manifest ({err})") from None
+        if manifest.kind not in KINDS:
+            raise DataError(f"{where}: kind must be one of {KINDS}, got {manifest.kind!r}")
+        if manifest.kind == "latents" and (manifest.latent_shape is None or manifest.text_shape is None):
+            raise DataError(f"{where}: a latents manifest needs latent_shape and text_shape")
+        return manifest
+
+
+def load_manifest(folder: str | Path) -> Manifest:
+    """Read ``folder/manifest.json`` with clear errors for a missing or malformed file."""
+    path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise DataError(f"dataset folder {folder} does not exist")
+    if not path.is_file():
+        raise DataError(f"{path} is missing: not a microdit dataset folder (or its writing never finished)")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    return Manifest.from_dict(values, str(path))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def save_manifest(folder: str | Path, manifest: Manifest) -> None:
+    """Write ``folder/manifest.json`` atomically."""
+    write_atomic(Path(folder) / MANIFEST, manifest.to_json().encode())
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,295 @@
+"""Reading latent datasets for training: a deterministic, resumable stream of batches.
+
+The sample order is a pure function of (seed, manifests, weights) and **independent of the
+number of processes and workers**: global position p of the stream maps to one sample, the
+global batch j is positions [j*GB, (j+1)*GB), and rank r reads its slice [r*B, (r+1)*B) of it.
+So 1 process and 2 processes at the same global batch see the same samples, and resuming from
+"batches consumed" is exact.
+
+Order per dataset and epoch: ``shuffle="global"`` (a full permutation) or ``shuffle="buffer"``
+(shards in a permuted order, samples through a shuffle buffer of ``shuffle_buffer`` — the
+webdataset order, simulated on indices so it needs no reading). Several datasets are mixed by
+drawing the dataset of each position with the given weights. Samples are read by random access
+into the tar shards (each shard's member offsets are indexed once per worker); nothing that is
+skipped is ever decoded.
+
+Shapes: B per-rank batch, C latent channels, (h, w) latent size, L caption tokens, Dy width.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from microdit.data.manifest import DataError, Manifest, load_manifest
+from microdit.data.shards import load_npy
+
+SHUFFLES = ("global", "buffer")
+BLOCK = 1 << 14  # positions per block of mixture draws
+MEMBERS = ("latent.npy", "text.npy", "mask.npy", "txt", "json")
+
+
+def check_fits_model(manifest: Manifest, where: str, in_channels: int, caption_dim: int,
+                     input_size: list[int]) -> None:
+    """Refuse a dataset whose latents or captions do not fit the model config."""
+    problems = []
+    c, h, w = manifest.latent_shape
+    if c != in_channels:
+        problems.append(f"latent channels {c} != model in_channels {in_channels}")
+    if manifest.text_shape[1] != caption_dim:
+        problems.append(f"caption width {manifest.text_shape[1]} != model caption_dim {caption_dim}")
+    if [h, w] != list(input_size):
+        problems.append(f"latent size {h}x{w} != model input_size {input_size[0]}x{input_size[1]}")
+    if problems:
+        raise DataError(f"dataset {where} ({manifest.autoencoder} latents, {manifest.text_encoder} captions) does not "
+                        f"fit the model: " + "; ".join(problems))
+
+
+@dataclass
+class _Source:
+    folder: Path
+    manifest: Manifest
+    offsets: np.ndarray  # (S + 1,) cumulative sample counts of the shards
+
+
+class _ShardIndex:
+    """Per-worker lazy index of tar members: shard -> list of (key, {ext: (offset, size)})."""
+
+    def __init__(self) -> None:
+        self._index: dict[Path, list] = {}
+        self._files: dict[Path, object] = {}
+
+    def sample(self, path: Path, i: int, expected: int) -> tuple[str, dict[str, bytes]]:
+        if path not in self._index:
+            self._index[path] = self._scan(path, expected)
+        key, members = self._index[path][i]
+        f = self._files.setdefault(path, open(path, "rb"))
+        out = {}
+        for ext, (offset, size) in members.items():
+            f.seek(offset)
+            out[ext] = f.read(size)
+            if len(out[ext]) != size:
+                raise DataError(f"shard {path}: sample {key!r} is truncated ({ext})")
+        return key, out
+
+    @staticmethod
+    def _scan(path: Path, expected: int) -> list:
+        if not path.is_file():
+            raise DataError(f"shard {path} listed in the manifest is missing")
+        samples, by_key = [], {}
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    key, _, ext = info.name.rsplit("/", 1)[-1].partition(".")
+                    if key not in by_key:
+                        by_key[key] = {}
+                        samples.append((key, by_key[key]))
+                    by_key[key][ext] = (info.offset_data, info.size)
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise DataError(f"shard {path}: corrupt or truncated tar ({err})") from None
+        if len(samples) != expected:
+            raise DataError(f"shard {path} holds {len(samples)} samples, its manifest entry says {expected}: "
+                            "truncated or replaced")
+        return samples
+
+
+def _buffer_order(rng: np.random.Generator, shard_order: np.ndarray, offsets: np.ndarray, buffer: int) -> np.ndarray:
+    """Sample indices in webdataset order: shards in ``shard_order``, then a shuffle buffer."""
+    stream = np.concatenate([np.arange(offsets[s], offsets[s + 1]) for s in shard_order])
+    out = np.empty_like(stream)
+    pool: list[int] = []
+    n = 0
+    for idx in stream:
+        pool.append(int(idx))
+        if len(pool) >= buffer:
+            j = rng.integers(len(pool))
+            pool[j], pool[-1] = pool[-1], pool[j]
+            out[n] = pool.pop()
+            n += 1
+    rng.shuffle(pool)
+    out[n:] = pool
+    return out
+
+
+class LatentBatches(IterableDataset):
+    """Infinite, deterministic stream of collated batches from one or more latent datasets.
+
+    Each item is a dict: ``latent`` (B, C, h, w) float32, ``text`` (B, L, Dy) float32,
+    ``text_mask`` (B, L) bool, ``caption`` list[str], ``labels`` list[dict], ``key`` list[str],
+    ``batch_index`` (global batch number) and ``bad_samples`` (skipped so far by this worker).
+    Use with :func:`make_loader` (``batch_size=None``).
+    """
+
+    def __init__(self, folders: str | Path | list, batch_size: int, weights: list[float] | None = None,
+                 seed: int = 0, shuffle: str = "global", shuffle_buffer: int = 1000, caption_dropout: float = 0.0,
+                 rank: int = 0, world_size: int = 1, start_batch: int = 0, skip_bad_samples: bool = False) -> None:
+        super().__init__()
+        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        if not folders:
+            raise DataError("no dataset folders given")
+        weights = [1.0] * len(folders) if weights is None else list(weights)
+        if len(weights) != len(folders) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise DataError(f"weights must be {len(folders)} non-negative numbers with a positive sum, got {weights}")
+        if shuffle not in SHUFFLES:
+            raise DataError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
+        if not 0 <= caption_dropout < 1:
+            raise DataError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        self.sources = []
+        for folder in folders:
+            manifest = load_manifest(folder)
+            if manifest.kind != "latents" or not manifest.complete or manifest.samples == 0:
+                raise DataError(f"{folder}: not a complete, non-empty latent dataset (kind {manifest.kind!r}, "
+                                f"complete {manifest.complete}, {manifest.samples} samples)")
+            offsets = np.concatenate([[0], np.cumsum([s.samples for s in manifest.shards])])
+            self.sources.append(_Source(Path(folder), manifest, offsets))
+        first = self.sources[0].manifest
+        for src in self.sources[1:]:
+            if (src.manifest.latent_shape, src.manifest.text_shape) != (first.latent_shape, first.text_shape):
+                raise DataError(f"cannot mix {src.folder} (latents {src.manifest.latent_shape}, text "
+                                f"{src.manifest.text_shape}) with {self.sources[0].folder} (latents "
+                                f"{first.latent_shape}, text {first.text_shape})")
+        self.weights = np.asarray(weights, dtype=np.float64) / sum(weights)
+        self.batch_size, self.seed, self.shuffle, self.shuffle_buffer = batch_size, seed, shuffle, shuffle_buffer
+        self.caption_dropout, self.rank, self.world_size = caption_dropout, rank, world_size
+        self.start_batch, self.skip_bad_samples = start_batch, skip_bad_samples
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+        self._block_counts = {0: np.zeros(len(self.sources), dtype=np.int64)}
+        self._index = _ShardIndex()
+        self.bad_samples = 0
+
+    @property
+    def manifest(self) -> Manifest:
+        """The first dataset's manifest (all mixed datasets share shapes)."""
+        return self.sources[0].manifest
+
+    # -- the global order -------------------------------------------------------------------------
+    def _epoch_order(self, s: int, epoch: int) -> np.ndarray:
+        if (s, epoch) not in self._orders:
+            self._orders = {k: v for k, v in self._orders.items() if k[0] != s}  # keep one epoch per dataset
+            src = self.sources[s]
+            rng = np.random.default_rng([self.seed, s, epoch])
+            n = int(src.offsets[-1])
+            if self.shuffle == "global":
+                order = rng.permutation(n)
+            else:
+                order = _buffer_order(rng, rng.permutation(len(src.manifest.shards)), src.offsets, self.shuffle_buffer)
+            self._orders[(s, epoch)] = order
+        return self._orders[(s, epoch)]
+
+    def _block_sources(self, block: int) -> np.ndarray:
+        if len(self.sources) == 1:
+            return np.zeros(BLOCK, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, 1_000_003, block])
+        return rng.choice(len(self.sources), size=BLOCK, p=self.weights)
+
+    def _used_before(self, block: int) -> np.ndarray:
+        """Samples drawn from each dataset before ``block`` (cached, extended incrementally)."""
+        known = max(b for b in self._block_counts if b <= block)
+        used = self._block_counts[known].copy()
+        for b in range(known, block):
+            used += np.bincount(self._block_sources(b), minlength=len(self.sources))
+            self._block_counts[b + 1] = used.copy()
+        return used
+
+    def _positions(self, start: int, count: int) -> list[tuple[int, int]]:
+        """(dataset, sample index) of global positions [start, start + count)."""
+        first_block = start // BLOCK
+        used = self._used_before(first_block)
+        out = []
+        block, choices = first_block, self._block_sources(first_block)
+        used += np.bincount(choices[: start - block * BLOCK], minlength=len(self.sources))
+        for p in range(start, start + count):
+            if p // BLOCK != block:
+                block, choices = p // BLOCK, self._block_sources(p // BLOCK)
+                self._block_counts[block] = used.copy()
+            s = int(choices[p - block * BLOCK])
+            q = int(used[s])
+            used[s] += 1
+            n = int(self.sources[s].offsets[-1])
+            out.append((s, int(self._epoch_order(s, q // n)[q % n])))
+        return out
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _read(self, s: int, index: int) -> dict | None:
+        src = self.sources[s]
+        shard = int(np.searchsorted(src.offsets, index, side="right") - 1)
+        info = src.manifest.shards[shard]
+        path = src.folder / info.name
+        key, members = self._index.sample(path, index - int(src.offsets[shard]), info.samples)
+        where = f"shard {path}: sample {key!r}"
+        try:
+            return self._decode(members, where, src.manifest) | {"key": key}
+        except DataError:
+            if not self.skip_bad_samples:
+                raise
+            self.bad_samples += 1
+            return None
+
+    @staticmethod
+    def _decode(members: dict[str, bytes], where: str, manifest: Manifest) -> dict:
+        missing = [m for m in MEMBERS if m not in members]
+        if missing:
+            raise DataError(f"{where} lacks {missing}")
+        latent = load_npy(members["latent.npy"], f"{where} latent")
+        text = load_npy(members["text.npy"], f"{where} text")
+        mask = load_npy(members["mask.npy"], f"{where} mask")
+        for name, array, shape, kinds in (("latent", latent, manifest.latent_shape, "f"),
+                                          ("text", text, manifest.text_shape, "f"),
+                                          ("mask", mask, manifest.text_shape[:1], "b")):
+            if list(array.shape) != list(shape) or array.dtype.kind != kinds:
+                raise DataError(f"{where}: {name} is {array.dtype} {list(array.shape)}, expected shape {list(shape)} "
+                                f"({'float' if kinds == 'f' else 'bool'})")
+            if kinds == "f" and not np.isfinite(array).all():
+                raise DataError(f"{where}: {name} contains NaN or Inf")
+        try:
+            labels = json.loads(members["json"])
+            caption = members["txt"].decode("utf-8")
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{where}: unreadable caption or labels ({err})") from None
+        return {"latent": latent, "text": text, "mask": mask, "caption": caption, "labels": labels}
+
+    def batch(self, j: int) -> dict:
+        """This rank's part of global batch ``j``."""
+        gb = self.batch_size * self.world_size
+        start = j * gb + self.rank * self.batch_size
+        samples = [self._read(s, i) for s, i in self._positions(start, self.batch_size)]
+        keep = [k for k, x in enumerate(samples) if x is not None]
+        samples = [samples[k] for k in keep]
+        if not samples:
+            raise DataError(f"every sample of batch {j} was bad")
+        text = torch.from_numpy(np.stack([x["text"] for x in samples])).float()
+        mask = torch.from_numpy(np.stack([x["mask"] for x in samples]))
+        if self.caption_dropout > 0:
+            drop = np.random.default_rng([self.seed, 7, j]).random(gb)[start - j * gb:][: self.batch_size][keep]
+            drop = torch.from_numpy(drop < self.caption_dropout)
+            text[drop] = 0.0
+            mask[drop] = True
+        return {"latent": torch.from_numpy(np.stack([x["latent"] for x in samples])).float(),
+                "text": text, "text_mask": mask,
+                "caption": [x["caption"] for x in samples], "labels": [x["labels"] for x in samples],
+                "key": [x["key"] for x in samples], "batch_index": j, "bad_samples": self.bad_samples}
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        j = self.start_batch + worker  # worker w serves global batches start + w, start + w + W, ...
+        while True:
+            yield self.batch(j)
+            j += workers
+
+
+def make_loader(dataset: LatentBatches, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over the batch stream (in-order round robin over workers keeps it deterministic)."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+

@@ -1,0 +1,72 @@
+"""Frozen encoders behind one small interface, loaded lazily by name.
+
+Autoencoders (``load_autoencoder``): ``sdxl`` (SDXL VAE, 4 channels, scale 0.13025), ``ostris16``
+(``ostris/vae-kl-f8-d16``, 16 channels), ``pixel`` / ``pixel:F`` (identity / space-to-depth by F),
+or any diffusers hub id or local folder (``ORG/REPO`` or ``ORG/REPO:SUBFOLDER``).
+
+Text encoders (``load_text_encoder``): ``openclip:ARCH[:PRETRAINED]`` or ``openclip:hf-hub:ORG/REPO``
+(paper: ``openclip:ViT-H-14-378-quickgelu:dfn5b``), and ``offline[:DIM[:LENGTH[:SEED]]]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from microdit.encoders.autoencoder import Autoencoder, DiffusersAutoencoder, PixelAutoencoder
+from microdit.encoders.text import OfflineTextEncoder, OpenClipTextEncoder, TextEncoder
+
+PAPER_TEXT_ENCODER = "openclip:ViT-H-14-378-quickgelu:dfn5b"
+_NAMED_VAES = {
+    "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "vae", 0.13025),
+    "ostris16": ("ostris/vae-kl-f8-d16", None, None),
+}
+
+
+def _int_fields(name: str, spec: str, count: int) -> list[int]:
+    try:
+        return [int(v) for v in spec.split(":")[:count]] if spec else []
+    except ValueError:
+        raise ValueError(f"encoder {name!r}: expected integer fields after the prefix, got {spec!r}") from None
+
+
+def load_autoencoder(name: str, dtype: torch.dtype = torch.float32) -> Autoencoder:
+    """The frozen autoencoder called ``name`` (see the module docstring)."""
+    if name == "pixel" or name.startswith("pixel:"):
+        fields = _int_fields(name, name[len("pixel:"):] if ":" in name else "", 1)
+        return PixelAutoencoder(fields[0] if fields else 1)
+    if name in _NAMED_VAES:
+        source, subfolder, scale = _NAMED_VAES[name]
+        return DiffusersAutoencoder.from_pretrained(source, subfolder, name=name, scale=scale, dtype=dtype)
+    if Path(name).exists():
+        return DiffusersAutoencoder.from_pretrained(name, name=name, dtype=dtype)
+    if "/" in name:
+        source, _, subfolder = name.partition(":")
+        return DiffusersAutoencoder.from_pretrained(source, subfolder or None, name=name, dtype=dtype)
+    raise ValueError(f"unknown autoencoder {name!r}: use sdxl, ostris16, pixel, pixel:F, a hub id ORG/REPO[:SUBFOLDER] "
+                     "or an existing local folder")
+
+
+def load_text_encoder(name: str, device: str | torch.device = "cpu") -> TextEncoder:
+    """The frozen text encoder called ``name`` (see the module docstring)."""
+    if name.startswith("openclip:"):
+        return OpenClipTextEncoder.from_name(name[len("openclip:"):], device=device)
+    if name == "offline" or name.startswith("offline:"):
+        fields = _int_fields(name, name[len("offline:"):] if ":" in name else "", 3)
+        return OfflineTextEncoder(*fields).to(device)
+    raise ValueError(f"unknown text encoder {name!r}: use openclip:ARCH[:PRETRAINED], openclip:hf-hub:ORG/REPO or "
+                     "offline[:DIM[:LENGTH[:SEED]]]")
+
+
+__all__ = [
+    "PAPER_TEXT_ENCODER",
+    "Autoencoder",
+    "DiffusersAutoencoder",
+    "OfflineTextEncoder",
+    "OpenClipTextEncoder",
+    "PixelAutoencoder",
+    "TextEncoder",
+    "load_autoencoder",
+    "load_text_encoder",
+]

@@ -1,0 +1,104 @@
+"""Frozen text encoders: a list of captions -> token embeddings (N, L, Dy) and a padding mask
+(N, L), True at real tokens.
+
+- ``OpenClipTextEncoder``: the final-LayerNorm token sequence of an open_clip text tower (no
+  pooling, no projection) — the paper's DFN5B ``ViT-H-14-378-quickgelu`` gives 77 x 1024.
+- ``OfflineTextEncoder``: needs no download. It tokenizes with the real CLIP BPE tokenizer that
+  ships inside open_clip and looks tokens up in a **fixed random** embedding table (seeded,
+  unit-variance rows), plus a sin-cos position code so word order is visible. It is not a
+  trained language model: it carries word identity and order, nothing about meaning. It is for
+  CPU runs and tests on synthetic captions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TextEncoder(nn.Module):
+    """Interface of a frozen text encoder: ``name``, ``dim`` (Dy), ``length`` (L) and ``encode``."""
+
+    name: str
+    dim: int
+    length: int
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (embeddings (N, L, Dy) float32, mask (N, L) bool, True at real tokens)."""
+        raise NotImplementedError
+
+
+def _check_captions(captions: list[str]) -> None:
+    if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+        raise TypeError("text encoders take a list of caption strings")
+
+
+class OpenClipTextEncoder(TextEncoder):
+    """Token sequence after the final LayerNorm of an open_clip CLIP text tower."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str) -> None:
+        super().__init__()
+        if not hasattr(model, "token_embedding") or not hasattr(model, "ln_final"):
+            raise ValueError(f"{name}: only open_clip CLIP models with the built-in text transformer are supported "
+                             "(not CustomTextCLIP / Hugging Face text towers)")
+        model.visual = None  # the image tower is not needed for captions
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.dim = int(model.ln_final.normalized_shape[0])
+        self.length = int(model.positional_embedding.shape[0])
+
+    @classmethod
+    def from_name(cls, spec: str, device: str | torch.device = "cpu") -> OpenClipTextEncoder:
+        """``spec`` after the ``openclip:`` prefix: ``ARCH[:PRETRAINED]`` or ``hf-hub:ORG/REPO``."""
+        import open_clip
+
+        if spec.startswith("hf-hub:"):
+            arch, pretrained = spec, None
+        else:
+            arch, _, pretrained = spec.partition(":")
+        model = open_clip.create_model(arch, pretrained=pretrained or None, device=device)
+        return cls(model, open_clip.get_tokenizer(arch), f"openclip:{spec}")
+
+    @torch.no_grad()
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (N, 77, width) final-LN token features, mask True up to the end token."""
+        _check_captions(captions)
+        m = self.model
+        device = m.token_embedding.weight.device
+        tokens = self.tokenizer(captions).to(device)  # (N, L)
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding.to(cast)  # (N, L, Dy)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))  # (N, L, Dy)
+        return x.float(), tokens != 0
+
+
+class OfflineTextEncoder(TextEncoder):
+    """CLIP BPE tokens -> fixed random embeddings + sin-cos positions (no download, not trained)."""
+
+    def __init__(self, dim: int = 256, length: int = 77, seed: int = 0) -> None:
+        super().__init__()
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if dim < 2 or dim % 2:
+            raise ValueError(f"offline text encoder dim must be an even number >= 2, got {dim}")
+        if length < 3:
+            raise ValueError(f"offline text encoder length must be >= 3 (start, a token, end), got {length}")
+        self.tokenizer = SimpleTokenizer(context_length=length)
+        self.name = f"offline:{dim}:{length}" + (f":{seed}" if seed else "")
+        self.dim, self.length = dim, length
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("table", torch.randn(self.tokenizer.vocab_size, dim, generator=g), persistent=False)
+        pos = torch.arange(length, dtype=torch.float64)[:, None]
+        freq = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+        self.register_buffer("positions", torch.cat([(pos * freq).sin(), (pos * freq).cos()], 1).float(),
+                             persistent=False)
+
+    @torch.no_grad()
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (N, length, dim), mask True up to the end token (captions are truncated)."""
+        _check_captions(captions)
+        tokens = self.tokenizer(captions)  # (N, L), 0 = padding
+        mask = tokens != 0
+        emb = (self.table[tokens] + self.positions) * mask.unsqueeze(-1)  # (N, L, Dy), zero at padding
+        return emb, mask
