@@ -70,15 +70,15 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
     counts = {"bad_samples": 0}
     autoencoder.to(device)
     text.to(device)
-    todo = [s for s in src.shards if s.name.replace("images-", "latents-") not in done]
-    bar = tqdm(total=sum(s.samples for s in todo), desc=f"encode {dst.name}", unit="img", disable=not progress)
-    for info in todo:
+    todo = [(i, s) for i, s in enumerate(src.shards) if s.name.replace("images-", "latents-") not in done]
+    bar = tqdm(total=sum(s.samples for _, s in todo), desc=f"encode {dst.name}", unit="img", disable=not progress)
+    for shard_index, info in todo:
         shard = src_folder / info.name
         if shard.stat().st_size != info.bytes:
             raise DataError(f"shard {shard} has {shard.stat().st_size} bytes, the manifest says {info.bytes}: "
                             "truncated or replaced")
         samples = _read_image_shard(shard, skip_bad_samples, counts)
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + len(manifest.shards))
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + shard_index)  # per shard: resumable
         with ShardWriter(dst / info.name.replace("images-", "latents-")) as writer:
             for start in range(0, len(samples), batch_size):
                 batch = samples[start:start + batch_size]

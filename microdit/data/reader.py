@@ -63,19 +63,18 @@ class _ShardIndex:
 
     def __init__(self) -> None:
         self._index: dict[Path, list] = {}
-        self._files: dict[Path, object] = {}
 
     def sample(self, path: Path, i: int, expected: int) -> tuple[str, dict[str, bytes]]:
         if path not in self._index:
             self._index[path] = self._scan(path, expected)
         key, members = self._index[path][i]
-        f = self._files.setdefault(path, open(path, "rb"))
         out = {}
-        for ext, (offset, size) in members.items():
-            f.seek(offset)
-            out[ext] = f.read(size)
-            if len(out[ext]) != size:
-                raise DataError(f"shard {path}: sample {key!r} is truncated ({ext})")
+        with open(path, "rb") as f:
+            for ext, (offset, size) in members.items():
+                f.seek(offset)
+                out[ext] = f.read(size)
+                if len(out[ext]) != size:
+                    raise DataError(f"shard {path}: sample {key!r} is truncated ({ext})")
         return key, out
 
     @staticmethod

@@ -28,7 +28,7 @@ class ShardWriter:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self._file = open(self.tmp, "wb")
-        self._writer = wds.TarWriter(self._file, encoder=False)
+        self._writer = wds.TarWriter(self._file, encoder=False, mtime=0)  # byte-reproducible shards
         self.samples = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
@@ -47,6 +47,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the partial shard."""
+        self._writer.close()
         self._file.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -61,11 +62,13 @@ class ShardWriter:
 def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield (key, {extension: bytes}) for each sample of a tar shard, in file order.
 
-    Raises DataError naming the shard (and the last good key) if the tar is corrupt or truncated.
+    Raises DataError naming the shard (and the last good key) if the tar is corrupt or truncated
+    (a complete tar ends with a two-block end-of-archive marker; tarfile alone misses a cut that
+    falls on a header boundary).
     """
     if not path.is_file():
         raise DataError(f"shard {path} is missing")
-    key, members, last = None, {}, None
+    key, members, current, end = None, {}, None, 0
     try:
         with tarfile.open(path, "r|") as tar:
             for info in tar:
@@ -73,15 +76,20 @@ def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                     continue
                 base = info.name.rsplit("/", 1)[-1]
                 member_key, _, ext = base.partition(".")
+                current = member_key
                 data = tar.extractfile(info).read()
+                if len(data) != info.size:
+                    raise EOFError(f"{info.name} has {len(data)} of {info.size} bytes")
+                end = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
                 if member_key != key:
                     if key is not None:
                         yield key, members
-                        last = key
                     key, members = member_key, {}
                 members[ext] = data
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise DataError(f"shard {path}: corrupt or truncated tar after sample {last!r} ({err})") from None
+        raise DataError(f"shard {path}: corrupt or truncated tar at sample {current!r} ({err})") from None
+    if path.stat().st_size < end + 2 * tarfile.BLOCKSIZE:
+        raise DataError(f"shard {path}: truncated tar (no end-of-archive marker after sample {key!r})")
     if key is not None:
         yield key, members
 

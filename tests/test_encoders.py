@@ -1,0 +1,123 @@
+"""Frozen encoders: pixel space, diffusers AutoencoderKL and open_clip text towers built from small
+config dicts (no download), the offline text encoder, and name parsing."""
+
+import json
+
+import pytest
+import torch
+
+from microdit.encoders import (
+    DiffusersAutoencoder,
+    OfflineTextEncoder,
+    PixelAutoencoder,
+    load_autoencoder,
+    load_text_encoder,
+)
+
+SMALL_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                 up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], layers_per_block=1,
+                 latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.13025)
+SMALL_CLIP = {"embed_dim": 32, "quick_gelu": True,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+              "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 48, "heads": 4, "layers": 2}}
+
+
+def test_pixel_autoencoder_round_trip():
+    images = torch.rand(2, 3, 8, 12) * 2 - 1
+    for factor in (1, 2, 4):
+        ae = PixelAutoencoder(factor)
+        z = ae.encode(images)
+        assert z.shape == (2, 3 * factor**2, 8 // factor, 12 // factor)
+        assert torch.equal(ae.decode(z), images)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        PixelAutoencoder(4).encode(torch.zeros(1, 3, 6, 8))
+    assert load_autoencoder("pixel:2").latent_channels == 12 and load_autoencoder("pixel").downsample == 1
+
+
+def test_diffusers_autoencoder_from_config_dict():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**SMALL_VAE)
+    ae = DiffusersAutoencoder(vae, "small")
+    assert (ae.latent_channels, ae.downsample, ae.scale) == (4, 2, 0.13025)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = ae.encode(images, generator=torch.Generator().manual_seed(1))
+    expected = vae.encode(images).latent_dist.sample(torch.Generator().manual_seed(1)) * 0.13025
+    torch.testing.assert_close(z, expected)
+    assert ae.decode(z).shape == images.shape
+    assert not any(p.requires_grad for p in ae.parameters())
+
+
+def test_diffusers_autoencoder_from_local_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(**SMALL_VAE).save_pretrained(tmp_path / "vae")
+    ae = load_autoencoder(str(tmp_path / "vae"))
+    assert ae.latent_shape(32, 32) == (4, 16, 16) and ae.name == str(tmp_path / "vae")
+
+
+def test_unknown_autoencoder_name():
+    with pytest.raises(ValueError, match="unknown autoencoder 'vqgan'"):
+        load_autoencoder("vqgan")
+    with pytest.raises(ValueError, match="integer fields"):
+        load_autoencoder("pixel:two")
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory):
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("clip_cfg")
+    (folder / "microdit-test-tiny.json").write_text(json.dumps(SMALL_CLIP))
+    open_clip.add_model_config(folder)
+    return load_text_encoder("openclip:microdit-test-tiny")
+
+
+def test_openclip_text_encoder_from_config_dict(small_clip):
+    assert (small_clip.dim, small_clip.length) == (48, 20) and small_clip.model.visual is None
+    emb, mask = small_clip.encode(["a photo of a cat", "a dog"])
+    assert emb.shape == (2, 20, 48) and emb.dtype == torch.float32
+    assert mask[0].sum() == 7 and mask[1].sum() == 4  # start + words + end
+    m = small_clip.model
+    tokens = small_clip.tokenizer(["a dog"])
+    x = m.token_embedding(tokens) + m.positional_embedding
+    torch.testing.assert_close(emb[1:], m.ln_final(m.transformer(x, attn_mask=m.attn_mask)))
+    assert not torch.allclose(emb[0], emb[1])
+
+
+def test_openclip_prefix_is_a_prefix(monkeypatch):
+    """The reference's lstrip('openclip:') stripped characters; we strip the prefix only."""
+    import open_clip
+
+    seen = {}
+
+    def fake_create(arch, pretrained=None, device="cpu"):
+        seen.update(arch=arch, pretrained=pretrained)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create)
+    for name, arch, pretrained in [("openclip:ViT-H-14-378-quickgelu:dfn5b", "ViT-H-14-378-quickgelu", "dfn5b"),
+                                   ("openclip:coca_ViT-B-32", "coca_ViT-B-32", None),
+                                   ("openclip:hf-hub:apple/DFN5B-CLIP-ViT-H-14-378",
+                                    "hf-hub:apple/DFN5B-CLIP-ViT-H-14-378", None)]:
+        with pytest.raises(RuntimeError, match="stop"):
+            load_text_encoder(name)
+        assert seen == {"arch": arch, "pretrained": pretrained}
+
+
+def test_offline_text_encoder():
+    enc = OfflineTextEncoder(dim=16, length=12, seed=3)
+    again = load_text_encoder("offline:16:12:3")
+    emb, mask = enc.encode(["a red circle left of a blue square", "a blue circle left of a red square", ""])
+    emb2, mask2 = again.encode(["a red circle left of a blue square", "a blue circle left of a red square", ""])
+    assert torch.equal(emb, emb2) and torch.equal(mask, mask2)
+    assert emb.shape == (3, 12, 16)
+    assert mask[0].sum() == 10 and mask[2].sum() == 2  # start/end tokens only for ""
+    assert torch.all(emb[~mask] == 0)
+    assert not torch.allclose(emb[0], emb[1])  # same words, other order: different
+    assert not torch.equal(OfflineTextEncoder(16, 12, seed=4).encode(["a"])[0], enc.encode(["a"])[0])
+    with pytest.raises(TypeError, match="list of caption strings"):
+        enc.encode("a red circle")
+    with pytest.raises(ValueError, match="unknown text encoder 't5'"):
+        load_text_encoder("t5")
