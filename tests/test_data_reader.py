@@ -170,3 +170,16 @@ def test_model_fit_check():
                                         r"caption_dim 1024; latent size 16x16 != model input_size 32x32"):
         tiny = preset_config("MicroDiT_Tiny_2")
         check_fits_model(manifest, str(FIXTURE), tiny.in_channels, tiny.caption_dim, tiny.input_size)
+
+
+def test_accumulation_slices_cover_the_global_batch():
+    one = LatentBatches(FIXTURE, 8, seed=9, caption_dropout=0.3)
+    parts = {(r, a): LatentBatches(FIXTURE, 2, seed=9, caption_dropout=0.3, rank=r, world_size=2, accum=2)
+             for r in range(2) for a in range(2)}
+    for j in range(4):
+        ref = one.batch(j)
+        got = [parts[(r, a)].batch(j, a) for a in range(2) for r in range(2)]  # slice a * world + r
+        assert ref["key"] == [k for g in got for k in g["key"]]
+        assert torch.equal(ref["text"], torch.cat([g["text"] for g in got]))
+    stream = take(LatentBatches(FIXTURE, 2, seed=9, rank=1, world_size=2, accum=2, start_batch=1), 4, workers=2)
+    assert [(b["batch_index"], b["accum_index"]) for b in stream] == [(1, 0), (1, 1), (2, 0), (2, 1)]

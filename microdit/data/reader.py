@@ -1,10 +1,11 @@
 """Reading latent datasets for training: a deterministic, resumable stream of batches.
 
 The sample order is a pure function of (seed, manifests, weights) and **independent of the
-number of processes and workers**: global position p of the stream maps to one sample, the
-global batch j is positions [j*GB, (j+1)*GB), and rank r reads its slice [r*B, (r+1)*B) of it.
+number of processes, accumulation steps and workers**: global position p of the stream maps to
+one sample; global batch j (one optimizer step) is positions [j*GB, (j+1)*GB), cut into
+world_size x accum slices of B; accumulation step a of rank r reads slice a * world_size + r.
 So 1 process and 2 processes at the same global batch see the same samples, and resuming from
-"batches consumed" is exact.
+"global batches consumed" is exact.
 
 Order per dataset and epoch: ``shuffle="global"`` (a full permutation) or ``shuffle="buffer"``
 (shards in a permuted order, samples through a shuffle buffer of ``shuffle_buffer`` — the
@@ -123,13 +124,15 @@ class LatentBatches(IterableDataset):
 
     Each item is a dict: ``latent`` (B, C, h, w) float32, ``text`` (B, L, Dy) float32,
     ``text_mask`` (B, L) bool, ``caption`` list[str], ``labels`` list[dict], ``key`` list[str],
-    ``batch_index`` (global batch number) and ``bad_samples`` (skipped so far by this worker).
+    ``batch_index`` (global batch number), ``accum_index`` and ``bad_samples`` (skipped so far by
+    this worker). ``batch_size`` is B, one slice; each global batch yields ``accum`` items in turn.
     Use with :func:`make_loader` (``batch_size=None``).
     """
 
     def __init__(self, folders: str | Path | list, batch_size: int, weights: list[float] | None = None,
                  seed: int = 0, shuffle: str = "global", shuffle_buffer: int = 1000, caption_dropout: float = 0.0,
-                 rank: int = 0, world_size: int = 1, start_batch: int = 0, skip_bad_samples: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, accum: int = 1, start_batch: int = 0,
+                 skip_bad_samples: bool = False) -> None:
         super().__init__()
         folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
         if not folders:
@@ -141,8 +144,9 @@ class LatentBatches(IterableDataset):
             raise DataError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
         if not 0 <= caption_dropout < 1:
             raise DataError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
-        if batch_size < 1 or not 0 <= rank < world_size:
-            raise DataError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        if batch_size < 1 or accum < 1 or not 0 <= rank < world_size:
+            raise DataError(f"need batch_size >= 1, accum >= 1 and 0 <= rank < world_size, got {batch_size}, "
+                            f"{accum}, {rank}, {world_size}")
         self.sources = []
         for folder in folders:
             manifest = load_manifest(folder)
@@ -159,7 +163,7 @@ class LatentBatches(IterableDataset):
                                 f"{first.latent_shape}, text {first.text_shape})")
         self.weights = np.asarray(weights, dtype=np.float64) / sum(weights)
         self.batch_size, self.seed, self.shuffle, self.shuffle_buffer = batch_size, seed, shuffle, shuffle_buffer
-        self.caption_dropout, self.rank, self.world_size = caption_dropout, rank, world_size
+        self.caption_dropout, self.rank, self.world_size, self.accum = caption_dropout, rank, world_size, accum
         self.start_batch, self.skip_bad_samples = start_batch, skip_bad_samples
         self._orders: dict[tuple[int, int], np.ndarray] = {}
         self._block_counts = {0: np.zeros(len(self.sources), dtype=np.int64)}
@@ -257,10 +261,10 @@ class LatentBatches(IterableDataset):
             raise DataError(f"{where}: unreadable caption or labels ({err})") from None
         return {"latent": latent, "text": text, "mask": mask, "caption": caption, "labels": labels}
 
-    def batch(self, j: int) -> dict:
-        """This rank's part of global batch ``j``."""
-        gb = self.batch_size * self.world_size
-        start = j * gb + self.rank * self.batch_size
+    def batch(self, j: int, accum_index: int = 0) -> dict:
+        """This rank's slice of global batch ``j`` for accumulation step ``accum_index``."""
+        gb = self.batch_size * self.world_size * self.accum
+        start = j * gb + (accum_index * self.world_size + self.rank) * self.batch_size
         samples = [self._read(s, i) for s, i in self._positions(start, self.batch_size)]
         keep = [k for k, x in enumerate(samples) if x is not None]
         samples = [samples[k] for k in keep]
@@ -276,15 +280,16 @@ class LatentBatches(IterableDataset):
         return {"latent": torch.from_numpy(np.stack([x["latent"] for x in samples])).float(),
                 "text": text, "text_mask": mask,
                 "caption": [x["caption"] for x in samples], "labels": [x["labels"] for x in samples],
-                "key": [x["key"] for x in samples], "batch_index": j, "bad_samples": self.bad_samples}
+                "key": [x["key"] for x in samples], "batch_index": j, "accum_index": accum_index,
+                "bad_samples": self.bad_samples}
 
     def __iter__(self):
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        j = self.start_batch + worker  # worker w serves global batches start + w, start + w + W, ...
+        item = self.start_batch * self.accum + worker  # worker w serves items start + w, start + w + W, ...
         while True:
-            yield self.batch(j)
-            j += workers
+            yield self.batch(*divmod(item, self.accum))
+            item += workers
 
 
 def make_loader(dataset: LatentBatches, num_workers: int = 0) -> DataLoader:

@@ -52,16 +52,22 @@ def edm_loss(
     y_mask: torch.Tensor | None = None,
     caption_dropout: float = 0.0,
     generator: torch.Generator | None = None,
+    sigma: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-sample EDM loss (N,): lambda(sigma) (D(x0 + n; sigma) - x0)^2 averaged over the kept patches.
 
     Per-pixel loss -> mean over channels -> mean per patch -> mean over kept patches. The mean
-    over the batch is the caller's (so it can also log per-sigma losses).
+    over the batch is the caller's (so it can also log per-sigma losses). ``sigma`` (N,) and
+    ``noise`` (N, C, H, W) may be given (drawn by the caller); otherwise they are drawn here.
     """
     n = x0.shape[0]
     x0 = x0.to(torch.promote_types(x0.dtype, torch.float32))
-    sigma = sample_sigma(n, edm.P_mean, edm.P_std, generator, x0.device).to(x0.dtype)  # (N,)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device).to(x0.dtype)
+    if sigma is None:
+        sigma = sample_sigma(n, edm.P_mean, edm.P_std, generator, x0.device)  # (N,)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    sigma, noise = sigma.to(x0.dtype), noise.to(x0.dtype)
     y, y_mask = drop_captions(y, y_mask, caption_dropout, generator)
     d = denoise(net, x0 + noise * sigma.view(-1, 1, 1, 1), sigma, y, edm.sigma_data, keep_ids=keep_ids, y_mask=y_mask)
     per_pixel = loss_weight(sigma, edm.sigma_data).view(-1, 1, 1, 1) * (d - x0) ** 2  # (N, C, H, W)

@@ -15,6 +15,7 @@ import math
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from microdit.masking import gather_tokens, scatter_tokens
 from microdit.models.config import BlockSpec, MicroDiTConfig
@@ -40,6 +41,14 @@ def _projection(in_dim: int, out_dim: int, eps: float) -> nn.Module:
     return nn.Sequential(nn.LayerNorm(in_dim, eps=eps, bias=False), nn.Linear(in_dim, out_dim, bias=False))
 
 
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor,
+               y_mask: torch.Tensor | None, recompute: bool) -> torch.Tensor:
+    """Apply DiT blocks in order; with ``recompute`` their activations are recomputed in backward."""
+    for block in blocks:
+        x = checkpoint(block, x, c, y, y_mask, use_reentrant=False) if recompute else block(x, c, y, y_mask)
+    return x
+
+
 class PatchMixer(nn.Module):
     """A few DiT blocks of width Dm over **all** tokens, before masking (deferred masking).
 
@@ -62,12 +71,12 @@ class PatchMixer(nn.Module):
         y: torch.Tensor,
         y_mask: torch.Tensor | None,
         keep_ids: torch.Tensor | None,
+        recompute: bool = False,
     ) -> torch.Tensor:
         """x (N, T, D) -> (N, K, D) (K = T without keep_ids)."""
         x = self.x_in(x)  # (N, T, Dm)
         y = self.y_in(y)  # (N, L, Dm)
-        for block in self.blocks:
-            x = block(x, c, y, y_mask)
+        x = run_blocks(self.blocks, x, c, y, y_mask, recompute)
         if keep_ids is not None:
             x = gather_tokens(x, keep_ids)  # (N, K, Dm)
         return self.x_out(x)  # (N, K, D)
@@ -92,6 +101,7 @@ class MicroDiT(nn.Module):
         self.mixer = PatchMixer(cfg, self._make_block) if cfg.mixer_depth > 0 else None
         self.blocks = nn.ModuleList([self._make_block(d, spec) for spec in cfg.backbone_specs()])
         self.final = FinalLayer(d, p * p * cfg.in_channels, eps)
+        self.activation_checkpointing = False  # recompute block activations in backward (saves memory)
         self.initialize_weights()
 
     def _make_block(self, dim: int, spec: BlockSpec) -> DiTBlock:
@@ -127,6 +137,15 @@ class MicroDiT(nn.Module):
         for layer in (self.final.ada_ln[1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def set_resolution(self, input_size: list[int], pos_interp_scale: float) -> None:
+        """Change the configured input size and position-embedding interpolation (a resolution
+        stage); parameters do not depend on either."""
+        self.cfg.input_size = list(input_size)
+        self.cfg.pos_interp_scale = pos_interp_scale
+        self.cfg.validate()
+        grid = self.cfg.base_grid
+        self.pos_embed = sincos_pos_embed_2d(self.cfg.width, grid, grid, pos_interp_scale).to(self.pos_embed.device)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid (h, w) of an H x W input."""
@@ -181,12 +200,12 @@ class MicroDiT(nn.Module):
             weights = y_mask.to(y.dtype).unsqueeze(-1)  # (N, L, 1)
             pooled = (y * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)  # (N, D)
         c = self.timestep_embed(c_noise) + self.pooled_caption_proj(pooled)  # (N, D)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         if self.mixer is not None:
-            tokens = self.mixer(tokens, c, y, y_mask, keep_ids)  # (N, K, D)
+            tokens = self.mixer(tokens, c, y, y_mask, keep_ids, recompute)  # (N, K, D)
         elif keep_ids is not None:
             tokens = gather_tokens(tokens, keep_ids)  # (N, K, D)
-        for block in self.blocks:
-            tokens = block(tokens, c, y, y_mask)
+        tokens = run_blocks(self.blocks, tokens, c, y, y_mask, recompute)
         out = self.final(tokens, c)  # (N, K, p*p*C)
         if keep_ids is not None:
             out = scatter_tokens(out, keep_ids, h * w)  # (N, T, p*p*C)

@@ -1,0 +1,39 @@
+"""``microdit-train``: compose ``conf/`` with Hydra, validate, train.
+
+    microdit-train                                   # CPU defaults: nano on the synthetic dataset
+    microdit-train model=tiny data=cifar_captions encoder=paper trainer=gpu experiment=paper_recipe
+    microdit-train trainer.name=r75 'stages.0.mask_ratio=0.75' model.overrides.mixer_depth=0
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from microdit.data import DataError
+from microdit.train.config import TrainConfig
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    """Entry point: config errors, data errors and non-finite stops end with a one-line message."""
+    from microdit.train.trainer import NonFiniteError, train
+
+    try:
+        summary = train(OmegaConf.to_object(cfg))
+    except (ValueError, DataError, NonFiniteError, PermissionError, FileExistsError, FileNotFoundError) as err:
+        print(f"microdit-train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"[train] done: {summary['nimg']} images, final loss {summary['final_loss']:.4f}, "
+          f"{summary['images_per_s']:.1f} img/s, MFU {summary['mfu']:.1%}, {summary['dollars']:.4f} $")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""AdamW parameter groups chosen by module type (never by parameter-name substrings).
+
+Groups: ``moe`` (every parameter of an expert-choice MoE layer: experts and router; learning
+rate x ``moe_lr_scale``, weight decay), ``no_decay`` (LayerNorm weights, biases, and the
+patch / timestep embedders when configured), ``decay`` (everything else).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from microdit.nn import ExpertChoiceMoE, PatchEmbed, TimestepEmbedder
+
+
+def param_groups(model: nn.Module, weight_decay: float, moe_lr_scale: float,
+                 no_decay_embeddings: bool = True) -> list[dict]:
+    """Parameter groups for AdamW; each group carries ``name`` and ``lr_scale``."""
+    moe = {id(p) for m in model.modules() if isinstance(m, ExpertChoiceMoE) for p in m.parameters()}
+    embed_types = (PatchEmbed, TimestepEmbedder) if no_decay_embeddings else ()
+    embeddings = {id(p) for m in model.modules() if isinstance(m, embed_types) for p in m.parameters()}
+    groups = {"decay": [], "no_decay": [], "moe": []}
+    for module in model.modules():
+        for attr, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if id(p) in moe:
+                groups["moe"].append(p)
+            elif isinstance(module, nn.LayerNorm) or attr == "bias" or id(p) in embeddings:
+                groups["no_decay"].append(p)
+            else:
+                groups["decay"].append(p)
+    settings = {"decay": (weight_decay, 1.0), "no_decay": (0.0, 1.0), "moe": (weight_decay, moe_lr_scale)}
+    return [{"name": name, "params": params, "weight_decay": settings[name][0], "lr_scale": settings[name][1]}
+            for name, params in groups.items() if params]
+
+
+def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+                    moe_lr_scale: float, no_decay_embeddings: bool, fused: bool) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (``fused`` where the device supports it)."""
+    groups = param_groups(model, weight_decay, moe_lr_scale, no_decay_embeddings)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to ``lr`` times its ``lr_scale``."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g["lr_scale"]

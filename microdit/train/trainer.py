@@ -1,0 +1,493 @@
+"""The training loop (the only module that imports accelerate).
+
+Runs the configured stages in order (e.g. masked pretraining, then unmasked fine-tuning), counts
+progress in images, meters FLOPs and cost, checkpoints atomically (every N images, at the end of
+every stage, on SIGTERM/SIGINT) and resumes exactly.
+
+Every random draw of a training step (sigma, noise, token masks) is made for the whole global
+batch from a generator seeded by (seed, stage, step), and each process takes its slice; the
+reader's order does not depend on the process count either. So a run's losses do not depend on
+how many processes share the global batch, and a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from microdit.data import (
+    DataError,
+    LatentBatches,
+    check_fits_model,
+    encode_dataset,
+    load_manifest,
+    make_loader,
+    write_image_dataset,
+)
+from microdit.data.synthetic import SHAPES, synthetic_sample
+from microdit.diffusion import EDMConfig, edm_loss, edm_sample, guided_denoiser, karras_sigmas, sample_sigma
+from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.masking import sample_keep_ids
+from microdit.models import MicroDiT
+from microdit.train import checkpoint as ckpt
+from microdit.train.config import StageConfig, TrainConfig, stage_model_config, validate
+from microdit.train.cost import CostMeter
+from microdit.train.ema import EMA
+from microdit.train.flops import flops_per_image
+from microdit.train.logging import StatsFile, WandbSink, progress_bar
+from microdit.train.optim import build_optimizer, set_lr
+from microdit.train.schedule import lr_factor
+
+CPU_PEAK_FLOPS = 130e9  # fp32 matmul of the 2-core development machine
+CUDA_PEAK_FLOPS = 989e12  # H100 SXM dense bf16
+
+
+class NonFiniteError(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+@dataclasses.dataclass
+class StagePlan:
+    """A stage resolved to images: its length, the FLOPs per training image and per step."""
+
+    images: int
+    steps: int
+    flops_per_image: float
+
+
+class _Autocast(nn.Module):
+    """Runs the network under autocast; everything around it (preconditioning, loss) stays fp32."""
+
+    def __init__(self, net: nn.Module, device_type: str, enabled: bool) -> None:
+        super().__init__()
+        self.net, self.device_type, self.enabled = net, device_type, enabled
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.enabled):
+            return self.net(*args, **kwargs)
+
+
+def _step_seed(seed: int, stage: int, step: int) -> int:
+    return (seed * 1_000_003 + stage * 7_919 + step) % (2**63)
+
+
+def prepare_synthetic(cfg: TrainConfig) -> None:
+    """Build and encode the synthetic dataset into ``data.folders[0]`` if it has no manifest."""
+    folder = Path(cfg.data.folders[0])
+    if (folder / "manifest.json").is_file():
+        return
+    images = folder.with_name(folder.name + "-images")
+    if not (images / "manifest.json").is_file():
+        d = cfg.data
+        samples = ((f"{i:08d}", (s := synthetic_sample(cfg.trainer.seed, i, d.prepare_size)).image, s.caption,
+                    s.labels) for i in range(d.prepare_samples))
+        write_image_dataset(images, samples, d.prepare_size, list(SHAPES), f"synthetic(seed={cfg.trainer.seed})")
+    encode_dataset(images, folder, load_autoencoder(cfg.encoder.autoencoder),
+                   load_text_encoder(cfg.encoder.text_encoder), progress=cfg.trainer.progress)
+
+
+class Trainer:
+    """Builds everything from a validated :class:`TrainConfig` and runs its stages."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from accelerate import Accelerator
+
+        t = cfg.trainer
+        use_cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+        self.acc = Accelerator(cpu=use_cpu, mixed_precision="no")
+        self.world, self.rank = self.acc.num_processes, self.acc.process_index
+        validate(cfg, self.world)
+        self.cfg, self.device = cfg, self.acc.device
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.run_dir = Path(t.run_dir) / t.name
+        self._check_run_dir()
+        self.micro = t.batch_size // (self.world * t.grad_accum)
+        if cfg.data.prepare == "synthetic":
+            if self.acc.is_main_process:
+                prepare_synthetic(cfg)
+            self.acc.wait_for_everyone()
+        self.manifests = [self._manifest(s) for s in cfg.stages]
+        self.budget = self._budget_flops()
+        self.plans = [self._plan(i, s) for i, s in enumerate(cfg.stages)]
+
+        self._seed_processes(t.seed)  # before the model is built: its initialisation draws from it
+        model_cfg = stage_model_config(cfg, cfg.stages[0])
+        self.model = MicroDiT(model_cfg).to(self.device)
+        self.model.activation_checkpointing = t.activation_checkpointing
+        o = cfg.optim
+        self.optimizer = build_optimizer(self.model, o.lr, tuple(o.betas), o.eps, o.weight_decay, o.moe_lr_scale,
+                                         o.no_decay_embeddings, fused=self.device.type == "cuda" and o.fused == "auto")
+        self.ema: EMA | None = None
+        self.meter = CostMeter(t.peak_flops or (CUDA_PEAK_FLOPS if self.device.type == "cuda" else CPU_PEAK_FLOPS),
+                               self.world, t.price_per_device_hour)
+        self.progress = {"stage": 0, "stage_images": 0, "stage_steps": 0, "nimg": 0, "step": 0}
+        self.guard = {"nonfinite_total": 0, "consecutive": 0}
+        resume_from = self._resume_path()
+        if resume_from is None and t.init_from:
+            self._init_from(Path(t.init_from))
+        if resume_from is not None:
+            self._load(resume_from)
+        net = torch.compile(self.model) if t.compile else self.model
+        self.net, self.optimizer = self.acc.prepare(net, self.optimizer)
+        self.loss_net = _Autocast(self.net, self.device.type, self.bf16)
+        self._signal = None
+        self.resumed_from = resume_from
+        if self.acc.is_main_process:
+            self.stats = StatsFile(self.run_dir / "stats.jsonl", self.progress["nimg"] if resume_from else None)
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            self._write_run_info()
+            self.wandb = WandbSink(t.wandb, self.run_dir, t.name, OmegaConf.to_container(OmegaConf.structured(cfg)))
+
+    # -- set-up helpers -------------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / f".write-test-{self.rank}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise PermissionError(f"run directory {self.run_dir} is not writable ({err}); set trainer.run_dir "
+                                  "to a writable folder") from None
+
+    def _manifest(self, stage: StageConfig):
+        folders = stage.data_folders or self.cfg.data.folders
+        for folder in folders:
+            if not (Path(folder) / "manifest.json").is_file():
+                raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
+                                "(or set data.prepare=synthetic for the synthetic dataset)")
+        manifest = load_manifest(folders[0])
+        model_cfg = stage_model_config(self.cfg, stage)
+        for folder in folders:
+            check_fits_model(load_manifest(folder), folder, model_cfg.in_channels, model_cfg.caption_dim,
+                             model_cfg.input_size)
+        return manifest
+
+    def _budget_flops(self) -> float | None:
+        t = self.cfg.trainer
+        if t.budget_dollars is not None:
+            peak = t.peak_flops or (CUDA_PEAK_FLOPS if self.device.type == "cuda" else CPU_PEAK_FLOPS)
+            return t.budget_dollars / t.price_per_device_hour * 3600 * peak * t.expected_mfu
+        return t.budget_flops
+
+    def stage_flops_per_image(self, stage: StageConfig, manifest) -> float:
+        """Training FLOPs per image in ``stage`` (3 x forward, at its mask ratio and resolution)."""
+        model_cfg = stage_model_config(self.cfg, stage)
+        grid = (model_cfg.input_size[0] // model_cfg.patch_size, model_cfg.input_size[1] // model_cfg.patch_size)
+        return flops_per_image(model_cfg, grid, manifest.text_shape[0], stage.mask_ratio, stage.mask_strategy,
+                               stage.mask_block_size).train
+
+    def _plan(self, index: int, stage: StageConfig) -> StagePlan:
+        gb = self.cfg.trainer.batch_size
+        fpi = self.stage_flops_per_image(stage, self.manifests[index])
+        if stage.images is not None:
+            images = stage.images
+        elif stage.steps is not None:
+            images = stage.steps * gb
+        elif stage.flops is not None:
+            images = stage.flops / fpi
+        else:
+            images = stage.budget_fraction * self.budget / fpi
+        steps = max(1, int(images // gb))
+        return StagePlan(steps * gb, steps, fpi)
+
+    def _seed_processes(self, seed: int) -> None:
+        s = seed  # the same on every process: replicas must start from the same weights
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+
+    def _resume_path(self) -> Path | None:
+        mode = self.cfg.trainer.resume
+        existing = ckpt.latest(self.run_dir)
+        if mode == "auto":
+            return existing
+        if mode == "never":
+            if existing is not None:
+                raise FileExistsError(f"run {self.run_dir} already has checkpoints (latest {existing}); use "
+                                      "trainer.resume=auto to continue it or another trainer.name")
+            return None
+        return ckpt.resolve(mode)
+
+    def _load_weights(self, module: nn.Module, state: dict, path: Path, what: str) -> None:
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()][:6]
+            raise RuntimeError(f"checkpoint {path} is incompatible with this model config ({what}): "
+                               + " | ".join(lines)) from None
+
+    def _init_from(self, path: Path) -> None:
+        path = ckpt.resolve(path)
+        state, _ = ckpt.load(path)
+        self._load_weights(self.model, state["model"], path, "model")
+        if self.cfg.trainer.init_mode == "full":
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("ema") is not None:
+                self.ema = EMA(self.model)
+                self._load_weights(self.ema.model, state["ema"], path, "ema")
+        self.acc.print(f"[train] initialised from {path} ({self.cfg.trainer.init_mode})")
+
+    def _load(self, path: Path) -> None:
+        state, meta = ckpt.load(path)
+        stage = self.cfg.stages[state["progress"]["stage"]] if state["progress"]["stage"] < len(self.cfg.stages) \
+            else self.cfg.stages[-1]
+        model_cfg = stage_model_config(self.cfg, stage)
+        self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
+        self._load_weights(self.model, state["model"], path, "model")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("ema") is not None:
+            self.ema = EMA(self.model)
+            self._load_weights(self.ema.model, state["ema"], path, "ema")
+        self.progress, self.guard = dict(state["progress"]), dict(state["guard"])
+        self.meter.load_state_dict(state["cost"])
+        rng_file = path / f"rng-{self.rank}.pt"
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=False)
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if torch.cuda.is_available() and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        self.acc.print(f"[train] resumed from {path} at {self.progress['nimg']} images "
+                       f"(stage {self.progress['stage']}, {meta['stage_name']})")
+
+    def _write_run_info(self) -> None:
+        info = {"device": str(self.device), "processes": self.world, "bf16_autocast": self.bf16,
+                "tf32": self.device.type == "cuda", "threads": torch.get_num_threads(), "torch": torch.__version__,
+                "peak_flops_per_device": self.meter.peak_flops, "budget_flops": self.budget,
+                "stages": [{"name": s.name, **dataclasses.asdict(p)} for s, p in zip(self.cfg.stages, self.plans,
+                                                                                     strict=True)]}
+        (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the full train state (all processes take part)."""
+        nimg = self.progress["nimg"]
+        tmp = ckpt.checkpoint_root(self.run_dir) / f".tmp-{nimg:012d}"
+        if self.acc.is_main_process:
+            ckpt.begin(self.run_dir, nimg)
+        self.acc.wait_for_everyone()
+        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / f"rng-{self.rank}.pt")
+        self.acc.wait_for_everyone()
+        final = None
+        if self.acc.is_main_process:
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "ema": self.ema.state_dict() if self.ema is not None else None,
+                     "progress": dict(self.progress), "guard": dict(self.guard), "cost": self.meter.state_dict()}
+            stage = self.cfg.stages[min(self.progress["stage"], len(self.cfg.stages) - 1)]
+            meta = {"nimg": nimg, "step": self.progress["step"], "stage": self.progress["stage"],
+                    "stage_name": stage.name, "time": time.time()}
+            final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints)
+        self.acc.wait_for_everyone()
+        self.meter.restart_clock()
+        return final
+
+    # -- signals ----------------------------------------------------------------------------------
+    def _install_signals(self) -> dict:
+        previous = {}
+
+        def handler(signum, frame):
+            self._signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _edm(self, stage: StageConfig) -> EDMConfig:
+        d = self.cfg.diffusion
+        return EDMConfig(d.sigma_data, stage.P_mean if stage.P_mean is not None else d.P_mean,
+                         stage.P_std if stage.P_std is not None else d.P_std, d.sigma_min, d.sigma_max, d.rho)
+
+    def _train_step(self, it, si: int, stage: StageConfig, edm: EDMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        t, cfg = self.cfg.trainer, self.model.cfg
+        gb, b, accum = t.batch_size, self.micro, t.grad_accum
+        gen = torch.Generator(device=self.device).manual_seed(_step_seed(t.seed, si, self.progress["stage_steps"]))
+        sigma = sample_sigma(gb, edm.P_mean, edm.P_std, gen, self.device)  # (GB,)
+        noise = torch.randn(gb, cfg.in_channels, *cfg.input_size, generator=gen, device=self.device)
+        keep = sample_keep_ids(gb, cfg.base_grid, stage.mask_ratio, stage.mask_strategy, stage.mask_block_size, gen,
+                               self.device)
+        losses = []
+        for a in range(accum):
+            batch = next(it)
+            lo = (a * self.world + self.rank) * b
+            n = len(batch["key"])
+            part = slice(lo, lo + n)
+            sync = contextlib.nullcontext() if a == accum - 1 else self.acc.no_sync(self.net)
+            with sync:
+                loss = edm_loss(self.loss_net, batch["latent"].to(self.device), batch["text"].to(self.device), edm,
+                                cfg.patch_size, keep_ids=None if keep is None else keep[part],
+                                y_mask=batch["text_mask"].to(self.device) if self.cfg.data.use_text_mask else None,
+                                sigma=sigma[part], noise=noise[part]).mean()
+                self.acc.backward(loss / accum)
+            losses.append(loss.detach())
+        loss = torch.stack(losses).mean()
+        clip = stage.grad_clip if stage.grad_clip > 0 else math.inf
+        grad_norm = self.acc.clip_grad_norm_(self.net.parameters(), clip)
+        return loss, torch.as_tensor(grad_norm, device=self.device, dtype=torch.float32)
+
+    def run(self) -> dict:
+        """Train every remaining stage; returns the run summary (also written to summary.json)."""
+        t = self.cfg.trainer
+        previous = self._install_signals()
+        total = sum(p.images for p in self.plans)
+        bar = progress_bar(total, self.progress["nimg"], t.progress and self.acc.is_main_process)
+        window = {"loss": [], "grad": [], "images": 0, "flops": 0.0, "time": time.perf_counter()}
+        last_loss = float("nan")
+        try:
+            while self.progress["stage"] < len(self.cfg.stages):
+                si = self.progress["stage"]
+                stage, plan = self.cfg.stages[si], self.plans[si]
+                model_cfg = stage_model_config(self.cfg, stage)
+                self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
+                if stage.ema.decay > 0 and self.ema is None:
+                    self.ema = EMA(self.model)
+                edm = self._edm(stage)
+                reader = LatentBatches(stage.data_folders or self.cfg.data.folders, self.micro, self.cfg.data.weights,
+                                       t.seed + si, self.cfg.data.shuffle, self.cfg.data.shuffle_buffer,
+                                       self.cfg.data.caption_dropout, self.rank, self.world, t.grad_accum,
+                                       self.progress["stage_steps"], self.cfg.data.skip_bad_samples)
+                it = iter(make_loader(reader, self.cfg.data.num_workers))
+                base_lr = stage.lr if stage.lr is not None else self.cfg.optim.lr
+                self.meter.restart_clock()
+                while self.progress["stage_images"] < plan.images:
+                    lr = base_lr * lr_factor(self.progress["stage_images"], plan.images, stage.warmup_images,
+                                             stage.schedule, stage.min_lr_fraction)
+                    set_lr(self.optimizer, lr)
+                    loss, grad_norm = self._train_step(it, si, stage, edm)
+                    flags = torch.stack([(~torch.isfinite(loss)).float() + (~torch.isfinite(grad_norm)).float(),
+                                         torch.tensor(float(self._signal is not None), device=self.device)])
+                    flags = self.acc.reduce(flags, reduction="sum")
+                    if flags[0] > 0:
+                        self.guard["nonfinite_total"] += 1
+                        self.guard["consecutive"] += 1
+                    else:
+                        self.optimizer.step()
+                        self.guard["consecutive"] = 0
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if self.ema is not None and flags[0] == 0:
+                        decay = stage.ema.decay if self.progress["stage_images"] >= stage.ema.start_images else 0.0
+                        self.ema.update(self.model, decay)
+                    step_loss = self.acc.reduce(loss, reduction="mean").item()
+                    self._advance(plan)
+                    bar.update(t.batch_size)
+                    window["loss"].append(step_loss)
+                    window["grad"].append(grad_norm.item())
+                    window["images"] += t.batch_size
+                    window["flops"] += plan.flops_per_image * t.batch_size
+                    last_loss = step_loss
+                    if self.guard["consecutive"] >= t.max_nonfinite:
+                        good = ckpt.latest(self.run_dir)
+                        raise NonFiniteError(f"{self.guard['consecutive']} non-finite steps in a row (loss or gradient "
+                                             f"NaN/Inf) at {self.progress['nimg']} images; stopping. Last good "
+                                             f"checkpoint: {good or 'none'}")
+                    if self._crossed(t.log_every_images):
+                        self._log(stage, lr, window)
+                    if self._crossed(t.ckpt_every_images):
+                        self.save_checkpoint()
+                    if self._crossed(t.sample_every_images):
+                        self.sample_grid(reader.manifest)
+                    if flags[1] > 0:
+                        path = self.save_checkpoint()
+                        self.acc.print(f"[train] signal received: checkpoint {path} written at "
+                                       f"{self.progress['nimg']} images; exiting")
+                        raise SystemExit(128 + (self._signal or signal.SIGTERM))
+                if window["loss"]:
+                    self._log(stage, lr, window)
+                self.progress.update(stage=si + 1, stage_images=0, stage_steps=0)
+                self.save_checkpoint()
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            bar.close()
+        summary = {"nimg": self.progress["nimg"], "steps": self.progress["step"], "final_loss": last_loss,
+                   "nonfinite_steps": self.guard["nonfinite_total"], **self.meter.state_dict(),
+                   "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
+                   "mfu": self.meter.mfu(self.meter.flops, self.meter.seconds),
+                   "images_per_s": self.meter.images / max(self.meter.seconds, 1e-9)}
+        if self.acc.is_main_process:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.wandb.finish()
+        return summary
+
+    def _advance(self, plan: StagePlan) -> None:
+        gb = self.cfg.trainer.batch_size
+        self._before = self.progress["nimg"]
+        self.progress["stage_images"] += gb
+        self.progress["stage_steps"] += 1
+        self.progress["nimg"] += gb
+        self.progress["step"] += 1
+        self.meter.add(gb, plan.flops_per_image * gb)
+
+    def _crossed(self, every: int) -> bool:
+        return every > 0 and self.progress["nimg"] // every > self._before // every
+
+    def _log(self, stage: StageConfig, lr: float, window: dict) -> None:
+        now = time.perf_counter()
+        seconds = now - window["time"]
+        row = {"nimg": self.progress["nimg"], "step": self.progress["step"], "stage": self.progress["stage"],
+               "stage_name": stage.name, "loss": float(np.mean(window["loss"])), "lr": lr,
+               "grad_norm": float(np.mean(window["grad"])), "images_per_s": window["images"] / seconds,
+               "mfu": self.meter.mfu(window["flops"], seconds), "flops": self.meter.flops,
+               "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
+               "nonfinite_steps": self.guard["nonfinite_total"]}
+        if self.acc.is_main_process:
+            self.stats.write(row)
+            self.wandb.log(row, self.progress["nimg"])
+        window.update(loss=[], grad=[], images=0, flops=0.0, time=now)
+
+    @torch.no_grad()
+    def sample_grid(self, manifest) -> Path | None:
+        """Sample the fixed prompts with a fixed seed (EMA weights if any) and save a PNG grid."""
+        if not self.acc.is_main_process:
+            self.acc.wait_for_everyone()
+            return None
+        t, d = self.cfg.trainer, self.cfg.diffusion
+        net = (self.ema.model if self.ema is not None else self.model).eval()
+        text = load_text_encoder(manifest.text_encoder)
+        y, mask = text.encode(list(t.sample_prompts))
+        y = y.to(self.device)
+        cfg = net.cfg
+        gen = torch.Generator(device=self.device).manual_seed(t.sample_seed)
+        noise = torch.randn(len(t.sample_prompts), cfg.in_channels, *cfg.input_size, generator=gen, device=self.device)
+        den = guided_denoiser(_Autocast(net, self.device.type, self.bf16), y, d.sigma_data, d.cfg_scale,
+                              torch.zeros_like(y), mask.to(self.device) if self.cfg.data.use_text_mask else None)
+        latents = edm_sample(den, noise, karras_sigmas(d.sample_steps, d.sigma_min, d.sigma_max, d.rho, self.device),
+                             d.sample_solver).float()
+        images = load_autoencoder(manifest.autoencoder).to(self.device).decode(latents)
+        grid = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        path = self.run_dir / "samples" / f"{self.progress['nimg']:012d}.png"
+        path.parent.mkdir(exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(np.concatenate(list(grid), axis=1)).save(path)
+        self.wandb.log_image("samples", path, self.progress["nimg"])
+        self.model.train()
+        self.acc.wait_for_everyone()
+        self.meter.restart_clock()
+        return path
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Validate, build and run a training run; returns its summary."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return Trainer(cfg).run()

@@ -1,0 +1,50 @@
+"""Helpers for the trainer tests: compose configs like microdit-train does, run it in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from microdit.cli.train import CONF_DIR
+from microdit.train.config import TrainConfig
+
+TWO_STAGES = "stages=[{name: masked, mask_ratio: 0.5, images: 64, lr: 0.001, warmup_images: 16}," \
+             "{name: unmasked, mask_ratio: 0.0, images: 32, lr: 0.0005, schedule: constant}]"
+
+
+def base_overrides(tmp: Path, data: Path, name: str) -> list[str]:
+    """A tiny, fast run: nano with 2 blocks, batch 8, every step logged, no wandb, no bar."""
+    return [f"trainer.run_dir={tmp / 'runs'}", f"trainer.name={name}", f"data.folders=[{data}]", "data.prepare=none",
+            "trainer.batch_size=8", "trainer.log_every_images=8", "trainer.progress=false", "trainer.wandb=disabled",
+            "model.overrides.depth=2", "trainer.threads=1", TWO_STAGES]
+
+
+def compose_config(overrides: list[str]) -> TrainConfig:
+    """The TrainConfig that ``microdit-train OVERRIDES`` would run."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return OmegaConf.to_object(compose("train", overrides=overrides))
+
+
+def run_train(overrides: list[str], nproc: int = 1, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    """Run microdit-train (1 process, or ``nproc`` gloo processes through torchrun) and wait."""
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "microdit.cli.train", *overrides]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "microdit.cli.train", *overrides]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, **popen)
+    if check and result.returncode != 0:
+        raise AssertionError(f"microdit-train failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def stats(run: Path) -> list[dict]:
+    """Rows of a run's stats.jsonl."""
+    return [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
