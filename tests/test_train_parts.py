@@ -9,6 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from train_helpers import compose_config
 
+from microdit.cli.train import CONF_DIR
 from microdit.masking import sample_keep_ids
 from microdit.models import build_model
 from microdit.nn import ExpertChoiceMoE
@@ -148,3 +149,17 @@ def test_cost_meter():
     assert meter.device_hours == 2 and meter.dollars == pytest.approx(7.2)
     assert meter.mfu(1e9, 1.0) == pytest.approx(0.5)
     assert not math.isnan(meter.mfu(0, 0))
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(experiment):
+    cfg = compose_config([f"experiment={experiment}"])
+    assert problems(cfg, world_size=8) == []
+
+
+def test_paper_recipe_is_the_paper_table():
+    cfg = compose_config(["experiment=paper_recipe"])
+    assert [s.steps for s in cfg.stages] == [250000, 30000, 50000, 5000]
+    assert [s.mask_ratio for s in cfg.stages] == [0.75, 0.0, 0.75, 0.0]
+    assert cfg.model.build_config().width == 1024 and cfg.trainer.batch_size == 2048
+    assert cfg.stages[2].input_size == [64, 64] and cfg.stages[2].pos_interp_scale == 2.0

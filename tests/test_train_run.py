@@ -139,7 +139,7 @@ def test_budget_fits_stage_lengths(tmp_path, data):
         "trainer.budget_flops=4e10",
         "stages=[{name: a, mask_ratio: 0.75, budget_fraction: 0.5}, {name: b, mask_ratio: 0.0, budget_fraction: 0.5}]"])
     trainer = Trainer(cfg)
-    for stage, plan in zip(cfg.stages, trainer.plans, strict=True):
+    for plan in trainer.plans:
         assert plan.images == int(0.5 * 4e10 / plan.flops_per_image) // 8 * 8
     assert trainer.plans[0].images > trainer.plans[1].images  # masked images are cheaper: more of them
 
@@ -147,7 +147,8 @@ def test_budget_fits_stage_lengths(tmp_path, data):
 def test_init_from_and_incompatible_checkpoint(tmp_path, data):
     run_train(base_overrides(tmp_path, data, "source"))
     source = ckpt.latest(tmp_path / "runs" / "source")
-    cfg = compose_config(base_overrides(tmp_path, data, "child") + [f"trainer.init_from={tmp_path / 'runs' / 'source'}"])
+    source_run = tmp_path / "runs" / "source"
+    cfg = compose_config(base_overrides(tmp_path, data, "child") + [f"trainer.init_from={source_run}"])
     trainer = Trainer(cfg)
     state, _ = ckpt.load(source)
     assert torch.equal(trainer.model.blocks[0].attn.qkv.weight, state["model"]["blocks.0.attn.qkv.weight"])

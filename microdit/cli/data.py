@@ -107,30 +107,32 @@ def cmd_verify(args: argparse.Namespace) -> None:
     print(f"{args.dir}: {len(manifest.shards)} shard(s), {manifest.samples} samples, all match the manifest")
 
 
+def _image_dataset_parser(sub, name: str, help_text: str, size: int) -> argparse.ArgumentParser:
+    """A sub-command that writes an image dataset: OUT, --size, --seed, --shard-size."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("out", type=Path)
+    p.add_argument("--size", type=int, default=size, help="side of the square images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=2000, help="samples per shard")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``microdit-data``."""
     parser = argparse.ArgumentParser(prog="microdit-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("synthetic", help="write the synthetic captioned dataset as image shards")
-    p.add_argument("out", type=Path)
+    p = _image_dataset_parser(sub, "synthetic", "write the synthetic captioned dataset as image shards", 32)
     p.add_argument("--num", type=int, default=20000)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-size", type=int, default=2000)
     p.set_defaults(func=cmd_synthetic)
-    p = sub.add_parser("cifar-captions", help="build cifar-captions image shards")
-    p.add_argument("out", type=Path)
+    p = _image_dataset_parser(sub, "cifar-captions", "build cifar-captions image shards", 256)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--from-folder", type=Path, help="ROOT/<class>/*.jpg|png")
     group.add_argument("--from-dump", type=Path, help="img2dataset output: webdataset .tar or .parquet files")
     group.add_argument("--from-torchvision", type=Path, help="download CIFAR-10 into this folder (online)")
     p.add_argument("--captions-file", type=Path, help="JSON {'<class>/<file>': caption} for --from-folder")
     p.add_argument("--test", action="store_true", help="CIFAR-10 test split instead of train")
-    p.add_argument("--size", type=int, default=256)
     p.add_argument("--min-side", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-size", type=int, default=2000)
     p.set_defaults(func=cmd_cifar_captions)
     p = sub.add_parser("encode", help="encode image shards into latent shards (resumable)")
     p.add_argument("src", type=Path)
