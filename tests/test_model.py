@@ -255,3 +255,26 @@ def test_bad_input_shapes():
         model(x, c, y[..., :5])
     with pytest.raises(ValueError, match="keep_ids must be"):
         model(x, c, y, keep_ids=torch.zeros(2, 17, dtype=torch.long))
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = small()
+    x, c, y = inputs()
+    keep = sample_keep_ids(2, (4, 4), 0.5)
+    grads = []
+    for recompute in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = recompute
+        model(x, c, y, keep_ids=keep).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_set_resolution_changes_the_position_grid():
+    model = small()
+    model.set_resolution([16, 16], 2.0)
+    x, c, y = inputs(h=16, w=16)
+    assert model.pos_embed.shape == (64, 64) and model(x, c, y).shape == x.shape
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        model.set_resolution([15, 16], 1.0)

@@ -34,7 +34,9 @@ def data(tmp_path_factory) -> Path:
 
 
 def test_two_stage_run_end_to_end(tmp_path, data):
-    cfg = compose_config(base_overrides(tmp_path, data, "two") + ["trainer.ckpt_every_images=32"])
+    cfg = compose_config(base_overrides(tmp_path, data, "two") + [
+        "trainer.ckpt_every_images=32", "trainer.sample_every_images=48", "stages.1.ema.decay=0.9",
+        "stages.1.ema.start_images=16"])
     summary = train(cfg)
     run = tmp_path / "runs" / "two"
     rows = stats(run)
@@ -50,6 +52,14 @@ def test_two_stage_run_end_to_end(tmp_path, data):
     assert (run / "config.yaml").read_text().count("mask_ratio") == 2
     kept = [p.name for p in ckpt.list_checkpoints(ckpt.checkpoint_root(run))]
     assert kept == ["000000000064", "000000000096"]  # keep_checkpoints=2; stage ends included
+    from PIL import Image
+
+    grids = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert grids == ["000000000048.png", "000000000096.png"]
+    assert Image.open(run / "samples" / grids[-1]).size == (4 * 32, 32)  # 4 fixed prompts, pixel:2 decoded
+    state, _ = ckpt.load(ckpt.latest(run))
+    assert state["ema"] is not None
+    assert not torch.equal(state["ema"]["final.linear.weight"], state["model"]["final.linear.weight"])
 
 
 def _wait_for_rows(run: Path, nimg: int, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -10,6 +10,7 @@ sees all tokens); masked tokens come back as a zero mask token in output space.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -141,10 +142,10 @@ class MicroDiT(nn.Module):
     def set_resolution(self, input_size: list[int], pos_interp_scale: float) -> None:
         """Change the configured input size and position-embedding interpolation (a resolution
         stage); parameters do not depend on either."""
-        self.cfg.input_size = list(input_size)
-        self.cfg.pos_interp_scale = pos_interp_scale
-        self.cfg.validate()
-        grid = self.cfg.base_grid
+        cfg = dataclasses.replace(self.cfg, input_size=list(input_size), pos_interp_scale=pos_interp_scale)
+        cfg.validate()
+        self.cfg = cfg
+        grid = cfg.base_grid
         self.pos_embed = sincos_pos_embed_2d(self.cfg.width, grid, grid, pos_interp_scale).to(self.pos_embed.device)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
