@@ -358,7 +358,8 @@ class Trainer:
                 si = self.progress["stage"]
                 stage, plan = self.cfg.stages[si], self.plans[si]
                 model_cfg = stage_model_config(self.cfg, stage)
-                self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
+                for net in [self.model] + ([self.ema.model] if self.ema is not None else []):
+                    net.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
                 if stage.ema.decay > 0 and self.ema is None:
                     self.ema = EMA(self.model)
                 edm = self._edm(stage)
