@@ -185,3 +185,20 @@ def test_clear_errors(tmp_path, data):
         Trainer(compose_config(base_overrides(tmp_path, Path(__file__).parent / "fixtures" / "latents", "y")))
     result = run_train(base_overrides(tmp_path, data, "z") + ["stages.0.mask_ratio=1.5"], check=False)
     assert result.returncode == 2 and "stages[0] (masked): mask_ratio must be in [0, 1)" in result.stderr
+
+
+def test_resolution_stage(tmp_path, data):
+    big = tmp_path / "synthetic64"
+    cfg = TrainConfig()
+    cfg.data.folders, cfg.data.prepare_samples, cfg.data.prepare_size = [str(big)], 32, 64
+    cfg.trainer.progress = False
+    prepare_synthetic(cfg)
+    stages = (f"stages=[{{name: low, mask_ratio: 0.5, images: 32}}, {{name: high, mask_ratio: 0.5, images: 16, "
+              f"data_folders: [{big}], input_size: [32, 32], pos_interp_scale: 2.0, ema: {{decay: 0.5}}}}]")
+    summary = train(compose_config(base_overrides(tmp_path, data, "res") + [stages, "trainer.sample_every_images=48"]))
+    assert summary["nimg"] == 48
+    info = json.loads((tmp_path / "runs" / "res" / "run_info.json").read_text())
+    assert info["stages"][1]["flops_per_image"] > 3 * info["stages"][0]["flops_per_image"]  # 4x the tokens
+    from PIL import Image
+
+    assert Image.open(tmp_path / "runs" / "res" / "samples" / "000000000048.png").size == (4 * 64, 64)
