@@ -75,8 +75,12 @@ def edm_sample(
     S_max: float = float("inf"),
     S_noise: float = 1.0,
     generator: torch.Generator | None = None,
+    x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """EDM Algorithm 2 from x_0 = noise * sigmas[0]; returns the float64 sample at sigma = 0.
+
+    With ``x_init`` (image-to-image, SDEdit) the start is x_init + noise * sigmas[0], so pass the
+    tail of a schedule starting at the chosen sigma_start.
 
     ``sigmas`` from :func:`karras_sigmas` (last entry 0). Heun adds its second-order correction
     on every step but the last (to sigma = 0). ``S_churn > 0`` adds stochasticity.
@@ -86,6 +90,8 @@ def edm_sample(
     sigmas = sigmas.to(torch.float64)
     num_steps = len(sigmas) - 1
     x = noise.to(torch.float64) * sigmas[0]
+    if x_init is not None:
+        x = x + x_init.to(torch.float64)
     for i in range(num_steps):
         t_cur, t_next = sigmas[i], sigmas[i + 1]
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= float(t_cur) <= S_max else 0.0

@@ -353,6 +353,8 @@ class Trainer:
         bar = progress_bar(total, self.progress["nimg"], t.progress and self.acc.is_main_process)
         window = {"loss": [], "grad": [], "images": 0, "flops": 0.0, "time": time.perf_counter()}
         last_loss = float("nan")
+        if t.save_initial_checkpoint and self.resumed_from is None and self.progress["nimg"] == 0:
+            self.save_checkpoint()
         try:
             while self.progress["stage"] < len(self.cfg.stages):
                 si = self.progress["stage"]

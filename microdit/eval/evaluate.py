@@ -1,0 +1,179 @@
+"""``microdit-eval``: generate N samples for an evaluation set (resumable, split across processes)
+and compute FID / Clip-FID against cached reference statistics, CLIP score and the offline probe
+metrics; results go into the run's ``metrics.json``.
+
+The evaluation set is a latent dataset (a held-out split): its caption embeddings are the
+prompts, its labels the prompts' attributes, its latents (or the images of an image dataset for
+the reference statistics) the real data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from microdit.data import load_manifest
+from microdit.data.manifest import write_atomic
+from microdit.encoders import load_autoencoder
+from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
+from microdit.eval.frechet import FeatureStats, frechet_distance
+from microdit.eval.generate import generate, load_model
+from microdit.eval.probe import dataset_probe, probe_metrics, read_dataset
+
+METRICS = ("probe", "fid", "clip_fid", "clip_score")
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class EvalSettings:
+    """What to generate and measure."""
+
+    num_samples: int = 1000
+    steps: int = 30
+    solver: str = "heun"
+    cfg_scale: float = 5.0
+    seed: int = 0
+    batch_size: int = 64
+    use_ema: bool = True
+    metrics: list[str] = field(default_factory=lambda: ["probe"])
+    clip_fid_model: str = CLIP_FID_MODEL
+    clip_score_model: str = CLIP_SCORE_MODEL
+    inception_weights: str | None = None
+    probe_steps: int = 2000
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 (N, 3, H, W)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def decode(latents: torch.Tensor, autoencoder: str, batch: int = 64, device="cpu") -> torch.Tensor:
+    """Latents -> uint8 images with the dataset's autoencoder."""
+    ae = load_autoencoder(autoencoder).to(device)
+    return torch.cat([to_uint8(ae.decode(latents[i:i + batch].to(device)).cpu())
+                      for i in range(0, len(latents), batch)])
+
+
+def dataset_images(folder: str | Path, limit: int, device="cpu") -> torch.Tensor:
+    """uint8 images of a dataset: read from an image dataset, decoded from a latent one."""
+    manifest = load_manifest(folder)
+    if manifest.kind == "images":
+        from microdit.data.images import IMAGE_EXTS, decode_image
+        from microdit.data.shards import iter_shard
+
+        images = []
+        for info in manifest.shards:
+            for key, members in iter_shard(Path(folder) / info.name):
+                ext = next(e for e in IMAGE_EXTS if e in members)
+                images.append(torch.from_numpy(np.asarray(decode_image(members[ext], key))).permute(2, 0, 1))
+                if len(images) == limit:
+                    return torch.stack(images)
+        return torch.stack(images)
+    latents, _, _ = read_dataset(folder, limit)
+    return decode(latents, manifest.autoencoder, device=device)
+
+
+def reference_stats(folder: str | Path, extractor, limit: int = 50000, device="cpu") -> FeatureStats:
+    """Feature statistics of a dataset's images, cached as ``FOLDER/eval_stats/<extractor>-<n>.npz``."""
+    n = min(limit, load_manifest(folder).samples)
+    path = Path(folder) / "eval_stats" / f"{extractor.name}-{n}.npz"
+    if path.is_file():
+        return FeatureStats.load(path)
+    stats = FeatureStats.of(extractor(dataset_images(folder, n, device)))
+    stats.save(path)
+    return stats
+
+
+def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world: int) -> torch.Tensor | None:
+    """Generate (resumably) chunk files of ``batch`` samples; rank r does chunks r, r + world, ..."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, count, batch))
+    for i, start in enumerate(starts):
+        path = out_dir / f"chunk-{i:05d}.pt"
+        if i % world == rank and not path.is_file():
+            latents = latents_fn(start, min(start + batch, count))
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(latents.half(), tmp)
+            tmp.replace(path)
+    if rank != 0:
+        return None
+    deadline = time.time() + 24 * 3600
+    while not all((out_dir / f"chunk-{i:05d}.pt").is_file() for i in range(len(starts))):
+        if time.time() > deadline:
+            raise TimeoutError(f"chunks under {out_dir} did not all appear")
+        time.sleep(2)
+    return torch.cat([torch.load(out_dir / f"chunk-{i:05d}.pt", weights_only=True).float()
+                      for i in range(len(starts))])
+
+
+def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSettings, name: str | None = None,
+             probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
+             world: int = 1) -> dict | None:
+    """Generate and measure; rank 0 returns the metrics entry (also written to metrics.json)."""
+    unknown = sorted(set(settings.metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; available: {METRICS}")
+    loaded = load_model(checkpoint, settings.use_ema, device)
+    run_dir = loaded.checkpoint.parent.parent
+    manifest = load_manifest(eval_dataset)
+    name = name or Path(eval_dataset).name
+    reference, labels, (texts, masks, captions) = read_dataset(eval_dataset, settings.num_samples)
+    count = len(reference)
+    d = loaded.config.diffusion
+    use_mask = loaded.config.data.use_text_mask
+    tag = (f"{name}-{loaded.nimg:012d}-{'ema' if loaded.ema else 'raw'}-{settings.solver}{settings.steps}"
+           f"-cfg{settings.cfg_scale:g}-seed{settings.seed}")
+
+    def latents_fn(lo: int, hi: int) -> torch.Tensor:
+        return generate(loaded.model, texts[lo:hi], list(range(settings.seed + lo, settings.seed + hi)), d.sigma_data,
+                        d.sigma_min, d.sigma_max, d.rho, settings.steps, settings.solver, settings.cfg_scale,
+                        masks[lo:hi] if use_mask else None, settings.batch_size)
+
+    generated = _chunks(run_dir / "eval" / tag, latents_fn, count, settings.batch_size, rank, world)
+    if generated is None:
+        return None
+    metrics: dict = {}
+    if "probe" in settings.metrics:
+        probe = dataset_probe(probe_dataset or loaded.config.data.folders[0], steps=settings.probe_steps)
+        metrics.update(probe_metrics(probe, generated, labels, reference))
+        metrics["probe_heldout_acc"] = probe.heldout_accuracy
+    pixel_metrics = [m for m in settings.metrics if m != "probe"]
+    if pixel_metrics:
+        images = decode(generated, manifest.autoencoder, device=device)
+        if "fid" in pixel_metrics:
+            inception = InceptionFeatures(settings.inception_weights, device)
+            metrics["fid"] = frechet_distance(FeatureStats.of(inception(images)),
+                                              reference_stats(eval_dataset, inception, device=device))
+        if "clip_fid" in pixel_metrics:
+            clip = ClipModel(settings.clip_fid_model, device)
+            metrics["clip_fid"] = frechet_distance(FeatureStats.of(clip(images)),
+                                                   reference_stats(eval_dataset, clip, device=device))
+        if "clip_score" in pixel_metrics:
+            clip = ClipModel(settings.clip_score_model, device)
+            metrics["clip_score"] = float(clip.clip_score(images, captions).mean())
+    entry = {"name": name, "checkpoint": str(loaded.checkpoint), "nimg": loaded.nimg, "ema": loaded.ema,
+             "eval_dataset": str(eval_dataset), "num_samples": count, "seed": settings.seed,
+             "sampler": {"solver": settings.solver, "steps": settings.steps, "cfg_scale": settings.cfg_scale},
+             "settings": asdict(settings), "metrics": metrics, "time": time.time()}
+    record_metrics(run_dir, entry)
+    return entry
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Entries of a run's metrics.json (empty if none)."""
+    path = Path(run_dir) / METRICS_FILE
+    return json.loads(path.read_text())["entries"] if path.is_file() else []
+
+
+def record_metrics(run_dir: str | Path, entry: dict) -> None:
+    """Add (or replace: same name, checkpoint, sampler, samples and seed) an entry in metrics.json."""
+    def key(e: dict) -> tuple:
+        return e["name"], e["nimg"], e["ema"], json.dumps(e["sampler"], sort_keys=True), e["num_samples"], e["seed"]
+
+    entries = [e for e in read_metrics(run_dir) if key(e) != key(entry)] + [entry]
+    write_atomic(Path(run_dir) / METRICS_FILE, json.dumps({"entries": entries}, indent=2).encode())

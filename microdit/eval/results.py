@@ -1,0 +1,129 @@
+"""Gathering runs into one table: resolved config, cost meter and metrics per run -> results.csv,
+and markdown tables grouped by config keys with mean ± std over seeds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from microdit.eval.evaluate import read_metrics
+
+
+def flatten(value, prefix: str = "") -> dict:
+    """Nested dicts/lists -> {'a.b.0.c': leaf}."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    out = {}
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def run_row(run_dir: Path) -> dict:
+    """One row: run name and folder, flattened config, cost (summary.json), latest metrics per eval name."""
+    row = {"run": run_dir.name, "run_dir": str(run_dir)}
+    row.update(flatten(yaml.safe_load((run_dir / "config.yaml").read_text())))
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        row.update({f"cost.{k}": v for k, v in json.loads(summary.read_text()).items()})
+    latest: dict[str, dict] = {}
+    for entry in read_metrics(run_dir):
+        if entry["name"] not in latest or entry["nimg"] >= latest[entry["name"]]["nimg"]:
+            latest[entry["name"]] = entry
+    for name, entry in latest.items():
+        row[f"eval.{name}.nimg"] = entry["nimg"]
+        row.update({f"eval.{name}.{k}": v for k, v in flatten(entry["metrics"]).items()})
+    return {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()}
+
+
+def collect(roots: list[str | Path]) -> list[dict]:
+    """Rows of every run folder (one with config.yaml) under ``roots``, sorted by folder."""
+    runs = sorted({p.parent for root in roots for p in Path(root).rglob("config.yaml")})
+    return [run_row(r) for r in runs]
+
+
+def _parse(text: str):
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """Write rows (union of keys, first-seen order) as CSV."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in keys})
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """Rows of a results.csv with numbers, booleans and empty cells (None) restored."""
+    with open(path, newline="") as f:
+        return [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)]
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4g}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4g} ± {std:.2g} (n={len(values)})"
+
+
+def markdown_table(rows: list[dict], group_by: list[str], metrics: list[str]) -> str:
+    """Markdown table: one line per distinct value of ``group_by``; each metric as mean ± std over
+    the rows of the group (e.g. seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in group_by), []).append(r)
+    lines = ["| " + " | ".join(group_by + metrics + ["runs"]) + " |", "|" + "---|" * (len(group_by) + len(metrics) + 1)]
+    for key, members in sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]):
+        cells = [str(v) for v in key] + [_mean_std([m.get(metric) for m in members]) for metric in metrics]
+        lines.append("| " + " | ".join(cells + [str(len(members))]) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | None = None) -> None:
+    """Save a PNG of metric ``y`` against ``x`` (one line per value of ``group_by``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict = {}
+    for r in rows:
+        if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float)):
+            series.setdefault(r.get(group_by) if group_by else y, []).append((r[x], r[y]))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for label, points in sorted(series.items(), key=lambda kv: str(kv[0])):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{group_by}={label}" if group_by
+                else str(label))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
