@@ -150,3 +150,16 @@ def test_edm_config_problems():
     problems = EDMConfig(sigma_data=0.0, sigma_min=100.0).problems()
     assert any("sigma_data must be > 0" in p for p in problems)
     assert any("sigma_min (100.0) must be < sigma_max (80.0)" in p for p in problems)
+
+
+def test_dropped_patch_loss_reaches_masked_patches():
+    net = Linear()
+    x0 = torch.randn(4, 3, 8, 8)
+    keep = sample_keep_ids(4, (4, 4), 0.75)
+    g = torch.Generator().manual_seed(0)
+    plain = edm_loss(net, x0, torch.zeros(4, 1, 1), EDMConfig(), 2, keep_ids=keep, generator=g)
+    g = torch.Generator().manual_seed(0)
+    aux = edm_loss(net, x0, torch.zeros(4, 1, 1), EDMConfig(), 2, keep_ids=keep, generator=g, dropped_weight=0.1)
+    aux.mean().backward()
+    grad = net.output.grad.abs().sum(dim=1).unfold(1, 2, 2).unfold(2, 2, 2).sum(dim=(-1, -2)).flatten(1)
+    assert torch.all(grad > 0) and torch.all(aux > plain)

@@ -278,3 +278,18 @@ def test_set_resolution_changes_the_position_grid():
     assert model.pos_embed.shape == (64, 64) and model(x, c, y).shape == x.shape
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         model.set_resolution([15, 16], 1.0)
+
+
+def test_maskdit_decoder_predicts_every_patch():
+    model = small(decoder_depth=2, mixer_depth=0)
+    assert model.mask_embed is not None and len(model.decoder) == 2
+    x, c, y = inputs()
+    keep = sample_keep_ids(2, (4, 4), 0.5)
+    out = model(x, c, y, keep_ids=keep)
+    per_patch = out.unfold(2, 2, 2).unfold(3, 2, 2).abs().sum(dim=(1, 4, 5)).flatten(1)  # (N, T)
+    assert torch.all(per_patch > 0)  # masked patches are predicted, not a zero token
+    assert model(x, c, y).shape == x.shape
+    dense = build_model("MicroDiT_Tiny_2", decoder_depth=2)
+    base = build_model("MicroDiT_Tiny_2")
+    extra = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in base.parameters())
+    assert extra == sum(p.numel() for p in dense.decoder.parameters()) + 512

@@ -95,6 +95,7 @@ def test_moe_group_holds_exactly_expert_and_router_parameters():
     ("nano", {}, 0.0), ("nano", {}, 0.75), ("micro", {}, 0.5),
     ("MicroDiT_Tiny_2", dict(depth=4, mixer_depth=2, mixer_width=384), 0.75),
     ("nano", dict(mixer_depth=0, ffn="gelu", moe=False), 0.75),
+    ("nano", dict(decoder_depth=2), 0.75),
 ])
 def test_flops_meter_matches_the_flop_counter(preset, overrides, ratio):
     model = build_model(preset, **overrides)

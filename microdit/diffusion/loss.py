@@ -35,6 +35,12 @@ def patch_loss(per_pixel: torch.Tensor, patch_size: int) -> torch.Tensor:
     return F.avg_pool2d(per_position, patch_size).flatten(1)  # (N, T), row-major like the tokens
 
 
+def dropped_mean(per_patch: torch.Tensor, keep_ids: torch.Tensor) -> torch.Tensor:
+    """Mean over the masked (dropped) patches of each sample: (N, T), (N, K) -> (N,)."""
+    dropped = torch.ones_like(per_patch).scatter(1, keep_ids, 0.0)  # (N, T), 1 at dropped patches
+    return (per_patch * dropped).sum(dim=1) / dropped.sum(dim=1).clamp_min(1)
+
+
 def masked_mean(per_patch: torch.Tensor, keep_ids: torch.Tensor | None) -> torch.Tensor:
     """Mean over the kept patches of each sample: (N, T), (N, K) -> (N,); all patches if None."""
     if keep_ids is None:
@@ -54,12 +60,15 @@ def edm_loss(
     generator: torch.Generator | None = None,
     sigma: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    dropped_weight: float = 0.0,
 ) -> torch.Tensor:
     """Per-sample EDM loss (N,): lambda(sigma) (D(x0 + n; sigma) - x0)^2 averaged over the kept patches.
 
     Per-pixel loss -> mean over channels -> mean per patch -> mean over kept patches. The mean
     over the batch is the caller's (so it can also log per-sigma losses). ``sigma`` (N,) and
     ``noise`` (N, C, H, W) may be given (drawn by the caller); otherwise they are drawn here.
+    ``dropped_weight`` > 0 adds that weight times the same loss averaged over the *masked* patches
+    (the MaskDiT-style auxiliary task for a network that predicts every patch).
     """
     n = x0.shape[0]
     x0 = x0.to(torch.promote_types(x0.dtype, torch.float32))
@@ -71,4 +80,8 @@ def edm_loss(
     y, y_mask = drop_captions(y, y_mask, caption_dropout, generator)
     d = denoise(net, x0 + noise * sigma.view(-1, 1, 1, 1), sigma, y, edm.sigma_data, keep_ids=keep_ids, y_mask=y_mask)
     per_pixel = loss_weight(sigma, edm.sigma_data).view(-1, 1, 1, 1) * (d - x0) ** 2  # (N, C, H, W)
-    return masked_mean(patch_loss(per_pixel, patch_size), keep_ids)
+    per_patch = patch_loss(per_pixel, patch_size)  # (N, T)
+    loss = masked_mean(per_patch, keep_ids)
+    if dropped_weight > 0 and keep_ids is not None:
+        loss = loss + dropped_weight * dropped_mean(per_patch, keep_ids)
+    return loss

@@ -28,7 +28,10 @@ class BlockSpec:
 class MicroDiTConfig:
     """Every knob of the MicroDiT network (REFERENCE.md section 1).
 
-    ``mixer_depth = 0`` gives no patch-mixer (naive masking). Layer-wise width scaling uses
+    ``mixer_depth = 0`` gives no patch-mixer (naive masking). ``decoder_depth > 0`` adds a
+    MaskDiT-style light decoder: after the backbone, masked positions are filled with a learned
+    mask embedding and ``decoder_depth`` dense blocks of width D run on all tokens, so the
+    network predicts every patch (train it with an auxiliary loss on the masked patches). Layer-wise width scaling uses
     ``linspace(lo, hi, depth)`` of ``qkv_ratio`` and ``mlp_ratio`` over the backbone blocks;
     ``width_scaling = "constant"`` uses the mean of each range in every block (the paper's
     constant-width baseline); equal bounds give any chosen constant.
@@ -44,6 +47,7 @@ class MicroDiTConfig:
     mixer_depth: int = 4
     mixer_width: int = 512
     mixer_mlp_ratio: float = 4.0
+    decoder_depth: int = 0
     qkv_ratio: list[float] = field(default_factory=lambda: [0.5, 1.0])
     mlp_ratio: list[float] = field(default_factory=lambda: [0.5, 4.0])
     width_scaling: str = "layerwise"
@@ -85,8 +89,9 @@ class MicroDiTConfig:
         positive = ["width", "depth", "head_dim", "patch_size", "in_channels", "caption_dim", "multiple_of",
                     "moe_every", "num_experts", "freq_dim"]
         out += [f"{name} must be >= 1, got {getattr(self, name)}" for name in positive if getattr(self, name) < 1]
-        if self.mixer_depth < 0:
-            out.append(f"mixer_depth must be >= 0, got {self.mixer_depth}")
+        for name in ("mixer_depth", "decoder_depth"):
+            if getattr(self, name) < 0:
+                out.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mixer_depth > 0 and self.mixer_width < 1:
             out.append(f"mixer_width must be >= 1 when mixer_depth > 0, got {self.mixer_width}")
         if self.head_dim >= 1:
@@ -152,6 +157,10 @@ class MicroDiTConfig:
             moe = self.is_moe(i, self.depth, is_mixer=False)
             specs.append(BlockSpec(self.attn_width(qkv), moe, self.ffn_hidden(self.width, mlp, moe)))
         return specs
+
+    def decoder_specs(self) -> list[BlockSpec]:
+        """Per-block layout of the MaskDiT decoder: full width, dense FFN at ratio 4."""
+        return [BlockSpec(self.width, False, self.ffn_hidden(self.width, 4.0, False))] * self.decoder_depth
 
     def mixer_specs(self) -> list[BlockSpec]:
         """Per-block layout of the patch-mixer (full attention width, ``mixer_mlp_ratio``)."""

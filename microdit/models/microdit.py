@@ -101,6 +101,8 @@ class MicroDiT(nn.Module):
         self.pooled_caption_proj = ProjectionMLP(d, d, eps)
         self.mixer = PatchMixer(cfg, self._make_block) if cfg.mixer_depth > 0 else None
         self.blocks = nn.ModuleList([self._make_block(d, spec) for spec in cfg.backbone_specs()])
+        self.decoder = nn.ModuleList([self._make_block(d, spec) for spec in cfg.decoder_specs()])
+        self.mask_embed = nn.Parameter(torch.zeros(1, 1, d)) if cfg.decoder_depth > 0 else None
         self.final = FinalLayer(d, p * p * cfg.in_channels, eps)
         self.activation_checkpointing = False  # recompute block activations in backward (saves memory)
         self.initialize_weights()
@@ -135,6 +137,10 @@ class MicroDiT(nn.Module):
             block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * self.cfg.depth))
         for i, block in enumerate(self.blocks):
             block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * (i + 1)))
+        for block in self.decoder:
+            block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * self.cfg.depth))
+        if self.mask_embed is not None:
+            nn.init.normal_(self.mask_embed, std=0.02)
         for layer in (self.final.ada_ln[1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -207,6 +213,13 @@ class MicroDiT(nn.Module):
         elif keep_ids is not None:
             tokens = gather_tokens(tokens, keep_ids)  # (N, K, D)
         tokens = run_blocks(self.blocks, tokens, c, y, y_mask, recompute)
+        if self.mask_embed is not None:  # MaskDiT decoder: predict every patch
+            if keep_ids is not None:
+                full = self.mask_embed.to(tokens.dtype).expand(tokens.shape[0], h * w, -1).clone()  # (N, T, D)
+                tokens = full.scatter(1, keep_ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]), tokens)
+                tokens = tokens + self._pos_embed((h, w)).to(tokens.dtype)  # (N, T, D)
+                keep_ids = None
+            tokens = run_blocks(self.decoder, tokens, c, y, y_mask, recompute)
         out = self.final(tokens, c)  # (N, K, p*p*C)
         if keep_ids is not None:
             out = scatter_tokens(out, keep_ids, h * w)  # (N, T, p*p*C)

@@ -107,6 +107,7 @@ class StageConfig:
     mask_ratio: float = 0.75
     mask_strategy: str = "random"
     mask_block_size: int = 1
+    dropped_loss_weight: float = 0.0  # MaskDiT baseline: auxiliary loss on the masked patches
     images: Optional[int] = None
     steps: Optional[int] = None
     flops: Optional[float] = None

@@ -75,5 +75,9 @@ def flops_per_image(cfg: MicroDiTConfig, grid: tuple[int, int], caption_len: int
             mixer += 2 * t * d * dm + 2 * n * d * dm + 2 * k * dm * d  # x_in, y_in, x_out (kept tokens)
         mixer += sum(_block_flops(cfg, dm, spec, t, n) for spec in cfg.mixer_specs())
     backbone = sum(_block_flops(cfg, d, spec, k, n) for spec in cfg.backbone_specs())
-    final = 2 * d * 2 * d + 2 * k * d * p * p * cfg.in_channels
+    out_tokens = k
+    if cfg.decoder_depth > 0:  # the MaskDiT decoder runs on all tokens and is counted with the backbone
+        backbone += sum(_block_flops(cfg, d, spec, t, n) for spec in cfg.decoder_specs())
+        out_tokens = t
+    final = 2 * d * 2 * d + 2 * out_tokens * d * p * p * cfg.in_channels
     return FlopsBreakdown(embed, caption, mixer, backbone, final)

@@ -337,7 +337,8 @@ class Trainer:
                 loss = edm_loss(self.loss_net, batch["latent"].to(self.device), batch["text"].to(self.device), edm,
                                 cfg.patch_size, keep_ids=None if keep is None else keep[part],
                                 y_mask=batch["text_mask"].to(self.device) if self.cfg.data.use_text_mask else None,
-                                sigma=sigma[part], noise=noise[part]).mean()
+                                sigma=sigma[part], noise=noise[part],
+                                dropped_weight=stage.dropped_loss_weight).mean()
                 self.acc.backward(loss / accum)
             losses.append(loss.detach())
         loss = torch.stack(losses).mean()
