@@ -117,3 +117,22 @@ def verify_dataset(folder: str | Path) -> Manifest:
         if path.stat().st_size != info.bytes or sha256_of(path) != info.sha256:
             raise DataError(f"shard {path} does not match its manifest entry (size or sha256): corrupt or replaced")
     return manifest
+
+
+def build_synthetic_dataset(folder: str | Path, num: int, size: int, seed: int, autoencoder: str, text_encoder: str,
+                            progress: bool = True) -> Manifest:
+    """The synthetic captioned dataset as latents in ``folder`` (its images in ``folder-images``);
+    an existing complete dataset is kept as it is."""
+    from microdit.data.images import write_image_dataset
+    from microdit.data.synthetic import SHAPES, synthetic_sample
+    from microdit.encoders import load_autoencoder, load_text_encoder
+
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file() and load_manifest(folder).complete:
+        return load_manifest(folder)
+    images = folder.with_name(folder.name + "-images")
+    if not (images / "manifest.json").is_file():
+        samples = ((f"{i:08d}", (s := synthetic_sample(seed, i, size)).image, s.caption, s.labels) for i in range(num))
+        write_image_dataset(images, samples, size, list(SHAPES), f"synthetic(seed={seed})")
+    return encode_dataset(images, folder, load_autoencoder(autoencoder), load_text_encoder(text_encoder),
+                          progress=progress)

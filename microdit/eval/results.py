@@ -90,14 +90,15 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.4g} ± {std:.2g} (n={len(values)})"
 
 
-def markdown_table(rows: list[dict], group_by: list[str], metrics: list[str]) -> str:
-    """Markdown table: one line per distinct value of ``group_by``; each metric as mean ± std over
-    the rows of the group (e.g. seeds)."""
+def markdown_table(rows: list[dict], group_by: list[str], metrics: list[str], sort: bool = True) -> str:
+    """Markdown table: one line per distinct value of ``group_by`` (sorted, or in first-seen order);
+    each metric as mean ± std over the rows of the group (e.g. seeds)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r.get(k) for k in group_by), []).append(r)
     lines = ["| " + " | ".join(group_by + metrics + ["runs"]) + " |", "|" + "---|" * (len(group_by) + len(metrics) + 1)]
-    for key, members in sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]):
+    items = sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]) if sort else groups.items()
+    for key, members in items:
         cells = [str(v) for v in key] + [_mean_std([m.get(metric) for m in members]) for metric in metrics]
         lines.append("| " + " | ".join(cells + [str(len(members))]) + " |")
     return "\n".join(lines)
@@ -124,6 +125,26 @@ def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | Non
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bar_plot(rows: list[dict], label: str, metrics: list[str], path: str | Path) -> None:
+    """Save a PNG with one bar chart per metric, one bar per row (labelled by column ``label``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
+    names = [str(r.get(label)) for r in rows]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        values = [r.get(metric) if isinstance(r.get(metric), (int, float)) else 0.0 for r in rows]
+        ax.bar(range(len(rows)), values, color="tab:blue")
+        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

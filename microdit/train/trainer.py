@@ -27,16 +27,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from microdit.data import (
-    DataError,
-    LatentBatches,
-    check_fits_model,
-    encode_dataset,
-    load_manifest,
-    make_loader,
-    write_image_dataset,
-)
-from microdit.data.synthetic import SHAPES, synthetic_sample
+from microdit.data import DataError, LatentBatches, check_fits_model, load_manifest, make_loader
+from microdit.data.encode import build_synthetic_dataset
 from microdit.diffusion import EDMConfig, edm_loss, edm_sample, guided_denoiser, karras_sigmas, sample_sigma
 from microdit.encoders import load_autoencoder, load_text_encoder
 from microdit.masking import sample_keep_ids
@@ -84,18 +76,10 @@ def _step_seed(seed: int, stage: int, step: int) -> int:
 
 
 def prepare_synthetic(cfg: TrainConfig) -> None:
-    """Build and encode the synthetic dataset into ``data.folders[0]`` if it has no manifest."""
-    folder = Path(cfg.data.folders[0])
-    if (folder / "manifest.json").is_file():
-        return
-    images = folder.with_name(folder.name + "-images")
-    if not (images / "manifest.json").is_file():
-        d = cfg.data
-        samples = ((f"{i:08d}", (s := synthetic_sample(cfg.trainer.seed, i, d.prepare_size)).image, s.caption,
-                    s.labels) for i in range(d.prepare_samples))
-        write_image_dataset(images, samples, d.prepare_size, list(SHAPES), f"synthetic(seed={cfg.trainer.seed})")
-    encode_dataset(images, folder, load_autoencoder(cfg.encoder.autoencoder),
-                   load_text_encoder(cfg.encoder.text_encoder), progress=cfg.trainer.progress)
+    """Build and encode the synthetic dataset into ``data.folders[0]`` if it is not there."""
+    d = cfg.data
+    build_synthetic_dataset(d.folders[0], d.prepare_samples, d.prepare_size, cfg.trainer.seed, cfg.encoder.autoencoder,
+                            cfg.encoder.text_encoder, cfg.trainer.progress)
 
 
 class Trainer:
