@@ -24,10 +24,18 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     """Entry point: config errors, data errors and non-finite stops end with a one-line message."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from microdit.train.trainer import NonFiniteError, train
 
+    run_cfg = OmegaConf.to_object(cfg)
+    job = HydraConfig.get()
+    if job.mode == RunMode.MULTIRUN:  # one run folder per sweep point, named after its overrides
+        suffix = job.job.override_dirname or str(job.job.num)
+        run_cfg.trainer.name = f"{run_cfg.trainer.name}-{suffix}".replace("/", "_").replace(",", "_")
     try:
-        summary = train(OmegaConf.to_object(cfg))
+        summary = train(run_cfg)
     except (ValueError, DataError, NonFiniteError, PermissionError, FileExistsError, FileNotFoundError) as err:
         print(f"microdit-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

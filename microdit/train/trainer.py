@@ -76,10 +76,15 @@ def _step_seed(seed: int, stage: int, step: int) -> int:
 
 
 def prepare_synthetic(cfg: TrainConfig) -> None:
-    """Build and encode the synthetic dataset into ``data.folders[0]`` if it is not there."""
+    """Build and encode the synthetic dataset of every stage (``data.folders[0]``, or a stage's own
+    ``data_folders[0]`` at its ``input_size`` times the autoencoder's downsampling) if missing."""
     d = cfg.data
-    build_synthetic_dataset(d.folders[0], d.prepare_samples, d.prepare_size, cfg.trainer.seed, cfg.encoder.autoencoder,
-                            cfg.encoder.text_encoder, cfg.trainer.progress)
+    factor = load_autoencoder(cfg.encoder.autoencoder).downsample
+    for stage in cfg.stages:
+        folder = (stage.data_folders or d.folders)[0]
+        size = d.prepare_size if stage.input_size is None else stage.input_size[0] * factor
+        build_synthetic_dataset(folder, d.prepare_samples, size, cfg.trainer.seed, cfg.encoder.autoencoder,
+                                cfg.encoder.text_encoder, cfg.trainer.progress)
 
 
 class Trainer:
