@@ -148,3 +148,25 @@ def bar_plot(rows: list[dict], label: str, metrics: list[str], path: str | Path)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "experiments" / "paper_numbers.json"
+
+
+def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> dict:
+    """The paper's numbers (from REFERENCE.md) for the notebooks, labelled as the paper's there."""
+    return json.loads(Path(path).read_text())
+
+
+def select(rows: list[dict], prefix: str) -> list[dict]:
+    """Rows whose run name starts with ``prefix`` (a sweep's runs)."""
+    return [r for r in rows if str(r.get("trainer.name", "")).startswith(prefix)]
+
+
+def quality_columns(rows: list[dict]) -> list[str]:
+    """The quality metrics present in ``rows``: FID-family if measured, otherwise the probe metrics."""
+    present = {k for r in rows for k, v in r.items() if v is not None}
+    preferred = [k for k in sorted(present) if k.startswith("eval.") and k.rsplit(".", 1)[-1] in
+                 ("fid", "clip_fid", "clip_score")]
+    return preferred or [k for k in sorted(present) if k.startswith("eval.") and
+                         k.rsplit(".", 1)[-1] in ("probe_fd", "probe_acc_mean")]
