@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,20 @@ def reference_shapes(preset: str) -> dict[str, tuple[int, ...]]:
         key, shape = line.split("\t")
         shapes[key] = tuple(ast.literal_eval(shape))
     return shapes
+
+
+# A CLIP of the real open_clip classes, small enough to build in a test (random weights).
+SMALL_CLIP = {"embed_dim": 32, "quick_gelu": True,
+              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+              "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 48, "heads": 4, "layers": 2}}
+
+
+@pytest.fixture(scope="session")
+def small_clip_arch(tmp_path_factory) -> str:
+    """Register SMALL_CLIP with open_clip and return its architecture name."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("clip_cfg")
+    (folder / "microdit-test-tiny.json").write_text(json.dumps(SMALL_CLIP))
+    open_clip.add_model_config(folder)
+    return "microdit-test-tiny"

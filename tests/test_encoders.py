@@ -1,8 +1,6 @@
 """Frozen encoders: pixel space, diffusers AutoencoderKL and open_clip text towers built from small
 config dicts (no download), the offline text encoder, and name parsing."""
 
-import json
-
 import pytest
 import torch
 
@@ -17,11 +15,6 @@ from microdit.encoders import (
 SMALL_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
                  up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], layers_per_block=1,
                  latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.13025)
-SMALL_CLIP = {"embed_dim": 32, "quick_gelu": True,
-              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-              "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 48, "heads": 4, "layers": 2}}
-
-
 def test_pixel_autoencoder_round_trip():
     images = torch.rand(2, 3, 8, 12) * 2 - 1
     for factor in (1, 2, 4):
@@ -65,13 +58,8 @@ def test_unknown_autoencoder_name():
 
 
 @pytest.fixture(scope="module")
-def small_clip(tmp_path_factory):
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clip_cfg")
-    (folder / "microdit-test-tiny.json").write_text(json.dumps(SMALL_CLIP))
-    open_clip.add_model_config(folder)
-    return load_text_encoder("openclip:microdit-test-tiny")
+def small_clip(small_clip_arch):
+    return load_text_encoder(f"openclip:{small_clip_arch}")
 
 
 def test_openclip_text_encoder_from_config_dict(small_clip):

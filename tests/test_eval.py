@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_encoders import SMALL_CLIP
 
 from microdit.cli.data import main as data_main
 from microdit.eval import FeatureStats, frechet_distance, read_metrics, record_metrics
@@ -72,13 +71,8 @@ def test_probe_ranks_real_above_noise_and_shuffled_captions(synthetic):
 
 
 @pytest.fixture(scope="module")
-def small_clip(tmp_path_factory):
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("clip_eval")
-    (folder / "microdit-eval-tiny.json").write_text(json.dumps(SMALL_CLIP))
-    open_clip.add_model_config(folder)
-    return ClipModel("microdit-eval-tiny")
+def small_clip(small_clip_arch):
+    return ClipModel(small_clip_arch)
 
 
 def test_clip_score_on_a_random_init_model(small_clip):
