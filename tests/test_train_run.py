@@ -202,3 +202,13 @@ def test_resolution_stage(tmp_path, data):
     from PIL import Image
 
     assert Image.open(tmp_path / "runs" / "res" / "samples" / "000000000048.png").size == (4 * 64, 64)
+
+
+def test_multirun_sweep_names_one_run_per_point(tmp_path, data):
+    overrides = [o for o in base_overrides(tmp_path, data, "sweep") if not o.startswith("stages=")]
+    result = run_train(["-m", *overrides, "stages=[{name: s, mask_ratio: 0.5, images: 16}]",
+                        "model.overrides.mixer_depth=0,1"])
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir() and p.name.startswith("sweep"))
+    assert len(runs) == 2, result.stdout
+    assert "model.overrides.mixer_depth=0" in runs[0] and "model.overrides.mixer_depth=1" in runs[1]
+    assert all((tmp_path / "runs" / r / "summary.json").is_file() for r in runs)
