@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microdit.diffusion.edm import EDMConfig, denoise, loss_weight, sample_sigma
+from microdit.masking import keep_mask
 
 
 def drop_captions(
@@ -37,7 +38,7 @@ def patch_loss(per_pixel: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def dropped_mean(per_patch: torch.Tensor, keep_ids: torch.Tensor) -> torch.Tensor:
     """Mean over the masked (dropped) patches of each sample: (N, T), (N, K) -> (N,)."""
-    dropped = torch.ones_like(per_patch).scatter(1, keep_ids, 0.0)  # (N, T), 1 at dropped patches
+    dropped = (~keep_mask(keep_ids, *per_patch.shape)).to(per_patch.dtype)  # (N, T), 1 at dropped patches
     return (per_patch * dropped).sum(dim=1) / dropped.sum(dim=1).clamp_min(1)
 
 

@@ -17,7 +17,6 @@ import torch
 from microdit.encoders.autoencoder import Autoencoder, DiffusersAutoencoder, PixelAutoencoder
 from microdit.encoders.text import OfflineTextEncoder, OpenClipTextEncoder, TextEncoder
 
-PAPER_TEXT_ENCODER = "openclip:ViT-H-14-378-quickgelu:dfn5b"
 _NAMED_VAES = {
     "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "vae", 0.13025),
     "ostris16": ("ostris/vae-kl-f8-d16", None, None),
@@ -60,7 +59,6 @@ def load_text_encoder(name: str, device: str | torch.device = "cpu") -> TextEnco
 
 
 __all__ = [
-    "PAPER_TEXT_ENCODER",
     "Autoencoder",
     "DiffusersAutoencoder",
     "OfflineTextEncoder",
