@@ -121,7 +121,7 @@ def _moe_case(kind: str, tokens: int, dim: int, batch: int, repeats: int, queue)
     fn = moe if kind == "gather" else (lambda v: one_hot_moe(moe, v))
     saved = saved_for_backward_mib(fn, x, moe)
     base = _rss_kib("VmRSS")
-    seconds = _median_time(lambda: fn(x).square().mean().backward(), repeats, 1)
+    seconds = _median_time(lambda: fn(x).square().mean().backward(), repeats, 2)
     queue.put({"time_s": seconds, "peak_mib": (_rss_kib("VmHWM") - base) / 1024, "saved_mib": saved})
 
 
