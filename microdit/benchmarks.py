@@ -209,14 +209,42 @@ def run_all(quick: bool) -> dict:
     results["moe"] = [bench_moe(t, repeats=3 if quick else 5) for t in ((64, 256) if quick else (64, 256, 1024))]
     results["reader"] = bench_reader(2000 if quick else 10000, preset_config("micro").caption_dim)
     results["sampler"] = bench_sampler("nano", [10] if quick else [10, 30])
+    results["targets"] = targets(results)
     return results
+
+
+def targets(r: dict) -> list[dict]:
+    """The performance targets (issue #7), each with the value measured in this run and whether it is met."""
+    steps = {(s["preset"], s["mask_ratio"], s["strategy"]): s for s in r["steps"]}
+    micro = steps[("micro", 0.0, "random")]
+    consumed = steps[("micro", 0.75, "random")]["images_per_s"]
+    out = [{"target": "micro training step at >= 60% of the measured fp32 matmul peak", "value": micro["mfu"],
+            "goal": 0.60, "met": micro["mfu"] >= 0.60}]
+    for m in r["masking"]:
+        if m["strategy"] == "random" and m["mask_ratio"] == 0.75:
+            over = m["time_ratio"] / m["flop_ratio"]
+            out.append({"target": f"{m['preset']} step time at ratio 0.75 within 15% of the FLOP-predicted",
+                        "value": over, "goal": 1.15, "met": over <= 1.15})
+    moe = next(m for m in r["moe"] if m["tokens"] == 256)
+    out.append({"target": "MoE >= 3x faster than one-hot at T = 256", "value": moe["speedup"], "goal": 3.0,
+                "met": moe["speedup"] >= 3.0})
+    out.append({"target": "MoE >= 4x less peak memory than one-hot at T = 256", "value": moe["peak_ratio"],
+                "goal": 4.0, "met": moe["peak_ratio"] >= 4.0})
+    reader = r["reader"]["samples_per_s"][0] / consumed
+    out.append({"target": "reader >= 10x what a micro step (ratio 0.75) consumes", "value": reader, "goal": 10.0,
+                "met": reader >= 10.0})
+    return out
 
 
 def summary_markdown(r: dict) -> str:
     """A markdown report of :func:`run_all`'s results."""
     lines = [f"# microdit-bench ({'quick' if r['quick'] else 'full'})", "",
              f"Measured fp32 matmul peak: **{r['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s** "
-             f"({r['threads']} threads).", "", "## Training step (batch 32, 64 tokens, fp32)", "",
+             f"({r['threads']} threads).", "", "## Targets (measured in this run)", "",
+             "| target | value | goal | met |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']:.2f} | {t['goal']:g} | {'yes' if t['met'] else '**no**'} |"
+              for t in r.get("targets", [])]
+    lines += ["", "## Training step (batch 32, 64 tokens, fp32)", "",
              "| preset | mask | strategy | step ms | images/s | GFLOP/s | MFU |", "|---|---|---|---|---|---|---|"]
     for s in r["steps"]:
         block = "" if s["block_size"] == 1 else f" b={s['block_size']}"

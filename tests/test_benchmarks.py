@@ -26,3 +26,22 @@ def test_bench_report(tmp_path):
                                "moe": [moe], "reader": {"samples": 10, "build_and_encode_s": 1.0,
                                                         "samples_per_s": {0: 100.0}}, "sampler": sampler})
     assert "| nano | 0.75 | random |" in report and "2.00x" in report
+
+
+def test_targets_are_judged_from_the_measurements():
+    from microdit.benchmarks import targets
+
+    def step(preset, ratio, ips, mfu):
+        return {"preset": preset, "mask_ratio": ratio, "strategy": "random", "images_per_s": ips, "mfu": mfu}
+
+    results = {"steps": [step("micro", 0.0, 60.0, 0.65), step("micro", 0.75, 120.0, 0.6)],
+               "masking": [{"preset": "micro", "mask_ratio": 0.75, "strategy": "random", "time_ratio": 0.5,
+                            "flop_ratio": 0.46}],
+               "moe": [{"tokens": 256, "speedup": 3.5, "peak_ratio": 1.2}],
+               "reader": {"samples_per_s": {0: 1000.0}}}
+    met = {t["target"]: t["met"] for t in targets(results)}
+    assert met["micro training step at >= 60% of the measured fp32 matmul peak"]
+    assert met["micro step time at ratio 0.75 within 15% of the FLOP-predicted"]  # 0.5 / 0.46 = 1.09
+    assert met["MoE >= 3x faster than one-hot at T = 256"]
+    assert not met["MoE >= 4x less peak memory than one-hot at T = 256"]
+    assert not met["reader >= 10x what a micro step (ratio 0.75) consumes"]  # 1000 / 120 = 8.3
