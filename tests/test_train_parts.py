@@ -164,3 +164,21 @@ def test_paper_recipe_is_the_paper_table():
     assert [s.mask_ratio for s in cfg.stages] == [0.75, 0.0, 0.75, 0.0]
     assert cfg.model.build_config().width == 1024 and cfg.trainer.batch_size == 2048
     assert cfg.stages[2].input_size == [64, 64] and cfg.stages[2].pos_interp_scale == 2.0
+
+
+def test_training_loss_compiles_without_graph_breaks():
+    import torch._dynamo as dynamo
+
+    from microdit.diffusion import EDMConfig, edm_loss
+
+    model = build_model("nano", depth=3)
+    assert isinstance(model.blocks[1].mlp, ExpertChoiceMoE)  # the MoE routing is inside the traced graph
+    cfg = model.cfg
+    x0, y = torch.randn(4, cfg.in_channels, *cfg.input_size), torch.randn(4, 5, cfg.caption_dim)
+    keep = sample_keep_ids(4, cfg.base_grid, 0.75)
+
+    def loss(x0, y, keep, sigma, noise):
+        return edm_loss(model, x0, y, EDMConfig(), cfg.patch_size, keep_ids=keep, sigma=sigma, noise=noise).mean()
+
+    explanation = dynamo.explain(loss)(x0, y, keep, torch.rand(4) + 0.5, torch.randn_like(x0))
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]

@@ -14,12 +14,16 @@ class EMA:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
+        self._params = list(self.model.parameters())
 
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float) -> None:
-        """Blend the current weights of ``model`` in."""
-        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            ema_p.lerp_(p.detach().float(), 1 - decay)
+        """Blend the current weights of ``model`` in (one fused multi-tensor op, not a Python loop
+        per parameter)."""
+        current = [p.detach().float() for p in model.parameters()]
+        if len(current) != len(self._params):
+            raise ValueError(f"EMA tracks {len(self._params)} parameters, the model has {len(current)}")
+        torch._foreach_lerp_(self._params, current, 1 - decay)
 
     def state_dict(self) -> dict:
         """The averaged weights."""
