@@ -132,3 +132,30 @@ def test_results_csv_round_trip_and_tables(tmp_path):
     plot(rows, "stages.0.mask_ratio", "eval.ev.probe_fd", tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
     assert flatten({"a": {"b": [1, 2]}, "c": [{"d": 1}]}) == {"a.b": [1, 2], "c.0.d": 1}
+
+
+class MeanColour:
+    """A stand-in feature extractor (mean and std of each channel) to test the statistics plumbing."""
+
+    name = "mean-colour"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+def test_reference_statistics_are_built_and_cached(synthetic):
+    from microdit.eval.evaluate import dataset_images, reference_stats
+
+    latents = synthetic / "eval"
+    images = dataset_images(synthetic / "eval-img", 300)  # an image dataset: its real images (file order)
+    decoded = dataset_images(latents, 300)  # a latent dataset: its decodings (reader order; pixel:2 + fp16)
+    assert images.dtype == torch.uint8 and images.shape == decoded.shape == (300, 3, 32, 32)
+    sums = [x.flatten(1).float().sum(dim=1).sort().values for x in (images, decoded)]
+    assert torch.allclose(sums[0], sums[1], atol=3 * 32 * 32)  # the same images, at most 1 level off per pixel
+    stats = reference_stats(latents, MeanColour(), limit=200)
+    cache = latents / "eval_stats" / "mean-colour-200.npz"
+    assert cache.is_file() and stats.count == 200
+    cache.write_bytes(cache.read_bytes())  # the second call reads the cache, not the data
+    again = reference_stats(latents, MeanColour(), limit=200)
+    assert np.array_equal(again.mu, stats.mu)

@@ -70,7 +70,7 @@ def dataset_images(folder: str | Path, limit: int, device="cpu") -> torch.Tensor
         for info in manifest.shards:
             for key, members in iter_shard(Path(folder) / info.name):
                 ext = next(e for e in IMAGE_EXTS if e in members)
-                images.append(torch.from_numpy(np.asarray(decode_image(members[ext], key))).permute(2, 0, 1))
+                images.append(torch.from_numpy(np.array(decode_image(members[ext], key))).permute(2, 0, 1))
                 if len(images) == limit:
                     return torch.stack(images)
         return torch.stack(images)
