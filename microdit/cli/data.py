@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
-from microdit.data.images import IMAGE_EXTS, decode_image
+from microdit.data.images import IMAGE_EXTS, decode_image, save_grid, to_uint8
 from microdit.data.reader import LatentBatches
 from microdit.data.shards import iter_shard
 from microdit.data.synthetic import SHAPES, synthetic_sample
@@ -61,16 +60,6 @@ def cmd_encode(args: argparse.Namespace) -> None:
     print(f"{args.dst}: {manifest.samples} samples, latents {manifest.latent_shape}, text {manifest.text_shape}")
 
 
-def _save_grid(images: list[np.ndarray], path: Path, columns: int = 8) -> None:
-    h, w, _ = images[0].shape
-    rows = (len(images) + columns - 1) // columns
-    grid = np.zeros((rows * h, columns * w, 3), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    Image.fromarray(grid).save(path)
-
-
 def cmd_inspect(args: argparse.Namespace) -> None:
     """Print the manifest and a few captions; optionally save a PNG grid of (decoded) samples."""
     manifest = load_manifest(args.dir)
@@ -83,21 +72,19 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         samples = []
         for key, members in iter_shard(Path(args.dir) / manifest.shards[0].name):
             ext = next(e for e in IMAGE_EXTS if e in members)
-            samples.append((key, np.asarray(decode_image(members[ext], key)), members["txt"].decode()))
+            samples.append((key, np.array(decode_image(members[ext], key)), members["txt"].decode()))
             if len(samples) == args.num:
                 break
-        images = [s[1] for s in samples]
+        images = torch.from_numpy(np.stack([s[1] for s in samples])).permute(0, 3, 1, 2)  # (N, 3, H, W)
     else:
         batch = LatentBatches(args.dir, batch_size=min(args.num, manifest.samples), shuffle="global").batch(0)
         samples = list(zip(batch["key"], [None] * len(batch["key"]), batch["caption"], strict=True))
-        images = []
         if args.grid:
-            decoded = load_autoencoder(manifest.autoencoder).decode(batch["latent"])
-            images = list(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+            images = to_uint8(load_autoencoder(manifest.autoencoder).decode(batch["latent"]))
     for key, _, caption in samples:
         print(f"  {key}: {caption}")
     if args.grid:
-        _save_grid(images, args.grid)
+        save_grid(images, args.grid)
         print(f"grid of {len(images)} samples: {args.grid}")
 
 

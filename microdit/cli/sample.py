@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 
 from microdit.data import load_manifest
-from microdit.data.images import resize_center_crop
+from microdit.data.images import from_uint8, resize_center_crop, save_grid, to_uint8
 from microdit.encoders import load_autoencoder, load_text_encoder
-from microdit.eval.evaluate import to_uint8
 from microdit.eval.generate import generate, load_model
 
 
@@ -69,24 +68,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_image:
         side = loaded.model.cfg.input_size[0] * ae.downsample
         image = np.array(resize_center_crop(Image.open(args.init_image), side))
-        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+        pixels = from_uint8(torch.from_numpy(image).permute(2, 0, 1)[None])
         x_init = ae.encode(pixels.to(args.device)).cpu().expand(len(prompts), -1, -1, -1)
     d = loaded.config.diffusion
     latents = generate(loaded.model, y, [args.seed + i for i in range(len(prompts))], d.sigma_data, d.sigma_min,
                        d.sigma_max, d.rho, args.steps, args.solver, args.cfg_scale,
                        mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init, args.sigma_start)
-    images = to_uint8(ae.decode(latents.to(args.device)).cpu()).permute(0, 2, 3, 1).numpy()
+    images = to_uint8(ae.decode(latents.to(args.device)).cpu())  # (N, 3, H, W)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
-        Image.fromarray(image).save(args.out / f"{i:04d}.png")
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(args.out / f"{i:04d}.png")
     (args.out / "prompts.txt").write_text("".join(f"{i:04d}\t{args.seed + i}\t{p}\n" for i, p in enumerate(prompts)))
-    columns = min(8, len(images))
-    rows = -(-len(images) // columns)
-    h, w, _ = images[0].shape
-    grid = np.zeros((rows * h, columns * w, 3), dtype=np.uint8)
-    for i, image in enumerate(images):
-        grid[(i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = image
-    Image.fromarray(grid).save(args.out / "grid.png")
+    save_grid(images, args.out / "grid.png", columns=min(8, len(images)))
     print(f"{len(images)} images from {loaded.checkpoint} ({'EMA' if loaded.ema else 'raw'} weights) in {args.out}",
           file=sys.stderr)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from microdit.data.images import IMAGE_EXTS, decode_image
+from microdit.data.images import IMAGE_EXTS, decode_image, from_uint8
 from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest, sha256_of
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.encoders import Autoencoder, TextEncoder
@@ -82,8 +82,8 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
         with ShardWriter(dst / info.name.replace("images-", "latents-")) as writer:
             for start in range(0, len(samples), batch_size):
                 batch = samples[start:start + batch_size]
-                images = torch.from_numpy(np.stack([s[1] for s in batch])).permute(0, 3, 1, 2).float()
-                images = (images / 127.5 - 1).to(device)  # (B, 3, H, W) in [-1, 1]
+                images = from_uint8(torch.from_numpy(np.stack([s[1] for s in batch])).permute(0, 3, 1, 2))
+                images = images.to(device)  # (B, 3, H, W) in [-1, 1]
                 latents = autoencoder.encode(images, generator=generator).cpu().numpy()
                 emb, mask = text.encode([s[2] for s in batch])
                 emb, mask = emb.cpu().numpy(), mask.cpu().numpy()

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from microdit.data.manifest import DataError, Manifest, save_manifest
@@ -25,6 +26,28 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     image = image.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, H, W) -> uint8 (N, 3, H, W) (clamped, rounded)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 images in [-1, 1]."""
+    return images.float() / 127.5 - 1
+
+
+def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> None:
+    """Save uint8 images (N, 3, H, W) as one PNG, ``columns`` per row (a short last row is padded black)."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.zeros(3, rows * h, columns * w, dtype=torch.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:

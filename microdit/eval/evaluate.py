@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from microdit.data import load_manifest
+from microdit.data.images import to_uint8
 from microdit.data.manifest import write_atomic
 from microdit.encoders import load_autoencoder
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
@@ -45,11 +46,6 @@ class EvalSettings:
     clip_score_model: str = CLIP_SCORE_MODEL
     inception_weights: str | None = None
     probe_steps: int = 2000
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 (N, 3, H, W)."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def decode(latents: torch.Tensor, autoencoder: str, batch: int = 64, device="cpu") -> torch.Tensor:

@@ -29,8 +29,10 @@ from torch import nn
 
 from microdit.data import DataError, LatentBatches, check_fits_model, load_manifest, make_loader
 from microdit.data.encode import build_synthetic_dataset
-from microdit.diffusion import EDMConfig, edm_loss, edm_sample, guided_denoiser, karras_sigmas, sample_sigma
+from microdit.data.images import save_grid, to_uint8
+from microdit.diffusion import EDMConfig, edm_loss, sample_sigma
 from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.eval.generate import generate
 from microdit.masking import sample_keep_ids
 from microdit.models import MicroDiT
 from microdit.train import checkpoint as ckpt
@@ -137,6 +139,7 @@ class Trainer:
         self.net, self.optimizer = self.acc.prepare(net, self.optimizer)
         self.loss_net = _Autocast(self.net, self.device.type, self.bf16)
         self._signal = None
+        self._grid_encoders = None
         self.resumed_from = resume_from
         if self.acc.is_main_process:
             self.stats = StatsFile(self.run_dir / "stats.jsonl", self.progress["nimg"] if resume_from else None)
@@ -450,29 +453,23 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, manifest) -> Path | None:
-        """Sample the fixed prompts with a fixed seed (EMA weights if any) and save a PNG grid."""
+        """Sample the fixed prompts (EMA weights if any) and save a PNG grid; image i uses seed
+        ``trainer.sample_seed + i``, as ``microdit-sample --seed`` does."""
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return None
         t, d = self.cfg.trainer, self.cfg.diffusion
+        if self._grid_encoders is None:  # loaded once per run, on the main process only
+            self._grid_encoders = (load_text_encoder(manifest.text_encoder, self.device),
+                                   load_autoencoder(manifest.autoencoder).to(self.device))
+        text, autoencoder = self._grid_encoders
         net = (self.ema.model if self.ema is not None else self.model).eval()
-        text = load_text_encoder(manifest.text_encoder)
         y, mask = text.encode(list(t.sample_prompts))
-        y = y.to(self.device)
-        cfg = net.cfg
-        gen = torch.Generator(device=self.device).manual_seed(t.sample_seed)
-        noise = torch.randn(len(t.sample_prompts), cfg.in_channels, *cfg.input_size, generator=gen, device=self.device)
-        den = guided_denoiser(_Autocast(net, self.device.type, self.bf16), y, d.sigma_data, d.cfg_scale,
-                              torch.zeros_like(y), mask.to(self.device) if self.cfg.data.use_text_mask else None)
-        latents = edm_sample(den, noise, karras_sigmas(d.sample_steps, d.sigma_min, d.sigma_max, d.rho, self.device),
-                             d.sample_solver).float()
-        images = load_autoencoder(manifest.autoencoder).to(self.device).decode(latents)
-        grid = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        seeds = [t.sample_seed + i for i in range(len(y))]
+        latents = generate(net, y, seeds, d.sigma_data, d.sigma_min, d.sigma_max, d.rho, d.sample_steps,
+                           d.sample_solver, d.cfg_scale, mask if self.cfg.data.use_text_mask else None)
         path = self.run_dir / "samples" / f"{self.progress['nimg']:012d}.png"
-        path.parent.mkdir(exist_ok=True)
-        from PIL import Image
-
-        Image.fromarray(np.concatenate(list(grid), axis=1)).save(path)
+        save_grid(to_uint8(autoencoder.decode(latents.to(self.device)).cpu()), path, columns=len(seeds))
         self.wandb.log_image("samples", path, self.progress["nimg"])
         self.model.train()
         self.acc.wait_for_everyone()
