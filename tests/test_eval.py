@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from microdit.cli.data import main as data_main
+from microdit.data.reader import read_dataset
 from microdit.eval import FeatureStats, frechet_distance, read_metrics, record_metrics
 from microdit.eval.features import ClipModel, InceptionFeatures
-from microdit.eval.probe import probe_metrics, read_dataset, train_probe
+from microdit.eval.probe import probe_metrics, train_probe
 from microdit.eval.results import collect, flatten, markdown_table, plot, read_csv, write_csv
 
 

@@ -297,3 +297,23 @@ def make_loader(dataset: LatentBatches, num_workers: int = 0) -> DataLoader:
     return DataLoader(dataset, batch_size=None, num_workers=num_workers,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
 
+
+def read_dataset(folder: str | Path, limit: int | None = None,
+                 seed: int = 0) -> tuple[torch.Tensor, list[dict], list]:
+    """Up to ``limit`` samples of a latent dataset in a fixed (seeded) order, all in memory:
+    latents (N, C, h, w), labels, and [caption embeddings (N, L, Dy), masks (N, L), captions]."""
+    manifest = load_manifest(folder)
+    n = manifest.samples if limit is None else min(limit, manifest.samples)
+    reader = LatentBatches(folder, batch_size=min(n, 1024), seed=seed)
+    latents, labels, texts, masks, captions = [], [], [], [], []
+    j = 0
+    while sum(len(x) for x in latents) < n:
+        b = reader.batch(j)
+        latents.append(b["latent"])
+        labels += b["labels"]
+        texts.append(b["text"])
+        masks.append(b["text_mask"])
+        captions += b["caption"]
+        j += 1
+    return (torch.cat(latents)[:n], labels[:n],
+            [torch.cat(texts)[:n], torch.cat(masks)[:n], captions[:n]])

@@ -20,11 +20,12 @@ import torch
 from microdit.data import load_manifest
 from microdit.data.images import to_uint8
 from microdit.data.manifest import write_atomic
+from microdit.data.reader import read_dataset
 from microdit.encoders import load_autoencoder
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
 from microdit.eval.frechet import FeatureStats, frechet_distance
 from microdit.eval.generate import generate, load_model
-from microdit.eval.probe import dataset_probe, probe_metrics, read_dataset
+from microdit.eval.probe import dataset_probe, probe_metrics
 
 METRICS = ("probe", "fid", "clip_fid", "clip_score")
 METRICS_FILE = "metrics.json"

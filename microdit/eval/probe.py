@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from microdit.data import LatentBatches, load_manifest
+from microdit.data.reader import read_dataset
 
 MAX_VALUES = 50
 PROBE_FILE = "probe.pt"
@@ -107,25 +107,6 @@ class Probe:
         net = ProbeNet(data["channels"], {k: len(v) for k, v in data["values"].items()})
         net.load_state_dict(data["state"])
         return cls(net, data["values"], data["heldout"])
-
-
-def read_dataset(folder: str | Path, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, list[dict], list]:
-    """Latents (N, C, h, w), labels and caption embeddings of up to ``limit`` samples, fixed order."""
-    manifest = load_manifest(folder)
-    n = manifest.samples if limit is None else min(limit, manifest.samples)
-    reader = LatentBatches(folder, batch_size=min(n, 1024), seed=seed)
-    latents, labels, texts, masks, captions = [], [], [], [], []
-    j = 0
-    while sum(len(x) for x in latents) < n:
-        b = reader.batch(j)
-        latents.append(b["latent"])
-        labels += b["labels"]
-        texts.append(b["text"])
-        masks.append(b["text_mask"])
-        captions += b["caption"]
-        j += 1
-    return (torch.cat(latents)[:n], labels[:n],
-            [torch.cat(texts)[:n], torch.cat(masks)[:n], captions[:n]])
 
 
 def train_probe(latents: torch.Tensor, labels: list[dict], steps: int = 2000, batch: int = 128, lr: float = 3e-3,
