@@ -110,6 +110,7 @@ class Trainer:
         self.run_dir = Path(t.run_dir) / t.name
         self._check_run_dir()
         self.micro = t.batch_size // (self.world * t.grad_accum)
+        self.peak_flops = t.peak_flops or (CUDA_PEAK_FLOPS if self.device.type == "cuda" else CPU_PEAK_FLOPS)
         if cfg.data.prepare == "synthetic":
             if self.acc.is_main_process:
                 prepare_synthetic(cfg)
@@ -126,8 +127,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, o.lr, tuple(o.betas), o.eps, o.weight_decay, o.moe_lr_scale,
                                          o.no_decay_embeddings, fused=self.device.type == "cuda" and o.fused == "auto")
         self.ema: EMA | None = None
-        self.meter = CostMeter(t.peak_flops or (CUDA_PEAK_FLOPS if self.device.type == "cuda" else CPU_PEAK_FLOPS),
-                               self.world, t.price_per_device_hour)
+        self.meter = CostMeter(self.peak_flops, self.world, t.price_per_device_hour)
         self.progress = {"stage": 0, "stage_images": 0, "stage_steps": 0, "nimg": 0, "step": 0}
         self.guard = {"nonfinite_total": 0, "consecutive": 0}
         resume_from = self._resume_path()
@@ -164,18 +164,16 @@ class Trainer:
             if not (Path(folder) / "manifest.json").is_file():
                 raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
                                 "(or set data.prepare=synthetic for the synthetic dataset)")
-        manifest = load_manifest(folders[0])
+        manifests = [load_manifest(folder) for folder in folders]
         model_cfg = stage_model_config(self.cfg, stage)
-        for folder in folders:
-            check_fits_model(load_manifest(folder), folder, model_cfg.in_channels, model_cfg.caption_dim,
-                             model_cfg.input_size)
-        return manifest
+        for folder, manifest in zip(folders, manifests, strict=True):
+            check_fits_model(manifest, folder, model_cfg.in_channels, model_cfg.caption_dim, model_cfg.input_size)
+        return manifests[0]
 
     def _budget_flops(self) -> float | None:
         t = self.cfg.trainer
         if t.budget_dollars is not None:
-            peak = t.peak_flops or (CUDA_PEAK_FLOPS if self.device.type == "cuda" else CPU_PEAK_FLOPS)
-            return t.budget_dollars / t.price_per_device_hour * 3600 * peak * t.expected_mfu
+            return t.budget_dollars / t.price_per_device_hour * 3600 * self.peak_flops * t.expected_mfu
         return t.budget_flops
 
     def stage_flops_per_image(self, stage: StageConfig, manifest) -> float:
