@@ -8,11 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from microdit.cli.train import CONF_DIR
-from microdit.train.config import TrainConfig
+from microdit.cli.train import compose_config  # noqa: F401  (re-exported for the tests)
 
 TWO_STAGES = "stages=[{name: masked, mask_ratio: 0.5, images: 64, lr: 0.001, warmup_images: 16}," \
              "{name: unmasked, mask_ratio: 0.0, images: 32, lr: 0.0005, schedule: constant}]"
@@ -23,12 +19,6 @@ def base_overrides(tmp: Path, data: Path, name: str) -> list[str]:
     return [f"trainer.run_dir={tmp / 'runs'}", f"trainer.name={name}", f"data.folders=[{data}]", "data.prepare=none",
             "trainer.batch_size=8", "trainer.log_every_images=8", "trainer.progress=false", "trainer.wandb=disabled",
             "model.overrides.depth=2", "trainer.threads=1", TWO_STAGES]
-
-
-def compose_config(overrides: list[str]) -> TrainConfig:
-    """The TrainConfig that ``microdit-train OVERRIDES`` would run."""
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_object(compose("train", overrides=overrides))
 
 
 def run_train(overrides: list[str], nproc: int = 1, check: bool = True, **popen) -> subprocess.CompletedProcess:

@@ -14,10 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from microdit.cli.train import CONF_DIR
+from microdit.cli.train import compose_config
 from microdit.data.encode import build_synthetic_dataset
 from microdit.eval import EvalSettings, evaluate
 from microdit.eval.probe import dataset_probe
@@ -45,9 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [f"trainer.run_dir={args.out}", f"data.folders=[{args.data}]", *args.override]
     if args.budget_flops:
         overrides.append(f"trainer.budget_flops={args.budget_flops}")
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        configs = [OmegaConf.to_object(compose("train", overrides=[f"experiment={e}", *overrides]))
-                   for e in EXPERIMENTS]
+    configs = [compose_config([f"experiment={e}", *overrides]) for e in EXPERIMENTS]
     first = configs[0]
     print(f"[ablation] data: {args.data} (+ a held-out split), probe, then {len(configs)} runs at "
           f"{first.trainer.budget_flops:.3g} training FLOPs each", file=sys.stderr)

@@ -21,6 +21,14 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
+def compose_config(overrides: list[str]) -> TrainConfig:
+    """The TrainConfig that ``microdit-train OVERRIDES`` would run (for programs and notebooks)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return OmegaConf.to_object(compose("train", overrides=overrides))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     """Entry point: config errors, data errors and non-finite stops end with a one-line message."""
