@@ -13,11 +13,13 @@ from microdit.cli.train import CONF_DIR
 from microdit.masking import sample_keep_ids
 from microdit.models import build_model
 from microdit.nn import ExpertChoiceMoE
+from microdit.nn.attention import check_attention_backend
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import problems
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
 from microdit.train.flops import flops_per_image
+from microdit.train.guard import NonFiniteGuard
 from microdit.train.optim import build_optimizer, param_groups
 from microdit.train.schedule import lr_factor
 
@@ -46,6 +48,8 @@ def test_unknown_keys_are_rejected():
     (["data.folders=[]"], "data.folders is empty"),
     (["model.preset=huge"], "unknown model preset 'huge'"),
     (["trainer.precision=fp16"], "trainer.precision must be one of"),
+    (["trainer.attention_backend=fast"], "trainer.attention_backend must be one of"),
+    (["trainer.sync_every_steps=0"], "trainer.sync_every_steps and trainer.max_nonfinite must be >= 1"),
 ])
 def test_validation_messages(overrides, message):
     cfg = compose_config(overrides)
@@ -87,7 +91,7 @@ def test_moe_group_holds_exactly_expert_and_router_parameters():
     assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in groups["decay"]["params"]}
     total = sum(len(g["params"]) for g in groups.values())
     assert total == len(list(model.parameters()))
-    opt = build_optimizer(model, 1e-3, (0.9, 0.999), 1e-8, 0.1, 0.5, True, fused=False)
+    opt = build_optimizer(model, 1e-3, (0.9, 0.999), 1e-8, 0.1, 0.5, True)
     assert {g["name"]: g["lr"] for g in opt.param_groups}["moe"] == pytest.approx(5e-4)
 
 
@@ -120,6 +124,62 @@ def test_ema_math():
     torch.testing.assert_close(ema.model.weight, 0.9 * before + 0.1 * model.weight)
     ema.update(model, 0.0)
     torch.testing.assert_close(ema.model.weight, model.weight)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    kept = ema.model.weight.clone()
+    ema.update(model, 0.5, skip=torch.tensor(1.0))
+    assert torch.equal(ema.model.weight, kept)
+    ema.update(model, 0.5, skip=torch.tensor(0.0))
+    torch.testing.assert_close(ema.model.weight, 0.5 * kept + 0.5 * model.weight)
+
+
+def _snapshot(model, opt, ema):
+    return ([p.detach().clone() for p in model.parameters()], [p.clone() for p in ema.model.parameters()],
+            {k: v.clone() for state in opt.state.values() for k, v in state.items()})
+
+
+def test_device_side_skip_leaves_weights_moments_and_ema_untouched():
+    torch.manual_seed(0)
+    model = build_model("nano", depth=2)
+    opt = build_optimizer(model, 1e-3, (0.9, 0.999), 1e-8, 0.1, 0.5, True)
+    ema, guard = EMA(model), NonFiniteGuard(torch.device("cpu"))
+    x = torch.randn(2, model.cfg.in_channels, *model.cfg.input_size)
+    y = torch.randn(2, 3, model.cfg.caption_dim)
+
+    def step(scale: float):
+        loss = model(x, torch.zeros(2), y).square().mean() * scale
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        skip = guard.observe(loss.detach(), grad_norm, lambda v: v)
+        opt.found_inf = skip
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model, 0.9, skip)
+
+    step(1.0)
+    step(1.0)
+    before = _snapshot(model, opt, ema)
+    for scale in (float("nan"), float("inf")):
+        step(scale)
+    after = _snapshot(model, opt, ema)
+    for a, b in zip(before, after, strict=True):
+        items = zip(a.values(), b.values(), strict=True) if isinstance(a, dict) else zip(a, b, strict=True)
+        assert all(torch.equal(u, v) for u, v in items)
+    assert guard.read() == {"nonfinite_total": 2, "consecutive": 2, "longest": 2}
+    step(1.0)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), before[0], strict=True))
+    assert guard.read() == {"nonfinite_total": 2, "consecutive": 0, "longest": 2}  # the run ended after the read
+    assert guard.read()["longest"] == 0
+    restored = NonFiniteGuard(torch.device("cpu"))
+    restored.load_state_dict(guard.state_dict())
+    assert restored.state_dict() == {"nonfinite_total": 2, "consecutive": 0}
+
+
+def test_attention_backend_must_run_on_the_device():
+    for name in ("auto", "math", "flash"):
+        check_attention_backend(name, torch.device("cpu"), torch.float32, 32)
+    with pytest.raises(ValueError, match="attention backend 'efficient' cannot run on cpu"):
+        check_attention_backend("efficient", torch.device("cpu"), torch.float32, 32)
 
 
 def test_checkpoint_crash_during_save_keeps_the_last_good_one(tmp_path, monkeypatch):

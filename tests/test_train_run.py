@@ -17,6 +17,7 @@ from microdit.data import DataError
 from microdit.models import MicroDiT
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig
+from microdit.train.guard import NonFiniteGuard
 from microdit.train.trainer import NonFiniteError, Trainer, prepare_synthetic, train
 
 pytestmark = pytest.mark.slow
@@ -142,6 +143,29 @@ def test_nan_guard_skips_then_stops(tmp_path, data, monkeypatch):
     cfg = compose_config(base_overrides(tmp_path, data, "broken") + ["trainer.max_nonfinite=3"])
     with pytest.raises(NonFiniteError, match=r"3 non-finite steps in a row .* Last good checkpoint: none"):
         train(cfg)
+
+
+def test_host_reads_the_guard_only_at_sync_points(tmp_path, data, monkeypatch):
+    reads = []
+    original_read = NonFiniteGuard.read
+
+    def counted(self):
+        reads.append(self.total.item())
+        return original_read(self)
+
+    monkeypatch.setattr(NonFiniteGuard, "read", counted)
+    overrides = base_overrides(tmp_path, data, "sparse") + ["trainer.log_every_images=10000",
+                                                            "trainer.sync_every_steps=3"]
+    summary = train(compose_config(overrides))
+    assert summary["steps"] == 12
+    assert len(reads) == 4 + 2  # steps 3, 6 (stage 1 ends at step 8), 9, 12, and each stage's end
+
+    original = MicroDiT.forward
+    monkeypatch.setattr(MicroDiT, "forward", lambda self, *a, **k: original(self, *a, **k) * float("nan"))
+    overrides = base_overrides(tmp_path, data, "late") + ["trainer.log_every_images=10000",
+                                                          "trainer.sync_every_steps=4", "trainer.max_nonfinite=2"]
+    with pytest.raises(NonFiniteError, match=r"4 non-finite steps in a row \(loss or gradient NaN/Inf\) before 32 "):
+        train(compose_config(overrides))
 
 
 def test_budget_fits_stage_lengths(tmp_path, data):

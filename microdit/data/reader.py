@@ -292,9 +292,10 @@ class LatentBatches(IterableDataset):
             item += workers
 
 
-def make_loader(dataset: LatentBatches, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over the batch stream (in-order round robin over workers keeps it deterministic)."""
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers,
+def make_loader(dataset: LatentBatches, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over the batch stream (in-order round robin over workers keeps it deterministic);
+    ``pin_memory`` for asynchronous copies to a GPU."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
 
 

@@ -10,9 +10,39 @@ caption padding; ``key_padding_mask`` makes masking it an option).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ATTENTION_BACKENDS = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+                      "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+
+
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """A context that restricts ``scaled_dot_product_attention`` to one backend (``auto``: torch
+    picks the fastest that supports the inputs). A backend that cannot run the inputs fails
+    loudly inside the context rather than falling back."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend {name!r} is not one of {('auto', *ATTENTION_BACKENDS)}")
+    return sdpa_kernel(ATTENTION_BACKENDS[name])
+
+
+def check_attention_backend(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    """Run one tiny attention with backend ``name`` on ``device``/``dtype``; raise a ValueError
+    naming the backend and the device if it cannot run there (e.g. ``efficient`` on CPU)."""
+    q = torch.zeros(1, 1, 2, head_dim, device=device, dtype=dtype)
+    try:
+        with attention_backend(name):
+            F.scaled_dot_product_attention(q, q, q)
+    except RuntimeError as err:
+        raise ValueError(f"attention backend {name!r} cannot run on {device} in {dtype} with head_dim {head_dim} "
+                         f"({str(err).splitlines()[0]}); use 'auto' or one of {tuple(ATTENTION_BACKENDS)} that "
+                         "this device supports") from None
 
 
 def qk_norm(t: torch.Tensor, eps: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ from microdit.diffusion.edm import EDMConfig
 from microdit.masking import STRATEGIES
 from microdit.models.config import MicroDiTConfig
 from microdit.models.presets import PRESETS
+from microdit.nn.attention import ATTENTION_BACKENDS
 
 
 def _optional_fields(cls) -> list[tuple[str, Any, Any]]:
@@ -88,7 +89,6 @@ class OptimConfig:
     weight_decay: float = 0.1
     moe_lr_scale: float = 0.5  # applied to expert and router parameters (the reference never applied it)
     no_decay_embeddings: bool = True  # patch / timestep / caption embedders without weight decay
-    fused: str = "auto"  # auto: fused AdamW on CUDA
 
 
 @dataclass
@@ -137,6 +137,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
+    attention_backend: str = "auto"  # auto (torch picks) | math | flash | efficient | cudnn
     activation_checkpointing: bool = False
     threads: int = 0  # CPU threads per process (0: torch's default)
     log_every_images: int = 1024
@@ -146,7 +147,8 @@ class TrainerConfig:
     resume: str = "auto"  # auto | never | PATH to a checkpoint folder
     init_from: Optional[str] = None  # checkpoint folder of another run
     init_mode: str = "weights"  # weights | full
-    max_nonfinite: int = 5
+    max_nonfinite: int = 5  # skipped (non-finite) steps in a row that stop the run
+    sync_every_steps: int = 16  # the host checks the guard and signals at least this often
     sample_every_images: int = 0
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle on the left", "a small blue square",
                                                                "a yellow star above a green ring",
@@ -202,9 +204,13 @@ def problems(cfg: TrainConfig, world_size: int = 1) -> list[str]:
         out.append(f"trainer.batch_size {t.batch_size} is not divisible by processes x grad_accum = "
                    f"{world_size} x {t.grad_accum}")
     for key, allowed in (("precision", ("auto", "fp32", "bf16")), ("device", ("auto", "cpu", "cuda")),
-                         ("init_mode", ("weights", "full")), ("wandb", ("disabled", "offline", "online"))):
+                         ("init_mode", ("weights", "full")), ("wandb", ("disabled", "offline", "online")),
+                         ("attention_backend", ("auto", *ATTENTION_BACKENDS))):
         if getattr(t, key) not in allowed:
             out.append(f"trainer.{key} must be one of {allowed}, got {getattr(t, key)!r}")
+    if t.sync_every_steps < 1 or t.max_nonfinite < 1:
+        out.append(f"trainer.sync_every_steps and trainer.max_nonfinite must be >= 1, got {t.sync_every_steps}, "
+                   f"{t.max_nonfinite}")
     if t.budget_flops is not None and t.budget_dollars is not None:
         out.append("set at most one of trainer.budget_flops and trainer.budget_dollars")
     if o.lr <= 0 or o.weight_decay < 0 or o.moe_lr_scale <= 0 or len(o.betas) != 2:

@@ -36,12 +36,13 @@ def param_groups(model: nn.Module, weight_decay: float, moe_lr_scale: float,
 
 
 def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-                    moe_lr_scale: float, no_decay_embeddings: bool, fused: bool) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (``fused`` where the device supports it)."""
+                    moe_lr_scale: float, no_decay_embeddings: bool) -> torch.optim.AdamW:
+    """Fused AdamW (one kernel over all tensors, on CPU and CUDA; it can skip a step on a device
+    flag, see :mod:`microdit.train.guard`) over :func:`param_groups`."""
     groups = param_groups(model, weight_decay, moe_lr_scale, no_decay_embeddings)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -35,21 +35,19 @@ from microdit.encoders import load_autoencoder, load_text_encoder
 from microdit.eval.generate import generate
 from microdit.masking import sample_keep_ids
 from microdit.models import MicroDiT
+from microdit.nn.attention import attention_backend, check_attention_backend
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import StageConfig, TrainConfig, stage_model_config, validate
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
 from microdit.train.flops import flops_per_image
+from microdit.train.guard import NonFiniteError, NonFiniteGuard
 from microdit.train.logging import StatsFile, WandbSink, progress_bar
 from microdit.train.optim import build_optimizer, set_lr
 from microdit.train.schedule import lr_factor
 
 CPU_PEAK_FLOPS = 130e9  # fp32 matmul of the 2-core development machine
 CUDA_PEAK_FLOPS = 989e12  # H100 SXM dense bf16
-
-
-class NonFiniteError(RuntimeError):
-    """Too many non-finite steps in a row."""
 
 
 @dataclasses.dataclass
@@ -61,15 +59,17 @@ class StagePlan:
     flops_per_image: float
 
 
-class _Autocast(nn.Module):
-    """Runs the network under autocast; everything around it (preconditioning, loss) stays fp32."""
+class _StepContext(nn.Module):
+    """Runs the network under autocast and the chosen attention backend; everything around it
+    (preconditioning, loss) stays fp32."""
 
-    def __init__(self, net: nn.Module, device_type: str, enabled: bool) -> None:
+    def __init__(self, net: nn.Module, device_type: str, bf16: bool, attention: str) -> None:
         super().__init__()
-        self.net, self.device_type, self.enabled = net, device_type, enabled
+        self.net, self.device_type, self.bf16, self.attention = net, device_type, bf16, attention
 
     def forward(self, *args, **kwargs):
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.enabled):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16), \
+                attention_backend(self.attention):
             return self.net(*args, **kwargs)
 
 
@@ -123,13 +123,15 @@ class Trainer:
         model_cfg = stage_model_config(cfg, cfg.stages[0])
         self.model = MicroDiT(model_cfg).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
+        check_attention_backend(t.attention_backend, self.device, torch.bfloat16 if self.bf16 else torch.float32,
+                                model_cfg.head_dim)
         o = cfg.optim
         self.optimizer = build_optimizer(self.model, o.lr, tuple(o.betas), o.eps, o.weight_decay, o.moe_lr_scale,
-                                         o.no_decay_embeddings, fused=self.device.type == "cuda" and o.fused == "auto")
+                                         o.no_decay_embeddings)
         self.ema: EMA | None = None
         self.meter = CostMeter(self.peak_flops, self.world, t.price_per_device_hour)
         self.progress = {"stage": 0, "stage_images": 0, "stage_steps": 0, "nimg": 0, "step": 0}
-        self.guard = {"nonfinite_total": 0, "consecutive": 0}
+        self.guard = NonFiniteGuard(self.device)
         resume_from = self._resume_path()
         if resume_from is None and t.init_from:
             self._init_from(Path(t.init_from))
@@ -137,7 +139,7 @@ class Trainer:
             self._load(resume_from)
         net = torch.compile(self.model) if t.compile else self.model
         self.net, self.optimizer = self.acc.prepare(net, self.optimizer)
-        self.loss_net = _Autocast(self.net, self.device.type, self.bf16)
+        self.loss_net = _StepContext(self.net, self.device.type, self.bf16, t.attention_backend)
         self._signal = None
         self._grid_encoders = None
         self.resumed_from = resume_from
@@ -245,7 +247,8 @@ class Trainer:
         if state.get("ema") is not None:
             self.ema = EMA(self.model)
             self._load_weights(self.ema.model, state["ema"], path, "ema")
-        self.progress, self.guard = dict(state["progress"]), dict(state["guard"])
+        self.progress = dict(state["progress"])
+        self.guard.load_state_dict(state["guard"])
         self.meter.load_state_dict(state["cost"])
         rng_file = path / f"rng-{self.rank}.pt"
         if rng_file.is_file():
@@ -282,7 +285,7 @@ class Trainer:
         if self.acc.is_main_process:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "ema": self.ema.state_dict() if self.ema is not None else None,
-                     "progress": dict(self.progress), "guard": dict(self.guard), "cost": self.meter.state_dict()}
+                     "progress": dict(self.progress), "guard": self.guard.state_dict(), "cost": self.meter.state_dict()}
             stage = self.cfg.stages[min(self.progress["stage"], len(self.cfg.stages) - 1)]
             meta = {"nimg": nimg, "step": self.progress["step"], "stage": self.progress["stage"],
                     "stage_name": stage.name, "time": time.time()}
@@ -323,10 +326,11 @@ class Trainer:
             n = len(batch["key"])
             part = slice(lo, lo + n)
             sync = contextlib.nullcontext() if a == accum - 1 else self.acc.no_sync(self.net)
+            latent, text, mask = (batch[k].to(self.device, non_blocking=True) for k in ("latent", "text", "text_mask"))
             with sync:
-                loss = edm_loss(self.loss_net, batch["latent"].to(self.device), batch["text"].to(self.device), edm,
+                loss = edm_loss(self.loss_net, latent, text, edm,
                                 cfg.patch_size, keep_ids=None if keep is None else keep[part],
-                                y_mask=batch["text_mask"].to(self.device) if self.cfg.data.use_text_mask else None,
+                                y_mask=mask if self.cfg.data.use_text_mask else None,
                                 sigma=sigma[part], noise=noise[part],
                                 dropped_weight=stage.dropped_loss_weight).mean()
                 self.acc.backward(loss / accum)
@@ -342,8 +346,8 @@ class Trainer:
         previous = self._install_signals()
         total = sum(p.images for p in self.plans)
         bar = progress_bar(total, self.progress["nimg"], t.progress and self.acc.is_main_process)
-        window = {"loss": [], "grad": [], "images": 0, "flops": 0.0, "time": time.perf_counter()}
-        last_loss = float("nan")
+        window = self._new_window()
+        last_loss = torch.full((), float("nan"), device=self.device)
         if t.save_initial_checkpoint and self.resumed_from is None and self.progress["nimg"] == 0:
             self.save_checkpoint()
         try:
@@ -360,7 +364,7 @@ class Trainer:
                                        t.seed + si, self.cfg.data.shuffle, self.cfg.data.shuffle_buffer,
                                        self.cfg.data.caption_dropout, self.rank, self.world, t.grad_accum,
                                        self.progress["stage_steps"], self.cfg.data.skip_bad_samples)
-                it = iter(make_loader(reader, self.cfg.data.num_workers))
+                it = iter(make_loader(reader, self.cfg.data.num_workers, pin_memory=self.device.type == "cuda"))
                 base_lr = stage.lr if stage.lr is not None else self.cfg.optim.lr
                 self.meter.restart_clock()
                 while self.progress["stage_images"] < plan.images:
@@ -368,44 +372,39 @@ class Trainer:
                                              stage.schedule, stage.min_lr_fraction)
                     set_lr(self.optimizer, lr)
                     loss, grad_norm = self._train_step(it, si, stage, edm)
-                    flags = torch.stack([(~torch.isfinite(loss)).float() + (~torch.isfinite(grad_norm)).float(),
-                                         torch.tensor(float(self._signal is not None), device=self.device)])
-                    flags = self.acc.reduce(flags, reduction="sum")
-                    if flags[0] > 0:
-                        self.guard["nonfinite_total"] += 1
-                        self.guard["consecutive"] += 1
-                    else:
-                        self.optimizer.step()
-                        self.guard["consecutive"] = 0
+                    skip = self.guard.observe(loss, grad_norm, lambda v: self.acc.reduce(v, reduction="sum"))
+                    self._inner_optimizer.found_inf = skip  # the fused kernel skips the update on the device
+                    self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                    if self.ema is not None and flags[0] == 0:
+                    if self.ema is not None:
                         decay = stage.ema.decay if self.progress["stage_images"] >= stage.ema.start_images else 0.0
-                        self.ema.update(self.model, decay)
-                    step_loss = self.acc.reduce(loss, reduction="mean").item()
+                        self.ema.update(self.model, decay, skip)
                     self._advance(plan)
                     bar.update(t.batch_size)
-                    window["loss"].append(step_loss)
-                    window["grad"].append(grad_norm.item())
+                    window["loss"] += loss
+                    window["grad"] += grad_norm
+                    window["steps"] += 1
                     window["images"] += t.batch_size
                     window["flops"] += plan.flops_per_image * t.batch_size
-                    last_loss = step_loss
-                    if self.guard["consecutive"] >= t.max_nonfinite:
-                        good = ckpt.latest(self.run_dir)
-                        raise NonFiniteError(f"{self.guard['consecutive']} non-finite steps in a row (loss or gradient "
-                                             f"NaN/Inf) at {self.progress['nimg']} images; stopping. Last good "
-                                             f"checkpoint: {good or 'none'}")
-                    if self._crossed(t.log_every_images):
+                    last_loss = loss
+                    logs, saves = self._crossed(t.log_every_images), self._crossed(t.ckpt_every_images)
+                    samples = self._crossed(t.sample_every_images)
+                    if not (logs or saves or samples or self.progress["step"] % t.sync_every_steps == 0):
+                        continue
+                    signalled = self._sync_point()
+                    if logs:
                         self._log(stage, lr, window)
-                    if self._crossed(t.ckpt_every_images):
+                    if saves:
                         self.save_checkpoint()
-                    if self._crossed(t.sample_every_images):
+                    if samples:
                         self.sample_grid(reader.manifest)
-                    if flags[1] > 0:
+                    if signalled:
                         path = self.save_checkpoint()
                         self.acc.print(f"[train] signal received: checkpoint {path} written at "
                                        f"{self.progress['nimg']} images; exiting")
                         raise SystemExit(128 + (self._signal or signal.SIGTERM))
-                if window["loss"]:
+                self._sync_point()
+                if window["steps"]:
                     self._log(stage, lr, window)
                 self.progress.update(stage=si + 1, stage_images=0, stage_steps=0)
                 self.save_checkpoint()
@@ -413,8 +412,9 @@ class Trainer:
             for sig, old in previous.items():
                 signal.signal(sig, old)
             bar.close()
-        summary = {"nimg": self.progress["nimg"], "steps": self.progress["step"], "final_loss": last_loss,
-                   "nonfinite_steps": self.guard["nonfinite_total"], **self.meter.state_dict(),
+        summary = {"nimg": self.progress["nimg"], "steps": self.progress["step"],
+                   "final_loss": self.acc.reduce(last_loss, reduction="mean").item(),
+                   "nonfinite_steps": self.guard.state_dict()["nonfinite_total"], **self.meter.state_dict(),
                    "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
                    "mfu": self.meter.mfu(self.meter.flops, self.meter.seconds),
                    "images_per_s": self.meter.images / max(self.meter.seconds, 1e-9)}
@@ -422,6 +422,26 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             self.wandb.finish()
         return summary
+
+    @property
+    def _inner_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    def _sync_point(self) -> bool:
+        """The host's look at the device (the only synchronisation of the loop outside logging and
+        checkpoints): stop on too many skipped steps in a row; True when a process got a signal."""
+        signalled = self.acc.reduce(torch.tensor(float(self._signal is not None), device=self.device), "sum")
+        guard = self.guard.read()
+        if guard["longest"] >= self.cfg.trainer.max_nonfinite:
+            raise NonFiniteError(f"{guard['longest']} non-finite steps in a row (loss or gradient NaN/Inf) before "
+                                 f"{self.progress['nimg']} images; stopping. Last good checkpoint: "
+                                 f"{ckpt.latest(self.run_dir) or 'none'}")
+        return bool(signalled.item() > 0)
+
+    def _new_window(self) -> dict:
+        zero = torch.zeros((), device=self.device)
+        return {"loss": zero.clone(), "grad": zero.clone(), "steps": 0, "images": 0, "flops": 0.0,
+                "time": time.perf_counter()}
 
     def _advance(self, plan: StagePlan) -> None:
         gb = self.cfg.trainer.batch_size
@@ -438,16 +458,17 @@ class Trainer:
     def _log(self, stage: StageConfig, lr: float, window: dict) -> None:
         now = time.perf_counter()
         seconds = now - window["time"]
+        loss, grad = torch.stack([self.acc.reduce(window["loss"], reduction="mean"), window["grad"]]).tolist()
         row = {"nimg": self.progress["nimg"], "step": self.progress["step"], "stage": self.progress["stage"],
-               "stage_name": stage.name, "loss": float(np.mean(window["loss"])), "lr": lr,
-               "grad_norm": float(np.mean(window["grad"])), "images_per_s": window["images"] / seconds,
+               "stage_name": stage.name, "loss": loss / window["steps"], "lr": lr,
+               "grad_norm": grad / window["steps"], "images_per_s": window["images"] / seconds,
                "mfu": self.meter.mfu(window["flops"], seconds), "flops": self.meter.flops,
                "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
-               "nonfinite_steps": self.guard["nonfinite_total"]}
+               "nonfinite_steps": self.guard.state_dict()["nonfinite_total"]}
         if self.acc.is_main_process:
             self.stats.write(row)
             self.wandb.log(row, self.progress["nimg"])
-        window.update(loss=[], grad=[], images=0, flops=0.0, time=now)
+        window.update(self._new_window())
 
     @torch.no_grad()
     def sample_grid(self, manifest) -> Path | None:

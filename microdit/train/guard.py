@@ -1,0 +1,57 @@
+"""The non-finite step guard, kept on the device so that a training step never waits for the host.
+
+A step whose loss or gradient norm is NaN/Inf (on any process) is skipped: the fused AdamW kernel
+reads the flag (``found_inf``) and leaves parameters, moments and step counts untouched, and the
+EMA blends with weight 0. The counters live in device tensors; the host reads them only at sync
+points (logging, checkpoints, stage ends, every ``trainer.sync_every_steps`` steps) and stops the
+run when a sync point sees ``max_nonfinite`` skipped steps in a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+class NonFiniteError(RuntimeError):
+    """Too many non-finite steps in a row."""
+
+
+class NonFiniteGuard:
+    """Device-side counters of skipped steps: in total, in the current run of skips, and the
+    longest run seen since the host last read them (a run going on at that read counts in full)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.consecutive = torch.zeros((), device=device)
+        self.longest = torch.zeros((), device=device)
+
+    @torch.no_grad()
+    def observe(self, loss: torch.Tensor, grad_norm: torch.Tensor,
+                reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The skip flag of this step (0-dim float, 1 where any process saw a non-finite loss or
+        gradient norm), counted; ``reduce_sum`` sums a tensor over processes."""
+        bad = (~torch.isfinite(loss) | ~torch.isfinite(grad_norm)).float()
+        bad = reduce_sum(bad).clamp(max=1)
+        self.total += bad
+        self.consecutive = (self.consecutive + 1) * bad
+        self.longest = torch.maximum(self.longest, self.consecutive)
+        return bad
+
+    def read(self) -> dict:
+        """Host copies of the counters (one synchronisation); starts a new ``longest`` window."""
+        total, consecutive, longest = torch.stack([self.total, self.consecutive, self.longest]).tolist()
+        self.longest.copy_(self.consecutive)
+        return {"nonfinite_total": int(total), "consecutive": int(consecutive), "longest": int(longest)}
+
+    def state_dict(self) -> dict:
+        """Counters for a checkpoint."""
+        total, consecutive = torch.stack([self.total, self.consecutive]).tolist()
+        return {"nonfinite_total": int(total), "consecutive": int(consecutive)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore counters from :meth:`state_dict`."""
+        self.total.fill_(state["nonfinite_total"])
+        self.consecutive.fill_(state["consecutive"])
+        self.longest.fill_(state["consecutive"])
