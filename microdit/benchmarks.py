@@ -1,9 +1,12 @@
 """Performance measurements behind ``microdit-bench``: training-step throughput and MFU against the
-machine's measured matmul peak, the MoE layer against the reference's one-hot formulation,
-masking efficiency, reader throughput and sampler throughput.
+device's measured matmul peak (eager and torch.compile), attention backends, the MoE layer and its
+routing against the reference's one-hot formulation, masking efficiency, reader and sampler
+throughput.
 
-Numbers belong in reports, never in tests. Ratios are meaningful only when measured in one run on
-one machine (a shared CPU can vary by +-30% between runs).
+The training step measured is the trainer's: EDM loss (bf16 autocast on CUDA), backward, gradient
+clipping, the device-side non-finite guard and fused AdamW. Numbers belong in reports, never in
+tests. Ratios are meaningful only when measured in one run on one machine (a shared CPU can vary
+by +-30% between runs).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import multiprocessing as mp
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,70 +27,151 @@ from microdit.diffusion import EDMConfig, denoise, edm_loss, edm_sample, guided_
 from microdit.masking import sample_keep_ids
 from microdit.models import build_model, preset_config
 from microdit.nn import ExpertChoiceMoE, expert_capacity
+from microdit.nn.attention import ATTENTION_BACKENDS, attention_backend, check_attention_backend
+from microdit.nn.moe import combine, dispatch
 from microdit.train.flops import flops_per_image
+from microdit.train.guard import NonFiniteGuard, guarded_step
+from microdit.train.optim import build_optimizer
+
+# What each device benchmarks: presets (the last one is judged by the targets), caption length.
+DEVICE_PLAN = {"cpu": {"presets": ("nano", "micro"), "caption_len": 8},
+               "cuda": {"presets": ("MicroDiT_Tiny_2", "MicroDiT_XL_2"), "caption_len": 77}}
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 matmul FLOP/s of this process (the MFU reference on CPU)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        best = max(best, 3 * 2 * size**3 / (time.perf_counter() - start))
-    return best
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def _median_time(fn, repeats: int, warmup: int) -> float:
+def _median_time(fn, repeats: int, warmup: int, device: torch.device = torch.device("cpu")) -> float:
     times = []
     for i in range(warmup + repeats):
+        _sync(device)
         start = time.perf_counter()
         fn()
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
+def matmul_peak(device: torch.device = torch.device("cpu"), repeats: int = 5) -> float:
+    """Best matmul FLOP/s on ``device``: fp32 2048^3 on CPU, bf16 8192^3 on CUDA (the MFU reference)."""
+    size, dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    seconds = _median_time(lambda: [a @ b for _ in range(3)], repeats, 2, device)
+    return 3 * 2 * size**3 / seconds
+
+
+def _count_host_syncs(step, device: torch.device) -> int | None:
+    """Synchronising CUDA calls made by one ``step()`` (None on CPU, where nothing is asynchronous)."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def bench_step(preset: str, mask_ratio: float = 0.0, strategy: str = "random", block_size: int = 1, batch: int = 32,
-               caption_len: int = 8, repeats: int = 8, warmup: int = 3, peak: float | None = None) -> dict:
-    """One training step (EDM loss forward + backward + AdamW) of a preset: time, images/s, FLOP/s, MFU."""
+               caption_len: int = 8, repeats: int = 8, warmup: int = 3, peak: float | None = None,
+               device: str = "cpu", compile: bool = False) -> dict:
+    """One training step of a preset as the trainer runs it: time, images/s, FLOP/s, MFU (and the
+    compile time, and on CUDA the host synchronisations per step)."""
+    dev = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(preset)
+    model = build_model(preset).to(dev)
     cfg = model.cfg
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x0 = torch.randn(batch, cfg.in_channels, *cfg.input_size)
-    y = torch.randn(batch, caption_len, cfg.caption_dim)
+    net = torch.compile(model) if compile else model
+    opt = build_optimizer(model, 1e-4, (0.9, 0.999), 1e-8, 0.1, 0.5, True)
+    guard = NonFiniteGuard(dev)
+    x0 = torch.randn(batch, cfg.in_channels, *cfg.input_size, device=dev)
+    y = torch.randn(batch, caption_len, cfg.caption_dim, device=dev)
 
     def step() -> None:
-        keep = sample_keep_ids(batch, cfg.base_grid, mask_ratio, strategy, block_size)
-        loss = edm_loss(model, x0, y, EDMConfig(), cfg.patch_size, keep_ids=keep).mean()
-        opt.zero_grad(set_to_none=True)
+        keep = sample_keep_ids(batch, cfg.base_grid, mask_ratio, strategy, block_size, device=dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = edm_loss(net, x0, y, EDMConfig(), cfg.patch_size, keep_ids=keep).mean()
         loss.backward()
-        opt.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        guarded_step(opt, guard, loss.detach(), grad_norm, lambda v: v)
 
-    seconds = _median_time(step, repeats, warmup)
+    first = _median_time(step, 1, 0, dev)
+    seconds = _median_time(step, repeats, max(warmup - 1, 0), dev)
     flops = flops_per_image(cfg, cfg.base_grid, caption_len, mask_ratio, strategy, block_size).train * batch
     out = {"preset": preset, "mask_ratio": mask_ratio, "strategy": strategy, "block_size": block_size,
-           "batch": batch, "tokens": cfg.base_grid[0] * cfg.base_grid[1], "step_s": seconds,
-           "images_per_s": batch / seconds, "flops_per_step": flops, "flop_per_s": flops / seconds}
+           "batch": batch, "tokens": cfg.base_grid[0] * cfg.base_grid[1], "compiled": compile, "step_s": seconds,
+           "first_step_s": first, "images_per_s": batch / seconds, "flops_per_step": flops,
+           "flop_per_s": flops / seconds, "host_syncs_per_step": _count_host_syncs(step, dev)}
     if peak:
         out["mfu"] = out["flop_per_s"] / peak
     return out
 
 
+def bench_attention(device: str = "cpu", batch: int = 32, tokens: int = 64, context: int = 8, heads: int = 8,
+                    head_dim: int = 32, repeats: int = 10) -> dict:
+    """Self- plus cross-attention forward + backward per SDPA backend (ms; None where the backend
+    cannot run on this device)."""
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    q, k, v = (torch.randn(batch, heads, tokens, head_dim, device=dev, dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    kc, vc = (torch.randn(batch, heads, context, head_dim, device=dev, dtype=dtype, requires_grad=True)
+              for _ in range(2))
+
+    def run() -> None:
+        (F.scaled_dot_product_attention(q, k, v) + F.scaled_dot_product_attention(q, kc, vc)).sum().backward()
+
+    out = {"shape": {"batch": batch, "tokens": tokens, "context": context, "heads": heads, "head_dim": head_dim},
+           "ms": {}}
+    for name in ("auto", *ATTENTION_BACKENDS):
+        try:
+            check_attention_backend(name, dev, dtype, head_dim)
+        except ValueError:
+            out["ms"][name] = None
+            continue
+        with attention_backend(name):
+            out["ms"][name] = 1000 * _median_time(run, repeats, 2, dev)
+    return out
+
+
+def one_hot_dispatch(x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's dispatch: a dense one-hot (N, E, k, T) matrix and its product with x -> (N, E, k, D)."""
+    onehot = F.one_hot(token_ids, x.shape[1]).to(x.dtype)  # (N, E, k, T)
+    return torch.einsum("nekt,ntd->nekd", onehot, x), onehot
+
+
+def one_hot_combine(out: torch.Tensor, gates: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """The reference's combine: gate-scaled expert outputs (N, E, k, D) summed through the one-hot -> (N, T, D)."""
+    return torch.einsum("nekt,nekd->ntd", onehot, gates.unsqueeze(-1) * out)
+
+
 def one_hot_moe(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
-    """The reference's formulation: dense one-hot dispatch (N, E, k, T) and combine matrices."""
-    t = x.shape[1]
-    probs = torch.softmax(moe.gate(x), dim=-1)  # (N, T, E)
-    gates, idx = torch.topk(probs.transpose(1, 2), expert_capacity(t, moe.num_experts, moe.capacity), dim=-1)
-    dispatch = F.one_hot(idx, t).to(x.dtype)  # (N, E, k, T)
-    expert_in = torch.einsum("nekt,ntd->nekd", dispatch, x)
+    """The reference's formulation of the whole layer: one-hot dispatch, experts as einsums, one-hot combine."""
+    gates, token_ids = moe.route(x)  # (N, E, k)
+    expert_in, onehot = one_hot_dispatch(x, token_ids)  # (N, E, k, D)
     hidden = F.gelu(torch.einsum("nekd,edh->nekh", expert_in, moe.w1))
-    expert_out = torch.einsum("nekh,ehd->nekd", hidden, moe.w2)
-    return torch.einsum("nekt,nekd->ntd", dispatch * gates.unsqueeze(-1), expert_out)
+    return one_hot_combine(torch.einsum("nekh,ehd->nekd", hidden, moe.w2), gates, onehot)
+
+
+def _gather_routing(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
+    gates, token_ids = moe.route(x)
+    routed, rows = dispatch(x, token_ids)
+    return combine(routed, gates, rows, x.shape)
+
+
+def _one_hot_routing(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
+    gates, token_ids = moe.route(x)
+    expert_in, onehot = one_hot_dispatch(x, token_ids)
+    return one_hot_combine(expert_in, gates, onehot)
+
+
+MOE_CASES = {("layer", "gather"): lambda moe, x: moe(x), ("layer", "one_hot"): one_hot_moe,
+             ("routing", "gather"): _gather_routing, ("routing", "one_hot"): _one_hot_routing}
 
 
 def _rss_kib(field: str) -> int:
@@ -113,32 +198,59 @@ def saved_for_backward_mib(fn, x: torch.Tensor, module: torch.nn.Module) -> floa
     return sum(storages.values()) / 2**20
 
 
-def _moe_case(kind: str, tokens: int, dim: int, batch: int, repeats: int, queue) -> None:
+def _moe_case(part: str, kind: str, tokens: int, dim: int, batch: int, repeats: int, device: str, queue=None):
+    dev = torch.device(device)
     torch.manual_seed(0)
-    moe = ExpertChoiceMoE(dim, 4 * dim, 8, 2.0)
+    moe = ExpertChoiceMoE(dim, 4 * dim, 8, 2.0).to(dev)
     moe.init_weights(0.02, 0.02)
-    x = torch.randn(batch, tokens, dim, requires_grad=True)
-    fn = moe if kind == "gather" else (lambda v: one_hot_moe(moe, v))
-    saved = saved_for_backward_mib(fn, x, moe)
-    base = _rss_kib("VmRSS")
-    seconds = _median_time(lambda: fn(x).square().mean().backward(), repeats, 2)
-    queue.put({"time_s": seconds, "peak_mib": (_rss_kib("VmHWM") - base) / 1024, "saved_mib": saved})
+    x = torch.randn(batch, tokens, dim, device=dev, requires_grad=True)
+    fn = MOE_CASES[(part, kind)]
+    saved = saved_for_backward_mib(lambda v: fn(moe, v), x, moe)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        base = _rss_kib("VmRSS") * 1024
+    seconds = _median_time(lambda: fn(moe, x).square().mean().backward(), repeats, 2, dev)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _rss_kib("VmHWM") * 1024
+    result = {"time_s": seconds, "peak_mib": (peak - base) / 2**20, "saved_mib": saved}
+    if queue is None:
+        return result
+    queue.put(result)
+    return None
 
 
-def bench_moe(tokens: int, dim: int = 512, batch: int = 8, repeats: int = 5) -> dict:
-    """Forward + backward of one MoE layer (E=8, capacity 2, expert hidden 4D): ours vs one-hot,
-    each in a fresh process (peak RSS growth and bytes saved for backward)."""
-    ctx = mp.get_context("spawn")
+def moe_flops(tokens: int, dim: int, batch: int, experts: int = 8, capacity: float = 2.0) -> dict:
+    """Forward FLOPs of the expert GEMMs and of the one-hot dispatch + combine einsums."""
+    k = expert_capacity(tokens, experts, capacity)
+    return {"experts": 2 * 2 * batch * experts * k * dim * 4 * dim,
+            "one_hot_routing": 2 * 2 * batch * experts * k * tokens * dim}
+
+
+def bench_moe(tokens: int, dim: int = 512, batch: int = 8, repeats: int = 5, device: str = "cpu") -> dict:
+    """Forward + backward of one MoE layer (E=8, capacity 2, expert hidden 4D) and of its routing
+    alone (dispatch + combine, experts skipped): ours vs one-hot. On CPU each case runs in a fresh
+    process (peak RSS growth); on CUDA peak allocated memory. ``speedup_bound`` is what removing
+    the one-hot einsums' FLOPs entirely could give the layer."""
     out = {"tokens": tokens, "dim": dim, "batch": batch}
-    for kind in ("gather", "one_hot"):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_moe_case, args=(kind, tokens, dim, batch, repeats, queue))
-        proc.start()
-        out[kind] = queue.get()
-        proc.join()
-    out["speedup"] = out["one_hot"]["time_s"] / out["gather"]["time_s"]
-    out["peak_ratio"] = out["one_hot"]["peak_mib"] / max(out["gather"]["peak_mib"], 1e-9)
-    out["saved_ratio"] = out["one_hot"]["saved_mib"] / out["gather"]["saved_mib"]
+    ctx = mp.get_context("spawn")
+    for part in ("layer", "routing"):
+        row = {}
+        for kind in ("gather", "one_hot"):
+            if device == "cpu":
+                queue = ctx.Queue()
+                proc = ctx.Process(target=_moe_case, args=(part, kind, tokens, dim, batch, repeats, device, queue))
+                proc.start()
+                row[kind] = queue.get()
+                proc.join()
+            else:
+                row[kind] = _moe_case(part, kind, tokens, dim, batch, repeats, device)
+        row["speedup"] = row["one_hot"]["time_s"] / row["gather"]["time_s"]
+        row["peak_ratio"] = row["one_hot"]["peak_mib"] / max(row["gather"]["peak_mib"], 1e-9)
+        row["saved_ratio"] = row["one_hot"]["saved_mib"] / max(row["gather"]["saved_mib"], 1e-9)
+        out[part] = row
+    f = moe_flops(tokens, dim, batch)
+    out["speedup_bound"] = (f["experts"] + f["one_hot_routing"]) / f["experts"]
     return out
 
 
@@ -158,14 +270,15 @@ def bench_reader(num: int, caption_dim: int, batch: int = 32, batches: int = 60)
     return {"samples": num, "build_and_encode_s": build_s, "samples_per_s": rates}
 
 
-def bench_sampler(preset: str, steps: list[int], images: int = 8) -> dict:
+def bench_sampler(preset: str, steps: list[int], images: int = 8, device: str = "cpu") -> dict:
     """Heun sampling images/s by step count, with CFG batched (one 2N pass) and as two N passes."""
+    dev = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(preset).eval()
+    model = build_model(preset).to(dev).eval()
     cfg = model.cfg
     edm = EDMConfig()
-    y = torch.randn(images, 8, cfg.caption_dim)
-    noise = torch.randn(images, cfg.in_channels, *cfg.input_size)
+    y = torch.randn(images, 8, cfg.caption_dim, device=dev)
+    noise = torch.randn(images, cfg.in_channels, *cfg.input_size, device=dev)
     batched = guided_denoiser(model, y, edm.sigma_data, 5.0, torch.zeros_like(y))
 
     def two_passes(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -180,91 +293,123 @@ def bench_sampler(preset: str, steps: list[int], images: int = 8) -> dict:
             sigmas = karras_sigmas(n, edm.sigma_min, edm.sigma_max, edm.rho)
             row = {}
             for name, den in (("cfg_batched", batched), ("cfg_two_passes", two_passes)):
-                row[name] = images / _median_time(lambda den=den, sigmas=sigmas: edm_sample(den, noise, sigmas), 2, 1)
+                seconds = _median_time(lambda den=den, sigmas=sigmas: edm_sample(den, noise, sigmas), 2, 1, dev)
+                row[name] = images / seconds
             out["by_steps"][n] = row
     return out
 
 
-def run_all(quick: bool) -> dict:
-    """Every benchmark; ``quick`` uses fewer configurations and sizes (a few minutes on 2 cores)."""
-    peak = matmul_peak()
-    results = {"threads": torch.get_num_threads(), "matmul_peak_flop_per_s": peak, "quick": quick, "steps": []}
-    presets = ("nano", "micro")
+def run_all(quick: bool, device: str = "cpu", compile: bool = True) -> dict:
+    """Every benchmark on ``device``; ``quick`` uses fewer configurations and sizes (a few minutes
+    on 2 cores). ``compile`` adds a torch.compile row for the judged preset."""
+    dev = torch.device(device)
+    plan = DEVICE_PLAN[dev.type]
+    peak = matmul_peak(dev)
+    results = {"device": device, "threads": torch.get_num_threads(), "matmul_peak_flop_per_s": peak,
+               "peak_dtype": "fp32" if dev.type == "cpu" else "bf16", "quick": quick, "steps": []}
+    presets, length = plan["presets"], plan["caption_len"]
     for preset in presets:
         for ratio, strategy, block in ((0.0, "random", 1), (0.5, "random", 1), (0.75, "random", 1),
                                        (0.75, "block", 2)):
             if quick and ratio == 0.5:
                 continue
-            results["steps"].append(bench_step(preset, ratio, strategy, block, peak=peak,
-                                               repeats=5 if quick else 10))
+            results["steps"].append(bench_step(preset, ratio, strategy, block, caption_len=length, peak=peak,
+                                               repeats=5 if quick else 10, device=device))
     results["masking"] = []
     for preset in presets:
-        rows = {(r["mask_ratio"], r["strategy"]): r for r in results["steps"] if r["preset"] == preset}
+        rows = {(r["mask_ratio"], r["strategy"]): r for r in results["steps"]
+                if r["preset"] == preset and not r["compiled"]}
         base = rows[(0.0, "random")]
         for (ratio, strategy), r in rows.items():
             if ratio > 0:
                 results["masking"].append({"preset": preset, "mask_ratio": ratio, "strategy": strategy,
                                            "time_ratio": r["step_s"] / base["step_s"],
                                            "flop_ratio": r["flops_per_step"] / base["flops_per_step"]})
-    results["moe"] = [bench_moe(t, repeats=3 if quick else 5) for t in ((64, 256) if quick else (64, 256, 1024))]
-    results["reader"] = bench_reader(2000 if quick else 10000, preset_config("micro").caption_dim)
-    results["sampler"] = bench_sampler("nano", [10] if quick else [10, 30])
+    results["attention"] = bench_attention(device)
+    sizes = (64, 256) if quick else (64, 128, 256, 512, 1024)
+    results["moe"] = [bench_moe(t, repeats=3 if quick else 5, device=device) for t in sizes]
+    results["reader"] = bench_reader(2000 if quick else 10000, preset_config(presets[-1]).caption_dim)
+    results["sampler"] = bench_sampler(presets[0], [10] if quick else [10, 30], device=device)
+    if compile:  # last: inductor leaves compile workers behind that disturb later measurements on a small CPU
+        results["steps"].append(bench_step(presets[-1], caption_len=length, peak=peak, repeats=5 if quick else 10,
+                                           device=device, compile=True))
     results["targets"] = targets(results)
     return results
 
 
 def targets(r: dict) -> list[dict]:
-    """The performance targets (issue #7), each with the value measured in this run and whether it is met."""
-    steps = {(s["preset"], s["mask_ratio"], s["strategy"]): s for s in r["steps"]}
-    micro = steps[("micro", 0.0, "random")]
-    consumed = steps[("micro", 0.75, "random")]["images_per_s"]
-    out = [{"target": "micro training step at >= 60% of the measured fp32 matmul peak", "value": micro["mfu"],
-            "goal": 0.60, "met": micro["mfu"] >= 0.60}]
+    """The performance targets (issue #7), each with the value measured in this run, whether it is
+    met, and for the MoE layer the bound the FLOPs allow."""
+    steps = {(s["preset"], s["mask_ratio"], s["strategy"]): s for s in r["steps"] if not s.get("compiled")}
+    judged = max(steps, key=lambda key: steps[key]["flops_per_step"])[0]  # the largest preset
+    dense = steps[(judged, 0.0, "random")]
+    consumed = steps[(judged, 0.75, "random")]["images_per_s"]
+    cpu = r.get("device", "cpu") == "cpu"
+    goal = 0.60 if cpu else 0.19  # CUDA: at least the paper's run
+    out = [{"target": f"{judged} training step at >= {goal:.0%} of the measured {r.get('peak_dtype', 'fp32')} "
+                      "matmul peak", "value": dense["mfu"], "goal": goal, "met": dense["mfu"] >= goal}]
     for m in r["masking"]:
         if m["strategy"] == "random" and m["mask_ratio"] == 0.75:
             over = m["time_ratio"] / m["flop_ratio"]
             out.append({"target": f"{m['preset']} step time at ratio 0.75 within 15% of the FLOP-predicted",
                         "value": over, "goal": 1.15, "met": over <= 1.15})
     moe = next(m for m in r["moe"] if m["tokens"] == 256)
-    out.append({"target": "MoE >= 3x faster than one-hot at T = 256", "value": moe["speedup"], "goal": 3.0,
-                "met": moe["speedup"] >= 3.0})
-    out.append({"target": "MoE >= 4x less peak memory than one-hot at T = 256", "value": moe["peak_ratio"],
-                "goal": 4.0, "met": moe["peak_ratio"] >= 4.0})
+    bound = f"bound from FLOPs: {moe['speedup_bound']:.2f}x" if "speedup_bound" in moe else ""
+    out.append({"target": "MoE >= 3x faster than one-hot at T = 256", "value": moe["layer"]["speedup"], "goal": 3.0,
+                "met": moe["layer"]["speedup"] >= 3.0, "note": bound})
+    out.append({"target": "MoE >= 4x less peak memory than one-hot at T = 256", "value": moe["layer"]["peak_ratio"],
+                "goal": 4.0, "met": moe["layer"]["peak_ratio"] >= 4.0})
     reader = r["reader"]["samples_per_s"][0] / consumed
-    out.append({"target": "reader >= 10x what a micro step (ratio 0.75) consumes", "value": reader, "goal": 10.0,
-                "met": reader >= 10.0})
+    out.append({"target": f"reader >= 10x what a {judged} step (ratio 0.75) consumes", "value": reader,
+                "goal": 10.0, "met": reader >= 10.0})
     return out
 
 
 def summary_markdown(r: dict) -> str:
     """A markdown report of :func:`run_all`'s results."""
-    lines = [f"# microdit-bench ({'quick' if r['quick'] else 'full'})", "",
-             f"Measured fp32 matmul peak: **{r['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s** "
-             f"({r['threads']} threads).", "", "## Targets (measured in this run)", "",
-             "| target | value | goal | met |", "|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['value']:.2f} | {t['goal']:g} | {'yes' if t['met'] else '**no**'} |"
-              for t in r.get("targets", [])]
-    lines += ["", "## Training step (batch 32, 64 tokens, fp32)", "",
-             "| preset | mask | strategy | step ms | images/s | GFLOP/s | MFU |", "|---|---|---|---|---|---|---|"]
+    lines = [f"# microdit-bench ({'quick' if r['quick'] else 'full'}, {r.get('device', 'cpu')})", "",
+             f"Measured {r.get('peak_dtype', 'fp32')} matmul peak: **{r['matmul_peak_flop_per_s'] / 1e9:.0f} "
+             f"GFLOP/s** ({r['threads']} threads).", "", "## Targets (measured in this run)", "",
+             "| target | value | goal | met | note |", "|---|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']:.2f} | {t['goal']:g} | {'yes' if t['met'] else '**no**'} | "
+              f"{t.get('note', '')} |" for t in r.get("targets", [])]
+    lines += ["", "## Training step (trainer's step: loss, backward, clipping, guard, fused AdamW)", "",
+              "| preset | mask | strategy | mode | batch | step ms | images/s | GFLOP/s | MFU | first step s "
+              "| host syncs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in r["steps"]:
         block = "" if s["block_size"] == 1 else f" b={s['block_size']}"
-        lines.append(f"| {s['preset']} | {s['mask_ratio']} | {s['strategy']}{block} | {s['step_s'] * 1000:.0f} | "
-                     f"{s['images_per_s']:.0f} | {s['flop_per_s'] / 1e9:.0f} | {s['mfu']:.0%} |")
+        syncs = "n/a" if s.get("host_syncs_per_step") is None else s["host_syncs_per_step"]
+        lines.append(f"| {s['preset']} | {s['mask_ratio']} | {s['strategy']}{block} | "
+                     f"{'compiled' if s.get('compiled') else 'eager'} | {s['batch']} | {s['step_s'] * 1000:.0f} | "
+                     f"{s['images_per_s']:.0f} | {s['flop_per_s'] / 1e9:.0f} | {s['mfu']:.0%} | "
+                     f"{s.get('first_step_s', 0):.1f} | {syncs} |")
     lines += ["", "## Masking efficiency (step time and FLOPs relative to ratio 0)", "",
               "| preset | mask | strategy | time ratio | FLOP ratio | time / FLOP-predicted |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {m['preset']} | {m['mask_ratio']} | {m['strategy']} | {m['time_ratio']:.2f} | {m['flop_ratio']:.2f} "
               f"| {m['time_ratio'] / m['flop_ratio']:.2f} |" for m in r["masking"]]
-    lines += ["", "## MoE layer: ours (gather/scatter) vs the reference's one-hot (D=512, N=8, E=8, capacity 2)", "",
-              "| T | ours ms | one-hot ms | speed-up | ours peak MiB | one-hot peak MiB | saved MiB ours / one-hot |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {m['tokens']} | {m['gather']['time_s'] * 1000:.0f} | {m['one_hot']['time_s'] * 1000:.0f} | "
-              f"{m['speedup']:.2f}x | {m['gather']['peak_mib']:.0f} | {m['one_hot']['peak_mib']:.0f} | "
-              f"{m['gather']['saved_mib']:.1f} / {m['one_hot']['saved_mib']:.1f} |" for m in r["moe"]]
+    if "attention" in r:
+        a = r["attention"]
+        lines += ["", f"## Attention backends (self + cross, fwd + bwd, {a['shape']})", "",
+                  "| backend | ms |", "|---|---|"]
+        lines += [f"| {name} | {'unavailable' if ms is None else f'{ms:.2f}'} |" for name, ms in a["ms"].items()]
+    lines += ["", "## MoE: ours (gather/scatter) vs the reference's one-hot (N=8, E=8, capacity 2, hidden 4D)", "",
+              "| T | D | part | ours ms | one-hot ms | speed-up | ours peak MiB | one-hot peak MiB | "
+              "saved MiB ours / one-hot | layer bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in r["moe"]:
+        for part in ("layer", "routing"):
+            if part in m:
+                p = m[part]
+                lines.append(f"| {m['tokens']} | {m['dim']} | {part} | {p['gather']['time_s'] * 1000:.1f} | "
+                             f"{p['one_hot']['time_s'] * 1000:.1f} | {p['speedup']:.2f}x | "
+                             f"{p['gather']['peak_mib']:.0f} | {p['one_hot']['peak_mib']:.0f} | "
+                             f"{p['gather']['saved_mib']:.1f} / {p['one_hot']['saved_mib']:.1f} | "
+                             f"{m['speedup_bound']:.2f}x |")
     rd = r["reader"]
     lines += ["", "## Reader", "", f"{rd['samples']} samples built + encoded in {rd['build_and_encode_s']:.1f} s; "
               + ", ".join(f"{w} workers: {v:.0f} samples/s" for w, v in rd["samples_per_s"].items()), "",
-              "## Sampler (Heun, nano, images/s)", "", "| steps | CFG batched | CFG two passes |", "|---|---|---|"]
+              f"## Sampler (Heun, {r['sampler']['preset']}, images/s)", "", "| steps | CFG batched | CFG two passes |",
+              "|---|---|---|"]
     lines += [f"| {n} | {v['cfg_batched']:.1f} | {v['cfg_two_passes']:.1f} |"
               for n, v in r["sampler"]["by_steps"].items()]
     return "\n".join(lines) + "\n"

@@ -77,7 +77,9 @@ def test_init_statistics():
     assert abs(block.attn.qkv.weight.std().item() - 0.02) < 0.003  # trunc-normal(0.02), torch's default bounds
     assert abs(block.attn.proj.weight.std().item() - 0.02 / math.sqrt(6)) < 0.001
     assert abs(model.mixer.blocks[0].attn.proj.weight.std().item() - 0.02 / math.sqrt(2 * 4)) < 0.001
-    assert abs(block.mlp.w2.weight.std().item() - 0.02 / math.sqrt(6)) < 0.001  # SwiGLU value projection
+    value_projection = block.mlp.w12.weight[block.mlp.hidden:]  # SwiGLU w2
+    assert abs(block.mlp.w12.weight[:block.mlp.hidden].std().item() - 0.02) < 0.002  # SwiGLU gate w1
+    assert abs(value_projection.std().item() - 0.02 / math.sqrt(6)) < 0.001
     assert abs(model.blocks[1].mlp.gate.weight.std().item() - 0.02) < 0.003
     assert abs(model.caption_block.attn.qkv.weight.std().item() - 0.02) < 0.002
     assert abs(model.timestep_embed.mlp[0].weight.std().item() - 0.02) < 0.002

@@ -19,7 +19,7 @@ from microdit.train.config import problems
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
 from microdit.train.flops import flops_per_image
-from microdit.train.guard import NonFiniteGuard
+from microdit.train.guard import NonFiniteGuard, guarded_step
 from microdit.train.optim import build_optimizer, param_groups
 from microdit.train.schedule import lr_factor
 
@@ -150,11 +150,7 @@ def test_device_side_skip_leaves_weights_moments_and_ema_untouched():
         loss = model(x, torch.zeros(2), y).square().mean() * scale
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        skip = guard.observe(loss.detach(), grad_norm, lambda v: v)
-        opt.found_inf = skip
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(model, 0.9, skip)
+        ema.update(model, 0.9, guarded_step(opt, guard, loss.detach(), grad_norm, lambda v: v))
 
     step(1.0)
     step(1.0)

@@ -1,7 +1,9 @@
-"""``microdit-bench``: training-step throughput and MFU, MoE vs one-hot, masking efficiency, reader
-and sampler throughput; writes ``bench.json`` and ``bench.md``.
+"""``microdit-bench``: training-step throughput and MFU (eager and compiled), attention backends,
+MoE vs one-hot, masking efficiency, reader and sampler throughput; writes ``bench.json`` and
+``bench.md``.
 
-    microdit-bench --quick --out bench/
+    microdit-bench --quick --out bench/              # this machine's CPU (nano, micro)
+    microdit-bench --device cuda --out bench-h100/   # a GPU (MicroDiT_Tiny_2, MicroDiT_XL_2, bf16)
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import torch
 
 from microdit.benchmarks import run_all, summary_markdown
 
@@ -19,8 +23,12 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer configurations (a few minutes on 2 cores)")
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (compiling takes ~1 min)")
     args = parser.parse_args(argv)
-    results = run_all(args.quick)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    results = run_all(args.quick, args.device, compile=not args.no_compile)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2))
     report = summary_markdown(results)

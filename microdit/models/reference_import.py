@@ -3,7 +3,8 @@
 The mapping is by key prefix and is strict: every reference key must map onto one of ours with
 the same shape, and every one of ours must be provided. The reference's fixed ``pos_embed`` and
 zero ``mask_token`` are not parameters here; they are checked (same sin-cos values, all zeros)
-and dropped.
+and dropped. A SwiGLU's separate gate and value projections (``mlp.w1.weight``,
+``mlp.w2.weight``) are stacked into our fused ``mlp.w12.weight``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ PREFIXES: tuple[tuple[str, str], ...] = (
 INNER = ((".adaLN_modulation.", ".ada_ln."), (".cross_attn.q_linear.", ".cross_attn.q."),
          (".cross_attn.kv_linear.", ".cross_attn.kv."))
 FIXED = ("pos_embed", "mask_token")
+FUSED = {".w1.weight": 0, ".w2.weight": 1}  # SwiGLU gate / value -> halves of .w12.weight
 
 
 class ReferenceImportError(ValueError):
@@ -77,17 +79,26 @@ def convert_reference_state_dict(ref: dict[str, torch.Tensor], cfg: MicroDiTConf
         target = MicroDiT(cfg).state_dict()
     _check_fixed(ref, cfg)
     out: dict[str, torch.Tensor] = {}
+    halves: dict[str, list] = {}
     for ref_key, value in ref.items():
         if ref_key in FIXED:
             continue
         key = our_key(ref_key)
-        if key is None or key not in target:
+        suffix = next((s for s in FUSED if key is not None and key.endswith(s)), None)
+        fused = None if suffix is None else key[:-len(suffix)] + ".w12.weight"
+        if fused in target:
+            key, shape = fused, (target[fused].shape[0] // 2, *target[fused].shape[1:])
+            halves.setdefault(fused, [None, None])[FUSED[suffix]] = value
+        elif key is None or key not in target:
             raise ReferenceImportError(f"reference key {ref_key!r} has no counterpart in this MicroDiT config "
                                        f"(mapped to {key!r})")
-        if tuple(value.shape) != tuple(target[key].shape):
+        else:
+            shape = tuple(target[key].shape)
+            out[key] = value
+        if tuple(value.shape) != shape:
             raise ReferenceImportError(f"reference key {ref_key!r} has shape {tuple(value.shape)}, but {key!r} "
-                                       f"expects {tuple(target[key].shape)}")
-        out[key] = value
+                                       f"expects {tuple(shape)}{' (one half)' if key in halves else ''}")
+    out.update({key: torch.cat(pair) for key, pair in halves.items() if None not in pair})
     missing = [k for k in target if k not in out]
     if missing:
         raise ReferenceImportError(f"the reference state dict lacks {len(missing)} parameter(s) of this config, "

@@ -27,24 +27,26 @@ def gelu_hidden(dim: int, ratio: float, multiple_of: int) -> int:
 
 
 class SwiGLU(nn.Module):
-    """``w3(silu(w1 x) * w2 x)``, bias-free."""
+    """``w3(silu(w1 x) * w2 x)``, bias-free, with the gate and value projections fused into one
+    matrix ``w12`` = [w1; w2] (Hf rows each): one GEMM of twice the width instead of two."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(dim, hidden, bias=False)
+        self.hidden = hidden
+        self.w12 = nn.Linear(dim, 2 * hidden, bias=False)
         self.w3 = nn.Linear(hidden, dim, bias=False)
 
     def init_weights(self, std: float, out_std: float) -> None:
         """Truncated-normal init: ``std`` for the gate projection w1, ``out_std`` for the value
         projection w2 and the output w3 (as the reference)."""
-        nn.init.trunc_normal_(self.w1.weight, std=std)
-        nn.init.trunc_normal_(self.w2.weight, std=out_std)
+        nn.init.trunc_normal_(self.w12.weight[:self.hidden], std=std)
+        nn.init.trunc_normal_(self.w12.weight[self.hidden:], std=out_std)
         nn.init.trunc_normal_(self.w3.weight, std=out_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, D) -> (N, T, D)."""
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+        gate, value = self.w12(x).chunk(2, dim=-1)  # 2 x (N, T, Hf)
+        return self.w3(F.silu(gate) * value)
 
 
 class GeluMLP(nn.Module):

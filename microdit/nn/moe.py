@@ -56,13 +56,26 @@ class ExpertChoiceMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, D) -> (N, T, D)."""
-        n, t, d = x.shape
-        e = self.num_experts
         gates, token_ids = self.route(x)  # (N, E, k)
-        k = token_ids.shape[-1]
-        offsets = torch.arange(n, device=x.device).view(n, 1, 1) * t
-        rows = (token_ids + offsets).transpose(0, 1).reshape(e * n * k)  # expert-major rows of x viewed (N*T, D)
-        routed = x.reshape(n * t, d).index_select(0, rows).view(e, n * k, d)  # (E, N*k, D)
+        routed, rows = dispatch(x, token_ids)  # (E, N*k, D), (E*N*k,)
         hidden = F.gelu(torch.bmm(routed, self.w1))  # (E, N*k, Hf)
-        out = torch.bmm(hidden, self.w2) * gates.transpose(0, 1).reshape(e, n * k, 1).to(x.dtype)  # (E, N*k, D)
-        return x.new_zeros(n * t, d).index_add(0, rows, out.view(e * n * k, d)).view(n, t, d)  # (N, T, D)
+        return combine(torch.bmm(hidden, self.w2), gates, rows, x.shape)  # (N, T, D)
+
+
+def dispatch(x: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather each expert's tokens: x (N, T, D), token_ids (N, E, k) -> routed (E, N*k, D) and the
+    expert-major row indices (E*N*k,) into x viewed as (N*T, D)."""
+    n, t, d = x.shape
+    e, k = token_ids.shape[1:]
+    offsets = torch.arange(n, device=x.device).view(n, 1, 1) * t
+    rows = (token_ids + offsets).transpose(0, 1).reshape(e * n * k)
+    return x.reshape(n * t, d).index_select(0, rows).view(e, n * k, d), rows
+
+
+def combine(out: torch.Tensor, gates: torch.Tensor, rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Scale expert outputs (E, N*k, D) by their gates (N, E, k) and sum them into the token rows
+    they came from: -> (N, T, D) (tokens no expert picked get 0)."""
+    n, t, d = shape
+    e, nk = out.shape[:2]
+    scaled = out * gates.transpose(0, 1).reshape(e, nk, 1).to(out.dtype)  # (E, N*k, D)
+    return out.new_zeros(n * t, d).index_add(0, rows, scaled.view(e * nk, d)).view(n, t, d)

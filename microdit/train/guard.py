@@ -55,3 +55,15 @@ class NonFiniteGuard:
         self.total.fill_(state["nonfinite_total"])
         self.consecutive.fill_(state["consecutive"])
         self.longest.fill_(state["consecutive"])
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, guard: NonFiniteGuard, loss: torch.Tensor,
+                 grad_norm: torch.Tensor, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Count the step in ``guard`` and apply ``optimizer`` (a fused AdamW, possibly wrapped by
+    accelerate) unless it is non-finite, deciding on the device; clears the gradients. Returns
+    the skip flag (for the EMA)."""
+    skip = guard.observe(loss, grad_norm, reduce_sum)
+    getattr(optimizer, "optimizer", optimizer).found_inf = skip  # read by the fused kernel
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return skip

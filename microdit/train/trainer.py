@@ -41,7 +41,7 @@ from microdit.train.config import StageConfig, TrainConfig, stage_model_config, 
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
 from microdit.train.flops import flops_per_image
-from microdit.train.guard import NonFiniteError, NonFiniteGuard
+from microdit.train.guard import NonFiniteError, NonFiniteGuard, guarded_step
 from microdit.train.logging import StatsFile, WandbSink, progress_bar
 from microdit.train.optim import build_optimizer, set_lr
 from microdit.train.schedule import lr_factor
@@ -372,10 +372,8 @@ class Trainer:
                                              stage.schedule, stage.min_lr_fraction)
                     set_lr(self.optimizer, lr)
                     loss, grad_norm = self._train_step(it, si, stage, edm)
-                    skip = self.guard.observe(loss, grad_norm, lambda v: self.acc.reduce(v, reduction="sum"))
-                    self._inner_optimizer.found_inf = skip  # the fused kernel skips the update on the device
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    skip = guarded_step(self.optimizer, self.guard, loss, grad_norm,
+                                        lambda v: self.acc.reduce(v, reduction="sum"))
                     if self.ema is not None:
                         decay = stage.ema.decay if self.progress["stage_images"] >= stage.ema.start_images else 0.0
                         self.ema.update(self.model, decay, skip)
@@ -422,10 +420,6 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             self.wandb.finish()
         return summary
-
-    @property
-    def _inner_optimizer(self) -> torch.optim.Optimizer:
-        return getattr(self.optimizer, "optimizer", self.optimizer)
 
     def _sync_point(self) -> bool:
         """The host's look at the device (the only synchronisation of the loop outside logging and
