@@ -33,6 +33,7 @@ from microdit.train.flops import flops_per_image
 from microdit.train.guard import NonFiniteGuard, guarded_step
 from microdit.train.optim import build_optimizer
 
+CPU = torch.device("cpu")
 # What each device benchmarks: presets (the last one is judged by the targets), caption length.
 DEVICE_PLAN = {"cpu": {"presets": ("nano", "micro"), "caption_len": 8},
                "cuda": {"presets": ("MicroDiT_Tiny_2", "MicroDiT_XL_2"), "caption_len": 77}}
@@ -43,7 +44,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_time(fn, repeats: int, warmup: int, device: torch.device = torch.device("cpu")) -> float:
+def _median_time(fn, repeats: int, warmup: int, device: torch.device = CPU) -> float:
     times = []
     for i in range(warmup + repeats):
         _sync(device)
@@ -55,7 +56,7 @@ def _median_time(fn, repeats: int, warmup: int, device: torch.device = torch.dev
     return statistics.median(times)
 
 
-def matmul_peak(device: torch.device = torch.device("cpu"), repeats: int = 5) -> float:
+def matmul_peak(device: torch.device = CPU, repeats: int = 5) -> float:
     """Best matmul FLOP/s on ``device``: fp32 2048^3 on CPU, bf16 8192^3 on CUDA (the MFU reference)."""
     size, dtype = (2048, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
@@ -158,20 +159,22 @@ def one_hot_moe(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
     return one_hot_combine(torch.einsum("nekh,ehd->nekd", hidden, moe.w2), gates, onehot)
 
 
-def _gather_routing(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
+def gather_routing(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
+    """Our routing alone (experts skipped): route, dispatch, combine."""
     gates, token_ids = moe.route(x)
     routed, rows = dispatch(x, token_ids)
     return combine(routed, gates, rows, x.shape)
 
 
-def _one_hot_routing(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
+def one_hot_routing(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
+    """The reference's routing alone (experts skipped): route, one-hot dispatch and combine."""
     gates, token_ids = moe.route(x)
     expert_in, onehot = one_hot_dispatch(x, token_ids)
     return one_hot_combine(expert_in, gates, onehot)
 
 
 MOE_CASES = {("layer", "gather"): lambda moe, x: moe(x), ("layer", "one_hot"): one_hot_moe,
-             ("routing", "gather"): _gather_routing, ("routing", "one_hot"): _one_hot_routing}
+             ("routing", "gather"): gather_routing, ("routing", "one_hot"): one_hot_routing}
 
 
 def _rss_kib(field: str) -> int:

@@ -3,8 +3,18 @@
 import pytest
 import torch
 
-from microdit.benchmarks import (_gather_routing, _one_hot_routing, bench_attention, bench_moe, bench_sampler,
-                                 bench_step, moe_flops, one_hot_moe, summary_markdown, targets)
+from microdit.benchmarks import (
+    bench_attention,
+    bench_moe,
+    bench_sampler,
+    bench_step,
+    gather_routing,
+    moe_flops,
+    one_hot_moe,
+    one_hot_routing,
+    summary_markdown,
+    targets,
+)
 from microdit.cli.bench import main as bench_main
 from microdit.nn import ExpertChoiceMoE
 
@@ -14,14 +24,14 @@ def test_one_hot_formulation_equals_our_moe():
     moe.init_weights(0.3, 0.3)
     x = torch.randn(2, 24, 16, dtype=torch.float64)
     torch.testing.assert_close(one_hot_moe(moe, x), moe(x), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(_one_hot_routing(moe, x), _gather_routing(moe, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(one_hot_routing(moe, x), gather_routing(moe, x), rtol=1e-12, atol=1e-12)
     gates, token_ids = moe.route(x)
     by_hand = torch.zeros_like(x)  # routing alone: every picked token scaled by its gate, summed per position
     for n in range(2):
         for e in range(4):
             for j, t in enumerate(token_ids[n, e].tolist()):
                 by_hand[n, t] += gates[n, e, j] * x[n, t]
-    torch.testing.assert_close(_gather_routing(moe, x), by_hand, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gather_routing(moe, x), by_hand, rtol=1e-12, atol=1e-12)
 
 
 def test_moe_flops_bound():
@@ -55,7 +65,8 @@ def test_bench_report(tmp_path):
                                "attention": {"shape": {}, "ms": {"math": 1.0, "efficient": None}},
                                "moe": [moe], "reader": {"samples": 10, "build_and_encode_s": 1.0,
                                                         "samples_per_s": {0: 100.0}}, "sampler": sampler})
-    assert "| nano | 0.75 | random | eager |" in report and "2.00x" in report and "| efficient | unavailable |" in report
+    assert "| nano | 0.75 | random | eager |" in report and "2.00x" in report
+    assert "| efficient | unavailable |" in report
 
 
 def test_targets_are_judged_from_the_measurements():
