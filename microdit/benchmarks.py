@@ -29,6 +29,7 @@ from microdit.models import build_model, preset_config
 from microdit.nn import ExpertChoiceMoE, expert_capacity
 from microdit.nn.attention import ATTENTION_BACKENDS, attention_backend, check_attention_backend
 from microdit.nn.moe import combine, dispatch
+from microdit.roofline import measure_cpu, step_time, trace_step
 from microdit.train.flops import flops_per_image
 from microdit.train.guard import NonFiniteGuard, guarded_step
 from microdit.train.optim import build_optimizer
@@ -111,6 +112,20 @@ def bench_step(preset: str, mask_ratio: float = 0.0, strategy: str = "random", b
     if peak:
         out["mfu"] = out["flop_per_s"] / peak
     return out
+
+
+def roofline_check(steps: list[dict], caption_len: int) -> dict:
+    """The roofline model (:mod:`microdit.roofline`) with this CPU's measured figures against the
+    measured step times: how far to trust it where it cannot be checked (the GPU plan)."""
+    device = measure_cpu()
+    rows = []
+    for s in steps:
+        ops, views = trace_step(preset_config(s["preset"]), s["batch"], caption_len, s["mask_ratio"], s["strategy"],
+                                s["block_size"])
+        predicted = step_time(ops, views, device)["seconds"]
+        rows.append({"preset": s["preset"], "mask_ratio": s["mask_ratio"], "strategy": s["strategy"],
+                     "predicted_s": predicted, "measured_s": s["step_s"], "ratio": predicted / s["step_s"]})
+    return {"device": vars(device), "rows": rows}
 
 
 def bench_attention(device: str = "cpu", batch: int = 32, tokens: int = 64, context: int = 8, heads: int = 8,
@@ -318,6 +333,8 @@ def run_all(quick: bool, device: str = "cpu", compile: bool = True) -> dict:
                 continue
             results["steps"].append(bench_step(preset, ratio, strategy, block, caption_len=length, peak=peak,
                                                repeats=5 if quick else 10, device=device))
+    if dev.type == "cpu":
+        results["roofline"] = roofline_check(results["steps"], length)
     results["masking"] = []
     for preset in presets:
         rows = {(r["mask_ratio"], r["strategy"]): r for r in results["steps"]
@@ -391,6 +408,12 @@ def summary_markdown(r: dict) -> str:
               "|---|---|---|---|---|---|"]
     lines += [f"| {m['preset']} | {m['mask_ratio']} | {m['strategy']} | {m['time_ratio']:.2f} | {m['flop_ratio']:.2f} "
               f"| {m['time_ratio'] / m['flop_ratio']:.2f} |" for m in r["masking"]]
+    if "roofline" in r:
+        lines += ["", "## Roofline model vs measurement (this CPU's measured figures)", "",
+                  "| preset | mask | strategy | predicted ms | measured ms | predicted / measured |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {x['preset']} | {x['mask_ratio']} | {x['strategy']} | {x['predicted_s'] * 1000:.0f} | "
+                  f"{x['measured_s'] * 1000:.0f} | {x['ratio']:.2f} |" for x in r["roofline"]["rows"]]
     if "attention" in r:
         a = r["attention"]
         lines += ["", f"## Attention backends (self + cross, fwd + bwd, {a['shape']})", "",

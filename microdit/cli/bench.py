@@ -4,6 +4,7 @@ MoE vs one-hot, masking efficiency, reader and sampler throughput; writes ``benc
 
     microdit-bench --quick --out bench/              # this machine's CPU (nano, micro)
     microdit-bench --device cuda --out bench-h100/   # a GPU (MicroDiT_Tiny_2, MicroDiT_XL_2, bf16)
+    microdit-bench --gpu-plan experiment=paper_recipe --out plan/   # expected cost on 8 x H100 (no GPU needed)
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 
 from microdit.benchmarks import run_all, summary_markdown
+from microdit.cli.train import compose_config
+from microdit.roofline import gpu_plan, gpu_plan_markdown
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,14 +28,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (compiling takes ~1 min)")
+    parser.add_argument("--gpu-plan", nargs="*", metavar="OVERRIDE",
+                        help="instead of measuring: the roofline estimate of a training config's stages on 8 x H100 "
+                             "(Hydra overrides, e.g. experiment=paper_recipe)")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible to torch")
-    results = run_all(args.quick, args.device, compile=not args.no_compile)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=2))
-    report = summary_markdown(results)
-    (args.out / "bench.md").write_text(report)
+    if args.gpu_plan is not None:
+        results = gpu_plan(compose_config(args.gpu_plan))
+        name, report = "gpu_plan", gpu_plan_markdown(results)
+    else:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is visible to torch")
+        results = run_all(args.quick, args.device, compile=not args.no_compile)
+        name, report = "bench", summary_markdown(results)
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"{name}.md").write_text(report)
     print(report)
 
 

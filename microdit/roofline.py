@@ -1,0 +1,236 @@
+"""Roofline estimate of a training step's time from its operations, without running it.
+
+The step (EDM loss forward, backward, fused AdamW) of a config is traced on the ``meta`` device:
+every aten operation is recorded with its FLOPs (matmuls, via torch's flop counter formulas) and
+the bytes it reads and writes (everything else; views move nothing). Attention is one fused
+(flash) kernel: ``scaled_dot_product_attention`` is traced as a single operation whose score
+matrix never reaches memory. A :class:`DeviceModel` turns the trace into time: each kernel takes
+``max(flops / matmul rate, bytes / bandwidth) + kernel overhead``; on an asynchronous device
+(CUDA) the host's per-operation dispatch time overlaps with the kernels, on a CPU it adds.
+
+Calibrated on this CPU against measured step times (``microdit-bench`` reports predicted /
+measured), and used with an H100's vendor figures and stated efficiencies for the GPU plan
+(``microdit-bench --gpu-plan``): an expectation, not a measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from microdit.diffusion import EDMConfig, edm_loss
+from microdit.masking import sample_keep_ids
+from microdit.models import MicroDiT
+from microdit.models.config import MicroDiTConfig
+
+VIEWS = {"view", "_unsafe_view", "t", "transpose", "expand", "detach", "unsqueeze", "squeeze", "split", "alias",
+         "as_strided", "slice", "select", "permute", "unbind", "chunk", "split_with_sizes", "_reshape_alias",
+         "reshape", "lift_fresh"}
+ALLOCATIONS = {"empty", "new_empty", "empty_like", "empty_strided"}  # no traffic
+FILLS = {"zeros", "new_zeros", "zeros_like", "fill_", "zero_"}  # write their output only
+
+
+@dataclasses.dataclass
+class DeviceModel:
+    """What a device does per second: ``matmul_flops`` (achievable on the step's GEMMs),
+    ``attention_flops`` (fused attention), ``bandwidth`` (bytes/s of elementwise kernels);
+    ``kernel_s`` fixed cost per kernel; ``dispatch_s`` host time per operation (views included);
+    ``asynchronous``: host dispatch overlaps with kernels; ``peak_flops``: the MFU reference."""
+
+    name: str
+    matmul_flops: float
+    attention_flops: float
+    bandwidth: float
+    kernel_s: float
+    dispatch_s: float
+    asynchronous: bool
+    peak_flops: float
+
+
+# Vendor figures of an H100 SXM (989 TFLOP/s dense bf16, 3.35 TB/s HBM3) times assumed
+# efficiencies: 70% on the step's GEMMs, 35% in flash attention (head_dim 64), 80% of the
+# bandwidth; 4 us per kernel, 10 us of eager host dispatch per operation.
+H100 = DeviceModel("H100 SXM, bf16 (vendor peak x assumed efficiency)", 0.70 * 989e12, 0.35 * 989e12,
+                   0.80 * 3.35e12, 4e-6, 10e-6, True, 989e12)
+
+
+@dataclasses.dataclass
+class Op:
+    """One recorded kernel: FLOPs done and bytes moved; ``kind`` is matmul, attention or memory."""
+
+    kind: str
+    name: str
+    flops: float
+    bytes: float
+
+
+def _nbytes(values) -> int:
+    return sum(v.numel() * v.element_size() for v in torch.utils._pytree.tree_leaves(values)
+               if isinstance(v, torch.Tensor))
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[Op] = []
+        self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func.overloadpacket
+        name = packet.__name__
+        if name in VIEWS:
+            self.views += 1
+        elif name in ALLOCATIONS or name in FILLS:
+            self.ops.append(Op("memory", name, 0.0, _nbytes(out) if name in FILLS else 0))
+        elif packet in flop_registry:
+            self.ops.append(Op("matmul", packet.__name__, flop_registry[packet](*args, **kwargs, out_val=out),
+                               _nbytes((args, kwargs)) + _nbytes(out)))
+        else:
+            self.ops.append(Op("memory", packet.__name__, 0.0, _nbytes((args, kwargs)) + _nbytes(out)))
+        return out
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Shape-only stand-in for a fused (flash) attention kernel that records its cost: forward
+    4·N·H·T·L·hd FLOPs reading q, k, v and writing the output; backward 2.5x that (it
+    recomputes the scores)."""
+
+    recorder: _Recorder | None = None
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        n, h, t, d = q.shape
+        ctx.cost = (4 * n * h * t * k.shape[2] * d, 2 * _nbytes((q, k, v)))
+        ctx.shapes = (q.shape, k.shape, v.shape)
+        _FusedAttention.recorder.ops.append(Op("attention", "attention", *ctx.cost))
+        return q.new_empty(n, h, t, v.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        flops, moved = ctx.cost
+        _FusedAttention.recorder.ops.append(Op("attention", "attention_backward", 2.5 * flops, 2.5 * moved))
+        return tuple(grad.new_empty(s) for s in ctx.shapes)
+
+
+def _fused_attention(q, k, v, attn_mask=None):
+    return _FusedAttention.apply(q, k, v)
+
+
+def trace_step(cfg: MicroDiTConfig, batch: int, caption_len: int, mask_ratio: float = 0.0, strategy: str = "random",
+               block_size: int = 1, dtype: torch.dtype = torch.float32) -> tuple[list[Op], int]:
+    """Operations of one training step of ``MicroDiT(cfg)`` at ``batch`` (the network's weights
+    and activations in ``dtype``; preconditioning, loss and AdamW state in fp32) and the number of
+    view operations. bf16 here is a lower bound on autocast's traffic, which keeps norms in fp32
+    and adds casts."""
+    with torch.device("meta"):
+        model = MicroDiT(cfg).to(dtype)
+    x = torch.zeros(batch, cfg.in_channels, *cfg.input_size, device="meta")
+    y = torch.zeros(batch, caption_len, cfg.caption_dim, device="meta")
+    keep = sample_keep_ids(batch, cfg.base_grid, mask_ratio, strategy, block_size, device="meta")
+
+    def net(x_in, c_noise, y_in, **kwargs):
+        return model(x_in.to(dtype), c_noise.to(dtype), y_in.to(dtype), **kwargs).float()
+
+    recorder = _Recorder()
+    _FusedAttention.recorder = recorder
+    with mock.patch.object(F, "scaled_dot_product_attention", _fused_attention), recorder:
+        loss = edm_loss(net, x, y, EDMConfig(), cfg.patch_size, keep_ids=keep).mean()
+        loss.backward()
+    params = sum(p.numel() for p in model.parameters())
+    adamw = params * 4 * 7  # fused AdamW on fp32 master weights: read g, p, m, v; write p, m, v
+    recorder.ops.append(Op("memory", "fused_adamw", 0.0, adamw))
+    return recorder.ops, recorder.views
+
+
+def step_time(ops: list[Op], views: int, device: DeviceModel) -> dict:
+    """Predicted step time on ``device`` and where it goes (allocations cost no kernel)."""
+    parts = {"matmul": 0.0, "attention": 0.0, "memory": 0.0}
+    for op in ops:
+        if op.name in ALLOCATIONS:
+            continue
+        rate = device.attention_flops if op.kind == "attention" else device.matmul_flops
+        parts[op.kind] += max(op.flops / rate, op.bytes / device.bandwidth) + device.kernel_s
+    kernels = sum(parts.values())
+    host = (len(ops) + views) * device.dispatch_s
+    seconds = max(kernels, host) if device.asynchronous else kernels + host
+    return {"seconds": seconds, "kernels_s": kernels, "host_s": host, **{f"{k}_s": v for k, v in parts.items()},
+            "fused_bound_s": parts["matmul"] + parts["attention"]}
+
+
+def measure_cpu() -> DeviceModel:
+    """This CPU's figures, measured: fp32 matmul peak, flash attention rate, copy bandwidth, and
+    the fixed cost of a tiny operation."""
+    from microdit.benchmarks import matmul_peak
+
+    peak = matmul_peak()
+    q = torch.randn(32, 8, 64, 32)
+    attn_flops = 4 * 32 * 8 * 64 * 64 * 32
+    a, b = torch.randn(2**25), torch.randn(2**25)
+    small = torch.randn(8)
+
+    def best(fn, repeats: int) -> float:
+        fn()
+        out = math.inf
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            out = min(out, (time.perf_counter() - start) / repeats)
+        return out
+
+    attention = attn_flops / best(lambda: F.scaled_dot_product_attention(q, q, q), 10)
+    bandwidth = 3 * a.numel() * 4 / best(lambda: a.add_(b), 3)  # read a, b; write a
+    tiny = best(lambda: small.add_(1.0), 1000)
+    return DeviceModel("this CPU, fp32 (measured)", peak, attention, bandwidth, tiny, tiny, False, peak)
+
+
+def gpu_plan(cfg, device: DeviceModel = H100, gpus: int = 8, caption_len: int = 77) -> dict:
+    """Expected step time, MFU and hours of every stage of a composed training config (e.g. the
+    paper recipe) on ``gpus`` devices, eager, beside the bound if every elementwise kernel were
+    fused away (what torch.compile can at most recover)."""
+    from microdit.train.config import stage_model_config
+    from microdit.train.flops import flops_per_image
+
+    rows = []
+    per_device = cfg.trainer.batch_size // gpus
+    for stage in cfg.stages:
+        model_cfg = stage_model_config(cfg, stage)
+        grid = model_cfg.base_grid
+        steps = stage.steps if stage.steps is not None else stage.images // cfg.trainer.batch_size
+        ops, views = trace_step(model_cfg, per_device, caption_len, stage.mask_ratio, stage.mask_strategy,
+                                stage.mask_block_size, torch.bfloat16)
+        est = step_time(ops, views, device)
+        flops = flops_per_image(model_cfg, grid, caption_len, stage.mask_ratio).train * per_device
+        rows.append({"stage": stage.name, "tokens": grid[0] * grid[1], "mask_ratio": stage.mask_ratio,
+                     "steps": steps, "batch_per_device": per_device, "step_s": est["seconds"],
+                     "memory_s": est["memory_s"], "fused_bound_s": est["fused_bound_s"],
+                     "mfu": flops / est["seconds"] / device.peak_flops,
+                     "mfu_fused_bound": flops / est["fused_bound_s"] / device.peak_flops,
+                     "hours": steps * est["seconds"] / 3600,
+                     "train_flops": flops * gpus * steps})
+    hours = sum(r["hours"] for r in rows)
+    return {"device": device.name, "gpus": gpus, "stages": rows, "hours": hours, "gpu_hours": hours * gpus,
+            "dollars": hours * gpus * cfg.trainer.price_per_device_hour,
+            "mfu": sum(r["train_flops"] for r in rows) / (hours * 3600 * gpus * device.peak_flops)}
+
+
+def gpu_plan_markdown(plan: dict) -> str:
+    """A markdown table of :func:`gpu_plan`."""
+    lines = [f"# Expected cost of the recipe on {plan['gpus']} x {plan['device']}", "",
+             "| stage | tokens | mask | steps | batch / GPU | step s | MFU (eager) | MFU if fully fused | hours |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['tokens']} | {r['mask_ratio']} | {r['steps']} | {r['batch_per_device']} | "
+              f"{r['step_s']:.3f} | {r['mfu']:.0%} | {r['mfu_fused_bound']:.0%} | {r['hours']:.1f} |"
+              for r in plan["stages"]]
+    lines += ["", f"Total: **{plan['hours']:.1f} h** wall ({plan['hours'] / 24:.2f} days), **{plan['gpu_hours']:.0f} "
+              f"GPU-hours**, **${plan['dollars']:,.0f}**, MFU {plan['mfu']:.0%} (eager)."]
+    return "\n".join(lines) + "\n"
