@@ -49,6 +49,7 @@ def test_unknown_keys_are_rejected():
     (["model.preset=huge"], "unknown model preset 'huge'"),
     (["trainer.precision=fp16"], "trainer.precision must be one of"),
     (["trainer.attention_backend=fast"], "trainer.attention_backend must be one of"),
+    (["trainer.compile_mode=turbo"], "trainer.compile_mode must be one of"),
     (["trainer.sync_every_steps=0"], "trainer.sync_every_steps and trainer.max_nonfinite must be >= 1"),
 ])
 def test_validation_messages(overrides, message):

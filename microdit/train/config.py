@@ -19,6 +19,8 @@ from microdit.models.config import MicroDiTConfig
 from microdit.models.presets import PRESETS
 from microdit.nn.attention import ATTENTION_BACKENDS
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def _optional_fields(cls) -> list[tuple[str, Any, Any]]:
     """(name, Optional[type], None) for every field of a config dataclass: 'not overridden'."""
@@ -137,6 +139,7 @@ class TrainerConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune...
     attention_backend: str = "auto"  # auto (torch picks) | math | flash | efficient | cudnn
     activation_checkpointing: bool = False
     threads: int = 0  # CPU threads per process (0: torch's default)
@@ -205,7 +208,8 @@ def problems(cfg: TrainConfig, world_size: int = 1) -> list[str]:
                    f"{world_size} x {t.grad_accum}")
     for key, allowed in (("precision", ("auto", "fp32", "bf16")), ("device", ("auto", "cpu", "cuda")),
                          ("init_mode", ("weights", "full")), ("wandb", ("disabled", "offline", "online")),
-                         ("attention_backend", ("auto", *ATTENTION_BACKENDS))):
+                         ("attention_backend", ("auto", *ATTENTION_BACKENDS)),
+                         ("compile_mode", COMPILE_MODES)):
         if getattr(t, key) not in allowed:
             out.append(f"trainer.{key} must be one of {allowed}, got {getattr(t, key)!r}")
     if t.sync_every_steps < 1 or t.max_nonfinite < 1:

@@ -137,7 +137,7 @@ class Trainer:
             self._init_from(Path(t.init_from))
         if resume_from is not None:
             self._load(resume_from)
-        net = torch.compile(self.model) if t.compile else self.model
+        net = torch.compile(self.model, mode=t.compile_mode) if t.compile else self.model
         self.net, self.optimizer = self.acc.prepare(net, self.optimizer)
         self.loss_net = _StepContext(self.net, self.device.type, self.bf16, t.attention_backend)
         self._signal = None
