@@ -54,6 +54,8 @@ def test_bench_report(tmp_path):
     steps = [bench_step("nano", r, batch=4, repeats=1, warmup=0, peak=1e11) for r in (0.0, 0.75)]
     assert steps[1]["flops_per_step"] < steps[0]["flops_per_step"] and steps[0]["mfu"] > 0
     assert steps[0]["host_syncs_per_step"] is None  # nothing asynchronous on CPU
+    steps.append(bench_step("nano", 0.0, batch=4, repeats=1, warmup=0, peak=1e11, checkpointing=True))
+    assert steps[2]["flops_per_step"] == steps[0]["flops_per_step"]  # useful FLOPs only
     sampler = bench_sampler("nano", [2], images=2)
     assert set(sampler["by_steps"][2]) == {"cfg_batched", "cfg_two_passes"}
     case = {"gather": {"time_s": 1.0, "peak_mib": 2.0, "saved_mib": 1.0},
@@ -66,7 +68,7 @@ def test_bench_report(tmp_path):
                                "moe": [moe], "reader": {"samples": 10, "build_and_encode_s": 1.0,
                                                         "samples_per_s": {0: 100.0}}, "sampler": sampler})
     assert "| nano | 0.75 | random | eager |" in report and "2.00x" in report
-    assert "| efficient | unavailable |" in report
+    assert "| efficient | unavailable |" in report and "| eager + checkpointing |" in report
 
 
 def test_targets_are_judged_from_the_measurements():
