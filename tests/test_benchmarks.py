@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from microdit.benchmarks import (
+    StepCase,
     bench_attention,
     bench_moe,
     bench_sampler,
-    bench_step,
+    bench_steps,
     gather_routing,
     moe_flops,
     one_hot_moe,
@@ -51,17 +52,21 @@ def test_attention_backends_report_unavailable_ones():
 
 
 def test_bench_report(tmp_path):
-    steps = [bench_step("nano", r, batch=4, repeats=1, warmup=0, peak=1e11) for r in (0.0, 0.75)]
-    assert steps[1]["flops_per_step"] < steps[0]["flops_per_step"] and steps[0]["mfu"] > 0
+    cases = [StepCase("nano", r, batch=4) for r in (0.0, 0.75)] + [StepCase("nano", batch=4, checkpointing=True)]
+    steps, peak = bench_steps(cases, repeats=2, warmup=0)
+    assert steps[1]["flops_per_step"] < steps[0]["flops_per_step"] and peak > 0
+    assert all(s["mfu"] == pytest.approx(s["flop_per_s"] / peak) for s in steps)
     assert steps[0]["host_syncs_per_step"] is None  # nothing asynchronous on CPU
-    steps.append(bench_step("nano", 0.0, batch=4, repeats=1, warmup=0, peak=1e11, checkpointing=True))
     assert steps[2]["flops_per_step"] == steps[0]["flops_per_step"]  # useful FLOPs only
+    weights = [p.detach().clone() for p in cases[0].model.parameters()]
+    cases[0]()
+    assert any(not torch.equal(w, p) for w, p in zip(weights, cases[0].model.parameters(), strict=True))
     sampler = bench_sampler("nano", [2], images=2)
     assert set(sampler["by_steps"][2]) == {"cfg_batched", "cfg_two_passes"}
     case = {"gather": {"time_s": 1.0, "peak_mib": 2.0, "saved_mib": 1.0},
             "one_hot": {"time_s": 2.0, "peak_mib": 4.0, "saved_mib": 2.0}, "speedup": 2.0}
     moe = {"tokens": 8, "dim": 16, "layer": case, "routing": case, "speedup_bound": 1.1}
-    report = summary_markdown({"quick": True, "threads": 2, "matmul_peak_flop_per_s": 1e11, "steps": steps,
+    report = summary_markdown({"quick": True, "threads": 2, "matmul_peak_flop_per_s": peak, "steps": steps,
                                "masking": [{"preset": "nano", "mask_ratio": 0.75, "strategy": "random",
                                             "time_ratio": 0.5, "flop_ratio": 0.45}],
                                "attention": {"shape": {}, "ms": {"math": 1.0, "efficient": None}},
