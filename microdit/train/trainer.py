@@ -141,6 +141,7 @@ class Trainer:
         self.net, self.optimizer = self.acc.prepare(net, self.optimizer)
         self.loss_net = _StepContext(self.net, self.device.type, self.bf16, t.attention_backend)
         self._signal = None
+        self._nonfinite_seen = 0  # skipped steps as of the last sync point
         self._grid_encoders = None
         self.resumed_from = resume_from
         if self.acc.is_main_process:
@@ -426,6 +427,7 @@ class Trainer:
         checkpoints): stop on too many skipped steps in a row; True when a process got a signal."""
         signalled = self.acc.reduce(torch.tensor(float(self._signal is not None), device=self.device), "sum")
         guard = self.guard.read()
+        self._nonfinite_seen = guard["nonfinite_total"]  # for the log row written after this point
         if guard["longest"] >= self.cfg.trainer.max_nonfinite:
             raise NonFiniteError(f"{guard['longest']} non-finite steps in a row (loss or gradient NaN/Inf) before "
                                  f"{self.progress['nimg']} images; stopping. Last good checkpoint: "
@@ -458,7 +460,7 @@ class Trainer:
                "grad_norm": grad / window["steps"], "images_per_s": window["images"] / seconds,
                "mfu": self.meter.mfu(window["flops"], seconds), "flops": self.meter.flops,
                "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
-               "nonfinite_steps": self.guard.state_dict()["nonfinite_total"]}
+               "nonfinite_steps": self._nonfinite_seen}
         if self.acc.is_main_process:
             self.stats.write(row)
             self.wandb.log(row, self.progress["nimg"])
