@@ -29,7 +29,7 @@ from microdit.models import build_model, preset_config
 from microdit.nn import ExpertChoiceMoE, expert_capacity
 from microdit.nn.attention import ATTENTION_BACKENDS, attention_backend, check_attention_backend
 from microdit.nn.moe import combine, dispatch
-from microdit.roofline import measure_cpu, step_time, trace_step
+from microdit.roofline import DeviceModel, step_time, trace_step
 from microdit.train.flops import flops_per_image
 from microdit.train.guard import NonFiniteGuard, guarded_step
 from microdit.train.optim import build_optimizer
@@ -73,10 +73,19 @@ class PeakProbe:
         return self.flops / _median_time(lambda: [self.a @ self.b for _ in range(3)], 1, 0, self.device)
 
 
-def matmul_peak(device: torch.device = CPU, repeats: int = 5) -> float:
-    """Best matmul FLOP/s of ``repeats`` probes on ``device``."""
-    probe = PeakProbe(device)
-    return max(probe() for _ in range(repeats))
+def cpu_device_model() -> DeviceModel:
+    """This CPU's figures for the roofline model, measured: best fp32 matmul rate, flash
+    attention rate, bandwidth of an in-place add over 128 MiB arrays, and the fixed cost of a tiny
+    operation (per kernel and per dispatch: nothing is asynchronous on a CPU)."""
+    probe = PeakProbe()
+    peak = max(probe() for _ in range(5))
+    q = torch.randn(32, 8, 64, 32)
+    attention = 4 * 32 * 8 * 64 * 64 * 32 / _median_time(lambda: F.scaled_dot_product_attention(q, q, q), 10, 2)
+    a, b = torch.randn(2**25), torch.randn(2**25)
+    bandwidth = 3 * a.numel() * 4 / _median_time(lambda: a.add_(b), 5, 1)  # read a, b; write a
+    small = torch.randn(8)
+    tiny = _median_time(lambda: [small.add_(1.0) for _ in range(1000)], 5, 1) / 1000
+    return DeviceModel("this CPU, fp32 (measured)", peak, attention, bandwidth, tiny, tiny, False, peak)
 
 
 def _count_host_syncs(step, device: torch.device) -> int | None:
@@ -157,7 +166,7 @@ def bench_steps(cases: list[StepCase], repeats: int = 8, warmup: int = 3) -> tup
 def roofline_check(steps: list[dict], caption_len: int) -> dict:
     """The roofline model (:mod:`microdit.roofline`) with this CPU's measured figures against the
     measured step times: how far to trust it where it cannot be checked (the GPU plan)."""
-    device = measure_cpu()
+    device = cpu_device_model()
     rows = []
     for s in steps:
         ops, views = trace_step(preset_config(s["preset"]), s["batch"], caption_len, s["mask_ratio"], s["strategy"],

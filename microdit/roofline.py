@@ -8,16 +8,14 @@ matrix never reaches memory. A :class:`DeviceModel` turns the trace into time: e
 ``max(flops / matmul rate, bytes / bandwidth) + kernel overhead``; on an asynchronous device
 (CUDA) the host's per-operation dispatch time overlaps with the kernels, on a CPU it adds.
 
-Calibrated on this CPU against measured step times (``microdit-bench`` reports predicted /
-measured), and used with an H100's vendor figures and stated efficiencies for the GPU plan
-(``microdit-bench --gpu-plan``): an expectation, not a measurement.
+Calibrated on this CPU against measured step times (``microdit-bench`` measures the CPU's
+figures and reports predicted / measured), and used with an H100's vendor figures and stated
+efficiencies for the GPU plan (``microdit-bench --gpu-plan``): an expectation, not a measurement.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from unittest import mock
 
 import torch
@@ -29,6 +27,8 @@ from microdit.diffusion import EDMConfig, edm_loss
 from microdit.masking import sample_keep_ids
 from microdit.models import MicroDiT
 from microdit.models.config import MicroDiTConfig
+from microdit.train.config import TrainConfig, stage_model_config
+from microdit.train.plan import budget_flops, plan_stage
 
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "expand", "detach", "unsqueeze", "squeeze", "split", "alias",
          "as_strided", "slice", "select", "permute", "unbind", "chunk", "split_with_sizes", "_reshape_alias",
@@ -92,10 +92,10 @@ class _Recorder(TorchDispatchMode):
         elif name in ALLOCATIONS or name in FILLS:
             self.ops.append(Op("memory", name, 0.0, _nbytes(out) if name in FILLS else 0))
         elif packet in flop_registry:
-            self.ops.append(Op("matmul", packet.__name__, flop_registry[packet](*args, **kwargs, out_val=out),
+            self.ops.append(Op("matmul", name, flop_registry[packet](*args, **kwargs, out_val=out),
                                _nbytes((args, kwargs)) + _nbytes(out)))
         else:
-            self.ops.append(Op("memory", packet.__name__, 0.0, _nbytes((args, kwargs)) + _nbytes(out)))
+            self.ops.append(Op("memory", name, 0.0, _nbytes((args, kwargs)) + _nbytes(out)))
         return out
 
 
@@ -104,25 +104,19 @@ class _FusedAttention(torch.autograd.Function):
     4·N·H·T·L·hd FLOPs reading q, k, v and writing the output; backward 2.5x that (it
     recomputes the scores)."""
 
-    recorder: _Recorder | None = None
-
     @staticmethod
-    def forward(ctx, q, k, v):
+    def forward(ctx, q, k, v, recorder):
         n, h, t, d = q.shape
         ctx.cost = (4 * n * h * t * k.shape[2] * d, 2 * _nbytes((q, k, v)))
-        ctx.shapes = (q.shape, k.shape, v.shape)
-        _FusedAttention.recorder.ops.append(Op("attention", "attention", *ctx.cost))
+        ctx.shapes, ctx.recorder = (q.shape, k.shape, v.shape), recorder
+        recorder.ops.append(Op("attention", "attention", *ctx.cost))
         return q.new_empty(n, h, t, v.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
         flops, moved = ctx.cost
-        _FusedAttention.recorder.ops.append(Op("attention", "attention_backward", 2.5 * flops, 2.5 * moved))
-        return tuple(grad.new_empty(s) for s in ctx.shapes)
-
-
-def _fused_attention(q, k, v, attn_mask=None):
-    return _FusedAttention.apply(q, k, v)
+        ctx.recorder.ops.append(Op("attention", "attention_backward", 2.5 * flops, 2.5 * moved))
+        return *(grad.new_empty(s) for s in ctx.shapes), None
 
 
 def trace_step(cfg: MicroDiTConfig, batch: int, caption_len: int, mask_ratio: float = 0.0, strategy: str = "random",
@@ -141,8 +135,11 @@ def trace_step(cfg: MicroDiTConfig, batch: int, caption_len: int, mask_ratio: fl
         return model(x_in.to(dtype), c_noise.to(dtype), y_in.to(dtype), **kwargs).float()
 
     recorder = _Recorder()
-    _FusedAttention.recorder = recorder
-    with mock.patch.object(F, "scaled_dot_product_attention", _fused_attention), recorder:
+
+    def fused_attention(q, k, v, attn_mask=None):
+        return _FusedAttention.apply(q, k, v, recorder)
+
+    with mock.patch.object(F, "scaled_dot_product_attention", fused_attention), recorder:
         loss = edm_loss(net, x, y, EDMConfig(), cfg.patch_size, keep_ids=keep).mean()
         loss.backward()
     params = sum(p.numel() for p in model.parameters())
@@ -166,57 +163,29 @@ def step_time(ops: list[Op], views: int, device: DeviceModel) -> dict:
             "fused_bound_s": parts["matmul"] + parts["attention"]}
 
 
-def measure_cpu() -> DeviceModel:
-    """This CPU's figures, measured: fp32 matmul peak, flash attention rate, copy bandwidth, and
-    the fixed cost of a tiny operation."""
-    from microdit.benchmarks import matmul_peak
-
-    peak = matmul_peak()
-    q = torch.randn(32, 8, 64, 32)
-    attn_flops = 4 * 32 * 8 * 64 * 64 * 32
-    a, b = torch.randn(2**25), torch.randn(2**25)
-    small = torch.randn(8)
-
-    def best(fn, repeats: int) -> float:
-        fn()
-        out = math.inf
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            out = min(out, (time.perf_counter() - start) / repeats)
-        return out
-
-    attention = attn_flops / best(lambda: F.scaled_dot_product_attention(q, q, q), 10)
-    bandwidth = 3 * a.numel() * 4 / best(lambda: a.add_(b), 3)  # read a, b; write a
-    tiny = best(lambda: small.add_(1.0), 1000)
-    return DeviceModel("this CPU, fp32 (measured)", peak, attention, bandwidth, tiny, tiny, False, peak)
-
-
-def gpu_plan(cfg, device: DeviceModel = H100, gpus: int = 8, caption_len: int = 77) -> dict:
+def gpu_plan(cfg: TrainConfig, device: DeviceModel = H100, gpus: int = 8, caption_len: int = 77) -> dict:
     """Expected step time, MFU and hours of every stage of a composed training config (e.g. the
     paper recipe) on ``gpus`` devices, eager, beside the bound if every elementwise kernel were
-    fused away (what torch.compile can at most recover)."""
-    from microdit.train.config import stage_model_config
-    from microdit.train.flops import flops_per_image
-
+    fused away (what torch.compile can at most recover). Stages are sized as the trainer sizes
+    them (:mod:`microdit.train.plan`)."""
     rows = []
     per_device = cfg.trainer.batch_size // gpus
+    budget = budget_flops(cfg, device.peak_flops)
     for stage in cfg.stages:
         model_cfg = stage_model_config(cfg, stage)
         grid = model_cfg.base_grid
-        steps = stage.steps if stage.steps is not None else stage.images // cfg.trainer.batch_size
+        plan = plan_stage(cfg, stage, caption_len, budget)
         ops, views = trace_step(model_cfg, per_device, caption_len, stage.mask_ratio, stage.mask_strategy,
                                 stage.mask_block_size, torch.bfloat16)
         est = step_time(ops, views, device)
-        flops = flops_per_image(model_cfg, grid, caption_len, stage.mask_ratio).train * per_device
+        flops = plan.flops_per_image * per_device
         rows.append({"stage": stage.name, "tokens": grid[0] * grid[1], "mask_ratio": stage.mask_ratio,
-                     "steps": steps, "batch_per_device": per_device, "step_s": est["seconds"],
+                     "steps": plan.steps, "batch_per_device": per_device, "step_s": est["seconds"],
                      "memory_s": est["memory_s"], "fused_bound_s": est["fused_bound_s"],
                      "mfu": flops / est["seconds"] / device.peak_flops,
                      "mfu_fused_bound": flops / est["fused_bound_s"] / device.peak_flops,
-                     "hours": steps * est["seconds"] / 3600,
-                     "train_flops": flops * gpus * steps})
+                     "hours": plan.steps * est["seconds"] / 3600,
+                     "train_flops": flops * gpus * plan.steps})
     hours = sum(r["hours"] for r in rows)
     return {"device": device.name, "gpus": gpus, "stages": rows, "hours": hours, "gpu_hours": hours * gpus,
             "dollars": hours * gpus * cfg.trainer.price_per_device_hour,

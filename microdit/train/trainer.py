@@ -40,23 +40,14 @@ from microdit.train import checkpoint as ckpt
 from microdit.train.config import StageConfig, TrainConfig, stage_model_config, validate
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
-from microdit.train.flops import flops_per_image
 from microdit.train.guard import NonFiniteError, NonFiniteGuard, guarded_step
 from microdit.train.logging import StatsFile, WandbSink, progress_bar
 from microdit.train.optim import build_optimizer, set_lr
+from microdit.train.plan import StagePlan, budget_flops, plan_stage
 from microdit.train.schedule import lr_factor
 
 CPU_PEAK_FLOPS = 130e9  # fp32 matmul of the 2-core development machine
 CUDA_PEAK_FLOPS = 989e12  # H100 SXM dense bf16
-
-
-@dataclasses.dataclass
-class StagePlan:
-    """A stage resolved to images: its length, the FLOPs per training image and per step."""
-
-    images: int
-    steps: int
-    flops_per_image: float
 
 
 class _StepContext(nn.Module):
@@ -116,8 +107,9 @@ class Trainer:
                 prepare_synthetic(cfg)
             self.acc.wait_for_everyone()
         self.manifests = [self._manifest(s) for s in cfg.stages]
-        self.budget = self._budget_flops()
-        self.plans = [self._plan(i, s) for i, s in enumerate(cfg.stages)]
+        self.budget = budget_flops(cfg, self.peak_flops)
+        self.plans = [plan_stage(cfg, s, m.text_shape[0], self.budget)
+                      for s, m in zip(cfg.stages, self.manifests, strict=True)]
 
         self._seed_processes(t.seed)  # before the model is built: its initialisation draws from it
         model_cfg = stage_model_config(cfg, cfg.stages[0])
@@ -172,33 +164,6 @@ class Trainer:
         for folder, manifest in zip(folders, manifests, strict=True):
             check_fits_model(manifest, folder, model_cfg.in_channels, model_cfg.caption_dim, model_cfg.input_size)
         return manifests[0]
-
-    def _budget_flops(self) -> float | None:
-        t = self.cfg.trainer
-        if t.budget_dollars is not None:
-            return t.budget_dollars / t.price_per_device_hour * 3600 * self.peak_flops * t.expected_mfu
-        return t.budget_flops
-
-    def stage_flops_per_image(self, stage: StageConfig, manifest) -> float:
-        """Training FLOPs per image in ``stage`` (3 x forward, at its mask ratio and resolution)."""
-        model_cfg = stage_model_config(self.cfg, stage)
-        grid = (model_cfg.input_size[0] // model_cfg.patch_size, model_cfg.input_size[1] // model_cfg.patch_size)
-        return flops_per_image(model_cfg, grid, manifest.text_shape[0], stage.mask_ratio, stage.mask_strategy,
-                               stage.mask_block_size).train
-
-    def _plan(self, index: int, stage: StageConfig) -> StagePlan:
-        gb = self.cfg.trainer.batch_size
-        fpi = self.stage_flops_per_image(stage, self.manifests[index])
-        if stage.images is not None:
-            images = stage.images
-        elif stage.steps is not None:
-            images = stage.steps * gb
-        elif stage.flops is not None:
-            images = stage.flops / fpi
-        else:
-            images = stage.budget_fraction * self.budget / fpi
-        steps = max(1, int(images // gb))
-        return StagePlan(steps * gb, steps, fpi)
 
     def _seed_processes(self, seed: int) -> None:
         s = seed  # the same on every process: replicas must start from the same weights
