@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from microdit.benchmarks import run_all, summary_markdown
 from microdit.cli.train import compose_config
-from microdit.roofline import gpu_plan, gpu_plan_markdown
+from microdit.perf.benchmarks import run_all, summary_markdown
+from microdit.perf.gpu_plan import gpu_plan, gpu_plan_markdown
 
 
 def main(argv: list[str] | None = None) -> None:

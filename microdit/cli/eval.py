@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from microdit.cli.sampler_options import add_sampler_options, sampler_overrides
 from microdit.data import DataError
 from microdit.eval.evaluate import METRICS, EvalSettings, evaluate, reference_stats
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
@@ -33,9 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-dataset", type=Path, help="dataset the probe is trained on (default: the run's data)")
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--metrics", default="probe", help=f"comma-separated from {','.join(METRICS)}")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--solver", choices=("heun", "euler"), default="heun")
-    p.add_argument("--cfg-scale", type=float, default=5.0)
+    add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-ema", action="store_true")
@@ -58,9 +57,10 @@ def main(argv: list[str] | None = None) -> None:
             stats = reference_stats(args.dataset, extractor, args.num, args.device)
             print(f"{args.dataset}: {extractor.name} statistics of {stats.count} images cached")
             return
-        settings = EvalSettings(args.num, args.steps, args.solver, args.cfg_scale, args.seed, args.batch_size,
-                                not args.no_ema, [m for m in args.metrics.split(",") if m], args.clip_fid_model,
-                                args.clip_score_model, args.inception_weights)
+        settings = EvalSettings(num_samples=args.num, sampler_overrides=sampler_overrides(args), seed=args.seed,
+                                batch_size=args.batch_size, use_ema=not args.no_ema,
+                                metrics=[m for m in args.metrics.split(",") if m], clip_fid_model=args.clip_fid_model,
+                                clip_score_model=args.clip_score_model, inception_weights=args.inception_weights)
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         entry = evaluate(args.run, args.dataset, settings, args.name, args.probe_dataset, args.device, rank, world)
     except (DataError, ValueError, FileNotFoundError) as err:

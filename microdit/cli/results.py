@@ -2,9 +2,9 @@
 write markdown tables (mean ± std over the runs of a group, e.g. seeds) and plots.
 
     microdit-results runs --out results.csv
-    microdit-results runs --group-by stages.0.mask_ratio,model.overrides.mixer_depth \\
+    microdit-results runs --group-by trainer.group,stages.pretrain.mask.ratio,model.overrides.mixer_depth \\
         --metrics eval.synthetic-eval.probe_fd,eval.synthetic-eval.probe_acc_mean,cost.flops --markdown table.md
-    microdit-results runs --plot stages.0.mask_ratio:eval.synthetic-eval.probe_fd \
+    microdit-results runs --plot stages.pretrain.mask.ratio:eval.synthetic-eval.probe_fd \
         --plot-group model.overrides.mixer_depth
 """
 

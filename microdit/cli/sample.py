@@ -3,13 +3,14 @@ default), text-to-image or image-to-image (SDEdit: encode an image, noise it to 
 denoise with the prompt).
 
     microdit-sample runs/my-run --prompt "a red circle on the left" --prompt "two shapes" --out samples/
-    microdit-sample runs/my-run --prompts-file prompts.txt --steps 30 --cfg-scale 5 --seed 0
+    microdit-sample runs/my-run --prompts-file prompts.txt --steps 50 --cfg-scale 5   # default: the run's sampler
     microdit-sample runs/my-run --prompt "a blue star" --init-image photo.png --sigma-start 2.0
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,10 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from microdit.cli.sampler_options import add_sampler_options, sampler_overrides
 from microdit.data import load_manifest
 from microdit.data.images import from_uint8, resize_center_crop, save_grid, to_uint8
+from microdit.diffusion import generate
 from microdit.encoders import load_autoencoder, load_text_encoder
-from microdit.eval.generate import generate, load_model
+from microdit.train.checkpoint import load_model
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -43,9 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", action="append")
     parser.add_argument("--prompts-file", type=Path)
     parser.add_argument("--out", type=Path, default=Path("samples"))
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--solver", choices=("heun", "euler"), default="heun")
-    parser.add_argument("--cfg-scale", type=float, default=5.0)
+    add_sampler_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
@@ -70,10 +71,13 @@ def main(argv: list[str] | None = None) -> None:
         image = np.array(resize_center_crop(Image.open(args.init_image), side))
         pixels = from_uint8(torch.from_numpy(image).permute(2, 0, 1)[None])
         x_init = ae.encode(pixels.to(args.device)).cpu().expand(len(prompts), -1, -1, -1)
-    d = loaded.config.diffusion
-    latents = generate(loaded.model, y, [args.seed + i for i in range(len(prompts))], d.sigma_data, d.sigma_min,
-                       d.sigma_max, d.rho, args.steps, args.solver, args.cfg_scale,
-                       mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init, args.sigma_start)
+    sampler = dataclasses.replace(loaded.config.sampler, **sampler_overrides(args))
+    found = sampler.problems()
+    if found:
+        raise SystemExit(f"microdit-sample: error: sampler: {'; '.join(found)}")
+    latents = generate(loaded.model, y, [args.seed + i for i in range(len(prompts))], loaded.config.diffusion,
+                       sampler, mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init,
+                       args.sigma_start)
     images = to_uint8(ae.decode(latents.to(args.device)).cpu())  # (N, 3, H, W)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):

@@ -1,8 +1,9 @@
 """``microdit-train``: compose ``conf/`` with Hydra, validate, train.
 
     microdit-train                                   # CPU defaults: nano on the synthetic dataset
-    microdit-train model=tiny data=cifar_captions encoder=paper trainer=gpu experiment=paper_recipe
-    microdit-train trainer.name=r75 'stages.0.mask_ratio=0.75' model.overrides.mixer_depth=0
+    microdit-train experiment=paper_recipe           # the paper's four stages (protocol=paper)
+    microdit-train protocol=ablation trainer.name=naive50 stages.pretrain.mask.ratio=0.5 model.overrides.mixer_depth=0
+    microdit-train -m experiment=fig4_mask_ratio_cpu  # a sweep (one run folder per point)
 """
 
 from __future__ import annotations

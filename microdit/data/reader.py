@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +30,68 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from microdit.data.manifest import DataError, Manifest, load_manifest
 from microdit.data.shards import load_npy
+from microdit.models.config import MicroDiTConfig
 
 SHUFFLES = ("global", "buffer")
+PREPARE = ("none", "synthetic")
 BLOCK = 1 << 14  # positions per block of mixture draws
 MEMBERS = ("latent.npy", "text.npy", "mask.npy", "txt", "json")
 
 
-def check_fits_model(manifest: Manifest, where: str, in_channels: int, caption_dim: int,
-                     input_size: list[int]) -> None:
-    """Refuse a dataset whose latents or captions do not fit the model config."""
+@dataclass
+class DataConfig:
+    """The latent datasets a run reads and how (:meth:`LatentBatches.from_config`).
+
+    ``folders`` are mixed with ``weights`` (None: equal); ``shuffle`` is ``global`` or ``buffer``
+    (webdataset order, ``shuffle_buffer`` samples); ``caption_dropout`` replaces a caption by the
+    all-zero embedding (the unconditional input of classifier-free guidance; the paper uses 0.1);
+    ``use_text_mask`` masks caption padding in attention (the reference implementation attends
+    it). ``prepare="synthetic"`` builds and encodes the synthetic dataset into ``folders[0]`` when
+    it has no manifest (``prepare_samples`` images of ``prepare_size`` pixels).
+    """
+
+    folders: list[str] = field(default_factory=lambda: ["data/synthetic"])
+    weights: list[float] | None = None
+    shuffle: str = "global"
+    shuffle_buffer: int = 1000
+    caption_dropout: float = 0.1
+    num_workers: int = 0
+    skip_bad_samples: bool = False
+    use_text_mask: bool = False
+    prepare: str = "none"
+    prepare_samples: int = 20000
+    prepare_size: int = 32
+
+    def problems(self) -> list[str]:
+        """One message per invalid field (empty when valid)."""
+        out = []
+        if not self.folders:
+            out.append("folders is empty: name at least one latent dataset folder")
+        if self.weights is not None and (len(self.weights) != len(self.folders) or any(w < 0 for w in self.weights)
+                                         or sum(self.weights) <= 0):
+            out.append(f"weights must be {len(self.folders)} non-negative numbers (one per folder) with a positive "
+                       f"sum, got {self.weights}")
+        if self.shuffle not in SHUFFLES:
+            out.append(f"shuffle must be one of {SHUFFLES}, got {self.shuffle!r}")
+        if self.shuffle_buffer < 1 or self.num_workers < 0:
+            out.append(f"need shuffle_buffer >= 1 and num_workers >= 0, got {self.shuffle_buffer}, {self.num_workers}")
+        if not 0 <= self.caption_dropout < 1:
+            out.append(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.prepare not in PREPARE:
+            out.append(f"prepare must be one of {PREPARE}, got {self.prepare!r}")
+        return out
+
+
+def check_fits_model(manifest: Manifest, where: str, model: MicroDiTConfig) -> None:
+    """Refuse a dataset whose latents or captions do not fit the network config ``model``."""
     problems = []
     c, h, w = manifest.latent_shape
-    if c != in_channels:
-        problems.append(f"latent channels {c} != model in_channels {in_channels}")
-    if manifest.text_shape[1] != caption_dim:
-        problems.append(f"caption width {manifest.text_shape[1]} != model caption_dim {caption_dim}")
-    if [h, w] != list(input_size):
-        problems.append(f"latent size {h}x{w} != model input_size {input_size[0]}x{input_size[1]}")
+    if c != model.in_channels:
+        problems.append(f"latent channels {c} != model in_channels {model.in_channels}")
+    if manifest.text_shape[1] != model.caption_dim:
+        problems.append(f"caption width {manifest.text_shape[1]} != model caption_dim {model.caption_dim}")
+    if [h, w] != list(model.input_size):
+        problems.append(f"latent size {h}x{w} != model input_size {model.input_size[0]}x{model.input_size[1]}")
     if problems:
         raise DataError(f"dataset {where} ({manifest.autoencoder} latents, {manifest.text_encoder} captions) does not "
                         f"fit the model: " + "; ".join(problems))
@@ -169,6 +214,15 @@ class LatentBatches(IterableDataset):
         self._block_counts = {0: np.zeros(len(self.sources), dtype=np.int64)}
         self._index = _ShardIndex()
         self.bad_samples = 0
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                    accum: int = 1, start_batch: int = 0) -> LatentBatches:
+        """The stream ``cfg`` describes: rank ``rank`` of ``world_size`` reads slices of
+        ``batch_size`` (global batch = batch_size x world_size x accum), from global batch
+        ``start_batch`` on."""
+        return cls(cfg.folders, batch_size, cfg.weights, seed, cfg.shuffle, cfg.shuffle_buffer, cfg.caption_dropout,
+                   rank, world_size, accum, start_batch, cfg.skip_bad_samples)
 
     @property
     def manifest(self) -> Manifest:

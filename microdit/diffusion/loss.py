@@ -1,4 +1,5 @@
-"""EDM training loss with MicroDiT's masked reduction and caption dropout.
+"""EDM training loss with MicroDiT's masked reduction (caption dropout for CFG happens in the data
+reader, :class:`microdit.data.LatentBatches`).
 
 Shapes: N batch, C channels, H x W input, p patch, T = (H/p)(W/p) patches, K kept patches,
 L caption tokens, Dy caption width.
@@ -12,22 +13,6 @@ from torch import nn
 
 from microdit.diffusion.edm import EDMConfig, denoise, loss_weight, sample_sigma
 from microdit.masking import keep_mask
-
-
-def drop_captions(
-    y: torch.Tensor, y_mask: torch.Tensor | None, p: float, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Replace each sample's caption by an all-zero embedding with probability ``p`` (for CFG).
-
-    A dropped caption is attended in full (its padding mask row becomes all True).
-    """
-    if p == 0:
-        return y, y_mask
-    drop = torch.rand(y.shape[0], generator=generator, device=y.device) < p  # (N,)
-    y = y.masked_fill(drop[:, None, None], 0.0)
-    if y_mask is not None:
-        y_mask = y_mask | drop[:, None]
-    return y, y_mask
 
 
 def patch_loss(per_pixel: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -57,7 +42,6 @@ def edm_loss(
     patch_size: int,
     keep_ids: torch.Tensor | None = None,
     y_mask: torch.Tensor | None = None,
-    caption_dropout: float = 0.0,
     generator: torch.Generator | None = None,
     sigma: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
@@ -78,7 +62,6 @@ def edm_loss(
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     sigma, noise = sigma.to(x0.dtype), noise.to(x0.dtype)
-    y, y_mask = drop_captions(y, y_mask, caption_dropout, generator)
     d = denoise(net, x0 + noise * sigma.view(-1, 1, 1, 1), sigma, y, edm.sigma_data, keep_ids=keep_ids, y_mask=y_mask)
     per_pixel = loss_weight(sigma, edm.sigma_data).view(-1, 1, 1, 1) * (d - x0) ** 2  # (N, C, H, W)
     per_patch = patch_loss(per_pixel, patch_size)  # (N, T)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,6 +18,30 @@ from microdit.diffusion.edm import denoise
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SOLVERS = ("euler", "heun")
+
+
+@dataclass
+class SamplerConfig:
+    """How images are sampled: EDM ``solver`` over ``steps`` Karras noise levels, classifier-free
+    guidance ``cfg_scale`` (1 = conditional only) and EDM's ``churn`` (S_churn; 0 = deterministic).
+    The defaults are the paper's: Heun, 30 steps, CFG 5. A run's config holds one; the training
+    grids, ``microdit-sample`` and ``microdit-eval`` all default to it."""
+
+    solver: str = "heun"
+    steps: int = 30
+    cfg_scale: float = 5.0
+    churn: float = 0.0
+
+    def problems(self) -> list[str]:
+        """One message per invalid field (empty when valid)."""
+        out = []
+        if self.solver not in SOLVERS:
+            out.append(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.steps < 1:
+            out.append(f"steps must be >= 1, got {self.steps}")
+        if self.churn < 0:
+            out.append(f"churn must be >= 0, got {self.churn}")
+        return out
 
 
 # EDM eq. 5: sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, sigma_N = 0

@@ -10,12 +10,24 @@ Text encoders (``load_text_encoder``): ``openclip:ARCH[:PRETRAINED]`` or ``openc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from microdit.encoders.autoencoder import Autoencoder, DiffusersAutoencoder, PixelAutoencoder
 from microdit.encoders.text import OfflineTextEncoder, OpenClipTextEncoder, TextEncoder
+
+
+@dataclass
+class EncoderConfig:
+    """The frozen encoders of a run, by name: used to prepare data, embed sample prompts and
+    decode sample grids. The defaults are the CPU ones (pixel space by space-to-depth 2, the
+    offline text encoder); the paper uses ``sdxl`` and ``openclip:ViT-H-14-378-quickgelu:dfn5b``."""
+
+    autoencoder: str = "pixel:2"
+    text_encoder: str = "offline:128:32"
+
 
 _NAMED_VAES = {
     "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "vae", 0.13025),
@@ -60,6 +72,7 @@ def load_text_encoder(name: str, device: str | torch.device = "cpu") -> TextEnco
 
 __all__ = [
     "Autoencoder",
+    "EncoderConfig",
     "DiffusersAutoencoder",
     "OfflineTextEncoder",
     "OpenClipTextEncoder",

@@ -9,6 +9,7 @@ the reference statistics) the real data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,11 +22,12 @@ from microdit.data import load_manifest
 from microdit.data.images import to_uint8
 from microdit.data.manifest import write_atomic
 from microdit.data.reader import read_dataset
+from microdit.diffusion import SamplerConfig, generate
 from microdit.encoders import load_autoencoder
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
 from microdit.eval.frechet import FeatureStats, frechet_distance
-from microdit.eval.generate import generate, load_model
 from microdit.eval.probe import dataset_probe, probe_metrics
+from microdit.train.checkpoint import load_model
 
 METRICS = ("probe", "fid", "clip_fid", "clip_score")
 METRICS_FILE = "metrics.json"
@@ -33,12 +35,12 @@ METRICS_FILE = "metrics.json"
 
 @dataclass
 class EvalSettings:
-    """What to generate and measure."""
+    """What to generate and measure. ``sampler`` None: the run's own sampler config (the one its
+    training grids used); ``sampler_overrides`` change single fields of it (e.g. ``{"steps": 50}``)."""
 
     num_samples: int = 1000
-    steps: int = 30
-    solver: str = "heun"
-    cfg_scale: float = 5.0
+    sampler: SamplerConfig | None = None
+    sampler_overrides: dict = field(default_factory=dict)
     seed: int = 0
     batch_size: int = 64
     use_ema: bool = True
@@ -108,6 +110,15 @@ def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world:
                       for i in range(len(starts))])
 
 
+def run_sampler(run: SamplerConfig, settings: EvalSettings) -> SamplerConfig:
+    """The sampler an evaluation uses: ``settings.sampler`` or the run's, with the overrides."""
+    sampler = dataclasses.replace(settings.sampler or run, **settings.sampler_overrides)
+    problems = sampler.problems()
+    if problems:
+        raise ValueError("sampler: " + "; ".join(problems))
+    return sampler
+
+
 def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSettings, name: str | None = None,
              probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
              world: int = 1) -> dict | None:
@@ -121,15 +132,15 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
     name = name or Path(eval_dataset).name
     reference, labels, (texts, masks, captions) = read_dataset(eval_dataset, settings.num_samples)
     count = len(reference)
-    d = loaded.config.diffusion
+    sampler = run_sampler(loaded.config.sampler, settings)
     use_mask = loaded.config.data.use_text_mask
-    tag = (f"{name}-{loaded.nimg:012d}-{'ema' if loaded.ema else 'raw'}-{settings.solver}{settings.steps}"
-           f"-cfg{settings.cfg_scale:g}-seed{settings.seed}")
+    churn = f"-churn{sampler.churn:g}" if sampler.churn else ""
+    tag = (f"{name}-{loaded.nimg:012d}-{'ema' if loaded.ema else 'raw'}-{sampler.solver}{sampler.steps}"
+           f"-cfg{sampler.cfg_scale:g}{churn}-seed{settings.seed}")
 
     def latents_fn(lo: int, hi: int) -> torch.Tensor:
-        return generate(loaded.model, texts[lo:hi], list(range(settings.seed + lo, settings.seed + hi)), d.sigma_data,
-                        d.sigma_min, d.sigma_max, d.rho, settings.steps, settings.solver, settings.cfg_scale,
-                        masks[lo:hi] if use_mask else None, settings.batch_size)
+        return generate(loaded.model, texts[lo:hi], list(range(settings.seed + lo, settings.seed + hi)),
+                        loaded.config.diffusion, sampler, masks[lo:hi] if use_mask else None, settings.batch_size)
 
     generated = _chunks(run_dir / "eval" / tag, latents_fn, count, settings.batch_size, rank, world)
     if generated is None:
@@ -155,7 +166,7 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
             metrics["clip_score"] = float(clip.clip_score(images, captions).mean())
     entry = {"name": name, "checkpoint": str(loaded.checkpoint), "nimg": loaded.nimg, "ema": loaded.ema,
              "eval_dataset": str(eval_dataset), "num_samples": count, "seed": settings.seed,
-             "sampler": {"solver": settings.solver, "steps": settings.steps, "cfg_scale": settings.cfg_scale},
+             "sampler": asdict(sampler),
              "settings": asdict(settings), "metrics": metrics, "time": time.time()}
     record_metrics(run_dir, entry)
     return entry

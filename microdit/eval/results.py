@@ -154,13 +154,15 @@ PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "experiments" / "paper_num
 
 
 def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> dict:
-    """The paper's numbers (from REFERENCE.md) for the notebooks, labelled as the paper's there."""
+    """The paper's numbers (``experiments/paper_numbers.json``: its tables, and values read off its
+    figures marked approximate) for the notebooks, labelled as the paper's there."""
     return json.loads(Path(path).read_text())
 
 
-def select(rows: list[dict], prefix: str) -> list[dict]:
-    """Rows whose run name starts with ``prefix`` (a sweep's runs)."""
-    return [r for r in rows if str(r.get("trainer.name", "")).startswith(prefix)]
+def select(rows: list[dict], *groups: str) -> list[dict]:
+    """Rows of the runs whose ``trainer.group`` (the sweep key every experiment sets) is one of
+    ``groups``, e.g. ``select(rows, "fig4", "fig4-cpu")``."""
+    return [r for r in rows if r.get("trainer.group") in groups]
 
 
 def quality_columns(rows: list[dict]) -> list[str]:

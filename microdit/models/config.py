@@ -26,7 +26,7 @@ class BlockSpec:
 
 @dataclass
 class MicroDiTConfig:
-    """Every knob of the MicroDiT network (REFERENCE.md section 1).
+    """Every knob of the MicroDiT network (experiments/README.md, Method: the network).
 
     ``mixer_depth = 0`` gives no patch-mixer (naive masking). ``decoder_depth > 0`` adds a
     MaskDiT-style light decoder: after the backbone, masked positions are filled with a learned

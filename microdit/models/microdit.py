@@ -84,7 +84,7 @@ class PatchMixer(nn.Module):
 
 
 class MicroDiT(nn.Module):
-    """MicroDiT text-to-image diffusion transformer (REFERENCE.md section 1)."""
+    """MicroDiT text-to-image diffusion transformer (experiments/README.md, Method: the network)."""
 
     def __init__(self, cfg: MicroDiTConfig) -> None:
         super().__init__()
@@ -119,7 +119,7 @@ class MicroDiT(nn.Module):
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
-        """REFERENCE.md initialisation; afterwards the network output is exactly zero."""
+        """The paper's initialisation (experiments/README.md, Method); afterwards the network output is exactly zero."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)

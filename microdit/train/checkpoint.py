@@ -3,16 +3,25 @@
 A checkpoint is written into ``checkpoints/.tmp-<nimg>`` and renamed to ``checkpoints/<nimg>``
 when complete (the rename is atomic), so a crash or kill during a save never touches the last
 good checkpoint. ``meta.json`` is written last inside the folder: a folder without it is not a
-checkpoint. The last ``keep`` checkpoints are kept.
+checkpoint. The last ``keep`` checkpoints are kept. :func:`load_model` gives the network of a
+checkpoint (at the resolution of the stage it was written in) with its run config.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+
+from microdit.models import MicroDiT
+from microdit.train.config import TrainConfig
+from microdit.train.plan import resolve, stage_at
+
+CONFIG = "config.yaml"
 
 META = "meta.json"
 STATE = "state.pt"
@@ -59,7 +68,7 @@ def latest(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resolve(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint)."""
     path = Path(path)
     if (path / META).is_file():
@@ -79,3 +88,40 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, di
     except (OSError, RuntimeError, json.JSONDecodeError, EOFError) as err:
         raise RuntimeError(f"checkpoint {path} is unreadable ({err})") from None
     return state, meta
+
+
+def run_config(path: str | Path) -> TrainConfig:
+    """The resolved config a run wrote (``RUN/config.yaml``) as a :class:`TrainConfig`."""
+    path = Path(path)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path)))
+    except Exception as err:  # noqa: BLE001  (OmegaConf raises many types; all mean "not a run config")
+        raise ValueError(f"{path} is not a readable microdit run config ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0]})") from None
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for sampling, with the run config and the checkpoint it came from."""
+
+    model: MicroDiT
+    config: TrainConfig
+    checkpoint: Path
+    nimg: int
+    ema: bool
+
+
+def load_model(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
+    """The network of a run folder (its latest checkpoint) or of a checkpoint folder, at the
+    resolution of the stage it was written in; EMA weights when the checkpoint has them and
+    ``use_ema``."""
+    checkpoint = resolve_checkpoint(path)
+    config_file = checkpoint.parent.parent / CONFIG
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} is missing: {checkpoint} is not inside a microdit run folder")
+    cfg = run_config(config_file)
+    state, meta = load(checkpoint)
+    model = MicroDiT(stage_at(resolve(cfg), meta["stage"]).model)
+    ema = use_ema and state.get("ema") is not None
+    model.load_state_dict(state["ema"] if ema else state["model"])
+    return LoadedModel(model.to(device).eval(), cfg, checkpoint, meta["nimg"], ema)

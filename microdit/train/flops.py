@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from microdit.masking import num_kept
+from microdit.masking import MaskConfig, num_kept
 from microdit.models.config import BlockSpec, MicroDiTConfig
 from microdit.nn.mlp import swiglu_hidden
 from microdit.nn.moe import expert_capacity
@@ -57,12 +57,13 @@ class FlopsBreakdown:
         return 3 * self.forward
 
 
-def flops_per_image(cfg: MicroDiTConfig, grid: tuple[int, int], caption_len: int, mask_ratio: float = 0.0,
-                    mask_strategy: str = "random", block_size: int = 1) -> FlopsBreakdown:
+def flops_per_image(cfg: MicroDiTConfig, grid: tuple[int, int], caption_len: int,
+                    mask: MaskConfig | None = None) -> FlopsBreakdown:
     """FLOPs of one image through ``MicroDiT(cfg)`` on an (h, w) token grid with ``caption_len``
-    caption tokens, keeping the tokens ``mask_ratio`` leaves (``microdit.masking.num_kept``)."""
+    caption tokens, keeping the tokens ``mask`` leaves (``microdit.masking.num_kept``; None:
+    unmasked)."""
     t = grid[0] * grid[1]
-    k = num_kept(grid, mask_ratio, mask_strategy, block_size)
+    k = t if mask is None else num_kept(grid, mask)
     d, dm, n, p = cfg.width, cfg.mixer_width, caption_len, cfg.patch_size
     embed = 2 * t * cfg.in_channels * p * p * d + 2 * (cfg.freq_dim * d + d * d)
     hidden = swiglu_hidden(d, cfg.caption_mlp_ratio, cfg.multiple_of)

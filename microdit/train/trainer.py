@@ -12,10 +12,8 @@ how many processes share the global batch, and a resumed run repeats the uninter
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
 import random
 import signal
@@ -30,42 +28,21 @@ from torch import nn
 from microdit.data import DataError, LatentBatches, check_fits_model, load_manifest, make_loader
 from microdit.data.encode import build_synthetic_dataset
 from microdit.data.images import save_grid, to_uint8
-from microdit.diffusion import EDMConfig, edm_loss, sample_sigma
+from microdit.diffusion import generate
 from microdit.encoders import load_autoencoder, load_text_encoder
-from microdit.eval.generate import generate
-from microdit.masking import sample_keep_ids
 from microdit.models import MicroDiT
-from microdit.nn.attention import attention_backend, check_attention_backend
+from microdit.nn.attention import check_attention_backend
+from microdit.perf.devices import peak_flops
 from microdit.train import checkpoint as ckpt
-from microdit.train.config import StageConfig, TrainConfig, stage_model_config, validate
+from microdit.train.config import TrainConfig, validate
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
-from microdit.train.guard import NonFiniteError, NonFiniteGuard, guarded_step
+from microdit.train.guard import NonFiniteError, NonFiniteGuard
 from microdit.train.logging import StatsFile, WandbSink, progress_bar
 from microdit.train.optim import build_optimizer, set_lr
-from microdit.train.plan import StagePlan, budget_flops, plan_stage
+from microdit.train.plan import ResolvedStage, StagePlan, budget_flops, resolve, stage_at
 from microdit.train.schedule import lr_factor
-
-CPU_PEAK_FLOPS = 130e9  # fp32 matmul of the 2-core development machine
-CUDA_PEAK_FLOPS = 989e12  # H100 SXM dense bf16
-
-
-class _StepContext(nn.Module):
-    """Runs the network under autocast and the chosen attention backend; everything around it
-    (preconditioning, loss) stays fp32."""
-
-    def __init__(self, net: nn.Module, device_type: str, bf16: bool, attention: str) -> None:
-        super().__init__()
-        self.net, self.device_type, self.bf16, self.attention = net, device_type, bf16, attention
-
-    def forward(self, *args, **kwargs):
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16), \
-                attention_backend(self.attention):
-            return self.net(*args, **kwargs)
-
-
-def _step_seed(seed: int, stage: int, step: int) -> int:
-    return (seed * 1_000_003 + stage * 7_919 + step) % (2**63)
+from microdit.train.step import Collective, NetworkContext, draw_step, step_generator, train_step
 
 
 def prepare_synthetic(cfg: TrainConfig) -> None:
@@ -73,9 +50,11 @@ def prepare_synthetic(cfg: TrainConfig) -> None:
     ``data_folders[0]`` at its ``input_size`` times the autoencoder's downsampling) if missing."""
     d = cfg.data
     factor = load_autoencoder(cfg.encoder.autoencoder).downsample
-    for stage in cfg.stages:
-        folder = (stage.data_folders or d.folders)[0]
-        size = d.prepare_size if stage.input_size is None else stage.input_size[0] * factor
+    sizes = {d.folders[0]: d.prepare_size}
+    for stage in resolve(cfg):
+        if stage.config.input_size is not None:
+            sizes[stage.data.folders[0]] = stage.config.input_size[0] * factor
+    for folder, size in sizes.items():
         build_synthetic_dataset(folder, d.prepare_samples, size, cfg.trainer.seed, cfg.encoder.autoencoder,
                                 cfg.encoder.text_encoder, cfg.trainer.progress)
 
@@ -101,25 +80,20 @@ class Trainer:
         self.run_dir = Path(t.run_dir) / t.name
         self._check_run_dir()
         self.micro = t.batch_size // (self.world * t.grad_accum)
-        self.peak_flops = t.peak_flops or (CUDA_PEAK_FLOPS if self.device.type == "cuda" else CPU_PEAK_FLOPS)
+        self.peak_flops = t.peak_flops or peak_flops(self.device.type)
         if cfg.data.prepare == "synthetic":
             if self.acc.is_main_process:
                 prepare_synthetic(cfg)
             self.acc.wait_for_everyone()
-        self.manifests = [self._manifest(s) for s in cfg.stages]
-        self.budget = budget_flops(cfg, self.peak_flops)
-        self.plans = [plan_stage(cfg, s, m.text_shape[0], self.budget)
-                      for s, m in zip(cfg.stages, self.manifests, strict=True)]
+        caption_len = self._check_data(resolve(cfg))
+        self.stages = resolve(cfg, caption_len, self.peak_flops)
 
         self._seed_processes(t.seed)  # before the model is built: its initialisation draws from it
-        model_cfg = stage_model_config(cfg, cfg.stages[0])
-        self.model = MicroDiT(model_cfg).to(self.device)
+        self.model = MicroDiT(self.stages[0].model).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
         check_attention_backend(t.attention_backend, self.device, torch.bfloat16 if self.bf16 else torch.float32,
-                                model_cfg.head_dim)
-        o = cfg.optim
-        self.optimizer = build_optimizer(self.model, o.lr, tuple(o.betas), o.eps, o.weight_decay, o.moe_lr_scale,
-                                         o.no_decay_embeddings)
+                                self.stages[0].model.head_dim)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema: EMA | None = None
         self.meter = CostMeter(self.peak_flops, self.world, t.price_per_device_hour)
         self.progress = {"stage": 0, "stage_images": 0, "stage_steps": 0, "nimg": 0, "step": 0}
@@ -131,7 +105,9 @@ class Trainer:
             self._load(resume_from)
         net = torch.compile(self.model, mode=t.compile_mode) if t.compile else self.model
         self.net, self.optimizer = self.acc.prepare(net, self.optimizer)
-        self.loss_net = _StepContext(self.net, self.device.type, self.bf16, t.attention_backend)
+        self.loss_net = NetworkContext(self.net, self.device.type, self.bf16, t.attention_backend)
+        self.collective = Collective(self.acc.backward, lambda: self.acc.no_sync(self.net), self.acc.clip_grad_norm_,
+                                     lambda v: self.acc.reduce(v, reduction="sum"))
         self._signal = None
         self._nonfinite_seen = 0  # skipped steps as of the last sync point
         self._grid_encoders = None
@@ -153,17 +129,21 @@ class Trainer:
             raise PermissionError(f"run directory {self.run_dir} is not writable ({err}); set trainer.run_dir "
                                   "to a writable folder") from None
 
-    def _manifest(self, stage: StageConfig):
-        folders = stage.data_folders or self.cfg.data.folders
-        for folder in folders:
-            if not (Path(folder) / "manifest.json").is_file():
-                raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
-                                "(or set data.prepare=synthetic for the synthetic dataset)")
-        manifests = [load_manifest(folder) for folder in folders]
-        model_cfg = stage_model_config(self.cfg, stage)
-        for folder, manifest in zip(folders, manifests, strict=True):
-            check_fits_model(manifest, folder, model_cfg.in_channels, model_cfg.caption_dim, model_cfg.input_size)
-        return manifests[0]
+    def _check_data(self, stages: list[ResolvedStage]) -> int:
+        """Every stage's datasets exist and fit its network; returns the caption length (tokens)."""
+        lengths = set()
+        for stage in stages:
+            for folder in stage.data.folders:
+                if not (Path(folder) / "manifest.json").is_file():
+                    raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
+                                    "(or set data.prepare=synthetic for the synthetic dataset)")
+                manifest = load_manifest(folder)
+                check_fits_model(manifest, folder, stage.model)
+                lengths.add(manifest.text_shape[0])
+        if len(lengths) != 1:
+            raise DataError(f"the stages' datasets have different caption lengths {sorted(lengths)}: encode them with "
+                            "the same text encoder")
+        return lengths.pop()
 
     def _seed_processes(self, seed: int) -> None:
         s = seed  # the same on every process: replicas must start from the same weights
@@ -181,7 +161,7 @@ class Trainer:
                 raise FileExistsError(f"run {self.run_dir} already has checkpoints (latest {existing}); use "
                                       "trainer.resume=auto to continue it or another trainer.name")
             return None
-        return ckpt.resolve(mode)
+        return ckpt.resolve_checkpoint(mode)
 
     def _load_weights(self, module: nn.Module, state: dict, path: Path, what: str) -> None:
         try:
@@ -192,7 +172,7 @@ class Trainer:
                                + " | ".join(lines)) from None
 
     def _init_from(self, path: Path) -> None:
-        path = ckpt.resolve(path)
+        path = ckpt.resolve_checkpoint(path)
         state, _ = ckpt.load(path)
         self._load_weights(self.model, state["model"], path, "model")
         if self.cfg.trainer.init_mode == "full":
@@ -204,9 +184,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         state, meta = ckpt.load(path)
-        stage = self.cfg.stages[state["progress"]["stage"]] if state["progress"]["stage"] < len(self.cfg.stages) \
-            else self.cfg.stages[-1]
-        model_cfg = stage_model_config(self.cfg, stage)
+        model_cfg = stage_at(self.stages, state["progress"]["stage"]).model
         self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
         self._load_weights(self.model, state["model"], path, "model")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -230,9 +208,8 @@ class Trainer:
     def _write_run_info(self) -> None:
         info = {"device": str(self.device), "processes": self.world, "bf16_autocast": self.bf16,
                 "tf32": self.device.type == "cuda", "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "peak_flops_per_device": self.meter.peak_flops, "budget_flops": self.budget,
-                "stages": [{"name": s.name, **dataclasses.asdict(p)} for s, p in zip(self.cfg.stages, self.plans,
-                                                                                     strict=True)]}
+                "peak_flops_per_device": self.meter.peak_flops, "budget_flops": budget_flops(self.cfg, self.peak_flops),
+                "stages": [{"name": s.name, **dataclasses.asdict(s.plan)} for s in self.stages]}
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -252,9 +229,8 @@ class Trainer:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "ema": self.ema.state_dict() if self.ema is not None else None,
                      "progress": dict(self.progress), "guard": self.guard.state_dict(), "cost": self.meter.state_dict()}
-            stage = self.cfg.stages[min(self.progress["stage"], len(self.cfg.stages) - 1)]
             meta = {"nimg": nimg, "step": self.progress["step"], "stage": self.progress["stage"],
-                    "stage_name": stage.name, "time": time.time()}
+                    "stage_name": stage_at(self.stages, self.progress["stage"]).name, "time": time.time()}
             final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints)
         self.acc.wait_for_everyone()
         self.meter.restart_clock()
@@ -272,76 +248,53 @@ class Trainer:
         return previous
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _edm(self, stage: StageConfig) -> EDMConfig:
-        d = self.cfg.diffusion
-        return EDMConfig(d.sigma_data, stage.P_mean if stage.P_mean is not None else d.P_mean,
-                         stage.P_std if stage.P_std is not None else d.P_std, d.sigma_min, d.sigma_max, d.rho)
+    def _step(self, it, stage: ResolvedStage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step of ``stage``: this process's micro-batches of the global batch."""
+        t = self.cfg.trainer
+        gen = step_generator(t.seed, stage.index, self.progress["stage_steps"], self.device)
+        draws = draw_step(t.batch_size, stage.model, stage.mask, stage.edm, gen, self.device)
 
-    def _train_step(self, it, si: int, stage: StageConfig, edm: EDMConfig) -> tuple[torch.Tensor, torch.Tensor]:
-        t, cfg = self.cfg.trainer, self.model.cfg
-        gb, b, accum = t.batch_size, self.micro, t.grad_accum
-        gen = torch.Generator(device=self.device).manual_seed(_step_seed(t.seed, si, self.progress["stage_steps"]))
-        sigma = sample_sigma(gb, edm.P_mean, edm.P_std, gen, self.device)  # (GB,)
-        noise = torch.randn(gb, cfg.in_channels, *cfg.input_size, generator=gen, device=self.device)
-        keep = sample_keep_ids(gb, cfg.base_grid, stage.mask_ratio, stage.mask_strategy, stage.mask_block_size, gen,
-                               self.device)
-        losses = []
-        for a in range(accum):
-            batch = next(it)
-            lo = (a * self.world + self.rank) * b
-            n = len(batch["key"])
-            part = slice(lo, lo + n)
-            sync = contextlib.nullcontext() if a == accum - 1 else self.acc.no_sync(self.net)
-            latent, text, mask = (batch[k].to(self.device, non_blocking=True) for k in ("latent", "text", "text_mask"))
-            with sync:
-                loss = edm_loss(self.loss_net, latent, text, edm,
-                                cfg.patch_size, keep_ids=None if keep is None else keep[part],
-                                y_mask=mask if self.cfg.data.use_text_mask else None,
-                                sigma=sigma[part], noise=noise[part],
-                                dropped_weight=stage.dropped_loss_weight).mean()
-                self.acc.backward(loss / accum)
-            losses.append(loss.detach())
-        loss = torch.stack(losses).mean()
-        clip = stage.grad_clip if stage.grad_clip > 0 else math.inf
-        grad_norm = self.acc.clip_grad_norm_(self.net.parameters(), clip)
-        return loss, torch.as_tensor(grad_norm, device=self.device, dtype=torch.float32)
+        def micro_batches():
+            for a in range(t.grad_accum):  # accumulation step a of rank r is slice a * world + r
+                batch = next(it)
+                lo = (a * self.world + self.rank) * self.micro
+                yield batch, slice(lo, lo + len(batch["key"]))
+
+        return train_step(self.loss_net, self.optimizer, self.guard, micro_batches(), draws, stage.edm,
+                          stage.model.patch_size, stage.config.grad_clip, stage.config.dropped_loss_weight,
+                          stage.data.use_text_mask, self.collective)
 
     def run(self) -> dict:
         """Train every remaining stage; returns the run summary (also written to summary.json)."""
         t = self.cfg.trainer
         previous = self._install_signals()
-        total = sum(p.images for p in self.plans)
+        total = sum(s.plan.images for s in self.stages)
         bar = progress_bar(total, self.progress["nimg"], t.progress and self.acc.is_main_process)
         window = self._new_window()
         last_loss = torch.full((), float("nan"), device=self.device)
         if t.save_initial_checkpoint and self.resumed_from is None and self.progress["nimg"] == 0:
             self.save_checkpoint()
         try:
-            while self.progress["stage"] < len(self.cfg.stages):
+            while self.progress["stage"] < len(self.stages):
                 si = self.progress["stage"]
-                stage, plan = self.cfg.stages[si], self.plans[si]
-                model_cfg = stage_model_config(self.cfg, stage)
+                stage, plan = self.stages[si], self.stages[si].plan
+                sc = stage.config
                 for net in [self.model] + ([self.ema.model] if self.ema is not None else []):
-                    net.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
-                if stage.ema.decay > 0 and self.ema is None:
+                    net.set_resolution(stage.model.input_size, stage.model.pos_interp_scale)
+                if sc.ema.decay > 0 and self.ema is None:
                     self.ema = EMA(self.model)
-                edm = self._edm(stage)
-                reader = LatentBatches(stage.data_folders or self.cfg.data.folders, self.micro, self.cfg.data.weights,
-                                       t.seed + si, self.cfg.data.shuffle, self.cfg.data.shuffle_buffer,
-                                       self.cfg.data.caption_dropout, self.rank, self.world, t.grad_accum,
-                                       self.progress["stage_steps"], self.cfg.data.skip_bad_samples)
-                it = iter(make_loader(reader, self.cfg.data.num_workers, pin_memory=self.device.type == "cuda"))
-                base_lr = stage.lr if stage.lr is not None else self.cfg.optim.lr
+                reader = LatentBatches.from_config(stage.data, self.micro, t.seed + si, self.rank, self.world,
+                                                   t.grad_accum, self.progress["stage_steps"])
+                it = iter(make_loader(reader, stage.data.num_workers, pin_memory=self.device.type == "cuda"))
+                base_lr = sc.lr if sc.lr is not None else self.cfg.optim.lr
                 self.meter.restart_clock()
                 while self.progress["stage_images"] < plan.images:
-                    lr = base_lr * lr_factor(self.progress["stage_images"], plan.images, stage.warmup_images,
-                                             stage.schedule, stage.min_lr_fraction)
+                    lr = base_lr * lr_factor(self.progress["stage_images"], plan.images, sc.warmup_images,
+                                             sc.schedule, sc.min_lr_fraction)
                     set_lr(self.optimizer, lr)
-                    loss, grad_norm = self._train_step(it, si, stage, edm)
-                    skip = guarded_step(self.optimizer, self.guard, loss, grad_norm,
-                                        lambda v: self.acc.reduce(v, reduction="sum"))
+                    loss, grad_norm, skip = self._step(it, stage)
                     if self.ema is not None:
-                        decay = stage.ema.decay if self.progress["stage_images"] >= stage.ema.start_images else 0.0
+                        decay = sc.ema.decay if self.progress["stage_images"] >= sc.ema.start_images else 0.0
                         self.ema.update(self.model, decay, skip)
                     self._advance(plan)
                     bar.update(t.batch_size)
@@ -416,7 +369,7 @@ class Trainer:
     def _crossed(self, every: int) -> bool:
         return every > 0 and self.progress["nimg"] // every > self._before // every
 
-    def _log(self, stage: StageConfig, lr: float, window: dict) -> None:
+    def _log(self, stage: ResolvedStage, lr: float, window: dict) -> None:
         now = time.perf_counter()
         seconds = now - window["time"]
         loss, grad = torch.stack([self.acc.reduce(window["loss"], reduction="mean"), window["grad"]]).tolist()
@@ -438,7 +391,7 @@ class Trainer:
         if not self.acc.is_main_process:
             self.acc.wait_for_everyone()
             return None
-        t, d = self.cfg.trainer, self.cfg.diffusion
+        t = self.cfg.trainer
         if self._grid_encoders is None:  # loaded once per run, on the main process only
             self._grid_encoders = (load_text_encoder(manifest.text_encoder, self.device),
                                    load_autoencoder(manifest.autoencoder).to(self.device))
@@ -446,8 +399,8 @@ class Trainer:
         net = (self.ema.model if self.ema is not None else self.model).eval()
         y, mask = text.encode(list(t.sample_prompts))
         seeds = [t.sample_seed + i for i in range(len(y))]
-        latents = generate(net, y, seeds, d.sigma_data, d.sigma_min, d.sigma_max, d.rho, d.sample_steps,
-                           d.sample_solver, d.cfg_scale, mask if self.cfg.data.use_text_mask else None)
+        stage = stage_at(self.stages, self.progress["stage"])
+        latents = generate(net, y, seeds, stage.edm, self.cfg.sampler, mask if stage.data.use_text_mask else None)
         path = self.run_dir / "samples" / f"{self.progress['nimg']:012d}.png"
         save_grid(to_uint8(autoencoder.decode(latents.to(self.device)).cpu()), path, columns=len(seeds))
         self.wandb.log_image("samples", path, self.progress["nimg"])

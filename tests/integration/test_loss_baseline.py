@@ -3,15 +3,10 @@ the numerics (model, loss, masking, data order, optimizer, schedule) fails here.
 baseline only on purpose: ``python tests/fixtures/make_loss_baseline.py``."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-sys.path.insert(0, str(FIXTURES))
-
-from make_loss_baseline import BASELINE, STEPS, baseline_run  # noqa: E402
+from make_loss_baseline import BASELINE, STEPS, baseline_run
 
 pytestmark = pytest.mark.slow
 

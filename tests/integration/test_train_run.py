@@ -1,0 +1,252 @@
+"""End-to-end trainer runs on a tiny synthetic dataset: two stages, exact resume after kill -9,
+SIGTERM checkpoint, NaN guard, 2 processes == 1 process, budgets, init_from, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from microdit.cli.sample import main as sample_main
+from microdit.data import DataError
+from microdit.models import MicroDiT
+from microdit.train import checkpoint as ckpt
+from microdit.train.config import TrainConfig
+from microdit.train.guard import NonFiniteGuard
+from microdit.train.trainer import NonFiniteError, Trainer, prepare_synthetic, train
+
+from conftest import FIXTURE_DIR
+from train_helpers import base_overrides, compose_config, run_train, stats
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "synthetic"
+    cfg = TrainConfig()
+    cfg.data.folders = [str(folder)]
+    cfg.data.prepare_samples = 96
+    cfg.trainer.progress = False
+    prepare_synthetic(cfg)
+    return folder
+
+
+def test_two_stage_run_end_to_end(tmp_path, data):
+    cfg = compose_config(base_overrides(tmp_path, data, "two") + [
+        "trainer.ckpt_every_images=32", "trainer.sample_every_images=48", "stages.finetune.ema.decay=0.9",
+        "stages.finetune.ema.start_images=16"])
+    summary = train(cfg)
+    run = tmp_path / "runs" / "two"
+    rows = stats(run)
+    assert [r["nimg"] for r in rows] == list(range(8, 97, 8))
+    assert [r["stage_name"] for r in rows] == ["pretrain"] * 8 + ["finetune"] * 4
+    assert rows[0]["lr"] == 0 and rows[2]["lr"] == pytest.approx(1e-3) and rows[-1]["lr"] == pytest.approx(5e-4)
+    assert all(r["loss"] == r["loss"] for r in rows) and summary["nimg"] == 96
+    info = json.loads((run / "run_info.json").read_text())
+    assert [s["images"] for s in info["stages"]] == [64, 32]
+    assert info["stages"][0]["flops_per_image"] < info["stages"][1]["flops_per_image"]  # masking saves compute
+    flops = 64 * info["stages"][0]["flops_per_image"] + 32 * info["stages"][1]["flops_per_image"]
+    assert summary["flops"] == pytest.approx(flops)
+    written = ckpt.run_config(run / "config.yaml")  # the resolved config round-trips
+    assert written == cfg and [s.mask.ratio for _, s in written.active_stages()] == [0.5, 0.0]
+    kept = [p.name for p in ckpt.list_checkpoints(ckpt.checkpoint_root(run))]
+    assert kept == ["000000000064", "000000000096"]  # keep_checkpoints=2; stage ends included
+    from PIL import Image
+
+    grids = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert grids == ["000000000048.png", "000000000096.png"]
+    assert Image.open(run / "samples" / grids[-1]).size == (4 * 32, 32)  # 4 fixed prompts, pixel:2 decoded
+    # microdit-sample RUN defaults to the run's own sampler, EMA weights and seeds: it redraws the last grid
+    prompts = [arg for p in cfg.trainer.sample_prompts for arg in ("--prompt", p)]
+    sample_main([str(run), *prompts, "--out", str(tmp_path / "again"), "--device", "cpu"])
+    assert np.array_equal(np.array(Image.open(tmp_path / "again" / "grid.png")),
+                          np.array(Image.open(run / "samples" / grids[-1])))
+    sample_main([str(run), *prompts, "--out", str(tmp_path / "more"), "--device", "cpu", "--steps", "3"])
+    assert not np.array_equal(np.array(Image.open(tmp_path / "more" / "grid.png")),
+                              np.array(Image.open(run / "samples" / grids[-1])))
+    state, _ = ckpt.load(ckpt.latest(run))
+    assert state["ema"] is not None
+    assert not torch.equal(state["ema"]["final.linear.weight"], state["model"]["final.linear.weight"])
+
+
+def _wait_for_rows(run: Path, nimg: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    start = time.time()
+    while time.time() - start < timeout:
+        if (run / "stats.jsonl").exists() and any(r["nimg"] >= nimg for r in stats(run)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("run made no progress")
+
+
+def _popen(overrides):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "microdit.cli.train", *overrides], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_then_resume_is_bit_exact(tmp_path, data):
+    reference = base_overrides(tmp_path, data, "ref")
+    run_train(reference)
+    killed = base_overrides(tmp_path, data, "killed") + ["trainer.ckpt_every_images=24"]
+    proc = _popen(killed)
+    run = tmp_path / "runs" / "killed"
+    _wait_for_rows(run, 40, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.latest(run) is not None and stats(run)[-1]["nimg"] < 96
+    result = run_train(killed)
+    assert "resumed from" in result.stdout + result.stderr
+    ref_rows, rows = stats(tmp_path / "runs" / "ref"), stats(run)
+    assert [r["nimg"] for r in rows] == [r["nimg"] for r in ref_rows]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]  # bit-identical
+    assert [r["grad_norm"] for r in rows] == [r["grad_norm"] for r in ref_rows]
+
+
+def test_sigterm_leaves_a_checkpoint(tmp_path, data):
+    overrides = base_overrides(tmp_path, data, "term")
+    proc = _popen(overrides)
+    run = tmp_path / "runs" / "term"
+    _wait_for_rows(run, 16, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    latest = ckpt.latest(run)
+    assert latest is not None and "signal received" in out + err
+    state, meta = ckpt.load(latest)
+    assert meta["nimg"] == state["progress"]["nimg"] >= 16
+
+
+def test_two_processes_equal_one_process(tmp_path, data):
+    one = base_overrides(tmp_path, data, "one") + ["trainer.grad_accum=2"]
+    two = base_overrides(tmp_path, data, "two")
+    run_train(one)
+    run_train(two, nproc=2)
+    a, b = stats(tmp_path / "runs" / "one"), stats(tmp_path / "runs" / "two")
+    assert [r["nimg"] for r in a] == [r["nimg"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4, abs=1e-6)
+    info = json.loads((tmp_path / "runs" / "two" / "run_info.json").read_text())
+    assert info["processes"] == 2
+
+
+def test_nan_guard_skips_then_stops(tmp_path, data, monkeypatch):
+    original = MicroDiT.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, *args, **kwargs):
+        calls["n"] += 1
+        out = original(self, *args, **kwargs)
+        return out * float("nan") if calls["n"] in (3, 4) else out
+
+    monkeypatch.setattr(MicroDiT, "forward", sometimes_nan)
+    summary = train(compose_config(base_overrides(tmp_path, data, "transient")))
+    assert summary["nonfinite_steps"] == 2 and summary["nimg"] == 96
+    assert stats(tmp_path / "runs" / "transient")[-1]["loss"] == summary["final_loss"]
+
+    monkeypatch.setattr(MicroDiT, "forward", lambda self, *a, **k: original(self, *a, **k) * float("nan"))
+    cfg = compose_config(base_overrides(tmp_path, data, "broken") + ["trainer.max_nonfinite=3"])
+    with pytest.raises(NonFiniteError, match=r"3 non-finite steps in a row .* Last good checkpoint: none"):
+        train(cfg)
+
+
+def test_host_reads_the_guard_only_at_sync_points(tmp_path, data, monkeypatch):
+    reads = []
+    original_read = NonFiniteGuard.read
+
+    def counted(self):
+        reads.append(self.total.item())
+        return original_read(self)
+
+    monkeypatch.setattr(NonFiniteGuard, "read", counted)
+    overrides = base_overrides(tmp_path, data, "sparse") + ["trainer.log_every_images=10000",
+                                                            "trainer.sync_every_steps=3"]
+    summary = train(compose_config(overrides))
+    assert summary["steps"] == 12
+    assert len(reads) == 4 + 2  # steps 3, 6 (stage 1 ends at step 8), 9, 12, and each stage's end
+
+    original = MicroDiT.forward
+    monkeypatch.setattr(MicroDiT, "forward", lambda self, *a, **k: original(self, *a, **k) * float("nan"))
+    overrides = base_overrides(tmp_path, data, "late") + ["trainer.log_every_images=10000",
+                                                          "trainer.sync_every_steps=4", "trainer.max_nonfinite=2"]
+    with pytest.raises(NonFiniteError, match=r"4 non-finite steps in a row \(loss or gradient NaN/Inf\) before 32 "):
+        train(compose_config(overrides))
+
+
+def test_budget_fits_stage_lengths(tmp_path, data):
+    cfg = compose_config(base_overrides(tmp_path, data, "budget", stages=[
+        "~stages.pretrain", "+stages={a: {mask: {ratio: 0.75}, budget_fraction: 0.5}, "
+        "b: {mask: {ratio: 0.0}, budget_fraction: 0.5}}"]) + ["trainer.budget_flops=4e10"])
+    trainer = Trainer(cfg)
+    plans = [s.plan for s in trainer.stages]
+    for plan in plans:
+        assert plan.images == int(0.5 * 4e10 / plan.flops_per_image) // 8 * 8
+    assert plans[0].images > plans[1].images  # masked images are cheaper: more of them
+
+
+def test_init_from_and_incompatible_checkpoint(tmp_path, data):
+    run_train(base_overrides(tmp_path, data, "source"))
+    source = ckpt.latest(tmp_path / "runs" / "source")
+    source_run = tmp_path / "runs" / "source"
+    cfg = compose_config(base_overrides(tmp_path, data, "child") + [f"trainer.init_from={source_run}"])
+    trainer = Trainer(cfg)
+    state, _ = ckpt.load(source)
+    assert torch.equal(trainer.model.blocks[0].attn.qkv.weight, state["model"]["blocks.0.attn.qkv.weight"])
+    bad = compose_config(base_overrides(tmp_path, data, "source") + ["model.overrides.depth=3"])
+    with pytest.raises(RuntimeError, match=r"checkpoint .*000000000096 is incompatible with this model config"):
+        Trainer(bad)
+
+
+def test_clear_errors(tmp_path, data):
+    with pytest.raises(DataError, match=r"dataset .*nowhere \(stage 'pretrain'\) is missing"):
+        Trainer(compose_config(base_overrides(tmp_path, tmp_path / "nowhere", "x")))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # running as root: permissions are not enforced
+        locked.chmod(0o700)
+        (tmp_path / "file").write_text("")
+        run_dir = tmp_path / "file"  # a file where a folder is needed
+    else:
+        run_dir = locked
+    with pytest.raises(PermissionError, match="is not writable"):
+        Trainer(compose_config(base_overrides(tmp_path, data, "x") + [f"trainer.run_dir={run_dir}"]))
+    with pytest.raises(DataError, match=r"caption width 32 != model caption_dim 128"):
+        Trainer(compose_config(base_overrides(tmp_path, FIXTURE_DIR / "latents", "y")))
+    result = run_train(base_overrides(tmp_path, data, "z") + ["stages.pretrain.mask.ratio=1.5"], check=False)
+    assert result.returncode == 2 and "stages.pretrain: mask: ratio must be in [0, 1), got 1.5" in result.stderr
+
+
+def test_resolution_stage(tmp_path, data):
+    big = tmp_path / "synthetic64"
+    cfg = TrainConfig()
+    cfg.data.folders, cfg.data.prepare_samples, cfg.data.prepare_size = [str(big)], 32, 64
+    cfg.trainer.progress = False
+    prepare_synthetic(cfg)
+    stages = ["~stages.pretrain", f"+stages={{low: {{mask: {{ratio: 0.5}}, images: 32}}, high: {{mask: {{ratio: 0.5}}, "
+              f"images: 16, data_folders: [{big}], input_size: [32, 32], pos_interp_scale: 2.0, "
+              "ema: {decay: 0.5}}}"]
+    summary = train(compose_config(base_overrides(tmp_path, data, "res", stages) + ["trainer.sample_every_images=48"]))
+    assert summary["nimg"] == 48
+    info = json.loads((tmp_path / "runs" / "res" / "run_info.json").read_text())
+    assert info["stages"][1]["flops_per_image"] > 3 * info["stages"][0]["flops_per_image"]  # 4x the tokens
+    from PIL import Image
+
+    assert Image.open(tmp_path / "runs" / "res" / "samples" / "000000000048.png").size == (4 * 64, 64)
+
+
+def test_multirun_sweep_names_one_run_per_point(tmp_path, data):
+    overrides = base_overrides(tmp_path, data, "sweep", ["stages.pretrain.mask.ratio=0.5", "stages.pretrain.images=16"])
+    result = run_train(["-m", *overrides, "model.overrides.mixer_depth=0,1"])
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir() and p.name.startswith("sweep"))
+    assert len(runs) == 2, result.stdout
+    assert "model.overrides.mixer_depth=0" in runs[0] and "model.overrides.mixer_depth=1" in runs[1]
+    assert all((tmp_path / "runs" / r / "summary.json").is_file() for r in runs)

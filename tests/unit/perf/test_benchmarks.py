@@ -1,0 +1,108 @@
+"""microdit-bench's pieces on tiny sizes: they run and report consistent numbers (no timing asserted)."""
+
+import pytest
+import torch
+
+from microdit.cli.bench import main as bench_main
+from microdit.masking import MaskConfig
+from microdit.nn import ExpertChoiceMoE
+from microdit.perf.benchmarks import (
+    StepCase,
+    bench_attention,
+    bench_moe,
+    bench_sampler,
+    bench_steps,
+    gather_routing,
+    moe_flops,
+    one_hot_moe,
+    one_hot_routing,
+    summary_markdown,
+    targets,
+)
+
+
+def test_one_hot_formulation_equals_our_moe():
+    moe = ExpertChoiceMoE(16, 32, 4, 2.0).double()
+    moe.init_weights(0.3, 0.3)
+    x = torch.randn(2, 24, 16, dtype=torch.float64)
+    torch.testing.assert_close(one_hot_moe(moe, x), moe(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(one_hot_routing(moe, x), gather_routing(moe, x), rtol=1e-12, atol=1e-12)
+    gates, token_ids = moe.route(x)
+    by_hand = torch.zeros_like(x)  # routing alone: every picked token scaled by its gate, summed per position
+    for n in range(2):
+        for e in range(4):
+            for j, t in enumerate(token_ids[n, e].tolist()):
+                by_hand[n, t] += gates[n, e, j] * x[n, t]
+    torch.testing.assert_close(gather_routing(moe, x), by_hand, rtol=1e-12, atol=1e-12)
+
+
+def test_moe_flops_bound():
+    f = moe_flops(256, 512, 8)
+    k = 64  # int(2 * 256 / 8)
+    assert f["experts"] == 4 * 8 * 8 * k * 512 * 2048 and f["one_hot_routing"] == 4 * 8 * 8 * k * 256 * 512
+    result = bench_moe(16, dim=8, batch=2, repeats=1)
+    assert result["speedup_bound"] == pytest.approx(1 + 16 / (4 * 8))
+    for part in ("layer", "routing"):
+        assert result[part]["one_hot"]["saved_mib"] > 0 and result[part]["speedup"] > 0
+
+
+def test_attention_backends_report_unavailable_ones():
+    out = bench_attention("cpu", batch=2, tokens=8, context=4, heads=2, head_dim=8, repeats=1)
+    assert out["ms"]["efficient"] is None and out["ms"]["cudnn"] is None
+    assert out["ms"]["math"] > 0 and out["ms"]["flash"] > 0 and out["ms"]["auto"] > 0
+
+
+def test_bench_report(tmp_path):
+    cases = [StepCase("nano", MaskConfig(r), batch=4) for r in (0.0, 0.75)]
+    cases.append(StepCase("nano", batch=4, checkpointing=True))
+    steps, peak = bench_steps(cases, repeats=2, warmup=0)
+    assert steps[1]["flops_per_step"] < steps[0]["flops_per_step"] and peak > 0
+    assert all(s["mfu"] == pytest.approx(s["flop_per_s"] / peak) for s in steps)
+    assert steps[0]["host_syncs_per_step"] is None  # nothing asynchronous on CPU
+    assert steps[2]["flops_per_step"] == steps[0]["flops_per_step"]  # useful FLOPs only
+    weights = [p.detach().clone() for p in cases[0].model.parameters()]
+    cases[0]()
+    assert any(not torch.equal(w, p) for w, p in zip(weights, cases[0].model.parameters(), strict=True))
+    sampler = bench_sampler("nano", [2], images=2)
+    assert set(sampler["by_steps"][2]) == {"cfg_batched", "cfg_two_passes"}
+    case = {"gather": {"time_s": 1.0, "peak_mib": 2.0, "saved_mib": 1.0},
+            "one_hot": {"time_s": 2.0, "peak_mib": 4.0, "saved_mib": 2.0}, "speedup": 2.0}
+    moe = {"tokens": 8, "dim": 16, "layer": case, "routing": case, "speedup_bound": 1.1}
+    report = summary_markdown({"quick": True, "threads": 2, "matmul_peak_flop_per_s": peak, "steps": steps,
+                               "masking": [{"preset": "nano", "mask_ratio": 0.75, "strategy": "random",
+                                            "time_ratio": 0.5, "flop_ratio": 0.45}],
+                               "attention": {"shape": {}, "ms": {"math": 1.0, "efficient": None}},
+                               "moe": [moe], "reader": {"samples": 10, "build_and_encode_s": 1.0,
+                                                        "samples_per_s": {0: 100.0}}, "sampler": sampler})
+    assert "| nano | 0.75 | random | eager |" in report and "2.00x" in report
+    assert "| efficient | unavailable |" in report and "| eager + checkpointing |" in report
+
+
+def test_targets_are_judged_from_the_measurements():
+    def step(preset, ratio, ips, mfu, flops):
+        return {"preset": preset, "mask_ratio": ratio, "strategy": "random", "images_per_s": ips, "mfu": mfu,
+                "flops_per_step": flops}
+
+    results = {"steps": [step("micro", 0.0, 60.0, 0.65, 10.0), step("micro", 0.75, 120.0, 0.6, 4.6),
+                         step("nano", 0.0, 600.0, 0.3, 1.0)],
+               "masking": [{"preset": "micro", "mask_ratio": 0.75, "strategy": "random", "time_ratio": 0.5,
+                            "flop_ratio": 0.46}],
+               "moe": [{"tokens": 256, "layer": {"speedup": 3.5, "peak_ratio": 1.2}, "speedup_bound": 1.12}],
+               "reader": {"samples_per_s": {0: 1000.0}}}
+    met = {t["target"]: t["met"] for t in targets(results)}
+    results["masking"][0]["time_ratio"] = 0.3  # faster than the FLOPs allow: a measurement artefact, not a pass
+    assert not {t["target"]: t["met"] for t in targets(results)}[
+        "micro step time at ratio 0.75 within 15% of the FLOP-predicted"]
+    assert met["micro training step at >= 60% of the measured fp32 matmul peak"]
+    assert met["micro step time at ratio 0.75 within 15% of the FLOP-predicted"]  # 0.5 / 0.46 = 1.09
+    assert met["MoE >= 3x faster than one-hot at T = 256"]
+    assert not met["MoE >= 4x less peak memory than one-hot at T = 256"]
+    assert not met["reader >= 10x what a micro step (ratio 0.75) consumes"]  # 1000 / 120 = 8.3
+
+
+def test_cuda_request_without_a_gpu_is_refused(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(SystemExit):
+        bench_main(["--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err

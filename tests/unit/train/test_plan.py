@@ -1,0 +1,66 @@
+"""The stage resolver and stage plans: every stage's network, EDM constants, mask, data and length
+resolved once, as the trainer, the GPU plan and checkpoint loading read them."""
+
+import pytest
+
+from microdit.masking import MaskConfig
+from microdit.train.flops import flops_per_image
+from microdit.train.plan import budget_flops, resolve, stage_at
+
+from train_helpers import compose_config
+
+TWO = ["trainer.batch_size=8", "diffusion.P_mean=-1.0",
+       "+stages={pretrain: {images: 100}, hires: {mask: {ratio: 0.0}, steps: 3, P_mean: 0.5, input_size: [32, 32], "
+       "pos_interp_scale: 2.0, data_folders: [big]}}"]
+
+
+def test_resolve_applies_every_stage_override_and_nothing_else():
+    cfg = compose_config(TWO)
+    low, high = resolve(cfg)
+    assert (low.index, low.name, high.index, high.name) == (0, "pretrain", 1, "hires")
+    assert low.model.input_size == [16, 16] and high.model.input_size == [32, 32]
+    assert (low.model.pos_interp_scale, high.model.pos_interp_scale) == (1.0, 2.0)
+    assert high.model.width == low.model.width == cfg.model.build_config().width
+    assert (low.edm.P_mean, low.edm.P_std, high.edm.P_mean, high.edm.P_std) == (-1.0, 1.2, 0.5, 1.2)
+    assert low.edm.sigma_data == high.edm.sigma_data == cfg.diffusion.sigma_data
+    assert low.mask == MaskConfig(0.75) and high.mask == MaskConfig(0.0)
+    assert low.data.folders == cfg.data.folders and high.data.folders == ["big"]
+    assert high.data.caption_dropout == cfg.data.caption_dropout
+    assert low.plan is None and high.plan is None  # no caption length given: nothing to size
+    assert cfg.stages["pretrain"].model_config(cfg.model.build_config()) == low.model  # the one definition
+
+
+def test_plans_round_to_whole_global_batches_and_count_flops():
+    cfg = compose_config(TWO)
+    low, high = resolve(cfg, caption_len=5)
+    assert (low.plan.images, low.plan.steps) == (96, 12)  # 100 images -> 12 whole batches of 8
+    assert (high.plan.images, high.plan.steps) == (24, 3)
+    assert low.plan.flops_per_image == flops_per_image(low.model, (8, 8), 5, MaskConfig(0.75)).train
+    assert high.plan.flops_per_image == flops_per_image(high.model, (16, 16), 5, MaskConfig(0.0)).train
+
+
+def test_budget_fractions_flops_and_dollars():
+    cfg = compose_config(["trainer.batch_size=4", "trainer.budget_flops=1e12", "stages.pretrain.images=null",
+                          "stages.pretrain.budget_fraction=0.5",
+                          "+stages={b: {mask: {ratio: 0.0}, budget_fraction: 0.5}, c: {flops: 1e11}}"])
+    a, b, c = resolve(cfg, caption_len=8)
+    for stage, flops in ((a, 5e11), (b, 5e11), (c, 1e11)):
+        assert stage.plan.steps == int(flops / stage.plan.flops_per_image // 4)
+    assert a.plan.steps > b.plan.steps  # masking makes an image cheaper: more of them in the same FLOPs
+    dollars = compose_config(["trainer.budget_dollars=3.75", "trainer.expected_mfu=0.5"])
+    assert budget_flops(dollars, peak_flops=1e12) == pytest.approx(3600 * 1e12 * 0.5)
+    with pytest.raises(ValueError, match="budget_dollars needs the device's peak"):
+        budget_flops(dollars, None)
+
+
+def test_null_stages_are_skipped_and_order_is_first_definition():
+    cfg = compose_config(["+stages={finetune: {mask: {ratio: 0.0}, images: 8}, extra: {images: 8}}",
+                          "stages.extra=null"])
+    assert [s.name for s in resolve(cfg)] == ["pretrain", "finetune"]
+    assert [s.index for s in resolve(cfg)] == [0, 1]
+
+
+def test_stage_of_a_checkpoint():
+    stages = resolve(compose_config(TWO))
+    assert stage_at(stages, 0).name == "pretrain" and stage_at(stages, 1).name == "hires"
+    assert stage_at(stages, 2).name == "hires"  # written after the last stage ended
