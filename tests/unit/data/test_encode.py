@@ -1,0 +1,87 @@
+"""Encoding image shards into latent shards: round trip, resumable after an interruption, bad samples."""
+
+import io
+import json
+import re
+from pathlib import Path
+import numpy as np
+import pytest
+from PIL import Image
+from microdit.cli.data import main as data_main
+from microdit.data import DataError, LatentBatches, encode_dataset, load_manifest, verify_dataset
+from microdit.data import cifar_captions as cc
+from microdit.data.shards import ShardWriter, iter_shard
+from microdit.encoders import load_autoencoder, load_text_encoder
+
+
+@pytest.fixture(scope="module")
+def encoders():
+    return load_autoencoder("pixel:2"), load_text_encoder("offline:32:16")
+
+
+@pytest.fixture()
+def images(tmp_path):
+    data_main(["synthetic", str(tmp_path / "img"), "--num", "30", "--shard-size", "10", "--size", "16"])
+    return tmp_path / "img"
+
+
+def test_encode_round_trip(images, tmp_path, encoders):
+    m = encode_dataset(images, tmp_path / "lat", *encoders, batch_size=7, progress=False)
+    assert (m.kind, m.samples, len(m.shards), m.latent_shape, m.text_shape) == ("latents", 30, 3, [12, 8, 8], [16, 32])
+    assert m.autoencoder == "pixel:2" and m.text_encoder == "offline:32:16" and m.complete
+    verify_dataset(tmp_path / "lat")
+    batch = LatentBatches(tmp_path / "lat", 30).batch(0)
+    src = {k: (m["png"], m["txt"].decode()) for s in sorted(images.glob("*.tar")) for k, m in iter_shard(s)}
+    for key, latent, caption in zip(batch["key"], batch["latent"], batch["caption"], strict=True):
+        pixels = np.asarray(Image.open(io.BytesIO(src[key][0])), dtype=np.float32) / 127.5 - 1
+        expected = encoders[0].encode(__import__("torch").from_numpy(pixels).permute(2, 0, 1)[None])[0]
+        assert np.allclose(latent.numpy(), expected.numpy(), atol=2e-3)  # fp16 storage
+        assert caption == src[key][1]
+
+
+def test_interrupted_encode_resumes_without_redoing(images, tmp_path, encoders, monkeypatch):
+    reference = encode_dataset(images, tmp_path / "ref", *encoders, progress=False)
+    import microdit.data.encode as enc
+
+    calls = {"n": 0}
+    original = enc._read_image_shard
+
+    def crash_on_second(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args)
+
+    monkeypatch.setattr(enc, "_read_image_shard", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
+    partial = load_manifest(tmp_path / "lat")
+    assert not partial.complete and [s.name for s in partial.shards] == ["latents-00000.tar"]
+    assert not list((tmp_path / "lat").glob("*.tmp"))
+    first_mtime = (tmp_path / "lat" / "latents-00000.tar").stat().st_mtime_ns
+    monkeypatch.setattr(enc, "_read_image_shard", original)
+    resumed = encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
+    assert (tmp_path / "lat" / "latents-00000.tar").stat().st_mtime_ns == first_mtime
+    assert [(s.name, s.sha256) for s in resumed.shards] == [(s.name, s.sha256) for s in reference.shards]
+    with pytest.raises(DataError, match="already holds a different encoding"):
+        encode_dataset(images, tmp_path / "lat", load_autoencoder("pixel"), encoders[1], progress=False)
+
+
+def test_encode_bad_samples(images, tmp_path, encoders):
+    shard = images / "images-00001.tar"
+    samples = list(iter_shard(shard))
+    shard.unlink()
+    with ShardWriter(shard) as w:
+        for i, (key, members) in enumerate(samples):
+            w.write(key, {k: v for k, v in members.items() if not (i == 3 and k == "txt")})
+        info = w.close()
+    manifest = json.loads((images / "manifest.json").read_text())
+    manifest["shards"][1] = info.__dict__
+    (images / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=re.escape(f"shard {shard}: sample '00000013' lacks an image")):
+        encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
+    m = encode_dataset(images, tmp_path / "lat2", *encoders, skip_bad_samples=True, progress=False)
+    assert m.samples == 29
+    with pytest.raises(DataError, match="expected an image dataset"):
+        encode_dataset(tmp_path / "lat2", tmp_path / "x", *encoders, progress=False)
+
