@@ -1,6 +1,7 @@
 """cifar-captions: image-caption pairs whose caption names exactly one CIFAR-10 class.
 
-The paper built it from COYO-700M; it was never released. Our construction (experiments/README.md, Method: cifar-captions):
+The paper built it from COYO-700M; it was never released. Our construction (see
+experiments/README.md, Method: cifar-captions):
 1. keep a pair if its caption mentions exactly one CIFAR-10 class, matched case-insensitively on
    whole words over the class name and a few common synonyms and plurals (``CLASS_WORDS``);
    captions naming two classes are dropped as ambiguous, and counted;

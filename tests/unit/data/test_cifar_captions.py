@@ -3,19 +3,16 @@ clear errors."""
 
 import io
 import json
-import re
-from pathlib import Path
-import numpy as np
+
 import pytest
 from PIL import Image
-from conftest import FIXTURE_DIR
 
 from microdit.cli.data import main as data_main
-from microdit.data import DataError, LatentBatches, encode_dataset, load_manifest, verify_dataset
+from microdit.data import DataError, load_manifest
 from microdit.data import cifar_captions as cc
 from microdit.data.shards import ShardWriter, iter_shard
-from microdit.encoders import load_autoencoder, load_text_encoder
 
+from conftest import FIXTURE_DIR
 
 PHOTOS = FIXTURE_DIR / "photos"
 

@@ -3,13 +3,13 @@
 import io
 import json
 import re
-from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
+
 from microdit.cli.data import main as data_main
 from microdit.data import DataError, LatentBatches, encode_dataset, load_manifest, verify_dataset
-from microdit.data import cifar_captions as cc
 from microdit.data.shards import ShardWriter, iter_shard
 from microdit.encoders import load_autoencoder, load_text_encoder
 

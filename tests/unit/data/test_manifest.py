@@ -1,14 +1,11 @@
 """Manifests: clear errors for missing, malformed or inconsistent manifest files."""
 
 import json
-import re
-import tarfile
-import numpy as np
+
 import pytest
-from microdit.data import DataError, load_manifest, synthetic_sample
+
+from microdit.data import DataError, load_manifest
 from microdit.data.manifest import Manifest, save_manifest
-from microdit.data.shards import ShardWriter, iter_shard, load_npy, npy_bytes
-from microdit.data.synthetic import BACKGROUNDS, COLOURS, SHAPES
 
 
 def test_manifest_errors(tmp_path):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURE_DIR
-
 from microdit.data import DataConfig, DataError, LatentBatches, check_fits_model, load_manifest, make_loader
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.models import preset_config
+
+from conftest import FIXTURE_DIR
 
 FIXTURE = FIXTURE_DIR / "latents"
 

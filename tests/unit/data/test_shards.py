@@ -1,14 +1,13 @@
 """Shard writing and reading: round trip, atomic writes, truncated shards named."""
 
-import json
 import re
 import tarfile
+
 import numpy as np
 import pytest
-from microdit.data import DataError, load_manifest, synthetic_sample
-from microdit.data.manifest import Manifest, save_manifest
+
+from microdit.data import DataError
 from microdit.data.shards import ShardWriter, iter_shard, load_npy, npy_bytes
-from microdit.data.synthetic import BACKGROUNDS, COLOURS, SHAPES
 
 
 def test_shard_round_trip_and_atomic_write(tmp_path):

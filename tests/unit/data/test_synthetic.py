@@ -1,13 +1,9 @@
 """The synthetic captioned dataset: deterministic, varied, captions and labels describe the image."""
 
-import json
-import re
-import tarfile
 import numpy as np
 import pytest
-from microdit.data import DataError, load_manifest, synthetic_sample
-from microdit.data.manifest import Manifest, save_manifest
-from microdit.data.shards import ShardWriter, iter_shard, load_npy, npy_bytes
+
+from microdit.data import synthetic_sample
 from microdit.data.synthetic import BACKGROUNDS, COLOURS, SHAPES
 
 
