@@ -1,16 +1,18 @@
 """Gathering runs into one table: resolved config, cost meter and metrics per run -> results.csv,
-and markdown tables grouped by config keys with mean ± std over seeds."""
+and markdown tables and plots grouped by config keys, each number with its uncertainty across the
+runs of a group (seeds): mean ± 95% confidence interval (Student t) and n, "one seed" where n = 1,
+and the pairwise differences that are significant (:mod:`microdit.eval.stats`)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import yaml
 
 from microdit.eval.evaluate import read_metrics
+from microdit.eval.stats import CONFIDENCE, significant_differences, summarize
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -79,33 +81,46 @@ def read_csv(path: str | Path) -> list[dict]:
         return [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)]
-    if not values:
-        return "–"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.4g}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.4g} ± {std:.2g} (n={len(values)})"
+def _groups(rows: list[dict], group_by: list[str], sort: bool) -> list[tuple[tuple, list[dict]]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in group_by), []).append(r)
+    return sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]) if sort else list(groups.items())
 
 
 def markdown_table(rows: list[dict], group_by: list[str], metrics: list[str], sort: bool = True) -> str:
     """Markdown table: one line per distinct value of ``group_by`` (sorted, or in first-seen order);
-    each metric as mean ± std over the rows of the group (e.g. seeds)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r.get(k) for k in group_by), []).append(r)
+    each metric as mean ± 95% CI (Student t) over the rows of the group (e.g. seeds) with n, or
+    "(one seed)"; below it, the pairs of lines whose difference is significant (Welch's t-test,
+    Holm-corrected per metric, p < 0.05)."""
+    items = _groups(rows, group_by, sort)
     lines = ["| " + " | ".join(group_by + metrics + ["runs"]) + " |", "|" + "---|" * (len(group_by) + len(metrics) + 1)]
-    items = sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]) if sort else groups.items()
     for key, members in items:
-        cells = [str(v) for v in key] + [_mean_std([m.get(metric) for m in members]) for metric in metrics]
+        cells = [str(v) for v in key] + [str(summarize([m.get(metric) for m in members]) or "–") for metric in metrics]
         lines.append("| " + " | ".join(cells + [str(len(members))]) + " |")
-    return "\n".join(lines)
+    notes = []
+    for metric in metrics:
+        values = {" / ".join(map(str, key)) or "all": [m.get(metric) for m in members] for key, members in items}
+        for lo, hi, p in significant_differences(values):
+            notes.append(f"- `{metric}`: {lo} < {hi} (p = {p:.2g})")
+    tested = any(sum(1 for v in [m.get(metric) for m in members] if isinstance(v, (int, float))) >= 2
+                 for metric in metrics for _, members in items)
+    lines.append("")
+    lines.append(f"Mean ± {CONFIDENCE:.0%} confidence interval (Student t) over the runs of each line. "
+                 + ("Significant differences (Welch's t-test, Holm-corrected per metric, p < 0.05):" if notes else
+                    "No difference is significant (Welch's t-test, Holm-corrected per metric, p < 0.05)."
+                    if tested else "Every line is one seed: no difference can be tested."))
+    return "\n".join(lines + notes)
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | None = None) -> None:
-    """Save a PNG of metric ``y`` against ``x`` (one line per value of ``group_by``)."""
+    """Save a PNG of metric ``y`` against ``x`` (one line per value of ``group_by``): the mean over
+    the runs at each point with its 95% confidence interval as error bars (points of one run have
+    none); runs without ``y`` are not drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,15 +128,16 @@ def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | Non
 
     series: dict = {}
     for r in rows:
-        if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float)):
-            series.setdefault(r.get(group_by) if group_by else y, []).append((r[x], r[y]))
+        if _numeric(r.get(x)) and _numeric(r.get(y)):
+            series.setdefault(r.get(group_by) if group_by else y, {}).setdefault(r[x], []).append(r[y])
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, points in sorted(series.items(), key=lambda kv: str(kv[0])):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{group_by}={label}" if group_by
-                else str(label))
+        xs = sorted(points)
+        stats = [summarize(points[v]) for v in xs]
+        ax.errorbar(xs, [s.mean for s in stats], yerr=[s.half_width or 0.0 for s in stats], marker="o", capsize=3,
+                    label=f"{group_by}={label}" if group_by else str(label))
     ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_ylabel(f"{y} (mean, 95% CI)")
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=7)
@@ -131,18 +147,24 @@ def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | Non
 
 
 def bar_plot(rows: list[dict], label: str, metrics: list[str], path: str | Path) -> None:
-    """Save a PNG with one bar chart per metric, one bar per row (labelled by column ``label``)."""
+    """Save a PNG with one bar chart per metric, one bar per value of column ``label`` (the mean
+    over its runs, 95% CI error bars when there are several); a missing value is marked "n/a",
+    never drawn as a bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = list(dict.fromkeys(str(r.get(label)) for r in rows))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.5), squeeze=False)
-    names = [str(r.get(label)) for r in rows]
     for ax, metric in zip(axes[0], metrics, strict=True):
-        values = [r.get(metric) if isinstance(r.get(metric), (int, float)) else 0.0 for r in rows]
-        ax.bar(range(len(rows)), values, color="tab:blue")
-        ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
+        stats = [summarize([r.get(metric) for r in rows if str(r.get(label)) == name]) for name in names]
+        for i, st in enumerate(stats):
+            if st is None:
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8, color="tab:red")
+            else:
+                ax.bar(i, st.mean, yerr=st.half_width or 0.0, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -28,10 +28,13 @@ class BlockSpec:
 class MicroDiTConfig:
     """Every knob of the MicroDiT network (experiments/README.md, Method: the network).
 
-    ``mixer_depth = 0`` gives no patch-mixer (naive masking). ``decoder_depth > 0`` adds a
-    MaskDiT-style light decoder: after the backbone, masked positions are filled with a learned
-    mask embedding and ``decoder_depth`` dense blocks of width D run on all tokens, so the
-    network predicts every patch (train it with an auxiliary loss on the masked patches). Layer-wise width scaling uses
+    ``mixer_depth = 0`` gives no patch-mixer (naive masking); ``mixer_qkv_ratio`` < 1 narrows the
+    mixer's self-attention as layer-wise scaling narrows the backbone's. ``decoder_depth > 0`` adds
+    MaskDiT's decoder (Zheng et al. 2023): after the backbone the kept tokens are projected to
+    ``decoder_width``, masked positions get a learned mask token, a fixed position embedding is
+    added to every token, and ``decoder_depth`` dense blocks run on all tokens, so the network
+    predicts every patch (train it with MaskDiT's auxiliary loss, ``StageConfig.mae_loss_weight``;
+    MaskDiT's decoder is 8 blocks of width 512). Layer-wise width scaling uses
     ``linspace(lo, hi, depth)`` of ``qkv_ratio`` and ``mlp_ratio`` over the backbone blocks;
     ``width_scaling = "constant"`` uses the mean of each range in every block (the paper's
     constant-width baseline); equal bounds give any chosen constant.
@@ -47,7 +50,9 @@ class MicroDiTConfig:
     mixer_depth: int = 4
     mixer_width: int = 512
     mixer_mlp_ratio: float = 4.0
+    mixer_qkv_ratio: float = 1.0
     decoder_depth: int = 0
+    decoder_width: int = 512
     qkv_ratio: list[float] = field(default_factory=lambda: [0.5, 1.0])
     mlp_ratio: list[float] = field(default_factory=lambda: [0.5, 4.0])
     width_scaling: str = "layerwise"
@@ -94,8 +99,11 @@ class MicroDiTConfig:
                 out.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mixer_depth > 0 and self.mixer_width < 1:
             out.append(f"mixer_width must be >= 1 when mixer_depth > 0, got {self.mixer_width}")
+        if self.decoder_depth > 0 and self.decoder_width < 4:
+            out.append(f"decoder_width must be >= 4 when decoder_depth > 0, got {self.decoder_width}")
         if self.head_dim >= 1:
-            for name in ("width",) + (("mixer_width",) if self.mixer_depth > 0 else ()):
+            for name in (("width",) + (("mixer_width",) if self.mixer_depth > 0 else ())
+                         + (("decoder_width",) if self.decoder_depth > 0 else ())):
                 if getattr(self, name) % self.head_dim:
                     out.append(f"{name} {getattr(self, name)} is not divisible by head_dim {self.head_dim}")
         if len(self.input_size) != 2 or any(s < 1 for s in self.input_size):
@@ -110,6 +118,8 @@ class MicroDiTConfig:
                 out.append(f"{name} must be [lo, hi] with 0 < lo <= hi, got {value}")
         if self.qkv_ratio and max(self.qkv_ratio) > 1:
             out.append(f"qkv_ratio must not exceed 1 (attention is never wider than the block), got {self.qkv_ratio}")
+        if not 0 < self.mixer_qkv_ratio <= 1:
+            out.append(f"mixer_qkv_ratio must be in (0, 1], got {self.mixer_qkv_ratio}")
         if self.width_scaling not in WIDTH_SCALINGS:
             out.append(f"width_scaling must be one of {WIDTH_SCALINGS}, got {self.width_scaling!r}")
         if self.ffn not in FFN_KINDS:
@@ -130,12 +140,14 @@ class MicroDiTConfig:
             return [float(np.mean(bounds))] * self.depth
         return [float(r) for r in np.linspace(bounds[0], bounds[1], self.depth)]
 
-    def attn_width(self, ratio: float) -> int:
-        """Self-attention width at qkv ratio r: D if r == 1, else 2 hd * ceil(int(D r) / (2 hd))."""
+    def attn_width(self, ratio: float, dim: int | None = None) -> int:
+        """Self-attention width at qkv ratio r in a block of width ``dim`` (default D): dim if
+        r == 1, else 2 hd * ceil(int(dim r) / (2 hd))."""
+        dim = self.width if dim is None else dim
         if ratio == 1.0:
-            return self.width
+            return dim
         step = 2 * self.head_dim
-        return step * math.ceil(int(self.width * ratio) / step)
+        return step * math.ceil(int(dim * ratio) / step)
 
     def ffn_hidden(self, dim: int, ratio: float, moe: bool) -> int:
         """Hidden width of a dense FFN (SwiGLU or GELU) or of an MoE expert (GELU)."""
@@ -159,13 +171,15 @@ class MicroDiTConfig:
         return specs
 
     def decoder_specs(self) -> list[BlockSpec]:
-        """Per-block layout of the MaskDiT decoder: full width, dense FFN at ratio 4."""
-        return [BlockSpec(self.width, False, self.ffn_hidden(self.width, 4.0, False))] * self.decoder_depth
+        """Per-block layout of the MaskDiT decoder: width ``decoder_width``, dense FFN at ratio 4."""
+        dim = self.decoder_width
+        return [BlockSpec(dim, False, self.ffn_hidden(dim, 4.0, False))] * self.decoder_depth
 
     def mixer_specs(self) -> list[BlockSpec]:
         """Per-block layout of the patch-mixer (full attention width, ``mixer_mlp_ratio``)."""
         specs = []
         for i in range(self.mixer_depth):
             moe = self.is_moe(i, self.mixer_depth, is_mixer=True)
-            specs.append(BlockSpec(self.mixer_width, moe, self.ffn_hidden(self.mixer_width, self.mixer_mlp_ratio, moe)))
+            specs.append(BlockSpec(self.attn_width(self.mixer_qkv_ratio, self.mixer_width), moe,
+                                   self.ffn_hidden(self.mixer_width, self.mixer_mlp_ratio, moe)))
         return specs

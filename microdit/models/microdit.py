@@ -83,6 +83,35 @@ class PatchMixer(nn.Module):
         return self.x_out(x)  # (N, K, D)
 
 
+class MaskDiTDecoder(nn.Module):
+    """MaskDiT's decoder (Zheng et al. 2023) after the backbone: the kept tokens are projected to
+    the decoder width Dd and put back in place with a learned mask token at every masked
+    position, the decoder's fixed 2-D position embedding is added to **every** token (the same
+    with or without masking, so sampling runs the function that was trained), and
+    ``decoder_depth`` dense DiT blocks run on all T tokens (caption context projected to Dd too);
+    the result is projected back to D for the shared final layer."""
+
+    def __init__(self, cfg: MicroDiTConfig, make_block) -> None:
+        super().__init__()
+        eps, dim = cfg.norm_eps, cfg.decoder_width
+        self.x_in = _projection(cfg.width, dim, eps)
+        self.y_in = _projection(cfg.width, dim, eps)
+        self.x_out = _projection(dim, cfg.width, eps)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList([make_block(dim, spec) for spec in cfg.decoder_specs()])
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None,
+                keep_ids: torch.Tensor | None, pos: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+        """x (N, K, D) kept tokens (K = T without keep_ids), pos (T, Dd) -> (N, T, D)."""
+        x = self.x_in(x)  # (N, K, Dd)
+        if keep_ids is not None:
+            full = self.mask_token.to(x.dtype).expand(x.shape[0], pos.shape[0], -1)  # (N, T, Dd)
+            x = full.scatter(1, keep_ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)  # (N, T, Dd)
+        x = x + pos.to(x.dtype)  # (N, T, Dd)
+        x = run_blocks(self.blocks, x, c, self.y_in(y), y_mask, recompute)
+        return self.x_out(x)  # (N, T, D)
+
+
 class MicroDiT(nn.Module):
     """MicroDiT text-to-image diffusion transformer (experiments/README.md, Method: the network)."""
 
@@ -101,8 +130,7 @@ class MicroDiT(nn.Module):
         self.pooled_caption_proj = ProjectionMLP(d, d, eps)
         self.mixer = PatchMixer(cfg, self._make_block) if cfg.mixer_depth > 0 else None
         self.blocks = nn.ModuleList([self._make_block(d, spec) for spec in cfg.backbone_specs()])
-        self.decoder = nn.ModuleList([self._make_block(d, spec) for spec in cfg.decoder_specs()])
-        self.mask_embed = nn.Parameter(torch.zeros(1, 1, d)) if cfg.decoder_depth > 0 else None
+        self.decoder = MaskDiTDecoder(cfg, self._make_block) if cfg.decoder_depth > 0 else None
         self.final = FinalLayer(d, p * p * cfg.in_channels, eps)
         self.activation_checkpointing = False  # recompute block activations in backward (saves memory)
         self.initialize_weights()
@@ -137,10 +165,10 @@ class MicroDiT(nn.Module):
             block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * self.cfg.depth))
         for i, block in enumerate(self.blocks):
             block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * (i + 1)))
-        for block in self.decoder:
-            block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * self.cfg.depth))
-        if self.mask_embed is not None:
-            nn.init.normal_(self.mask_embed, std=0.02)
+        if self.decoder is not None:
+            for block in self.decoder.blocks:
+                block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * self.cfg.depth))
+            nn.init.normal_(self.decoder.mask_token, std=0.02)
         for layer in (self.final.ada_ln[1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -159,10 +187,11 @@ class MicroDiT(nn.Module):
         p = self.cfg.patch_size
         return height // p, width // p
 
-    def _pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
-        if grid == self.cfg.base_grid:
+    def _pos_embed(self, grid: tuple[int, int], dim: int | None = None) -> torch.Tensor:
+        """(T, dim) fixed position embedding of a token grid (dim: D, or the decoder's width)."""
+        if grid == self.cfg.base_grid and dim is None:
             return self.pos_embed
-        return sincos_pos_embed_2d(self.cfg.width, grid, self.cfg.base_grid, self.cfg.pos_interp_scale).to(
+        return sincos_pos_embed_2d(dim or self.cfg.width, grid, self.cfg.base_grid, self.cfg.pos_interp_scale).to(
             self.pos_embed.device)
 
     def _check_inputs(self, x: torch.Tensor, c_noise: torch.Tensor, y: torch.Tensor,
@@ -213,13 +242,10 @@ class MicroDiT(nn.Module):
         elif keep_ids is not None:
             tokens = gather_tokens(tokens, keep_ids)  # (N, K, D)
         tokens = run_blocks(self.blocks, tokens, c, y, y_mask, recompute)
-        if self.mask_embed is not None:  # MaskDiT decoder: predict every patch
-            if keep_ids is not None:
-                full = self.mask_embed.to(tokens.dtype).expand(tokens.shape[0], h * w, -1).clone()  # (N, T, D)
-                tokens = full.scatter(1, keep_ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]), tokens)
-                tokens = tokens + self._pos_embed((h, w)).to(tokens.dtype)  # (N, T, D)
-                keep_ids = None
-            tokens = run_blocks(self.decoder, tokens, c, y, y_mask, recompute)
+        if self.decoder is not None:  # MaskDiT: predict every patch
+            pos = self._pos_embed((h, w), self.cfg.decoder_width)  # (T, Dd)
+            tokens = self.decoder(tokens, c, y, y_mask, keep_ids, pos, recompute)  # (N, T, D)
+            keep_ids = None
         out = self.final(tokens, c)  # (N, K, p*p*C)
         if keep_ids is not None:
             out = scatter_tokens(out, keep_ids, h * w)  # (N, T, p*p*C)

@@ -30,6 +30,7 @@ from microdit.models.config import MicroDiTConfig
 from microdit.models.presets import ModelSection
 from microdit.nn.attention import ATTENTION_BACKENDS
 from microdit.train.ema import EMAConfig
+from microdit.train.flops import FLOP_ACCOUNTINGS
 from microdit.train.optim import OptimConfig
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -44,7 +45,7 @@ class StageConfig:
     75% random masking, cosine decay to 0.33 x lr, gradient clipping at 0.25."""
 
     mask: MaskConfig = field(default_factory=MaskConfig)
-    dropped_loss_weight: float = 0.0  # MaskDiT baseline: auxiliary loss on the masked patches
+    mae_loss_weight: float = 0.1  # MaskDiT's auxiliary loss (networks with a decoder only; MaskDiT's 0.1)
     images: Optional[int] = None
     steps: Optional[int] = None
     flops: Optional[float] = None
@@ -60,6 +61,7 @@ class StageConfig:
     data_folders: Optional[list[str]] = None  # None: data.folders (another resolution = another dataset)
     input_size: Optional[list[int]] = None  # new latent size for this stage (resolution change)
     pos_interp_scale: Optional[float] = None
+    reset_optimizer: bool = False  # a fresh AdamW state at this stage's start (the reference does at 512 px)
 
     def model_config(self, base: MicroDiTConfig) -> MicroDiTConfig:
         """The network config in force during this stage: ``base`` with this stage's resolution."""
@@ -89,8 +91,8 @@ class StageConfig:
                        f"{self.grad_clip}, {self.min_lr_fraction}, {self.warmup_images}")
         if self.P_std is not None and self.P_std <= 0:
             out.append(f"P_std must be > 0, got {self.P_std}")
-        if self.dropped_loss_weight < 0:
-            out.append(f"dropped_loss_weight must be >= 0, got {self.dropped_loss_weight}")
+        if self.mae_loss_weight < 0:
+            out.append(f"mae_loss_weight must be >= 0, got {self.mae_loss_weight}")
         return out
 
 
@@ -130,6 +132,7 @@ class TrainerConfig:
     budget_flops: Optional[float] = None
     budget_dollars: Optional[float] = None
     expected_mfu: float = 0.19  # converts a dollar budget to FLOPs (the paper's run: ~19%)
+    flops_accounting: str = "ours"  # ours (what runs) | paper (+ the reference's one-hot MoE einsums, Table 2)
     wandb: str = "offline"  # disabled | offline | online
     progress: bool = True
 
@@ -143,7 +146,8 @@ class TrainerConfig:
                        f"{world_size} x {self.grad_accum}")
         for key, allowed in (("precision", ("auto", "fp32", "bf16")), ("device", ("auto", "cpu", "cuda")),
                              ("init_mode", ("weights", "full")), ("wandb", ("disabled", "offline", "online")),
-                             ("attention_backend", ("auto", *ATTENTION_BACKENDS)), ("compile_mode", COMPILE_MODES)):
+                             ("attention_backend", ("auto", *ATTENTION_BACKENDS)), ("compile_mode", COMPILE_MODES),
+                             ("flops_accounting", FLOP_ACCOUNTINGS)):
             if getattr(self, key) not in allowed:
                 out.append(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.sync_every_steps < 1 or self.max_nonfinite < 1:

@@ -46,6 +46,12 @@ class ResolvedStage:
     data: DataConfig
     plan: StagePlan | None
 
+    @property
+    def mae_weight(self) -> float:
+        """Weight of MaskDiT's auxiliary loss: the stage's ``mae_loss_weight`` for a network with a
+        MaskDiT decoder (it predicts the masked patches), 0 otherwise."""
+        return self.config.mae_loss_weight if self.model.decoder_depth > 0 else 0.0
+
 
 def budget_flops(cfg: TrainConfig, peak_flops: float | None) -> float | None:
     """The run's training FLOPs budget: ``trainer.budget_flops``, or ``trainer.budget_dollars``
@@ -87,7 +93,7 @@ def resolve(cfg: TrainConfig, caption_len: int | None = None, peak_flops: float 
         data = dataclasses.replace(cfg.data, folders=list(stage.data_folders or cfg.data.folders))
         plan = None
         if caption_len is not None:
-            fpi = flops_per_image(model, model.base_grid, caption_len, stage.mask).train
+            fpi = flops_per_image(model, model.base_grid, caption_len, stage.mask, cfg.trainer.flops_accounting).train
             plan = _plan(stage, fpi, cfg.trainer.batch_size, budget)
         out.append(ResolvedStage(index, name, stage, model, edm, stage.mask, data, plan))
     return out

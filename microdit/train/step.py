@@ -79,7 +79,7 @@ class Collective:
 
 def train_step(loss_net: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard,
                micro_batches: Iterable[tuple[dict, slice]], draws: StepDraws, edm: EDMConfig, patch_size: int,
-               grad_clip: float, dropped_weight: float = 0.0, use_text_mask: bool = False,
+               grad_clip: float, mae_weight: float = 0.0, use_text_mask: bool = False,
                collective: Collective | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step over ``micro_batches``: pairs of a reader batch (``latent``, ``text``,
     ``text_mask``) and its slice of the global batch's ``draws``. Returns the mean loss, the
@@ -96,7 +96,7 @@ def train_step(loss_net: nn.Module, optimizer: torch.optim.Optimizer, guard: Non
             loss = edm_loss(loss_net, latent, text, edm, patch_size,
                             keep_ids=None if draws.keep is None else draws.keep[part],
                             y_mask=mask if use_text_mask else None, sigma=draws.sigma[part], noise=draws.noise[part],
-                            dropped_weight=dropped_weight).mean()
+                            mae_weight=mae_weight).mean()
             c.backward(loss / len(batches))
         losses.append(loss.detach())
     loss = torch.stack(losses).mean()

@@ -261,7 +261,7 @@ class Trainer:
                 yield batch, slice(lo, lo + len(batch["key"]))
 
         return train_step(self.loss_net, self.optimizer, self.guard, micro_batches(), draws, stage.edm,
-                          stage.model.patch_size, stage.config.grad_clip, stage.config.dropped_loss_weight,
+                          stage.model.patch_size, stage.config.grad_clip, stage.mae_weight,
                           stage.data.use_text_mask, self.collective)
 
     def run(self) -> dict:
@@ -283,6 +283,8 @@ class Trainer:
                     net.set_resolution(stage.model.input_size, stage.model.pos_interp_scale)
                 if sc.ema.decay > 0 and self.ema is None:
                     self.ema = EMA(self.model)
+                if sc.reset_optimizer and self.progress["stage_steps"] == 0:
+                    self.optimizer.state.clear()  # fresh moments and step counts (resume: saved with the state)
                 reader = LatentBatches.from_config(stage.data, self.micro, t.seed + si, self.rank, self.world,
                                                    t.grad_accum, self.progress["stage_steps"])
                 it = iter(make_loader(reader, stage.data.num_workers, pin_memory=self.device.type == "cuda"))

@@ -250,3 +250,15 @@ def test_multirun_sweep_names_one_run_per_point(tmp_path, data):
     assert len(runs) == 2, result.stdout
     assert "model.overrides.mixer_depth=0" in runs[0] and "model.overrides.mixer_depth=1" in runs[1]
     assert all((tmp_path / "runs" / r / "summary.json").is_file() for r in runs)
+
+
+def test_optimizer_reset_at_a_stage_boundary(tmp_path, data):
+    """stages.<name>.reset_optimizer starts the stage with fresh AdamW moments and step counts (the
+    reference does at its 512 px stage); by default the state carries over."""
+    steps = {}
+    for reset in (False, True):
+        name = f"reset-{reset}"
+        train(compose_config(base_overrides(tmp_path, data, name) + [f"stages.finetune.reset_optimizer={reset}"]))
+        state, _ = ckpt.load(ckpt.latest(tmp_path / "runs" / name))
+        steps[reset] = {int(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {False: {12}, True: {4}}  # 8 + 4 steps carried, or the 4 finetune steps only

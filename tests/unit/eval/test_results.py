@@ -26,7 +26,8 @@ def test_results_csv_round_trip_and_tables(tmp_path):
     write_csv(rows, tmp_path / "results.csv")
     assert read_csv(tmp_path / "results.csv") == rows
     table = markdown_table(rows, ["stages.pretrain.mask.ratio"], ["eval.ev.probe_fd"])
-    assert "| 0.0 | 2 ± 1.4 (n=2) | 2 |" in table and "| 0.75 | 5 | 1 |" in table
+    assert "| 0.0 | 2 ± 13 (n=2) | 2 |" in table and "| 0.75 | 5 (one seed) | 1 |" in table  # t(0.975, 1) = 12.7
+    assert "95% confidence interval (Student t)" in table and "No difference is significant" in table
     plot(rows, "stages.pretrain.mask.ratio", "eval.ev.probe_fd", tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
     assert flatten({"a": {"b": [1, 2]}, "c": [{"d": 1}]}) == {"a.b": [1, 2], "c.0.d": 1}

@@ -93,12 +93,31 @@ def test_init_statistics():
     assert 0.99 * limit < projection.abs().max() <= limit
 
 
-def test_ratio_zero_masking_equals_unmasked_exactly():
-    model = small()
+VARIANTS = {
+    "naive": dict(mixer_depth=0),
+    "deferred": dict(),
+    "deferred, narrow mixer attention": dict(mixer_qkv_ratio=0.5),
+    "maskdit": dict(mixer_depth=0, decoder_depth=2, decoder_width=32),
+    "maskdit, full-width decoder": dict(mixer_depth=0, decoder_depth=1, decoder_width=64),
+    "deferred + maskdit decoder": dict(decoder_depth=1, decoder_width=32),
+}
+
+
+@pytest.mark.parametrize("moe", [True, False], ids=["moe", "dense"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_keeping_every_token_in_order_equals_no_masking(variant, moe):
+    """The property that makes sampling run the function that was trained: every variant's masked
+    path, with all tokens kept in order, is its unmasked path (block masking only changes which
+    sorted ids are kept, see tests/unit/test_masking.py)."""
+    model = small(moe=moe, **VARIANTS[variant])
+    assert any(isinstance(m, ExpertChoiceMoE) for m in model.modules()) == moe
     x, c, y = inputs()
     keep_all = torch.arange(16).expand(2, 16)
     assert sample_keep_ids(2, (4, 4), MaskConfig(0.0)) is None
-    assert torch.equal(model(x, c, y), model(x, c, y, keep_ids=keep_all))
+    assert sample_keep_ids(2, (4, 4), MaskConfig(0.0, "block", 2)) is None
+    unmasked = model(x, c, y)
+    torch.testing.assert_close(model(x, c, y, keep_ids=keep_all), unmasked, rtol=1e-12, atol=1e-12)
+    assert unmasked.abs().mean() > 1e-3  # the check is not between two zero outputs
 
 
 @pytest.mark.parametrize("mixer_depth", [0, 2])
@@ -283,15 +302,17 @@ def test_set_resolution_changes_the_position_grid():
 
 
 def test_maskdit_decoder_predicts_every_patch():
-    model = small(decoder_depth=2, mixer_depth=0)
-    assert model.mask_embed is not None and len(model.decoder) == 2
+    model = small(decoder_depth=2, decoder_width=32, mixer_depth=0)
+    assert model.decoder is not None and len(model.decoder.blocks) == 2
+    assert model.decoder.blocks[0].attn.qkv.in_features == 32  # blocks at the decoder width
     x, c, y = inputs()
     keep = sample_keep_ids(2, (4, 4), MaskConfig(0.5))
     out = model(x, c, y, keep_ids=keep)
     per_patch = out.unfold(2, 2, 2).unfold(3, 2, 2).abs().sum(dim=(1, 4, 5)).flatten(1)  # (N, T)
     assert torch.all(per_patch > 0)  # masked patches are predicted, not a zero token
     assert model(x, c, y).shape == x.shape
-    dense = build_model("MicroDiT_Tiny_2", decoder_depth=2)
+    dense = build_model("MicroDiT_Tiny_2", decoder_depth=8)  # MaskDiT's decoder: 8 blocks of width 512
     base = build_model("MicroDiT_Tiny_2")
     extra = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in base.parameters())
-    assert extra == sum(p.numel() for p in dense.decoder.parameters()) + 512
+    assert extra == sum(p.numel() for p in dense.decoder.parameters())
+    assert len(dense.decoder.blocks) == 8 and dense.decoder.mask_token.shape == (1, 1, 512)

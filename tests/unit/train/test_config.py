@@ -118,3 +118,34 @@ def test_each_default_is_written_once():
                 default = getattr(getattr(TrainConfig(), section), key)
                 assert value != default, f"{path.name} restates the default {section}.{key}={default}"
 
+
+
+def _sweep_params(experiment: str) -> dict[str, str]:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    return dict(cfg.hydra.sweeper.params or {})
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_sweep_point_composes_and_validates(experiment):
+    """Each value of each sweep parameter composes into a valid config (a typo in a sweep key or
+    value fails here, not on a cluster)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = _sweep_params(experiment)
+    parser = OverridesParser.create()
+    for key, values in params.items():
+        override = parser.parse_override(f"{key}={values}")
+        points = override.sweep_string_iterator() if override.is_sweep_override() else [values]
+        for value in points:
+            cfg = compose_config([f"experiment={experiment}", f"{key}={value}"])
+            assert problems(cfg, world_size=8) == [], (key, value)
+
+
+def test_paper_sweeps_have_a_seed_axis():
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        params = _sweep_params(path.stem)
+        if params:
+            assert "trainer.seed" in params, path.name

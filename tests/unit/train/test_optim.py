@@ -29,3 +29,15 @@ def test_moe_group_holds_exactly_expert_and_router_parameters():
     opt = build_optimizer(model, OptimConfig(lr=1e-3))
     assert {g["name"]: g["lr"] for g in opt.param_groups}["moe"] == pytest.approx(5e-4)
 
+
+
+def test_reference_weight_decay_mode_decays_every_parameter():
+    model = build_model("nano", depth=3)  # block 1 is an MoE block
+    ours = {g["name"]: len(g["params"]) for g in param_groups(model, 0.1, 0.5)}
+    reference = {g["name"]: g for g in param_groups(model, 0.1, 0.5, weight_decay_mode="reference")}
+    assert ours["no_decay"] > 0 and "no_decay" not in reference
+    assert sum(len(g["params"]) for g in reference.values()) == len(list(model.parameters()))
+    assert all(g["weight_decay"] == 0.1 for g in reference.values())
+    assert OptimConfig(weight_decay_mode="none").problems()[0].startswith("weight_decay_mode must be one of")
+    opt = build_optimizer(model, OptimConfig(weight_decay_mode="reference"))
+    assert {g["name"] for g in opt.param_groups} == {"decay", "moe"}
