@@ -7,7 +7,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.venv"
 python="${PYTHON:-python3}"
-# The torch pair the tests are run with; users may install any torch>=2.3 themselves.
+# The torch pair the tests are run with; users may install any torch>=2.4 themselves (pyproject.toml).
 torch_pins=(torch==2.14.1 torchvision==0.29.1)
 
 stamp_of() { cat "$repo/pyproject.toml" "$repo/tools/env.sh" | sha256sum | cut -d' ' -f1; }

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import sys
+from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from microdit.data import DataError
 from microdit.train.config import TrainConfig
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -117,10 +118,11 @@ def _numeric(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
-def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | None = None) -> None:
-    """Save a PNG of metric ``y`` against ``x`` (one line per value of ``group_by``): the mean over
-    the runs at each point with its 95% confidence interval as error bars (points of one run have
-    none); runs without ``y`` are not drawn."""
+def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | list[str] | None = None) -> None:
+    """Save a PNG of metric ``y`` against ``x`` (one line per value of the ``group_by`` column or
+    columns): the mean over the runs at each point (e.g. seeds) with its 95% confidence interval as
+    error bars (points of one run have none); runs without ``y`` are not drawn."""
+    keys = [group_by] if isinstance(group_by, str) else list(group_by or [])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,13 +131,14 @@ def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | Non
     series: dict = {}
     for r in rows:
         if _numeric(r.get(x)) and _numeric(r.get(y)):
-            series.setdefault(r.get(group_by) if group_by else y, {}).setdefault(r[x], []).append(r[y])
+            label = " ".join(f"{k}={r.get(k)}" for k in keys) if keys else y
+            series.setdefault(label, {}).setdefault(r[x], []).append(r[y])
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, points in sorted(series.items(), key=lambda kv: str(kv[0])):
         xs = sorted(points)
         stats = [summarize(points[v]) for v in xs]
         ax.errorbar(xs, [s.mean for s in stats], yerr=[s.half_width or 0.0 for s in stats], marker="o", capsize=3,
-                    label=f"{group_by}={label}" if group_by else str(label))
+                    label=str(label))
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} (mean, 95% CI)")
     ax.grid(alpha=0.3)
@@ -172,12 +175,11 @@ def bar_plot(rows: list[dict], label: str, metrics: list[str], path: str | Path)
     plt.close(fig)
 
 
-PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "experiments" / "paper_numbers.json"
-
-
-def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> dict:
+def load_paper_numbers(path: str | Path | None = None) -> dict:
     """The paper's numbers (``experiments/paper_numbers.json``: its tables, and values read off its
     figures marked approximate) for the notebooks, labelled as the paper's there."""
+    if path is None:  # experiments/paper_numbers.json (installed: microdit/experiments/)
+        return json.loads(resources.files("microdit.experiments").joinpath("paper_numbers.json").read_text())
     return json.loads(Path(path).read_text())
 
 

@@ -51,11 +51,18 @@ def welch_p(a, b) -> float | None:
     """Two-sided p-value of Welch's t-test between two samples (None if either has n < 2 or
     both have no spread)."""
     a, b = numbers(a), numbers(b)
-    if len(a) < 2 or len(b) < 2:
-        return None
+    if len(a) < 2 or len(b) < 2 or (max(a) == min(a) and max(b) == min(b)):
+        return None  # too few runs, or values that do not vary across seeds (e.g. FLOPs): no test
+    import warnings
+
     from scipy import stats
 
-    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # nearly identical values: no reliable p-value
+        try:
+            p = stats.ttest_ind(a, b, equal_var=False).pvalue
+        except RuntimeWarning:
+            return None
     return None if math.isnan(p) else float(p)
 
 

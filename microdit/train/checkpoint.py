@@ -10,10 +10,13 @@ checkpoint (at the resolution of the stage it was written in) with its run confi
 from __future__ import annotations
 
 import json
+import pickle
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -55,6 +58,44 @@ def commit(tmp: Path, state: dict, meta: dict, keep: int) -> Path:
     return final
 
 
+def _reason(err: Exception) -> str:
+    """A one-line reason for an unreadable file (never torch's advice to load it unsafely)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain values, which would run code when loaded: refused"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def save_rng(path: Path) -> None:
+    """Write this process's random states (Python, NumPy, torch, CUDA) as tensors and plain numbers
+    only, so that loading them never unpickles code."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save(state, path)
+
+
+def load_rng(path: Path) -> None:
+    """Restore the random states written by :func:`save_rng` (``weights_only``: a file holding
+    anything but tensors and plain values is refused with a clear error, not executed)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        py, nps = state["python"], state["numpy"]
+        random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+        np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                             nps["cached_gaussian"]))
+        torch.set_rng_state(state["torch"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        reason = _reason(err)
+        raise RuntimeError(f"random-state file {path} is unreadable or not a microdit random state ({reason}); "
+                           "delete the checkpoint folder to resume from the one before it") from None
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoint folders under ``root``, oldest first."""
     if not root.is_dir():
@@ -85,8 +126,9 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, di
     try:
         meta = json.loads((path / META).read_text())
         state = torch.load(path / STATE, map_location=map_location, weights_only=True)
-    except (OSError, RuntimeError, json.JSONDecodeError, EOFError) as err:
-        raise RuntimeError(f"checkpoint {path} is unreadable ({err})") from None
+    except (OSError, RuntimeError, json.JSONDecodeError, EOFError, pickle.UnpicklingError) as err:
+        raise RuntimeError(f"checkpoint {path} is unreadable ({_reason(err)}); an older checkpoint of the run, "
+                           "if any, is intact beside it") from None
     return state, meta
 
 

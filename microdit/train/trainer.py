@@ -196,12 +196,7 @@ class Trainer:
         self.meter.load_state_dict(state["cost"])
         rng_file = path / f"rng-{self.rank}.pt"
         if rng_file.is_file():
-            rng = torch.load(rng_file, weights_only=False)
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
-            torch.set_rng_state(rng["torch"])
-            if torch.cuda.is_available() and rng.get("cuda") is not None:
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            ckpt.load_rng(rng_file)
         self.acc.print(f"[train] resumed from {path} at {self.progress['nimg']} images "
                        f"(stage {self.progress['stage']}, {meta['stage_name']})")
 
@@ -220,9 +215,7 @@ class Trainer:
         if self.acc.is_main_process:
             ckpt.begin(self.run_dir, nimg)
         self.acc.wait_for_everyone()
-        torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   tmp / f"rng-{self.rank}.pt")
+        ckpt.save_rng(tmp / f"rng-{self.rank}.pt")
         self.acc.wait_for_everyone()
         final = None
         if self.acc.is_main_process:

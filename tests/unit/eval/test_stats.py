@@ -25,6 +25,7 @@ def test_welch_against_a_textbook_case_and_holm():
     assert welch_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.0213, abs=5e-4)  # t = -3.674, df = 4
     assert welch_p([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
     assert welch_p([1], [4, 5, 6]) is None  # one seed: not testable
+    assert welch_p([2.0, 2.0, 2.0], [3.0, 3.0, 3.0]) is None  # no spread (a deterministic quantity): no test
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([]) == []
 

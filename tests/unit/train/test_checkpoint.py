@@ -1,5 +1,9 @@
 """Checkpoints: atomic commit (a crash mid-save keeps the last good one), pruning, loading."""
 
+import random
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -27,3 +31,35 @@ def test_checkpoint_crash_during_save_keeps_the_last_good_one(tmp_path, monkeypa
     assert [p.name for p in ckpt.list_checkpoints(ckpt.checkpoint_root(tmp_path))] == ["000000000032", "000000000040"]
     assert not list(ckpt.checkpoint_root(tmp_path).glob(".tmp-*"))
 
+
+
+class _Payload:
+    """Unpickling this runs code (touches a marker file): what a crafted checkpoint file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_random_states_round_trip_without_pickled_code(tmp_path):
+    path = tmp_path / "rng-0.pt"
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.random(), np.random.normal(), torch.rand(1)  # states mid-stream (numpy's cached gaussian too)
+    ckpt.save_rng(path)
+    expected = (random.random(), np.random.normal(), torch.rand(3).tolist())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    ckpt.load_rng(path)
+    assert (random.random(), np.random.normal(), torch.rand(3).tolist()) == expected
+
+
+@pytest.mark.parametrize("target", ["rng-0.pt", "state.pt"])
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, target):
+    folder = ckpt.commit(ckpt.begin(tmp_path, 8), {"x": torch.ones(1)}, {"nimg": 8}, keep=2)
+    ckpt.save_rng(folder / "rng-0.pt")
+    marker = tmp_path / "code-ran"
+    torch.save({"python": _Payload(marker), "x": _Payload(marker)}, folder / target)
+    with pytest.raises(RuntimeError, match=r"(checkpoint|random-state file) .* unreadable"):
+        ckpt.load_rng(folder / "rng-0.pt") if target.startswith("rng") else ckpt.load(folder)
+    assert not marker.exists()

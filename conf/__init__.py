@@ -1,0 +1,1 @@
+"""The Hydra configs of microdit-train (installed as the package ``microdit.conf``)."""

@@ -1,0 +1,1 @@
+"""Experiment notes and the paper's numbers (installed as ``microdit.experiments``)."""
