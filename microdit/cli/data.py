@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
@@ -24,12 +23,13 @@ from microdit.data.reader import LatentBatches
 from microdit.data.shards import iter_shard
 from microdit.data.synthetic import SHAPES, synthetic_sample
 from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.progress import progress
 
 
 def cmd_synthetic(args: argparse.Namespace) -> None:
     """Write N synthetic samples as image shards."""
     samples = ((f"{i:08d}", (s := synthetic_sample(args.seed, i, args.size)).image, s.caption, s.labels)
-               for i in tqdm(range(args.num), desc="synthetic", unit="img"))
+               for i in progress(range(args.num), desc="synthetic", unit="img"))
     manifest = write_image_dataset(args.out, samples, args.size, list(SHAPES), f"synthetic(seed={args.seed})",
                                    args.shard_size)
     print(f"wrote {manifest.samples} samples in {len(manifest.shards)} shard(s) to {args.out}")
@@ -47,7 +47,7 @@ def cmd_cifar_captions(args: argparse.Namespace) -> None:
     else:
         samples, source = cc.from_torchvision_cifar10(args.from_torchvision, keep, not args.test, args.seed), "cifar10"
     origin = args.from_folder or args.from_dump or args.from_torchvision
-    manifest = write_image_dataset(args.out, tqdm(samples, desc="cifar-captions", unit="img"), args.size,
+    manifest = write_image_dataset(args.out, progress(samples, desc="cifar-captions", unit="img"), args.size,
                                    list(cc.CIFAR10_CLASSES), f"cifar-captions({source}: {origin})", args.shard_size)
     print(f"wrote {manifest.samples} samples to {args.out}; filter counts: {dict(keep.counts)}")
 

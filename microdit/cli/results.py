@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from microdit.eval.results import collect, markdown_table, plot, write_csv
+from microdit.train.logging import training_plot
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--plot", action="append", default=[], help="X:Y columns; repeatable; PNG next to --out")
     parser.add_argument("--plot-group", help="one line per value of this column")
+    parser.add_argument("--training-plot", action="store_true",
+                        help="also plot loss, lr and grad norm against images of every run (PNG next to --out)")
     args = parser.parse_args(argv)
     rows = collect(args.roots)
     if not rows:
@@ -38,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         print(table)
         if args.markdown:
             args.markdown.write_text(table + "\n")
+    if args.training_plot:
+        curves = training_plot([r["run_dir"] for r in rows], args.out.with_name(args.out.stem + "-training.png"))
+        print(f"training curves: {curves}")
     for spec in args.plot:
         x, _, y = spec.partition(":")
         path = args.out.with_name(f"{args.out.stem}-{y.replace('.', '_')}-vs-{x.replace('.', '_')}.png")

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"microdit-sample: error: sampler: {'; '.join(found)}")
     latents = generate(loaded.model, y, [args.seed + i for i in range(len(prompts))], loaded.config.diffusion,
                        sampler, mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init,
-                       args.sigma_start)
+                       args.sigma_start, show_progress=True)
     images = to_uint8(ae.decode(latents.to(args.device)).cpu())  # (N, 3, H, W)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from microdit.data.images import IMAGE_EXTS, decode_image, from_uint8
 from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest, sha256_of
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.encoders import Autoencoder, TextEncoder
+from microdit.progress import progress as progress_bar
 
 
 def _read_image_shard(path: Path, skip_bad: bool, counts: dict) -> list[tuple[str, np.ndarray, str, bytes]]:
@@ -71,7 +71,7 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
     autoencoder.to(device)
     text.to(device)
     todo = [(i, s) for i, s in enumerate(src.shards) if s.name.replace("images-", "latents-") not in done]
-    bar = tqdm(total=sum(s.samples for _, s in todo), desc=f"encode {dst.name}", unit="img", disable=not progress)
+    bar = progress_bar(total=sum(s.samples for _, s in todo), desc=f"encode {dst.name}", unit="img", enabled=progress)
     for shard_index, info in todo:
         shard = src_folder / info.name
         if shard.stat().st_size != info.bytes:

@@ -11,6 +11,7 @@ from torch import nn
 
 from microdit.diffusion.edm import EDMConfig
 from microdit.diffusion.samplers import SamplerConfig, edm_sample, guided_denoiser, karras_sigmas
+from microdit.progress import progress
 
 
 def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -22,7 +23,7 @@ def seeded_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: nn.Module, y: torch.Tensor, seeds: list[int], edm: EDMConfig, sampler: SamplerConfig,
              y_mask: torch.Tensor | None = None, batch_size: int = 64, x_init: torch.Tensor | None = None,
-             sigma_start: float | None = None) -> torch.Tensor:
+             sigma_start: float | None = None, show_progress: bool = False) -> torch.Tensor:
     """Latents (N, C, H, W) float32 on the CPU for caption embeddings y (N, L, Dy) from the
     network ``model`` (a :class:`~microdit.models.MicroDiT`: its ``cfg`` gives the latent shape).
 
@@ -30,6 +31,7 @@ def generate(model: nn.Module, y: torch.Tensor, seeds: list[int], edm: EDMConfig
     ``x_init`` (N, C, H, W) and ``sigma_start``, SDEdit: noise the initial latents to sigma_start
     and denoise from there. With ``sampler.churn`` > 0 the extra noise of a batch is drawn from
     its first image's seed, so such an image is reproducible with the same ``batch_size``.
+    ``show_progress``: a progress bar over the batches.
     """
     cfg = model.cfg
     device = next(model.parameters()).device
@@ -37,7 +39,7 @@ def generate(model: nn.Module, y: torch.Tensor, seeds: list[int], edm: EDMConfig
     top = sigma_start if x_init is not None else edm.sigma_max
     sigmas = karras_sigmas(sampler.steps, edm.sigma_min, top, edm.rho, device)
     out = []
-    for start in range(0, len(seeds), batch_size):
+    for start in progress(range(0, len(seeds), batch_size), desc="sample", unit="batch", enabled=show_progress):
         part = slice(start, start + batch_size)
         yb = y[part].to(device, dtype)
         mask = None if y_mask is None else y_mask[part].to(device)

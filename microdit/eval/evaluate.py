@@ -27,6 +27,7 @@ from microdit.encoders import load_autoencoder
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
 from microdit.eval.frechet import FeatureStats, frechet_distance
 from microdit.eval.probe import dataset_probe, probe_metrics
+from microdit.progress import progress
 from microdit.train.checkpoint import load_model
 
 METRICS = ("probe", "fid", "clip_fid", "clip_score")
@@ -92,13 +93,13 @@ def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world:
     """Generate (resumably) chunk files of ``batch`` samples; rank r does chunks r, r + world, ..."""
     out_dir.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, count, batch))
-    for i, start in enumerate(starts):
-        path = out_dir / f"chunk-{i:05d}.pt"
-        if i % world == rank and not path.is_file():
-            latents = latents_fn(start, min(start + batch, count))
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(latents.half(), tmp)
-            tmp.replace(path)
+    mine = [i for i in range(len(starts)) if i % world == rank and not (out_dir / f"chunk-{i:05d}.pt").is_file()]
+    for i in progress(mine, desc=f"generate {out_dir.name}", unit="chunk"):
+        start, path = starts[i], out_dir / f"chunk-{i:05d}.pt"
+        latents = latents_fn(start, min(start + batch, count))
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(latents.half(), tmp)
+        tmp.replace(path)
     if rank != 0:
         return None
     deadline = time.time() + 24 * 3600

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from microdit.progress import progress
+
 CLIP_FID_MODEL = "ViT-B-32:openai"  # clean-fid's Clip-FID network
 CLIP_SCORE_MODEL = "ViT-L-14:openai"  # the usual CLIP-score network
 
@@ -28,7 +30,7 @@ class InceptionFeatures:
     def __call__(self, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> (N, 2048) float32."""
         return torch.cat([self.net(images[i:i + batch].to(self.device))[0].cpu()
-                          for i in range(0, len(images), batch)])
+                          for i in progress(range(0, len(images), batch), desc=f"{self.name} features", unit="batch")])
 
 
 class ClipModel:
@@ -61,7 +63,7 @@ class ClipModel:
     def __call__(self, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> image features (N, D) float32 (not normalised)."""
         return torch.cat([self.model.encode_image(self._prepare(images[i:i + batch])).float().cpu()
-                          for i in range(0, len(images), batch)])
+                          for i in progress(range(0, len(images), batch), desc=f"{self.name} features", unit="batch")])
 
     @torch.no_grad()
     def text(self, captions: list[str], batch: int = 256) -> torch.Tensor:

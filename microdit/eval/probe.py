@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microdit.data.reader import read_dataset
+from microdit.progress import progress
 
 MAX_VALUES = 50
 PROBE_FILE = "probe.pt"
@@ -125,7 +126,7 @@ def train_probe(latents: torch.Tensor, labels: list[dict], steps: int = 2000, ba
     opt = torch.optim.AdamW(probe.net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     probe.net.train()
-    for _ in range(steps):
+    for _ in progress(range(steps), desc="probe training", unit="step"):
         idx = train[torch.randint(0, len(train), (batch,), generator=g)]
         logits = probe.net(latents[idx].float())
         loss = sum(F.cross_entropy(logits[k], targets[k][idx], ignore_index=-1) for k in logits)

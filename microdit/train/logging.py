@@ -1,11 +1,9 @@
-"""Logging sinks of a run: JSONL stats, wandb (lazily imported) and the progress bar."""
+"""Logging sinks of a run: JSONL stats and their plot, and wandb (lazily imported)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from tqdm import tqdm
 
 
 class StatsFile:
@@ -53,7 +51,29 @@ class WandbSink:
             self.run.finish()
 
 
-def progress_bar(total: int, initial: int, enabled: bool) -> tqdm:
-    """A progress bar in images with ETA."""
-    return tqdm(total=total, initial=initial, unit="img", unit_scale=True, dynamic_ncols=True, disable=not enabled,
-                desc="train")
+def training_plot(run_dirs: list[str | Path], path: str | Path) -> Path:
+    """Save a PNG of loss, learning rate and gradient norm against images seen, from the
+    ``stats.jsonl`` of each run (one line per run; a run without rows is skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for run in map(Path, run_dirs):
+        stats = run / "stats.jsonl"
+        rows = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()] if stats.is_file() else []
+        for ax, key in zip(axes, ("loss", "lr", "grad_norm"), strict=True):
+            points = [(r["nimg"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and r[key] == r[key]]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=run.name, linewidth=1)
+    for ax, key in zip(axes, ("loss", "lr", "grad_norm"), strict=True):
+        ax.set_xlabel("images seen")
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3)
+    if len(run_dirs) > 1:
+        axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -33,12 +33,13 @@ from microdit.encoders import load_autoencoder, load_text_encoder
 from microdit.models import MicroDiT
 from microdit.nn.attention import check_attention_backend
 from microdit.perf.devices import peak_flops
+from microdit.progress import progress
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig, validate
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
 from microdit.train.guard import NonFiniteError, NonFiniteGuard
-from microdit.train.logging import StatsFile, WandbSink, progress_bar
+from microdit.train.logging import StatsFile, WandbSink, training_plot
 from microdit.train.optim import build_optimizer, set_lr
 from microdit.train.plan import ResolvedStage, StagePlan, budget_flops, resolve, stage_at
 from microdit.train.schedule import lr_factor
@@ -262,7 +263,8 @@ class Trainer:
         t = self.cfg.trainer
         previous = self._install_signals()
         total = sum(s.plan.images for s in self.stages)
-        bar = progress_bar(total, self.progress["nimg"], t.progress and self.acc.is_main_process)
+        bar = self._bar = progress(total=total, desc="train", unit="img", initial=self.progress["nimg"],
+                                   enabled=t.progress and self.acc.is_main_process)
         window = self._new_window()
         last_loss = torch.full((), float("nan"), device=self.device)
         if t.save_initial_checkpoint and self.resumed_from is None and self.progress["nimg"] == 0:
@@ -332,6 +334,7 @@ class Trainer:
                    "images_per_s": self.meter.images / max(self.meter.seconds, 1e-9)}
         if self.acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            training_plot([self.run_dir], self.run_dir / "training.png")
             self.wandb.finish()
         return summary
 
@@ -377,6 +380,7 @@ class Trainer:
         if self.acc.is_main_process:
             self.stats.write(row)
             self.wandb.log(row, self.progress["nimg"])
+            self._bar.set_postfix(stage=stage.name, loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
         window.update(self._new_window())
 
     @torch.no_grad()

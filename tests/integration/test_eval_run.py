@@ -75,8 +75,10 @@ def test_results_cli(run, tmp_path, capsys):
     settings = EvalSettings(num_samples=6, sampler_overrides={"steps": 2}, batch_size=6, probe_steps=10)
     evaluate(run, run.parent.parent / "data", settings, name="quick")
     results_main([str(run.parent), "--out", str(tmp_path / "results.csv"), "--group-by", "stages.pretrain.mask.ratio",
-                  "--metrics", "eval.quick.probe_fd,cost.flops", "--plot", "eval.quick.nimg:eval.quick.probe_fd"])
+                  "--metrics", "eval.quick.probe_fd,cost.flops", "--plot", "eval.quick.nimg:eval.quick.probe_fd",
+                  "--training-plot"])
     out = capsys.readouterr().out
-    assert "1 runs ->" in out and "| 0.5 |" in out
+    assert "1 runs ->" in out and "| 0.5 |" in out and "(one seed)" in out
+    assert (tmp_path / "results-training.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().count("\n") == 2
     assert (tmp_path / "results-eval_quick_probe_fd-vs-eval_quick_nimg.png").stat().st_size > 1000

@@ -262,3 +262,13 @@ def test_optimizer_reset_at_a_stage_boundary(tmp_path, data):
         state, _ = ckpt.load(ckpt.latest(tmp_path / "runs" / name))
         steps[reset] = {int(s["step"]) for s in state["optimizer"]["state"].values()}
     assert steps == {False: {12}, True: {4}}  # 8 + 4 steps carried, or the 4 finetune steps only
+
+
+def test_a_run_logged_to_a_file_is_readable_and_plots_its_curves(tmp_path, data):
+    """stderr to a pipe (a log file, SLURM): progress lines without carriage returns, with the loss;
+    the run writes training.png (loss, lr, grad norm against images)."""
+    result = run_train(base_overrides(tmp_path, data, "logged") + ["trainer.progress=true"])
+    assert "\r" not in result.stderr and "train" in result.stderr and "loss=" in result.stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "runs" / "logged" / "training.png").size[0] > 600

@@ -1,0 +1,26 @@
+"""Progress reporting: a bar on a terminal, plain periodic lines (no carriage returns) in a log."""
+
+import io
+
+from microdit import progress as progress_module
+from microdit.progress import progress
+
+
+def test_a_log_file_gets_plain_lines_not_carriage_returns(monkeypatch):
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr(progress_module.sys, "stderr", log)
+    bar = progress(total=1000, desc="train", unit="img")
+    for _ in range(100):
+        bar.update(10)
+    bar.set_postfix(loss="0.1234", refresh=False)
+    bar.close()
+    text = log.getvalue()
+    assert "\r" not in text and "train" in text and "1.00k/1.00k" in text and "loss=0.1234" in text
+    assert len(text.splitlines()) <= 3  # the first line, at most one per LOG_EVERY_S, and the last
+
+
+def test_disabled_progress_prints_nothing(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(progress_module.sys, "stderr", log)
+    assert list(progress(range(5), desc="x", enabled=False)) == [0, 1, 2, 3, 4]
+    assert log.getvalue() == ""
