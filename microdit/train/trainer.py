@@ -67,6 +67,9 @@ class Trainer:
         from accelerate import Accelerator
 
         t = cfg.trainer
+        if t.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("trainer.device=cuda, but torch sees no CUDA device on this machine: use "
+                             "trainer.device=auto or cpu, or check the CUDA install (torch.cuda.is_available())")
         use_cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
         self.acc = Accelerator(cpu=use_cpu, mixed_precision="no")
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
@@ -259,8 +262,13 @@ class Trainer:
                           stage.data.use_text_mask, self.collective)
 
     def run(self) -> dict:
-        """Train every remaining stage; returns the run summary (also written to summary.json)."""
+        """Train every remaining stage; returns the run summary (also written to summary.json). A run
+        that already finished is not touched: its summary is returned as it is."""
         t = self.cfg.trainer
+        finished = self.run_dir / "summary.json"
+        if self.progress["stage"] >= len(self.stages) and finished.is_file():
+            self.acc.print(f"[train] {self.run_dir} already finished ({self.progress['nimg']} images); nothing to do")
+            return json.loads(finished.read_text())
         previous = self._install_signals()
         total = sum(s.plan.images for s in self.stages)
         bar = self._bar = progress(total=total, desc="train", unit="img", initial=self.progress["nimg"],

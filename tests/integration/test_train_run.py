@@ -272,3 +272,15 @@ def test_a_run_logged_to_a_file_is_readable_and_plots_its_curves(tmp_path, data)
     from PIL import Image
 
     assert Image.open(tmp_path / "runs" / "logged" / "training.png").size[0] > 600
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_cuda_without_a_gpu_is_refused(tmp_path, data):
+    overrides = base_overrides(tmp_path, data, "done")
+    first = train(compose_config(overrides))
+    summary = (tmp_path / "runs" / "done" / "summary.json").read_text()
+    again = train(compose_config(overrides))
+    assert again == first and (tmp_path / "runs" / "done" / "summary.json").read_text() == summary
+    assert first["final_loss"] == first["final_loss"]  # not NaN
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="trainer.device=cuda, but torch sees no CUDA device"):
+            Trainer(compose_config(base_overrides(tmp_path, data, "gpu") + ["trainer.device=cuda"]))
