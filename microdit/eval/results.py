@@ -48,8 +48,10 @@ def run_row(run_dir: Path) -> dict:
 
 
 def collect(roots: list[str | Path]) -> list[dict]:
-    """Rows of every run folder (one with config.yaml) under ``roots``, sorted by folder."""
-    runs = sorted({p.parent for root in roots for p in Path(root).rglob("config.yaml")})
+    """Rows of every run folder under ``roots`` (one with config.yaml that is neither a checkpoint
+    folder, with meta.json, nor a model export, with model.safetensors), sorted by folder."""
+    runs = sorted({p.parent for root in roots for p in Path(root).rglob("config.yaml")
+                   if not (p.parent / "meta.json").exists() and not (p.parent / "model.safetensors").exists()})
     return [run_row(r) for r in runs]
 
 

@@ -11,7 +11,9 @@ sees all tokens); masked tokens come back as a zero mask token in output space.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import torch
 from einops import rearrange
@@ -81,6 +83,10 @@ class PatchMixer(nn.Module):
         if keep_ids is not None:
             x = gather_tokens(x, keep_ids)  # (N, K, Dm)
         return self.x_out(x)  # (N, K, D)
+
+
+PRETRAINED_WEIGHTS = "model.safetensors"
+PRETRAINED_CONFIG = "config.json"
 
 
 class MaskDiTDecoder(nn.Module):
@@ -172,6 +178,37 @@ class MicroDiT(nn.Module):
         for layer in (self.final.ada_ln[1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``model.safetensors`` (the weights) and ``config.json`` (this network's config)
+        into ``folder``: what :meth:`from_pretrained` loads, with no training state and nothing
+        that runs code when read."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / PRETRAINED_WEIGHTS))
+        (folder / PRETRAINED_CONFIG).write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> MicroDiT:
+        """The network saved by :meth:`save_pretrained` (e.g. a stage-end checkpoint folder of a
+        run, or a copy of its two files), in eval mode."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        try:
+            cfg = MicroDiTConfig.from_dict(json.loads((folder / PRETRAINED_CONFIG).read_text()),
+                                           where=str(folder / PRETRAINED_CONFIG))
+            state = load_file(str(folder / PRETRAINED_WEIGHTS))
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise ValueError(f"{folder} is not a microdit export (needs {PRETRAINED_CONFIG} and {PRETRAINED_WEIGHTS}; "
+                             f"{str(err).splitlines()[0]})") from None
+        model = cls(cfg)
+        model.load_state_dict(state)
+        return model.to(device).eval()
 
     def set_resolution(self, input_size: list[int], pos_interp_scale: float) -> None:
         """Change the configured input size and position-embedding interpolation (a resolution

@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from microdit.models import MicroDiT
+from microdit.models.microdit import PRETRAINED_WEIGHTS
 from microdit.train.config import TrainConfig
 from microdit.train.plan import resolve, stage_at
 
@@ -43,9 +44,12 @@ def begin(run_dir: Path, nimg: int) -> Path:
     return tmp
 
 
-def commit(tmp: Path, state: dict, meta: dict, keep: int) -> Path:
-    """Write the main state and meta into ``tmp``, rename it into place, prune old checkpoints."""
+def commit(tmp: Path, state: dict, meta: dict, keep: int, config_yaml: str | None = None) -> Path:
+    """Write the main state, the run's resolved config (``config.yaml``: the folder describes
+    itself) and meta into ``tmp``, rename it into place, prune old checkpoints."""
     torch.save(state, tmp / STATE)
+    if config_yaml is not None:
+        (tmp / CONFIG).write_text(config_yaml)
     (tmp / META).write_text(json.dumps(meta, indent=2))
     final = tmp.with_name(tmp.name[len(".tmp-"):])
     if final.exists():
@@ -154,13 +158,19 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
-    """The network of a run folder (its latest checkpoint) or of a checkpoint folder, at the
-    resolution of the stage it was written in; EMA weights when the checkpoint has them and
-    ``use_ema``."""
+    """The network of a run folder (its latest checkpoint), of a checkpoint folder (wherever it
+    was moved: it holds its config), or of an export (``model.safetensors`` + ``config.json``, the
+    EMA weights where the run had an EMA; with the run's ``config.yaml`` beside them if present,
+    else default sampler and EDM settings), at the resolution of the stage it was written in; EMA
+    weights when the checkpoint has them and ``use_ema``."""
+    path = Path(path)
+    if (path / PRETRAINED_WEIGHTS).is_file() and not (path / META).is_file():
+        cfg = run_config(path / CONFIG) if (path / CONFIG).is_file() else TrainConfig()
+        return LoadedModel(MicroDiT.from_pretrained(path, device), cfg, path, 0, True)
     checkpoint = resolve_checkpoint(path)
-    config_file = checkpoint.parent.parent / CONFIG
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} is missing: {checkpoint} is not inside a microdit run folder")
+    config_file = next((f for f in (checkpoint / CONFIG, checkpoint.parent.parent / CONFIG) if f.is_file()), None)
+    if config_file is None:
+        raise FileNotFoundError(f"{checkpoint} holds no {CONFIG} and is not inside a microdit run folder")
     cfg = run_config(config_file)
     state, meta = load(checkpoint)
     model = MicroDiT(stage_at(resolve(cfg), meta["stage"]).model)

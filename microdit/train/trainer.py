@@ -116,9 +116,10 @@ class Trainer:
         self._nonfinite_seen = 0  # skipped steps as of the last sync point
         self._grid_encoders = None
         self.resumed_from = resume_from
+        self.config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))  # the resolved config, in every checkpoint
         if self.acc.is_main_process:
             self.stats = StatsFile(self.run_dir / "stats.jsonl", self.progress["nimg"] if resume_from else None)
-            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+            (self.run_dir / "config.yaml").write_text(self.config_yaml)
             self._write_run_info()
             self.wandb = WandbSink(t.wandb, self.run_dir, t.name, OmegaConf.to_container(OmegaConf.structured(cfg)))
 
@@ -212,8 +213,10 @@ class Trainer:
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the full train state (all processes take part)."""
+    def save_checkpoint(self, export: bool = False) -> Path | None:
+        """Write a checkpoint of the full train state (all processes take part); with ``export``
+        (stage and run ends) it also holds ``model.safetensors`` + ``config.json``: the EMA
+        weights, or the raw ones without an EMA (:meth:`MicroDiT.from_pretrained` loads them)."""
         nimg = self.progress["nimg"]
         tmp = ckpt.checkpoint_root(self.run_dir) / f".tmp-{nimg:012d}"
         if self.acc.is_main_process:
@@ -228,7 +231,9 @@ class Trainer:
                      "progress": dict(self.progress), "guard": self.guard.state_dict(), "cost": self.meter.state_dict()}
             meta = {"nimg": nimg, "step": self.progress["step"], "stage": self.progress["stage"],
                     "stage_name": stage_at(self.stages, self.progress["stage"]).name, "time": time.time()}
-            final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints)
+            if export:
+                (self.ema.model if self.ema is not None else self.model).save_pretrained(tmp)
+            final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints, self.config_yaml)
         self.acc.wait_for_everyone()
         self.meter.restart_clock()
         return final
@@ -329,7 +334,7 @@ class Trainer:
                 if window["steps"]:
                     self._log(stage, lr, window)
                 self.progress.update(stage=si + 1, stage_images=0, stage_steps=0)
-                self.save_checkpoint()
+                self.save_checkpoint(export=True)
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)

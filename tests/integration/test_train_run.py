@@ -68,6 +68,20 @@ def test_two_stage_run_end_to_end(tmp_path, data):
     sample_main([str(run), *prompts, "--out", str(tmp_path / "again"), "--device", "cpu"])
     assert np.array_equal(np.array(Image.open(tmp_path / "again" / "grid.png")),
                           np.array(Image.open(run / "samples" / grids[-1])))
+    # every stage end exports the EMA (or raw) weights: loadable in a fresh process, portable on their own
+    export = ckpt.latest(run)
+    assert {"config.yaml", "config.json", "model.safetensors"} <= {f.name for f in export.iterdir()}
+    code = (f"import sys, torch; from microdit.models import MicroDiT; m = MicroDiT.from_pretrained({str(export)!r}); "
+            f"s = torch.load({str(export / 'state.pt')!r}, weights_only=True)['ema']; "
+            "sys.exit(0 if all(torch.equal(v, s[k]) for k, v in m.state_dict().items()) else 3)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    moved = tmp_path / "shared-model"
+    moved.mkdir()
+    for name in ("config.json", "model.safetensors", "config.yaml"):
+        (moved / name).write_bytes((export / name).read_bytes())
+    sample_main([str(moved), *prompts, "--out", str(tmp_path / "from-export"), "--device", "cpu"])
+    assert np.array_equal(np.array(Image.open(tmp_path / "from-export" / "grid.png")),
+                          np.array(Image.open(run / "samples" / grids[-1])))
     sample_main([str(run), *prompts, "--out", str(tmp_path / "more"), "--device", "cpu", "--steps", "3"])
     assert not np.array_equal(np.array(Image.open(tmp_path / "more" / "grid.png")),
                               np.array(Image.open(run / "samples" / grids[-1])))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from microdit.masking import MaskConfig, keep_mask, sample_keep_ids
-from microdit.models import PRESETS, MicroDiTConfig, build_model, preset_config
+from microdit.models import PRESETS, MicroDiT, MicroDiTConfig, build_model, preset_config
 from microdit.nn import ExpertChoiceMoE, SwiGLU
 from microdit.nn.embeddings import sincos_pos_embed_2d
 
@@ -316,3 +316,14 @@ def test_maskdit_decoder_predicts_every_patch():
     extra = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in base.parameters())
     assert extra == sum(p.numel() for p in dense.decoder.parameters())
     assert len(dense.decoder.blocks) == 8 and dense.decoder.mask_token.shape == (1, 1, 512)
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path):
+    model = small(decoder_depth=1, decoder_width=32).float()
+    model.save_pretrained(tmp_path / "export")
+    loaded = MicroDiT.from_pretrained(tmp_path / "export")
+    assert loaded.cfg == model.cfg and not loaded.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    (tmp_path / "export" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="is not a microdit export"):
+        MicroDiT.from_pretrained(tmp_path / "export")
