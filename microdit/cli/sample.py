@@ -10,7 +10,6 @@ denoise with the prompt).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -71,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         image = np.array(resize_center_crop(Image.open(args.init_image), side))
         pixels = from_uint8(torch.from_numpy(image).permute(2, 0, 1)[None])
         x_init = ae.encode(pixels.to(args.device)).cpu().expand(len(prompts), -1, -1, -1)
-    sampler = dataclasses.replace(loaded.config.sampler, **sampler_overrides(args))
-    found = sampler.problems()
-    if found:
-        raise SystemExit(f"microdit-sample: error: sampler: {'; '.join(found)}")
+    try:
+        sampler = loaded.config.sampler.with_overrides(**sampler_overrides(args))
+    except ValueError as err:
+        raise SystemExit(f"microdit-sample: error: {err}") from None
     latents = generate(loaded.model, y, [args.seed + i for i in range(len(prompts))], loaded.config.diffusion,
                        sampler, mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init,
                        args.sigma_start, show_progress=True)

@@ -7,6 +7,7 @@ The sampler state is float64; the denoiser is called in float32. Deterministic g
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,15 @@ class SamplerConfig:
         if self.churn < 0:
             out.append(f"churn must be >= 0, got {self.churn}")
         return out
+
+    def with_overrides(self, **fields) -> SamplerConfig:
+        """This config with ``fields`` changed (e.g. from a command line), validated: ValueError
+        naming every problem."""
+        sampler = dataclasses.replace(self, **fields)
+        found = sampler.problems()
+        if found:
+            raise ValueError("sampler: " + "; ".join(found))
+        return sampler
 
 
 # EDM eq. 5: sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, sigma_N = 0

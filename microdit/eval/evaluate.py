@@ -9,7 +9,6 @@ the reference statistics) the real data.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -111,15 +110,6 @@ def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world:
                       for i in range(len(starts))])
 
 
-def run_sampler(run: SamplerConfig, settings: EvalSettings) -> SamplerConfig:
-    """The sampler an evaluation uses: ``settings.sampler`` or the run's, with the overrides."""
-    sampler = dataclasses.replace(settings.sampler or run, **settings.sampler_overrides)
-    problems = sampler.problems()
-    if problems:
-        raise ValueError("sampler: " + "; ".join(problems))
-    return sampler
-
-
 def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSettings, name: str | None = None,
              probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
              world: int = 1) -> dict | None:
@@ -133,7 +123,7 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
     name = name or Path(eval_dataset).name
     reference, labels, (texts, masks, captions) = read_dataset(eval_dataset, settings.num_samples)
     count = len(reference)
-    sampler = run_sampler(loaded.config.sampler, settings)
+    sampler = (settings.sampler or loaded.config.sampler).with_overrides(**settings.sampler_overrides)
     use_mask = loaded.config.data.use_text_mask
     churn = f"-churn{sampler.churn:g}" if sampler.churn else ""
     tag = (f"{name}-{loaded.nimg:012d}-{'ema' if loaded.ema else 'raw'}-{sampler.solver}{sampler.steps}"

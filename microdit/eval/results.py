@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from microdit.eval.evaluate import read_metrics
-from microdit.eval.stats import CONFIDENCE, significant_differences, summarize
+from microdit.eval.stats import CONFIDENCE, is_number, numbers, significant_differences, summarize
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -106,18 +106,13 @@ def markdown_table(rows: list[dict], group_by: list[str], metrics: list[str], so
         values = {" / ".join(map(str, key)) or "all": [m.get(metric) for m in members] for key, members in items}
         for lo, hi, p in significant_differences(values):
             notes.append(f"- `{metric}`: {lo} < {hi} (p = {p:.2g})")
-    tested = any(sum(1 for v in [m.get(metric) for m in members] if isinstance(v, (int, float))) >= 2
-                 for metric in metrics for _, members in items)
+    tested = any(len(numbers(m.get(metric) for m in members)) >= 2 for metric in metrics for _, members in items)
     lines.append("")
     lines.append(f"Mean ± {CONFIDENCE:.0%} confidence interval (Student t) over the runs of each line. "
                  + ("Significant differences (Welch's t-test, Holm-corrected per metric, p < 0.05):" if notes else
                     "No difference is significant (Welch's t-test, Holm-corrected per metric, p < 0.05)."
                     if tested else "Every line is one seed: no difference can be tested."))
     return "\n".join(lines + notes)
-
-
-def _numeric(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | list[str] | None = None) -> None:
@@ -132,7 +127,7 @@ def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | lis
 
     series: dict = {}
     for r in rows:
-        if _numeric(r.get(x)) and _numeric(r.get(y)):
+        if is_number(r.get(x)) and is_number(r.get(y)):
             label = " ".join(f"{k}={r.get(k)}" for k in keys) if keys else y
             series.setdefault(label, {}).setdefault(r[x], []).append(r[y])
     fig, ax = plt.subplots(figsize=(5, 3.5))

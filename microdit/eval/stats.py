@@ -28,9 +28,14 @@ class Summary:
         return f"{self.mean:.4g} ± {self.half_width:.2g} (n={self.n})"
 
 
+def is_number(value) -> bool:
+    """True for a finite int or float (not a bool, None, NaN or text)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def numbers(values) -> list[float]:
     """The finite numbers among ``values`` (missing, NaN, text and booleans dropped)."""
-    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return [float(v) for v in values if is_number(v)]
 
 
 def summarize(values) -> Summary | None:

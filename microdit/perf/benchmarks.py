@@ -132,10 +132,10 @@ class StepCase:
                      "flops_per_step": flops_per_image(cfg, cfg.base_grid, caption_len, self.mask).train * batch}
 
     def __call__(self) -> None:
-        cfg, n = self.model.cfg, self.info["batch"]
-        draws = draw_step(n, cfg, self.mask, EDMConfig(), None, self.device)
-        train_step(self.loss_net, self.opt, self.guard, [(self.batch, slice(0, n))], draws, EDMConfig(),
-                   cfg.patch_size, grad_clip=0.25)
+        cfg, n, edm = self.model.cfg, self.info["batch"], EDMConfig()
+        draws = draw_step(n, cfg, self.mask, edm, None, self.device)
+        train_step(self.loss_net, self.opt, self.guard, [(self.batch, slice(0, n))], draws, edm, cfg.patch_size,
+                   grad_clip=0.25)
 
 
 def bench_steps(cases: list[StepCase], repeats: int = 8, warmup: int = 3) -> tuple[list[dict], float]:

@@ -42,3 +42,11 @@ def test_sampler_config_problems():
     assert SamplerConfig().problems() == [] and SamplerConfig() == SamplerConfig("heun", 30, 5.0, 0.0)
     found = SamplerConfig(solver="dpm", steps=0, churn=-1).problems()
     assert len(found) == 3 and "solver must be one of" in found[0]
+
+
+def test_sampler_overrides_change_only_their_fields_and_are_validated():
+    run = SamplerConfig(steps=12, cfg_scale=2.0)
+    assert run.with_overrides(steps=50) == SamplerConfig(steps=50, cfg_scale=2.0)
+    assert run.with_overrides() == run
+    with pytest.raises(ValueError, match=r"sampler: steps must be >= 1, got 0; churn must be >= 0"):
+        run.with_overrides(steps=0, churn=-1.0)
