@@ -2,9 +2,13 @@
 
     python tools/convert_reference_checkpoint.py --preset MicroDiT_XL_2 INPUT.pt OUTPUT.pt \
         [--override caption_dim=1024 ...]
+    python tools/convert_reference_checkpoint.py --preset MicroDiT_XL_2 INPUT.pt exports/xl   # an export
 
-INPUT is a plain ``torch.save`` state dict (or .safetensors); OUTPUT (.pt or .safetensors)
-loads with ``build_model(preset, **overrides).load_state_dict(sd, strict=True)``.
+INPUT is a plain ``torch.save`` state dict (or .safetensors). An OUTPUT file (.pt or .safetensors)
+loads with ``build_model(preset, **overrides).load_state_dict(sd, strict=True)``. An OUTPUT folder
+(no suffix) receives the export a run writes at each stage end: ``model.safetensors`` (float32) +
+``config.json``, loaded with ``MicroDiT.from_pretrained(folder)`` and accepted by
+``microdit-sample`` and ``microdit-eval``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from microdit.models import PRESETS, preset_config
+from microdit.models import PRESETS, MicroDiT, preset_config
 from microdit.models.reference_import import ReferenceImportError, convert_reference_state_dict
 
 
@@ -48,11 +52,11 @@ def _save(sd: dict[str, torch.Tensor], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", required=True, choices=PRESETS)
+    parser.add_argument("--preset", required=True, choices=PRESETS, help="network preset of the checkpoint")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override (YAML value), e.g. caption_dim=1024")
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
+    parser.add_argument("input", type=Path, help="reference state dict (.pt or .safetensors)")
+    parser.add_argument("output", type=Path, help="a .pt / .safetensors file, or an export folder (no suffix)")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.override:
@@ -65,7 +69,14 @@ def main(argv: list[str] | None = None) -> None:
         sd = convert_reference_state_dict(_load(args.input), cfg)
     except ReferenceImportError as err:
         raise SystemExit(f"error: {args.input}: {err}") from None
-    _save(sd, args.output)
+    if args.output.suffix in (".pt", ".safetensors"):
+        _save(sd, args.output)
+    else:
+        if (args.output / "model.safetensors").exists():
+            raise SystemExit(f"error: {args.output} already holds an export; choose another folder")
+        model = MicroDiT(cfg)
+        model.load_state_dict(sd, strict=True)
+        model.save_pretrained(args.output)
     print(f"wrote {len(sd)} tensors ({sum(v.numel() for v in sd.values()):,} parameters) to {args.output}",
           file=sys.stderr)
 

@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="microdit-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer configurations (a few minutes on 2 cores)")
-    parser.add_argument("--out", type=Path, default=Path("bench"))
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("bench"), help="output folder (default: %(default)s)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="device to measure (default: %(default)s)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (compiling takes ~1 min)")
     parser.add_argument("--gpu-plan", nargs="*", metavar="OVERRIDE",
                         help="instead of measuring: the roofline estimate of a training config's stages on 8 x H100 "

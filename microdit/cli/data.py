@@ -1,6 +1,6 @@
 """``microdit-data``: build, encode, inspect and verify datasets.
 
-    microdit-data synthetic OUT --num 20000 --size 32
+    microdit-data synthetic OUT --num-samples 20000 --size 32
     microdit-data cifar-captions OUT --from-folder ROOT | --from-dump DIR | --from-torchvision ROOT
     microdit-data encode IMAGES_DIR LATENTS_DIR --autoencoder pixel:2 --text-encoder offline:256:32
     microdit-data inspect DIR [--grid grid.png]
@@ -22,14 +22,14 @@ from microdit.data.images import IMAGE_EXTS, decode_image, save_grid, to_uint8
 from microdit.data.reader import LatentBatches
 from microdit.data.shards import iter_shard
 from microdit.data.synthetic import SHAPES, synthetic_sample
-from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.encoders import EncoderConfig, load_autoencoder, load_text_encoder
 from microdit.progress import progress
 
 
 def cmd_synthetic(args: argparse.Namespace) -> None:
     """Write N synthetic samples as image shards."""
     samples = ((f"{i:08d}", (s := synthetic_sample(args.seed, i, args.size)).image, s.caption, s.labels)
-               for i in progress(range(args.num), desc="synthetic", unit="img"))
+               for i in progress(range(args.num_samples), desc="synthetic", unit="img"))
     manifest = write_image_dataset(args.out, samples, args.size, list(SHAPES), f"synthetic(seed={args.seed})",
                                    args.shard_size)
     print(f"wrote {manifest.samples} samples in {len(manifest.shards)} shard(s) to {args.out}")
@@ -73,11 +73,11 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         for key, members in iter_shard(Path(args.dir) / manifest.shards[0].name):
             ext = next(e for e in IMAGE_EXTS if e in members)
             samples.append((key, np.array(decode_image(members[ext], key)), members["txt"].decode()))
-            if len(samples) == args.num:
+            if len(samples) == args.num_samples:
                 break
         images = torch.from_numpy(np.stack([s[1] for s in samples])).permute(0, 3, 1, 2)  # (N, 3, H, W)
     else:
-        batch = LatentBatches(args.dir, batch_size=min(args.num, manifest.samples), shuffle="global").batch(0)
+        batch = LatentBatches(args.dir, batch_size=min(args.num_samples, manifest.samples), shuffle="global").batch(0)
         samples = list(zip(batch["key"], [None] * len(batch["key"]), batch["caption"], strict=True))
         if args.grid:
             images = to_uint8(load_autoencoder(manifest.autoencoder).decode(batch["latent"]))
@@ -97,10 +97,10 @@ def cmd_verify(args: argparse.Namespace) -> None:
 def _image_dataset_parser(sub, name: str, help_text: str, size: int) -> argparse.ArgumentParser:
     """A sub-command that writes an image dataset: OUT, --size, --seed, --shard-size."""
     p = sub.add_parser(name, help=help_text)
-    p.add_argument("out", type=Path)
-    p.add_argument("--size", type=int, default=size, help="side of the square images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-size", type=int, default=2000, help="samples per shard")
+    p.add_argument("out", type=Path, help="output folder of the image shards (must not hold a dataset)")
+    p.add_argument("--size", type=int, default=size, help="side of the square images (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=2000, help="samples per shard (default: %(default)s)")
     return p
 
 
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = _image_dataset_parser(sub, "synthetic", "write the synthetic captioned dataset as image shards", 32)
-    p.add_argument("--num", type=int, default=20000)
+    p.add_argument("--num-samples", type=int, default=20000, help="number of samples (default: %(default)s)")
     p.set_defaults(func=cmd_synthetic)
     p = _image_dataset_parser(sub, "cifar-captions", "build cifar-captions image shards", 256)
     group = p.add_mutually_exclusive_group(required=True)
@@ -119,27 +119,33 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--from-torchvision", type=Path, help="download CIFAR-10 into this folder (online)")
     p.add_argument("--captions-file", type=Path, help="JSON {'<class>/<file>': caption} for --from-folder")
     p.add_argument("--test", action="store_true", help="CIFAR-10 test split instead of train")
-    p.add_argument("--min-side", type=int, default=256)
+    p.add_argument("--min-side", type=int, default=256,
+                   help="images with a shorter side are skipped (default: %(default)s)")
     p.set_defaults(func=cmd_cifar_captions)
     p = sub.add_parser("encode", help="encode image shards into latent shards (resumable)")
-    p.add_argument("src", type=Path)
-    p.add_argument("dst", type=Path)
-    p.add_argument("--autoencoder", default="pixel:2", help="sdxl, ostris16, pixel, pixel:F, ORG/REPO[:SUB], folder")
-    p.add_argument("--text-encoder", default="offline:256:32",
-                   help="openclip:ARCH[:PRETRAINED] (paper: openclip:ViT-H-14-378-quickgelu:dfn5b) or offline[:D[:L]]")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--skip-bad-samples", action="store_true")
+    p.add_argument("src", type=Path, help="image dataset folder (shards + manifest.json)")
+    p.add_argument("dst", type=Path, help="output folder of the latent shards (empty, or a partial encode to resume)")
+    p.add_argument("--autoencoder", default=EncoderConfig.autoencoder,
+                   help="sdxl, ostris16, pixel, pixel:F, ORG/REPO[:SUB] or a folder (default: %(default)s, the "
+                        "default model's input)")
+    p.add_argument("--text-encoder", default=EncoderConfig.text_encoder,
+                   help="openclip:ARCH[:PRETRAINED] (paper: openclip:ViT-H-14-378-quickgelu:dfn5b), offline[:D[:L]] "
+                        "or minilm[:L] (default: %(default)s, the default model's caption width)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the autoencoder's latent sampling (default: %(default)s)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device (default: %(default)s)")
+    p.add_argument("--skip-bad-samples", action="store_true", help="skip unreadable images instead of stopping")
     p.set_defaults(func=cmd_encode)
     p = sub.add_parser("inspect", help="show a dataset's manifest and a few samples")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--num", type=int, default=8)
+    p.add_argument("dir", type=Path, help="image or latent dataset folder")
+    p.add_argument("--num-samples", type=int, default=8, help="samples to show (default: %(default)s)")
     p.add_argument("--grid", type=Path, help="save a PNG grid of the (decoded) samples")
     p.add_argument("--full", action="store_true", help="print the whole manifest")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("verify", help="check shards against the manifest's sizes and sha256")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, help="image or latent dataset folder")
     p.set_defaults(func=cmd_verify)
     return parser
 

@@ -22,12 +22,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="microdit-results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path, help="folders searched for run folders")
-    parser.add_argument("--out", type=Path, default=Path("results.csv"))
-    parser.add_argument("--group-by", default="", help="comma-separated config keys")
-    parser.add_argument("--metrics", default="", help="comma-separated columns to aggregate")
+    parser.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV of all runs (default: %(default)s)")
+    parser.add_argument("--group-by", default="", help="comma-separated config keys, one table line per value "
+                        "(default: none, one line)")
+    parser.add_argument("--metrics", default="", help="comma-separated columns to aggregate into a table "
+                        "(default: none, no table)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--plot", action="append", default=[], help="X:Y columns; repeatable; PNG next to --out")
-    parser.add_argument("--plot-group", help="one line per value of this column")
+    parser.add_argument("--plot-group", help="one line per value of this column (default: one line)")
     parser.add_argument("--training-plot", action="store_true",
                         help="also plot loss, lr and grad norm against images of every run (PNG next to --out)")
     args = parser.parse_args(argv)

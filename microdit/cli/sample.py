@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from microdit.cli.sampler_options import add_sampler_options, sampler_overrides
-from microdit.data import load_manifest
+from microdit.data import DataError, load_manifest
 from microdit.data.images import from_uint8, resize_center_crop, save_grid, to_uint8
 from microdit.diffusion import generate
 from microdit.encoders import load_autoencoder, load_text_encoder
-from microdit.train.checkpoint import load_model
+from microdit.train.checkpoint import CheckpointError, load_model
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -41,39 +41,51 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``microdit-sample``."""
     parser = argparse.ArgumentParser(prog="microdit-sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="run folder (latest checkpoint) or checkpoint folder")
-    parser.add_argument("--prompt", action="append")
-    parser.add_argument("--prompts-file", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("samples"))
+    parser.add_argument("run", type=Path, help="run folder (latest checkpoint), checkpoint folder or export "
+                        "(model.safetensors + config.json)")
+    parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    parser.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
+    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default: %(default)s)")
     add_sampler_options(parser)
-    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     parser.add_argument("--text-encoder", help="default: the one the run's dataset was encoded with")
     parser.add_argument("--autoencoder", help="default: the one the run's dataset was encoded with")
     parser.add_argument("--init-image", type=Path, help="image-to-image: start from this image")
-    parser.add_argument("--sigma-start", type=float, default=2.0, help="noise level the init image is taken to")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sigma-start", type=float, default=2.0,
+                        help="noise level the init image is taken to (default: %(default)s)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="device (default: %(default)s)")
     args = parser.parse_args(argv)
     prompts = read_prompts(args)
+    try:
+        sample(args, prompts)
+    except (ValueError, FileNotFoundError, CheckpointError, DataError, OSError) as err:
+        raise SystemExit(f"microdit-sample: error: {' '.join(str(err).split())}") from None
+
+
+def sample(args: argparse.Namespace, prompts: list[str]) -> None:
+    """Generate ``prompts`` with the run or export ``args.run`` and write the PNGs and grid."""
+    if not args.run.exists():
+        raise FileNotFoundError(f"{args.run} does not exist (expected a run folder, a checkpoint folder or an export)")
     loaded = load_model(args.run, not args.no_ema, args.device)
     manifest = load_manifest(loaded.config.data.folders[0]) if not (args.text_encoder and args.autoencoder) else None
     text = load_text_encoder(args.text_encoder or manifest.text_encoder, args.device)
     ae = load_autoencoder(args.autoencoder or manifest.autoencoder).to(args.device)
     if text.dim != loaded.model.cfg.caption_dim:
-        raise SystemExit(f"microdit-sample: error: text encoder {text.name} gives {text.dim}-d tokens, the model "
-                         f"expects caption_dim {loaded.model.cfg.caption_dim}")
+        raise ValueError(f"text encoder {text.name} gives {text.dim}-d tokens, the model expects caption_dim "
+                         f"{loaded.model.cfg.caption_dim}")
     y, mask = text.encode(prompts)
     x_init = None
     if args.init_image:
+        if not args.init_image.is_file():
+            raise FileNotFoundError(f"--init-image {args.init_image} does not exist")
         side = loaded.model.cfg.input_size[0] * ae.downsample
         image = np.array(resize_center_crop(Image.open(args.init_image), side))
         pixels = from_uint8(torch.from_numpy(image).permute(2, 0, 1)[None])
         x_init = ae.encode(pixels.to(args.device)).cpu().expand(len(prompts), -1, -1, -1)
-    try:
-        sampler = loaded.config.sampler.with_overrides(**sampler_overrides(args))
-    except ValueError as err:
-        raise SystemExit(f"microdit-sample: error: {err}") from None
+    sampler = loaded.config.sampler.with_overrides(**sampler_overrides(args))
     latents = generate(loaded.model, y, [args.seed + i for i in range(len(prompts))], loaded.config.diffusion,
                        sampler, mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init,
                        args.sigma_start, show_progress=True)

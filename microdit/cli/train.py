@@ -14,10 +14,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from microdit.data import DataError
-from microdit.train.config import TrainConfig
+from microdit.train.config import TrainConfig, to_train_config, validate
 
 CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -28,7 +28,7 @@ def compose_config(overrides: list[str]) -> TrainConfig:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return OmegaConf.to_object(compose("train", overrides=overrides))
+        return to_train_config(compose("train", overrides=overrides))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -37,21 +37,47 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from microdit.launch import adopt_launcher_env
+    from microdit.train.checkpoint import CheckpointError
     from microdit.train.trainer import NonFiniteError, train
 
-    run_cfg = OmegaConf.to_object(cfg)
+    try:
+        run_cfg = to_train_config(cfg)
+    except ValueError as err:
+        print(f"microdit-train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     job = HydraConfig.get()
     if job.mode == RunMode.MULTIRUN:  # one run folder per sweep point, named after its overrides
         suffix = job.job.override_dirname or str(job.job.num)
         run_cfg.trainer.name = f"{run_cfg.trainer.name}-{suffix}".replace("/", "_").replace(",", "_")
     try:
+        adopt_launcher_env()  # one process per task under submitit / srun (microdit.launch)
         summary = train(run_cfg)
-    except (ValueError, DataError, NonFiniteError, PermissionError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, DataError, NonFiniteError, CheckpointError, PermissionError, FileExistsError,
+            FileNotFoundError) as err:
         print(f"microdit-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"[train] done: {summary['nimg']} images, final loss {summary['final_loss']:.4f}, "
           f"{summary['images_per_s']:.1f} img/s, MFU {summary['mfu']:.1%}, {summary['dollars']:.4f} $")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point. A single run's config is composed and validated first, so a bad
+    override, an unknown experiment or a bad value ends in one line (exit code 2), also under
+    ``--cfg job`` (where Hydra prints the config and exits without a run)."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    custom = args.config_path or args.config_name or args.config_dir or args.experimental_rerun  # Hydra checks those
+    if not (args.multirun or args.help or args.hydra_help or args.info or args.shell_completion or custom):
+        try:
+            validate(compose_config(args.overrides))
+        except (ValueError, HydraException) as err:
+            print(f"microdit-train: error: {' '.join(str(err).split())}", file=sys.stderr)
+            raise SystemExit(2) from None
     main()
+
+
+if __name__ == "__main__":
+    cli()

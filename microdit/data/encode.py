@@ -63,6 +63,9 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
     src = load_manifest(src_folder)
     if src.kind != "images":
         raise DataError(f"{src_folder}: expected an image dataset to encode, found kind {src.kind!r}")
+    if dst.is_dir() and any(dst.iterdir()) and not (dst / "manifest.json").is_file():
+        raise DataError(f"{dst} holds files but no manifest.json (not an encode to resume): encode into a new or "
+                        "empty folder; nothing was changed")
     dst.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(src, dst, autoencoder, text, src_folder)
     done = {s.name for s in manifest.shards if (dst / s.name).is_file()}
@@ -106,16 +109,42 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
     return manifest
 
 
-def verify_dataset(folder: str | Path) -> Manifest:
-    """Check every shard of a dataset against its manifest (size and sha256)."""
+VERIFIED = ".verified.json"
+
+
+def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
+    """Check every shard of a dataset against its manifest: present, size, sha256 and (with
+    ``count_samples``) the number of samples in it. A successful check leaves ``.verified.json``
+    (each shard's size and mtime): while the shards keep them, a later check only stats them (the
+    trainer checks every dataset at start; the first time hashes it)."""
+    import json
+
     folder = Path(folder)
     manifest = load_manifest(folder)
+    stats = {}
     for info in manifest.shards:
         path = folder / info.name
         if not path.is_file():
             raise DataError(f"shard {path} listed in the manifest is missing")
-        if path.stat().st_size != info.bytes or sha256_of(path) != info.sha256:
+        stats[info.name] = [path.stat().st_size, path.stat().st_mtime_ns]
+    stamp = folder / VERIFIED
+    try:
+        if json.loads(stamp.read_text()) == stats:
+            return manifest
+    except (OSError, ValueError):
+        pass
+    for info in manifest.shards:
+        path = folder / info.name
+        if stats[info.name][0] != info.bytes or sha256_of(path) != info.sha256:
             raise DataError(f"shard {path} does not match its manifest entry (size or sha256): corrupt or replaced")
+        if count_samples:
+            found = sum(1 for _ in iter_shard(path))
+            if found != info.samples:
+                raise DataError(f"shard {path} holds {found} samples, its manifest entry says {info.samples}")
+    try:
+        stamp.write_text(json.dumps(stats))
+    except OSError:
+        pass  # a read-only dataset folder: verified again next time
     return manifest
 
 

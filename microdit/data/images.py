@@ -82,6 +82,10 @@ def write_image_dataset(
     Images must already be ``size`` x ``size``. Returns the manifest (also written).
     """
     folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()):
+        raise DataError(f"{folder} is not empty ({'a dataset' if (folder / 'manifest.json').is_file() else 'files'} "
+                        "already there): write a new dataset into a new or empty folder; nothing was changed")
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(kind="images", image_size=[size, size], label_names=list(label_names), source=source,
                         complete=False)
@@ -100,12 +104,17 @@ def write_image_dataset(
         if writer is not None:
             manifest.shards.append(writer.close())
             writer = None
-    finally:
+        manifest.samples = sum(s.samples for s in manifest.shards)
+        if manifest.samples == 0:
+            raise DataError(f"no samples to write to {folder}")
+    except BaseException:  # a bad sample or an interrupt: leave the folder as it was found (empty or absent)
         if writer is not None:
             writer.abort()
-    manifest.samples = sum(s.samples for s in manifest.shards)
-    if manifest.samples == 0:
-        raise DataError(f"no samples to write to {folder}")
+        for info in manifest.shards:
+            (folder / info.name).unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
     manifest.complete = True
     save_manifest(folder, manifest)
     return manifest

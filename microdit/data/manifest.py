@@ -70,6 +70,11 @@ class Manifest:
             raise DataError(f"{where}: kind must be one of {KINDS}, got {manifest.kind!r}")
         if manifest.kind == "latents" and (manifest.latent_shape is None or manifest.text_shape is None):
             raise DataError(f"{where}: a latents manifest needs latent_shape and text_shape")
+        if manifest.complete and not manifest.shards:
+            raise DataError(f"{where}: a complete dataset must list its shards, got none")
+        if manifest.complete and manifest.samples != sum(s.samples for s in manifest.shards):
+            raise DataError(f"{where}: samples is {manifest.samples} but the shards hold "
+                            f"{sum(s.samples for s in manifest.shards)}")
         return manifest
 
 

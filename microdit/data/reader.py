@@ -47,7 +47,9 @@ class DataConfig:
     all-zero embedding (the unconditional input of classifier-free guidance; the paper uses 0.1);
     ``use_text_mask`` masks caption padding in attention (the reference implementation attends
     it). ``prepare="synthetic"`` builds and encodes the synthetic dataset into ``folders[0]`` when
-    it has no manifest (``prepare_samples`` images of ``prepare_size`` pixels).
+    it has no manifest (``prepare_samples`` images of ``prepare_size`` pixels, drawn with
+    ``prepare_seed``: a property of the data, not of the run, so runs with other ``trainer.seed``
+    values train on the same images; held-out splits use ``prepare_seed + 1``).
     """
 
     folders: list[str] = field(default_factory=lambda: ["data/synthetic"])
@@ -61,6 +63,7 @@ class DataConfig:
     prepare: str = "none"
     prepare_samples: int = 20000
     prepare_size: int = 32
+    prepare_seed: int = 0
 
     def problems(self) -> list[str]:
         """One message per invalid field (empty when valid)."""

@@ -5,7 +5,8 @@ Autoencoders (``load_autoencoder``): ``sdxl`` (SDXL VAE, 4 channels, scale 0.130
 or any diffusers hub id or local folder (``ORG/REPO`` or ``ORG/REPO:SUBFOLDER``).
 
 Text encoders (``load_text_encoder``): ``openclip:ARCH[:PRETRAINED]`` or ``openclip:hf-hub:ORG/REPO``
-(paper: ``openclip:ViT-H-14-378-quickgelu:dfn5b``), and ``offline[:DIM[:LENGTH[:SEED]]]``.
+(paper: ``openclip:ViT-H-14-378-quickgelu:dfn5b``), ``offline[:DIM[:LENGTH[:SEED]]]`` (random token
+table, no meaning) and ``minilm[:LENGTH]`` (pretrained all-MiniLM-L6-v2, 384 wide, bundled weights).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from microdit.encoders.autoencoder import Autoencoder, DiffusersAutoencoder, PixelAutoencoder
-from microdit.encoders.text import OfflineTextEncoder, OpenClipTextEncoder, TextEncoder
+from microdit.encoders.text import MiniLMTextEncoder, OfflineTextEncoder, OpenClipTextEncoder, TextEncoder
 
 
 @dataclass
@@ -66,14 +67,18 @@ def load_text_encoder(name: str, device: str | torch.device = "cpu") -> TextEnco
     if name == "offline" or name.startswith("offline:"):
         fields = _int_fields(name, name[len("offline:"):] if ":" in name else "", 3)
         return OfflineTextEncoder(*fields).to(device)
+    if name == "minilm" or name.startswith("minilm:"):
+        fields = _int_fields(name, name[len("minilm:"):] if ":" in name else "", 1)
+        return MiniLMTextEncoder(*fields).to(device)
     raise ValueError(f"unknown text encoder {name!r}: use openclip:ARCH[:PRETRAINED], openclip:hf-hub:ORG/REPO or "
-                     "offline[:DIM[:LENGTH[:SEED]]]")
+                     "offline[:DIM[:LENGTH[:SEED]]] or minilm[:LENGTH]")
 
 
 __all__ = [
     "Autoencoder",
     "EncoderConfig",
     "DiffusersAutoencoder",
+    "MiniLMTextEncoder",
     "OfflineTextEncoder",
     "OpenClipTextEncoder",
     "PixelAutoencoder",

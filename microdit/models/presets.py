@@ -45,6 +45,7 @@ def _optional_fields(cls) -> list[tuple[str, Any, Any]]:
 
 ModelOverrides = dataclasses.make_dataclass("ModelOverrides", _optional_fields(MicroDiTConfig))
 ModelOverrides.__doc__ = "Any MicroDiTConfig field; None keeps the preset's value."
+ModelOverrides.__module__ = __name__  # importable by name: pickled by reference (submitit sends configs to tasks)
 
 
 @dataclass

@@ -31,6 +31,10 @@ META = "meta.json"
 STATE = "state.pt"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit: the message names it and what to do."""
+
+
 def checkpoint_root(run_dir: Path) -> Path:
     """Where a run keeps its checkpoints."""
     return Path(run_dir) / "checkpoints"
@@ -94,7 +98,7 @@ def load_rng(path: Path) -> None:
         torch.set_rng_state(state["torch"])
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
         reason = _reason(err)
-        raise RuntimeError(f"random-state file {path} is unreadable or not a microdit random state ({reason}); "
+        raise CheckpointError(f"random-state file {path} is unreadable or not a microdit random state ({reason}); "
                            "delete the checkpoint folder to resume from the one before it") from None
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -126,13 +130,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """(state, meta) of a checkpoint folder, with a clear error if it is unreadable."""
+    """(state, meta) of a checkpoint folder, with a clear error if it is unreadable that names
+    the older checkpoint of the run still intact beside it, if any."""
     try:
         meta = json.loads((path / META).read_text())
         state = torch.load(path / STATE, map_location=map_location, weights_only=True)
     except (OSError, RuntimeError, json.JSONDecodeError, EOFError, pickle.UnpicklingError) as err:
-        raise RuntimeError(f"checkpoint {path} is unreadable ({_reason(err)}); an older checkpoint of the run, "
-                           "if any, is intact beside it") from None
+        older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+        hint = (f"the older checkpoint {older[-1]} is intact: resume from it with trainer.resume={older[-1]}"
+                if older else "the run has no older checkpoint")
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_reason(err)}); {hint}") from None
     return state, meta
 
 

@@ -205,3 +205,43 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     found = problems(cfg, world_size)
     if found:
         raise ValueError("invalid training config:\n  - " + "\n  - ".join(found))
+
+
+def unknown_keys(node, schema=TrainConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of a composed config (a DictConfig or plain dict) that ``schema`` does not have:
+    Hydra lets ``+trainer.bogus=1`` add a key to a structured config, and converting it to the
+    dataclass would drop it silently."""
+    import typing
+
+    from omegaconf import DictConfig
+
+    if not isinstance(node, (dict, DictConfig)):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    out = []
+    for key in node:
+        path = f"{prefix}{key}"
+        if key not in fields:
+            out.append(path)
+            continue
+        hint, value = hints[key], node[key]
+        if dataclasses.is_dataclass(hint):
+            out += unknown_keys(value, hint, path + ".")
+        elif typing.get_origin(hint) is dict and isinstance(value, (dict, DictConfig)):  # stages: name -> stage
+            value_type = typing.get_args(hint)[1]
+            item = next((a for a in typing.get_args(value_type) or (value_type,) if dataclasses.is_dataclass(a)), None)
+            for name in value if item is not None else []:
+                out += unknown_keys(value[name], item, f"{path}.{name}.")
+    return out
+
+
+def to_train_config(node) -> TrainConfig:
+    """The :class:`TrainConfig` of a composed Hydra config; an unknown key is an error naming it."""
+    from omegaconf import OmegaConf
+
+    unknown = unknown_keys(node)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}: not fields of the training config (check the spelling; "
+                         "microdit-train --cfg job shows every key)")
+    return OmegaConf.to_object(node)

@@ -7,14 +7,24 @@ from pathlib import Path
 
 
 class StatsFile:
-    """Append-only ``stats.jsonl``; on resume, rows past the checkpoint are dropped first."""
+    """Append-only ``stats.jsonl``. A run that starts at ``start_nimg`` (its checkpoint's, or 0
+    when it starts afresh, e.g. after a kill before the first checkpoint) first drops the rows
+    written past that point and any line cut short by a kill, so a resumed run has each row once."""
 
-    def __init__(self, path: Path, resume_nimg: int | None) -> None:
+    def __init__(self, path: Path, start_nimg: int) -> None:
         self.path = path
-        if resume_nimg is not None and path.exists():
-            rows = [line for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if json.loads(r)["nimg"] <= resume_nimg]
-            path.write_text("".join(r + "\n" for r in kept))
+        if path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if row["nimg"] <= start_nimg:
+                    kept.append(line)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(r + "\n" for r in kept))
+            tmp.replace(path)
 
     def write(self, row: dict) -> None:
         """Append one row."""

@@ -25,11 +25,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from microdit.data import DataError, LatentBatches, check_fits_model, load_manifest, make_loader
+from microdit.data import DataError, LatentBatches, check_fits_model, make_loader, verify_dataset
 from microdit.data.encode import build_synthetic_dataset
 from microdit.data.images import save_grid, to_uint8
 from microdit.diffusion import generate
 from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.launch import launcher_precision
 from microdit.models import MicroDiT
 from microdit.nn.attention import check_attention_backend
 from microdit.perf.devices import peak_flops
@@ -56,7 +57,7 @@ def prepare_synthetic(cfg: TrainConfig) -> None:
         if stage.config.input_size is not None:
             sizes[stage.data.folders[0]] = stage.config.input_size[0] * factor
     for folder, size in sizes.items():
-        build_synthetic_dataset(folder, d.prepare_samples, size, cfg.trainer.seed, cfg.encoder.autoencoder,
+        build_synthetic_dataset(folder, d.prepare_samples, size, d.prepare_seed, cfg.encoder.autoencoder,
                                 cfg.encoder.text_encoder, cfg.trainer.progress)
 
 
@@ -71,13 +72,14 @@ class Trainer:
             raise ValueError("trainer.device=cuda, but torch sees no CUDA device on this machine: use "
                              "trainer.device=auto or cpu, or check the CUDA install (torch.cuda.is_available())")
         use_cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
-        self.acc = Accelerator(cpu=use_cpu, mixed_precision="no")
+        self.acc = Accelerator(cpu=use_cpu, mixed_precision="no")  # autocast is ours: launcher_precision
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         validate(cfg, self.world)
         self.cfg, self.device = cfg, self.acc.device
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        precision = launcher_precision(t.precision)
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -118,7 +120,7 @@ class Trainer:
         self.resumed_from = resume_from
         self.config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))  # the resolved config, in every checkpoint
         if self.acc.is_main_process:
-            self.stats = StatsFile(self.run_dir / "stats.jsonl", self.progress["nimg"] if resume_from else None)
+            self.stats = StatsFile(self.run_dir / "stats.jsonl", self.progress["nimg"])  # 0 when starting afresh
             (self.run_dir / "config.yaml").write_text(self.config_yaml)
             self._write_run_info()
             self.wandb = WandbSink(t.wandb, self.run_dir, t.name, OmegaConf.to_container(OmegaConf.structured(cfg)))
@@ -142,7 +144,7 @@ class Trainer:
                 if not (Path(folder) / "manifest.json").is_file():
                     raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
                                     "(or set data.prepare=synthetic for the synthetic dataset)")
-                manifest = load_manifest(folder)
+                manifest = verify_dataset(folder, count_samples=False)  # sizes and sha256 (then cached)
                 check_fits_model(manifest, folder, stage.model)
                 lengths.add(manifest.text_shape[0])
         if len(lengths) != 1:
@@ -173,7 +175,7 @@ class Trainer:
             module.load_state_dict(state)
         except RuntimeError as err:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()][:6]
-            raise RuntimeError(f"checkpoint {path} is incompatible with this model config ({what}): "
+            raise ckpt.CheckpointError(f"checkpoint {path} is incompatible with this model config ({what}): "
                                + " | ".join(lines)) from None
 
     def _init_from(self, path: Path) -> None:
@@ -188,6 +190,14 @@ class Trainer:
         self.acc.print(f"[train] initialised from {path} ({self.cfg.trainer.init_mode})")
 
     def _load(self, path: Path) -> None:
+        if (path / ckpt.CONFIG).is_file():  # the data order is a function of (seed, global batch, step)
+            saved, t = ckpt.run_config(path / ckpt.CONFIG).trainer, self.cfg.trainer
+            for key in ("batch_size", "seed"):
+                if getattr(saved, key) != getattr(t, key):
+                    raise ValueError(f"checkpoint {path} was written with trainer.{key}={getattr(saved, key)}; "
+                                     f"resuming with {getattr(t, key)} would repeat some samples and skip others: "
+                                     f"resume with trainer.{key}={getattr(saved, key)}, or start a new run "
+                                     f"(another trainer.name) with trainer.init_from={path}")
         state, meta = ckpt.load(path)
         model_cfg = stage_at(self.stages, state["progress"]["stage"]).model
         self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
@@ -333,6 +343,7 @@ class Trainer:
                 self._sync_point()
                 if window["steps"]:
                     self._log(stage, lr, window)
+                self.sample_grid(reader.manifest)  # every stage end has its grid, whatever sample_every_images
                 self.progress.update(stage=si + 1, stage_images=0, stage_steps=0)
                 self.save_checkpoint(export=True)
         finally:

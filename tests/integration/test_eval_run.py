@@ -48,6 +48,29 @@ def test_evaluate_is_resumable_and_recorded(run):
     assert not loaded.ema and loaded.nimg == 96
 
 
+def test_eval_over_two_ranks_equals_one_rank(run, tmp_path):
+    """torchrun with 2 CPU ranks: each generates its share of the chunks on its local device and
+    rank 0 measures; the metrics are exactly those of 1 process."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data = run.parent.parent / "data"
+    for name, nproc in (("one", 1), ("two", 2)):
+        copy = tmp_path / name / "run"
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "metrics.json"))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "microdit.cli.eval", "run", str(copy), "--dataset", str(data), "--num-samples", "12",
+               "--steps", "3", "--batch-size", "4", "--device", "cpu"]
+        result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+    one, two = (json.loads((tmp_path / n / "run" / "metrics.json").read_text())["entries"] for n in ("one", "two"))
+    assert two[0]["metrics"] == one[0]["metrics"] and one[0]["num_samples"] == 12
+
+
 def test_eval_cli_errors(run, capsys):
     with pytest.raises(SystemExit, match="unknown metric"):
         eval_main(["run", str(run), "--dataset", str(run.parent.parent / "data"), "--metrics", "is"])

@@ -61,7 +61,7 @@ def test_two_stage_run_end_to_end(tmp_path, data):
     from PIL import Image
 
     grids = sorted(p.name for p in (run / "samples").glob("*.png"))
-    assert grids == ["000000000048.png", "000000000096.png"]
+    assert grids == ["000000000048.png", "000000000064.png", "000000000096.png"]  # every 48, and each stage end
     assert Image.open(run / "samples" / grids[-1]).size == (4 * 32, 32)  # 4 fixed prompts, pixel:2 decoded
     # microdit-sample RUN defaults to the run's own sampler, EMA weights and seeds: it redraws the last grid
     prompts = [arg for p in cfg.trainer.sample_prompts for arg in ("--prompt", p)]
@@ -125,6 +125,24 @@ def test_kill_9_then_resume_is_bit_exact(tmp_path, data):
     assert [r["grad_norm"] for r in rows] == [r["grad_norm"] for r in ref_rows]
 
 
+def test_kill_9_before_the_first_checkpoint_then_rerun_has_each_row_once(tmp_path, data):
+    reference = base_overrides(tmp_path, data, "ref")
+    run_train(reference)
+    killed = base_overrides(tmp_path, data, "early")  # no checkpoint before the stage end at 64 images
+    proc = _popen(killed)
+    run = tmp_path / "runs" / "early"
+    _wait_for_rows(run, 24, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.latest(run) is None
+    with open(run / "stats.jsonl", "a") as f:
+        f.write('{"nimg": 32, "lo')  # a row cut short by the kill
+    run_train(killed)
+    rows, ref_rows = stats(run), stats(tmp_path / "runs" / "ref")
+    assert [r["nimg"] for r in rows] == [r["nimg"] for r in ref_rows] == list(range(8, 97, 8))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+
+
 def test_sigterm_leaves_a_checkpoint(tmp_path, data):
     overrides = base_overrides(tmp_path, data, "term")
     proc = _popen(overrides)
@@ -137,6 +155,8 @@ def test_sigterm_leaves_a_checkpoint(tmp_path, data):
     assert latest is not None and "signal received" in out + err
     state, meta = ckpt.load(latest)
     assert meta["nimg"] == state["progress"]["nimg"] >= 16
+    run_train(overrides)  # resumed: every logged row once, none missing
+    assert [r["nimg"] for r in stats(run)] == list(range(8, 97, 8))
 
 
 def test_two_processes_equal_one_process(tmp_path, data):
@@ -150,6 +170,23 @@ def test_two_processes_equal_one_process(tmp_path, data):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4, abs=1e-6)
     info = json.loads((tmp_path / "runs" / "two" / "run_info.json").read_text())
     assert info["processes"] == 2
+
+
+def test_two_submitit_tasks_equal_one_process(tmp_path, data):
+    """The documented SLURM path (hydra/launcher=submitit_slurm, tasks_per_node = GPUs) run with
+    submitit_local on CPU: 2 tasks become 2 gloo ranks (microdit.launch) and train exactly like one
+    process at the same global batch."""
+    one = base_overrides(tmp_path, data, "one") + ["trainer.grad_accum=2"]
+    two = base_overrides(tmp_path, data, "two") + ["hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                                                    "hydra.launcher.timeout_min=10"]
+    run_train(one)
+    run_train(["-m", *two])
+    [run] = (tmp_path / "runs").glob("two-*")  # a multirun names its folder after its overrides
+    a, b = stats(tmp_path / "runs" / "one"), stats(run)
+    assert [r["nimg"] for r in a] == [r["nimg"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4, abs=1e-6)
+    assert json.loads((run / "run_info.json").read_text())["processes"] == 2
 
 
 def test_nan_guard_skips_then_stops(tmp_path, data, monkeypatch):

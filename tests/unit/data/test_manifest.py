@@ -5,7 +5,7 @@ import json
 import pytest
 
 from microdit.data import DataError, load_manifest
-from microdit.data.manifest import Manifest, save_manifest
+from microdit.data.manifest import Manifest, ShardInfo, save_manifest
 
 
 def test_manifest_errors(tmp_path):
@@ -23,5 +23,14 @@ def test_manifest_errors(tmp_path):
     with pytest.raises(DataError, match="needs latent_shape and text_shape"):
         load_manifest(tmp_path)
     save_manifest(tmp_path, Manifest(kind="images", samples=3, image_size=[8, 8]))
+    with pytest.raises(DataError, match="a complete dataset must list its shards"):
+        load_manifest(tmp_path)
+    shard = ShardInfo("images-00000.tar", 3, 100, "0" * 64)
+    save_manifest(tmp_path, Manifest(kind="images", samples=4, image_size=[8, 8], shards=[shard]))
+    with pytest.raises(DataError, match="samples is 4 but the shards hold 3"):
+        load_manifest(tmp_path)
+    save_manifest(tmp_path, Manifest(kind="images", samples=3, image_size=[8, 8], shards=[shard]))
     assert load_manifest(tmp_path).image_size == [8, 8]
+    save_manifest(tmp_path, Manifest(kind="images", samples=0, image_size=[8, 8], complete=False))
+    assert not load_manifest(tmp_path).complete  # a dataset being written may list nothing yet
 

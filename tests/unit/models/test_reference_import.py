@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from microdit.models import build_model, preset_config
+from microdit.models import MicroDiT, build_model, preset_config
 from microdit.models.reference_import import ReferenceImportError, convert_reference_state_dict, our_key
 from microdit.nn.embeddings import sincos_pos_embed_2d
 
@@ -110,6 +110,12 @@ def test_command_line_tool(tmp_path, tiny_reference):
     model = build_model("MicroDiT_Tiny_2").half()
     model.load_state_dict(sd, strict=True)
     assert torch.equal(model.blocks[1].mlp.w2, tiny_reference["blocks.1.mlp.w2"])
+    export = tmp_path / "export"
+    tool.main(["--preset", "MicroDiT_Tiny_2", str(src), str(export)])  # a folder: the run-end export
+    loaded = MicroDiT.from_pretrained(export)
+    assert torch.equal(loaded.blocks[1].mlp.w2, tiny_reference["blocks.1.mlp.w2"].float())
+    with pytest.raises(SystemExit, match="already holds an export"):
+        tool.main(["--preset", "MicroDiT_Tiny_2", str(src), str(export)])
     with pytest.raises(SystemExit, match="does not exist"):
         tool.main(["--preset", "MicroDiT_Tiny_2", str(tmp_path / "nope.pt"), str(dst)])
     with pytest.raises(SystemExit, match=r"ref.pt: reference key .* has shape"):

@@ -1,0 +1,322 @@
+"""The bad-input battery: bad data, bad configs, bad paths and faults, each tried the way a user
+meets it (the command line, in a subprocess where the command is microdit-train). Each case must
+end in a one-line error (no traceback) that names the file, key or field and what was expected,
+with nothing already written lost or changed.
+
+With MICRODIT_BATTERY_TABLE=path the battery also writes its table (case, message) there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from microdit.cli import cpu_ablation
+from microdit.cli import data as data_cli
+from microdit.cli import eval as eval_cli
+from microdit.cli import sample as sample_cli
+from microdit.data import load_manifest
+from microdit.data.encode import build_synthetic_dataset
+from microdit.data.manifest import save_manifest
+from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
+
+from train_helpers import base_overrides
+
+pytestmark = pytest.mark.slow
+TABLE: list[tuple[str, str]] = []
+
+
+def snapshot(*folders: Path) -> dict[str, bytes]:
+    """Every file under ``folders`` with its bytes (to show nothing was lost or changed)."""
+    return {str(p): p.read_bytes() for f in folders if f.exists() for p in sorted(Path(f).rglob("*")) if p.is_file()}
+
+
+def one_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert lines, "no error message"
+    assert "Traceback" not in text, text[-2000:]
+    return lines[-1]
+
+
+def cli_error(main, argv: list[str], capsys) -> str:
+    """Run a microdit console command in-process; it must exit non-zero with one line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    captured = capsys.readouterr()
+    code = exc.value.code
+    text = code if isinstance(code, str) else captured.err
+    assert code not in (0, None)
+    return one_line(text)
+
+
+def train_error(overrides: list[str], cwd: Path | None = None) -> str:
+    """Run microdit-train in a subprocess; it must fail with exit code 2 and one line on stderr."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "microdit.cli.train", *overrides], capture_output=True, text=True,
+                            env=env, timeout=600, cwd=cwd)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    return one_line(result.stderr)
+
+
+def record(case: str, message: str, *expected: str) -> None:
+    for part in expected:
+        assert part in message, (case, message)
+    TABLE.append((case, message))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A small latent dataset, a finished two-stage run on it, and a folder for scratch copies."""
+    tmp = tmp_path_factory.mktemp("battery")
+    data = tmp / "data"
+    build_synthetic_dataset(data, 48, 32, 0, "pixel:2", "offline:128:32", progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "microdit.cli.train", *base_overrides(tmp, data, "done")], check=True,
+                   env=env, capture_output=True, timeout=600)
+    yield {"tmp": tmp, "data": data, "run": tmp / "runs" / "done"}
+    table = os.environ.get("MICRODIT_BATTERY_TABLE")
+    if table:
+        rows = "\n".join(f"| {case} | `{msg}` |" for case, msg in TABLE)
+        Path(table).write_text(f"| case | message |\n|---|---|\n{rows}\n")
+
+
+def copy_dataset(world, name: str) -> Path:
+    dst = world["tmp"] / name
+    shutil.copytree(world["data"], dst)
+    return dst
+
+
+def rewrite_first_shard(folder: Path, change) -> None:
+    """Rewrite shard 0 with ``change(key, members) -> members`` and record it in the manifest."""
+    manifest = load_manifest(folder)
+    info = manifest.shards[0]
+    samples = list(iter_shard(folder / info.name))
+    with ShardWriter(folder / info.name) as writer:
+        for i, (key, members) in enumerate(samples):
+            writer.write(key, change(i, dict(members)))
+        manifest.shards[0] = writer.close()
+    save_manifest(folder, manifest)
+
+
+# -- data --------------------------------------------------------------------------------------------
+
+def test_truncated_shard(world, capsys):
+    folder = copy_dataset(world, "truncated")
+    shard = folder / load_manifest(folder).shards[0].name
+    shard.write_bytes(shard.read_bytes()[:1000])
+    msg = cli_error(data_cli.main, ["verify", str(folder)], capsys)
+    record("truncated shard (`microdit-data verify`)", msg, shard.name, "size or sha256")
+    msg = train_error(base_overrides(world["tmp"], folder, "t-trunc"))
+    record("truncated shard (`microdit-train`)", msg, shard.name, "size or sha256")
+
+
+def test_corrupted_shard(world, capsys):
+    folder = copy_dataset(world, "corrupt")
+    shard = folder / load_manifest(folder).shards[0].name
+    raw = bytearray(shard.read_bytes())
+    raw[2000] ^= 0xFF  # same size, other bytes
+    shard.write_bytes(bytes(raw))
+    msg = cli_error(data_cli.main, ["verify", str(folder)], capsys)
+    record("corrupted shard, same size", msg, shard.name, "sha256")
+
+
+def test_shard_missing_a_member(world):
+    folder = copy_dataset(world, "member")
+    rewrite_first_shard(folder, lambda i, m: {k: v for k, v in m.items() if not (i == 3 and k == "text.npy")})
+    msg = train_error(base_overrides(world["tmp"], folder, "t-member"))
+    record("sample without its text.npy", msg, "lacks", "text.npy")
+
+
+def test_nan_latents(world):
+    folder = copy_dataset(world, "nan")
+
+    def poison(i, members):
+        latent = np.load(__import__("io").BytesIO(members["latent.npy"]))
+        latent[0, 0, 0] = np.nan
+        return {**members, "latent.npy": npy_bytes(latent)}
+
+    rewrite_first_shard(folder, poison)
+    msg = train_error(base_overrides(world["tmp"], folder, "t-nan"))
+    record("NaN in the latents", msg, "latent contains NaN or Inf")
+
+
+def test_manifest_sample_count_mismatch(world, capsys):
+    folder = copy_dataset(world, "count")
+    values = json.loads((folder / "manifest.json").read_text())
+    values["samples"] += 5
+    (folder / "manifest.json").write_text(json.dumps(values))
+    msg = cli_error(data_cli.main, ["verify", str(folder)], capsys)
+    record("manifest sample count != shards", msg, "manifest.json", "samples is 53")
+
+
+def test_manifest_without_shards(world, capsys):
+    folder = copy_dataset(world, "noshards")
+    values = json.loads((folder / "manifest.json").read_text())
+    values["shards"] = []
+    (folder / "manifest.json").write_text(json.dumps(values))
+    msg = cli_error(data_cli.main, ["verify", str(folder)], capsys)
+    record("manifest with no shard list", msg, "manifest.json", "must list its shards")
+
+
+def test_dataset_that_does_not_fit_the_model(world):
+    msg = train_error(base_overrides(world["tmp"], world["data"], "t-fit") + ["model=micro",
+                                                                               "model.overrides.caption_dim=256"])
+    record("dataset does not fit the model (caption width)", msg, "caption width 128 != model caption_dim 256")
+
+
+def image_folder(root: Path, files: dict[str, bytes | Image.Image]) -> Path:
+    for name, content in files.items():
+        path = root / "cat" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            content.save(path)
+    return root
+
+
+def test_folder_build_bad_images(world, capsys, tmp_path):
+    good = Image.new("RGB", (64, 64), (200, 10, 10))
+    for name, bad, expected in (("zero-byte image", b"", "0.jpg: not a readable image"),
+                                ("non-image file named .jpg", b"hello, not a JPEG", "0.jpg: not a readable image")):
+        root = image_folder(tmp_path / name.replace(" ", "_"), {"0.jpg": bad, "1.png": good})
+        out = tmp_path / (root.name + "-out")
+        msg = cli_error(data_cli.main, ["cifar-captions", str(out), "--from-folder", str(root), "--size", "32",
+                                        "--min-side", "32"], capsys)
+        record(f"folder build: {name}", msg, *expected.split(": ", 1))
+        assert not out.exists()  # nothing half-written is left behind: rerun after fixing the file
+    # grayscale is converted to RGB, too-small images are skipped and counted, a .txt beside them is ignored
+    root = image_folder(tmp_path / "mixed", {"0.png": good, "1.png": Image.new("L", (64, 64), 128),
+                                              "2.png": Image.new("RGB", (16, 16)), "notes.txt": b"not an image"})
+    data_cli.main(["cifar-captions", str(tmp_path / "mixed-out"), "--from-folder", str(root), "--size", "32",
+                   "--min-side", "32"])
+    out = capsys.readouterr().out
+    record("folder build: grayscale + too-small images", one_line(out), "wrote 2 samples", "'too_small': 1")
+
+
+def test_synthetic_into_an_existing_dataset(world, capsys):
+    target = world["data"].with_name("data-images")
+    before = snapshot(target)
+    msg = cli_error(data_cli.main, ["synthetic", str(target), "--num-samples", "8"], capsys)
+    record("`microdit-data synthetic` into an existing dataset", msg, str(target), "not empty")
+    assert snapshot(target) == before
+
+
+def test_encode_into_a_non_empty_folder(world, capsys):
+    dst = world["tmp"] / "enc-dst"
+    dst.mkdir()
+    (dst / "latents-00000.tar").write_bytes(b"someone's data")
+    before = snapshot(dst)
+    msg = cli_error(data_cli.main, ["encode", str(world["data"].with_name("data-images")), str(dst)], capsys)
+    record("encode into a non-empty folder without manifest", msg, str(dst), "no manifest.json")
+    assert snapshot(dst) == before
+
+
+def test_encode_over_another_encoding(world, capsys):
+    before = snapshot(world["data"])
+    msg = cli_error(data_cli.main, ["encode", str(world["data"].with_name("data-images")), str(world["data"]),
+                                    "--text-encoder", "offline:64:32"], capsys)
+    record("encode into a dataset of another encoding", msg, "already holds a different encoding")
+    assert snapshot(world["data"]) == before
+
+
+# -- configs -----------------------------------------------------------------------------------------
+
+CONFIG_CASES = [
+    ("mask ratio 1.0", ["stages.pretrain.mask.ratio=1.0"], "ratio must be in [0, 1), got 1.0"),
+    ("mask ratio 1.5", ["stages.pretrain.mask.ratio=1.5"], "ratio must be in [0, 1), got 1.5"),
+    ("batch not divisible by processes x accumulation", ["trainer.batch_size=10", "trainer.grad_accum=3"],
+     "batch_size"),
+    ("both images and steps", ["stages.pretrain.steps=10"], "exactly one of"),
+    ("negative learning rate", ["stages.pretrain.lr=-1e-3"], "lr must be > 0"),
+    ("unknown preset", ["model.preset=giant"], "unknown model preset 'giant'"),
+    ("unknown experiment", ["experiment=fig99"], "Could not find 'experiment/fig99'"),
+    ("unknown key", ["+trainer.bogus=1"], "unknown config key(s) ['trainer.bogus']"),
+    ("trainer.device=cuda without a GPU", ["trainer.device=cuda"], "sees no CUDA device"),
+]
+
+
+@pytest.mark.parametrize("case,overrides,expected", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_invalid_config(world, case, overrides, expected):
+    run = world["tmp"] / "runs" / f"cfg-{len(TABLE)}"
+    msg = train_error(base_overrides(world["tmp"], world["data"], run.name) + overrides)
+    record(f"`microdit-train` {case}", msg, expected)
+    assert not (run / "checkpoints").exists()
+
+
+def test_cfg_job_validates(world):
+    msg = train_error(["--cfg", "job", "stages.pretrain.mask.ratio=1.5"])
+    record("`microdit-train --cfg job` with mask ratio 1.5", msg, "ratio must be in [0, 1), got 1.5")
+
+
+# -- runs and checkpoints ----------------------------------------------------------------------------
+
+def test_truncated_checkpoint(world):
+    run = world["tmp"] / "runs" / "trunc-ckpt"
+    shutil.copytree(world["run"], run)
+    state = sorted((run / "checkpoints").iterdir())[-1] / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    msg = train_error(base_overrides(world["tmp"], world["data"], run.name))
+    older = sorted((run / "checkpoints").iterdir())[-2]
+    record("truncated state.pt on resume", msg, str(state.parent), f"trainer.resume={older}")
+
+
+def test_resume_from_a_missing_path(world):
+    msg = train_error(base_overrides(world["tmp"], world["data"], "resume-missing") +
+                      [f"trainer.resume={world['tmp'] / 'nowhere'}"])
+    record("trainer.resume=<path that does not exist>", msg, "nowhere", "neither a checkpoint folder")
+
+
+def test_resume_with_another_batch_size(world):
+    run = world["tmp"] / "runs" / "rebatch"
+    shutil.copytree(world["run"], run)
+    shutil.rmtree(sorted((run / "checkpoints").iterdir())[-1])  # resume at the end of pretrain
+    before = snapshot(run / "checkpoints")
+    msg = train_error(base_overrides(world["tmp"], world["data"], run.name) + ["trainer.batch_size=16"])
+    record("resume with another batch size", msg, "trainer.batch_size=8", "repeat")
+    assert snapshot(run / "checkpoints") == before
+
+
+def test_unwritable_run_dir(world):
+    if os.geteuid() == 0:  # root writes anywhere: use a path under a regular file instead
+        blocker = world["tmp"] / "a-file"
+        blocker.write_text("x")
+        run_dir = blocker / "runs"
+    else:
+        run_dir = world["tmp"] / "ro"
+        run_dir.mkdir()
+        run_dir.chmod(0o500)
+    msg = train_error(base_overrides(world["tmp"], world["data"], "w") + [f"trainer.run_dir={run_dir}"])
+    record("unwritable run directory", msg, "not writable")
+
+
+def test_sample_bad_paths(world, capsys, tmp_path):
+    msg = cli_error(sample_cli.main, [str(tmp_path / "nowhere"), "--prompt", "a red circle"], capsys)
+    record("`microdit-sample` a path that does not exist", msg, "nowhere", "does not exist")
+    (tmp_path / "empty-run").mkdir()
+    msg = cli_error(sample_cli.main, [str(tmp_path / "empty-run"), "--prompt", "a red circle"], capsys)
+    record("`microdit-sample` a run without checkpoints", msg, "empty-run", "neither a checkpoint folder")
+
+
+def test_unknown_metric(world, capsys):
+    msg = cli_error(eval_cli.main, ["run", str(world["run"]), "--dataset", str(world["data"]), "--metrics", "is"],
+                    capsys)
+    record("`microdit-eval` unknown metric", msg, "--metrics", "'is'", "probe")
+
+
+def test_unknown_cpu_job(capsys):
+    msg = cli_error(cpu_ablation.main, ["--job", "nope"], capsys)
+    record("`microdit-cpu-ablation` unknown job", msg, "unknown job 'nope'", "main")
+
+
+def test_battery_is_large_enough():
+    """Runs last in this file (pytest keeps file order)."""
+    assert len(TABLE) >= 25, TABLE

@@ -1,0 +1,60 @@
+"""One CLI convention: every option of every command has help text and shows its default, and the
+shared names mean one thing (--num-samples, --steps, --cfg-scale, --metrics; lists comma-separated)."""
+
+import argparse
+
+import pytest
+
+from microdit.cli import bench, cpu_ablation, data, results, sample
+from microdit.cli import eval as eval_cli
+
+COMMANDS = {"microdit-bench": bench.main, "microdit-cpu-ablation": cpu_ablation.main, "microdit-data": data.main,
+            "microdit-eval": eval_cli.main, "microdit-results": results.main, "microdit-sample": sample.main}
+
+
+class Captured(Exception):
+    pass
+
+
+def parsers_of(main, monkeypatch) -> list[argparse.ArgumentParser]:
+    """The parser a command builds, and its sub-command parsers."""
+    seen = []
+
+    def capture(self, *args, **kwargs):
+        seen.append(self)
+        raise Captured
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Captured):
+        main([])
+    out, todo = [], list(seen)
+    while todo:
+        parser = todo.pop()
+        out.append(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_has_help_and_shows_its_default(command, monkeypatch):
+    for parser in parsers_of(COMMANDS[command], monkeypatch):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            name = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{name} has no help text"
+            has_default = action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings
+            if has_default:
+                assert "default" in action.help, f"{name} does not show its default {action.default!r}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_shared_option_names(command, monkeypatch):
+    """--num and --metric are gone: the same quantity has the same name in every command."""
+    for parser in parsers_of(COMMANDS[command], monkeypatch):
+        flags = {f for a in parser._actions for f in a.option_strings}
+        assert not flags & {"--num", "--metric", "--eval-samples", "--cfg", "--guidance"}, (parser.prog, flags)
+        if "--steps" in flags:
+            assert "--cfg-scale" in flags
