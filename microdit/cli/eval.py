@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         allowed = ("fid", "clip_fid") if args.command == "stats" else METRICS
         unknown = sorted(set(metrics) - set(allowed)) or ([] if metrics else ["(none)"])
         if unknown:
-            raise ValueError(f"--metrics: unknown {unknown}; choose from {','.join(allowed)}")
+            raise ValueError(f"--metrics: unknown metric(s) {unknown}; choose from {','.join(allowed)}")
         if args.command == "stats":
             for metric in metrics:
                 extractor = (InceptionFeatures(args.inception_weights, args.device) if metric == "fid"

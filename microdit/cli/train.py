@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -48,8 +49,10 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(2) from None
     job = HydraConfig.get()
     if job.mode == RunMode.MULTIRUN:  # one run folder per sweep point, named after its overrides
-        suffix = job.job.override_dirname or str(job.job.num)
-        run_cfg.trainer.name = f"{run_cfg.trainer.name}-{suffix}".replace("/", "_").replace(",", "_")
+        suffix = (job.job.override_dirname or str(job.job.num)).replace("/", "_").replace(",", "_")
+        if len(suffix) > 120:  # a folder name has at most 255 bytes: keep the start, tell points apart by a hash
+            suffix = f"{suffix[:100]}-{hashlib.sha1(suffix.encode()).hexdigest()[:10]}"
+        run_cfg.trainer.name = f"{run_cfg.trainer.name}-{suffix}"
     try:
         adopt_launcher_env()  # one process per task under submitit / srun (microdit.launch)
         summary = train(run_cfg)
