@@ -4,10 +4,11 @@ table with every number as mean ± 95% confidence interval over the seeds (n run
 
 Jobs are YAML files in ``conf/cpu_jobs/`` (``--job NAME``) or any path (``--job FILE``):
 
-- ``main`` (the default, the README's main command): the paper's masking question at laptop
-  scale, three seeds each, ≈ 10 minutes on 2 CPU cores.
-- ``masking_study``: the CPU masking study of ``experiments/README.md`` (equal images and equal
-  FLOPs, 64 and 256 tokens, every variant before and after an unmasked fine-tune; ≈ 2 hours).
+- ``main`` (the default, the README's main command): naive vs deferred masking at equal FLOPs,
+  three seeds each, ≈ 7 minutes on 2 CPU cores.
+- ``masking_study`` and ``masking_study_t256``: the CPU masking study of ``experiments/README.md``
+  (64 tokens: equal images and equal FLOPs, before and after an unmasked fine-tune, ≈ 60 minutes;
+  256 tokens: equal FLOPs, ≈ 20 minutes).
 
 With ``evaluate_stages`` every stage end is evaluated, not only the run's end: a run of a masked
 pretraining stage followed by an unmasked fine-tune gives a row "after pretrain" and a row
@@ -38,7 +39,7 @@ RESULTS = "results.csv"
 @dataclass
 class CpuJob:
     """A job file: ``experiments`` (each a name in conf/experiment, optionally followed by Hydra
-    overrides of that run only: ``"cpu_study_none protocol=cpu_study_t256"``) run for every seed of ``seeds``,
+    overrides of that run only: ``"cpu_masking_none protocol=cpu_study_t256"``) run for every seed of ``seeds``,
     with ``overrides`` (Hydra) for every run, written under ``out``; evaluation on
     ``held_out_samples`` held-out samples (``eval_samples`` generated per evaluation, probe trained
     ``probe_steps`` steps); ``evaluate_stages`` also evaluates every stage end; the table shows
@@ -120,29 +121,28 @@ def run_configs(job: CpuJob, out: Path, extra: list[str]) -> list[TrainConfig]:
     return configs
 
 
-def stage_ends(run: Path) -> list[tuple[str, Path]]:
-    """(stage name, checkpoint at its end) of every stage of a finished run, from run_info.json."""
-    stages = json.loads((run / "run_info.json").read_text())["stages"]
-    ends, nimg = [], 0
-    for stage in stages:
-        nimg += stage["images"]
-        ends.append((stage["name"], run / "checkpoints" / f"{nimg:012d}"))
+def stage_ends(run: Path) -> list[tuple[str, int, float]]:
+    """(stage name, images and planned training FLOPs up to its end) of every stage of a run, from
+    its run_info.json; the checkpoint at a stage's end is ``checkpoints/<images:012d>``."""
+    ends, images, flops = [], 0, 0.0
+    for stage in json.loads((run / "run_info.json").read_text())["stages"]:
+        images += stage["images"]
+        flops += stage["images"] * stage["flops_per_image"]
+        ends.append((stage["name"], images, flops))
     return ends
 
 
 def stage_rows(row: dict, run: Path) -> list[dict]:
     """The long rows of one run: one per evaluated stage end, with ``after`` (the stage name), the
     planned training ``cost.images`` / ``cost.flops`` up to that point and its ``eval.heldout.*``."""
-    stages = json.loads((run / "run_info.json").read_text())["stages"]
+    ends = stage_ends(run)
     base = {k: v for k, v in row.items() if not k.startswith(("eval.", "cost."))}
-    out, images, flops = [], 0, 0.0
-    for i, stage in enumerate(stages):
-        images += stage["images"]
-        flops += stage["images"] * stage["flops_per_image"]
-        prefix = "eval.heldout." if i == len(stages) - 1 else f"eval.heldout@{stage['name']}."
+    out = []
+    for i, (name, images, flops) in enumerate(ends):
+        prefix = "eval.heldout." if i == len(ends) - 1 else f"eval.heldout@{name}."
         metrics = {"eval.heldout." + k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
         if metrics:
-            out.append({**base, "after": stage["name"], "cost.images": images, "cost.flops": flops, **metrics})
+            out.append({**base, "after": name, "cost.images": images, "cost.flops": flops, **metrics})
     return out
 
 
@@ -200,11 +200,10 @@ def run_job(job: CpuJob, args: argparse.Namespace) -> None:
         if not (run / "summary.json").is_file():
             train(cfg)
         eval_set = Path(cfg.data.folders[0] + "-eval")
-        ends = stage_ends(run)
         evaluate(run, eval_set, settings, name="heldout")
         if job.evaluate_stages:
-            for name, checkpoint in ends[:-1]:
-                evaluate(checkpoint, eval_set, settings, name=f"heldout@{name}")
+            for name, images, _ in stage_ends(run)[:-1]:
+                evaluate(run / "checkpoints" / f"{images:012d}", eval_set, settings, name=f"heldout@{name}")
     runs = {str(Path(c.trainer.run_dir) / c.trainer.name) for c in configs}
     order = list(dict.fromkeys(c.trainer.name for c in configs))
     rows = [r for row in collect([out]) if row["run_dir"] in runs for r in stage_rows(row, Path(row["run_dir"]))]
