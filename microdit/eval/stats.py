@@ -46,6 +46,8 @@ def summarize(values) -> Summary | None:
     n, mean = len(xs), sum(xs) / len(xs)
     if n == 1:
         return Summary(mean, None, 1)
+    if max(xs) == min(xs):  # a quantity that does not vary (FLOPs, a constant prediction): exactly 0
+        return Summary(xs[0], 0.0, n)
     from scipy import stats
 
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))

@@ -19,6 +19,8 @@ def test_one_seed_missing_and_non_numbers():
     assert str(summarize([5.0])) == "5 (one seed)" and summarize([5.0]).half_width is None
     assert summarize([None, float("nan"), "x", True]) is None
     assert summarize([None, 4.0, float("nan"), 6.0]).n == 2
+    same = summarize([0.1, 0.1, 0.1])  # no spread: mean and interval exact, not float noise
+    assert (same.mean, same.half_width, str(same)) == (0.1, 0.0, "0.1 ± 0 (n=3)")
 
 
 def test_welch_against_a_textbook_case_and_holm():
