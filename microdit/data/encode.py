@@ -70,6 +70,7 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
     manifest = _start_manifest(src, dst, autoencoder, text, src_folder)
     done = {s.name for s in manifest.shards if (dst / s.name).is_file()}
     manifest.shards = [s for s in manifest.shards if s.name in done]
+    save_manifest(dst, manifest)  # from the start: an encode killed in its first shard can be resumed
     counts = {"bad_samples": 0}
     autoencoder.to(device)
     text.to(device)
@@ -162,6 +163,11 @@ def build_synthetic_dataset(folder: str | Path, num: int, size: int, seed: int, 
     images = folder.with_name(folder.name + "-images")
     if not (images / "manifest.json").is_file():
         samples = ((f"{i:08d}", (s := synthetic_sample(seed, i, size)).image, s.caption, s.labels) for i in range(num))
-        write_image_dataset(images, samples, size, list(SHAPES), f"synthetic(seed={seed})")
+        try:
+            write_image_dataset(images, samples, size, list(SHAPES), f"synthetic(seed={seed})")
+        except DataError:
+            if not (images / "manifest.json").is_file():
+                raise
+            # another process built the same images meanwhile: they are a pure function of (seed, index)
     return encode_dataset(images, folder, load_autoencoder(autoencoder), load_text_encoder(text_encoder),
                           progress=progress)

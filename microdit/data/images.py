@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import json
+import os
+import shutil
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -69,6 +73,32 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     return image.convert("RGB")
 
 
+def partial_folder(folder: Path) -> Path:
+    """The hidden sibling this process builds ``folder`` in before renaming it into place."""
+    return folder.with_name(f".{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
+
+
+def remove_stale_partials(folder: Path) -> None:
+    """Delete what builds of ``folder`` killed on this host (kill -9, out of memory) left behind:
+    partial folders whose process is gone. Another host's partials are left alone (its processes
+    cannot be checked from here)."""
+    prefix = f".{folder.name}.partial-{socket.gethostname()}-"
+    for stale in folder.parent.glob(glob.escape(prefix) + "*"):
+        pid = stale.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_image_dataset(
     folder: str | Path,
     samples: Iterable[tuple[str, Image.Image | np.ndarray, str, dict]],
@@ -79,14 +109,20 @@ def write_image_dataset(
 ) -> Manifest:
     """Write (key, image, caption, labels) samples as image shards ``images-NNNNN.tar`` + manifest.
 
-    Images must already be ``size`` x ``size``. Returns the manifest (also written).
+    Images must already be ``size`` x ``size``. Returns the manifest (also written). The dataset
+    is built in a hidden sibling folder and renamed to ``folder`` when complete, so ``folder``
+    never holds half a dataset: an interrupted or killed build leaves it as it was, and the next
+    build removes the killed one's leftovers.
     """
     folder = Path(folder)
     if folder.is_dir() and any(folder.iterdir()):
         raise DataError(f"{folder} is not empty ({'a dataset' if (folder / 'manifest.json').is_file() else 'files'} "
                         "already there): write a new dataset into a new or empty folder; nothing was changed")
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(folder.resolve())
+    work = partial_folder(folder.resolve())
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     manifest = Manifest(kind="images", image_size=[size, size], label_names=list(label_names), source=source,
                         complete=False)
     writer = None
@@ -96,7 +132,7 @@ def write_image_dataset(
             if array.shape != (size, size, 3):
                 raise DataError(f"sample {key!r}: image is {array.shape}, expected ({size}, {size}, 3)")
             if writer is None:
-                writer = ShardWriter(folder / f"images-{len(manifest.shards):05d}.tar")
+                writer = ShardWriter(work / f"images-{len(manifest.shards):05d}.tar")
             writer.write(key, {"png": png_bytes(array), "txt": caption.encode(), "json": json.dumps(labels).encode()})
             if writer.samples == shard_size:
                 manifest.shards.append(writer.close())
@@ -107,14 +143,16 @@ def write_image_dataset(
         manifest.samples = sum(s.samples for s in manifest.shards)
         if manifest.samples == 0:
             raise DataError(f"no samples to write to {folder}")
-    except BaseException:  # a bad sample or an interrupt: leave the folder as it was found (empty or absent)
+        manifest.complete = True
+        save_manifest(work, manifest)
+        try:
+            work.replace(folder)  # atomic; refused if another process filled ``folder`` meanwhile
+        except OSError as err:
+            raise DataError(f"{folder}: could not move the finished dataset into place ({err.strerror}: another "
+                            "process may have filled it meanwhile); nothing in it was changed") from None
+    except BaseException:  # a bad sample, an interrupt, a lost race: ``folder`` stays as it was found
         if writer is not None:
             writer.abort()
-        for info in manifest.shards:
-            (folder / info.name).unlink(missing_ok=True)
-        if created and not any(folder.iterdir()):
-            folder.rmdir()
+        shutil.rmtree(work, ignore_errors=True)
         raise
-    manifest.complete = True
-    save_manifest(folder, manifest)
     return manifest

@@ -39,7 +39,8 @@ def test_encode_round_trip(images, tmp_path, encoders):
         assert caption == src[key][1]
 
 
-def test_interrupted_encode_resumes_without_redoing(images, tmp_path, encoders, monkeypatch):
+@pytest.mark.parametrize("crash_at", [1, 2])  # in the first shard (nothing encoded yet) or in the second
+def test_interrupted_encode_resumes_without_redoing(images, tmp_path, encoders, monkeypatch, crash_at):
     reference = encode_dataset(images, tmp_path / "ref", *encoders, progress=False)
     import microdit.data.encode as enc
 
@@ -48,7 +49,7 @@ def test_interrupted_encode_resumes_without_redoing(images, tmp_path, encoders, 
 
     def crash_on_second(*args):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == crash_at:
             raise KeyboardInterrupt("killed")
         return original(*args)
 
@@ -56,12 +57,13 @@ def test_interrupted_encode_resumes_without_redoing(images, tmp_path, encoders, 
     with pytest.raises(KeyboardInterrupt):
         encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
     partial = load_manifest(tmp_path / "lat")
-    assert not partial.complete and [s.name for s in partial.shards] == ["latents-00000.tar"]
+    assert not partial.complete and [s.name for s in partial.shards] == ["latents-00000.tar"][:crash_at - 1]
     assert not list((tmp_path / "lat").glob("*.tmp"))
-    first_mtime = (tmp_path / "lat" / "latents-00000.tar").stat().st_mtime_ns
+    first = tmp_path / "lat" / "latents-00000.tar"
+    first_mtime = first.stat().st_mtime_ns if crash_at == 2 else None
     monkeypatch.setattr(enc, "_read_image_shard", original)
     resumed = encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
-    assert (tmp_path / "lat" / "latents-00000.tar").stat().st_mtime_ns == first_mtime
+    assert crash_at == 1 or first.stat().st_mtime_ns == first_mtime
     assert [(s.name, s.sha256) for s in resumed.shards] == [(s.name, s.sha256) for s in reference.shards]
     with pytest.raises(DataError, match="already holds a different encoding"):
         encode_dataset(images, tmp_path / "lat", load_autoencoder("pixel"), encoders[1], progress=False)
