@@ -5,7 +5,7 @@ table with every number as mean ± 95% confidence interval over the seeds (n run
 Jobs are YAML files in ``conf/cpu_jobs/`` (``--job NAME``) or any path (``--job FILE``):
 
 - ``main`` (the default, the README's main command): naive vs deferred masking at equal FLOPs,
-  three seeds each, ≈ 5.5 minutes on 2 CPU cores.
+  three seeds each, ≈ 6–10 minutes on 2 CPU cores.
 - ``masking_study`` and ``masking_study_t256``: the CPU masking study of ``experiments/README.md``
   (64 tokens: equal images and equal FLOPs, before and after an unmasked fine-tune, ≈ 60 minutes;
   256 tokens: equal FLOPs, ≈ 20 minutes).
