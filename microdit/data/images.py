@@ -73,12 +73,12 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def partial_folder(folder: Path) -> Path:
+def _partial_folder(folder: Path) -> Path:
     """The hidden sibling this process builds ``folder`` in before renaming it into place."""
     return folder.with_name(f".{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
 
 
-def remove_stale_partials(folder: Path) -> None:
+def _remove_stale_partials(folder: Path) -> None:
     """Delete what builds of ``folder`` killed on this host (kill -9, out of memory) left behind:
     partial folders whose process is gone. Another host's partials are left alone (its processes
     cannot be checked from here)."""
@@ -91,11 +91,11 @@ def remove_stale_partials(folder: Path) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, under another user
     return True
 
 
@@ -119,8 +119,8 @@ def write_image_dataset(
         raise DataError(f"{folder} is not empty ({'a dataset' if (folder / 'manifest.json').is_file() else 'files'} "
                         "already there): write a new dataset into a new or empty folder; nothing was changed")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(folder.resolve())
-    work = partial_folder(folder.resolve())
+    _remove_stale_partials(folder.resolve())
+    work = _partial_folder(folder.resolve())
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     manifest = Manifest(kind="images", image_size=[size, size], label_names=list(label_names), source=source,
