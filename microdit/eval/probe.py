@@ -7,6 +7,14 @@ Attributes are the categorical fields of the samples' label JSON (strings or int
 most ``MAX_VALUES`` distinct values): for the synthetic dataset shape, colour, size, position,
 background, count; for cifar-captions the class.
 
+The probe sees at most ``PROBE_GRID`` x ``PROBE_GRID`` positions: a larger latent is first folded
+by space-to-depth (``pixel_unshuffle``) with the factor of :func:`fold_factor`. Its three conv
+layers then span the same fraction of the image at 64 or 256 tokens: a 3 x 32 x 32 pixel latent
+(256 tokens at patch 2) is probed as 12 x 16 x 16, exactly the input of the 64-token datasets of
+the same images, so both give the same probe and comparable numbers. (Without the fold, the probe
+read the shapes of real 3 x 32 x 32 images at 0.49 where it reads the same images as 12 x 16 x 16
+at 0.81: its receptive field covered too little of the image.)
+
 Shapes: N samples, C latent channels, (h, w) latent size, F probe features.
 """
 
@@ -25,7 +33,7 @@ from microdit.data.reader import read_dataset
 from microdit.progress import progress
 
 MAX_VALUES = 50
-PROBE_FILE = "probe.pt"
+PROBE_GRID = 16
 
 
 def attribute_values(labels: list[dict]) -> dict[str, list]:
@@ -38,13 +46,27 @@ def attribute_values(labels: list[dict]) -> dict[str, list]:
     return {k: sorted(v, key=str) for k, v in sorted(seen.items()) if 1 < len(v) <= MAX_VALUES}
 
 
-class ProbeNet(nn.Module):
-    """Conv net on latents: 3 conv blocks, global average pool -> F features -> one head per attribute."""
+def fold_factor(height: int, width: int) -> int:
+    """The space-to-depth factor f of the probe's input: the smallest power of two with
+    max(height, width) / f <= PROBE_GRID, lowered to the largest power of two dividing both sides."""
+    f = 1
+    while max(height, width) > PROBE_GRID * f:
+        f *= 2
+    while height % f or width % f:
+        f //= 2
+    return f
 
-    def __init__(self, channels: int, heads: dict[str, int], width: int = 64, features: int = 128) -> None:
+
+class ProbeNet(nn.Module):
+    """Conv net on latents: space-to-depth by ``fold``, 3 conv blocks, global average pool -> F
+    features -> one head per attribute."""
+
+    def __init__(self, channels: int, heads: dict[str, int], width: int = 64, features: int = 128,
+                 fold: int = 1) -> None:
         super().__init__()
+        self.channels, self.fold = channels, fold
         self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.GroupNorm(8, width), nn.GELU(),
+            nn.Conv2d(channels * fold * fold, width, 3, padding=1), nn.GroupNorm(8, width), nn.GELU(),
             nn.Conv2d(width, width, 3, padding=1, stride=2), nn.GroupNorm(8, width), nn.GELU(),
             nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.GroupNorm(8, 2 * width), nn.GELU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, features), nn.GELU())
@@ -52,7 +74,7 @@ class ProbeNet(nn.Module):
 
     def features(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) -> (N, F)."""
-        return self.body(latents)
+        return self.body(F.pixel_unshuffle(latents, self.fold) if self.fold > 1 else latents)
 
     def forward(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
         """(N, C, h, w) -> {attribute: logits (N, values)}."""
@@ -98,14 +120,16 @@ class Probe:
 
     def save(self, path: Path) -> None:
         """Write the probe (state dict + vocabulary + held-out accuracy)."""
+        tmp = path.with_name(path.name + ".tmp")  # a killed save leaves the previous file or none
         torch.save({"state": self.net.state_dict(), "values": self.values, "heldout": self.heldout_accuracy,
-                    "channels": self.net.body[0].in_channels}, path)
+                    "channels": self.net.channels, "fold": self.net.fold}, tmp)
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Probe:
         """Read a probe written by :meth:`save`."""
         data = torch.load(path, weights_only=True)
-        net = ProbeNet(data["channels"], {k: len(v) for k, v in data["values"].items()})
+        net = ProbeNet(data["channels"], {k: len(v) for k, v in data["values"].items()}, fold=data["fold"])
         net.load_state_dict(data["state"])
         return cls(net, data["values"], data["heldout"])
 
@@ -121,7 +145,8 @@ def train_probe(latents: torch.Tensor, labels: list[dict], steps: int = 2000, ba
     order = torch.randperm(len(latents), generator=g)
     n_held = max(1, int(len(latents) * heldout_fraction))
     held, train = order[:n_held], order[n_held:]
-    probe = Probe(ProbeNet(latents.shape[1], {k: len(v) for k, v in values.items()}), values, {})
+    heads = {k: len(v) for k, v in values.items()}
+    probe = Probe(ProbeNet(latents.shape[1], heads, fold=fold_factor(*latents.shape[2:])), values, {})
     targets = probe.targets(labels)
     opt = torch.optim.AdamW(probe.net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -138,17 +163,25 @@ def train_probe(latents: torch.Tensor, labels: list[dict], steps: int = 2000, ba
     return probe
 
 
-def dataset_probe(folder: str | Path, limit: int = 20000, **train_kwargs) -> Probe:
-    """The probe of a latent dataset, trained once and cached as ``FOLDER/probe/probe.pt``."""
-    path = Path(folder) / "probe" / PROBE_FILE
+def probe_path(folder: str | Path, steps: int) -> Path:
+    """Where the probe of a dataset trained for ``steps`` steps is cached: ``FOLDER/probe/probe-{steps}steps.pt``."""
+    return Path(folder) / "probe" / f"probe-{steps}steps.pt"
+
+
+def dataset_probe(folder: str | Path, steps: int = 2000, limit: int = 20000) -> Probe:
+    """The probe of a latent dataset trained for ``steps`` steps on up to ``limit`` samples, trained
+    once and cached at :func:`probe_path` with a JSON summary beside it (a probe trained for other
+    steps is another file: its accuracies and feature scale differ)."""
+    path = probe_path(folder, steps)
     if path.is_file():
         return Probe.load(path)
     latents, labels, _ = read_dataset(folder, limit)
-    probe = train_probe(latents, labels, **train_kwargs)
+    probe = train_probe(latents, labels, steps=steps)
     path.parent.mkdir(exist_ok=True)
     probe.save(path)
-    (path.parent / "probe.json").write_text(json.dumps({"values": probe.values, "heldout_accuracy":
-                                                        probe.heldout_accuracy, "samples": len(latents)}, indent=2))
+    path.with_suffix(".json").write_text(json.dumps({"values": probe.values, "heldout_accuracy": probe.heldout_accuracy,
+                                                     "samples": len(latents), "steps": steps, "fold": probe.net.fold},
+                                                    indent=2))
     return probe
 
 
