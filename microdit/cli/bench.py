@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -40,7 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         if args.device == "cuda" and not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is visible to torch")
-        results = run_all(args.quick, args.device, compile=not args.no_compile)
+        results = {}
+        try:
+            run_all(args.quick, args.device, compile=not args.no_compile, results=results)
+        except BaseException:  # keep what was measured (a GPU's minutes are dear), then fail as before
+            partial = args.out / "bench.partial.json"
+            partial.write_text(json.dumps(results, indent=2))
+            print(f"microdit-bench: failed; the sections measured before the failure are in {partial}", file=sys.stderr)
+            raise
         name, report = "bench", summary_markdown(results)
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"{name}.md").write_text(report)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from microdit.data.cache import dataset_cache
 from microdit.data.images import IMAGE_EXTS, decode_image, from_uint8
 from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest, sha256_of
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
@@ -128,7 +129,7 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
         if not path.is_file():
             raise DataError(f"shard {path} listed in the manifest is missing")
         stats[info.name] = [path.stat().st_size, path.stat().st_mtime_ns]
-    stamp = folder / VERIFIED
+    stamp = dataset_cache(folder, VERIFIED)
     try:
         if json.loads(stamp.read_text()) == stats:
             return manifest
@@ -145,7 +146,7 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
     try:
         stamp.write_text(json.dumps(stats))
     except OSError:
-        pass  # a read-only dataset folder: verified again next time
+        pass  # nowhere to write (a full disk): verified again next time
     return manifest
 
 

@@ -122,7 +122,7 @@ def edm_sample(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    sigmas = sigmas.to(torch.float64)
+    sigmas = sigmas.to(noise.device, torch.float64)  # a schedule made on the CPU samples on any device
     num_steps = len(sigmas) - 1
     x = noise.to(torch.float64) * sigmas[0]
     if x_init is not None:

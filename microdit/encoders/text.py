@@ -105,7 +105,7 @@ class OfflineTextEncoder(TextEncoder):
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions -> (N, length, dim), mask True up to the end token (captions are truncated)."""
         _check_captions(captions)
-        tokens = self.tokenizer(captions)  # (N, L), 0 = padding
+        tokens = self.tokenizer(captions).to(self.table.device)  # (N, L), 0 = padding
         mask = tokens != 0
         emb = (self.table[tokens] + self.positions) * mask.unsqueeze(-1)  # (N, L, Dy), zero at padding
         return emb, mask

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from microdit.data import load_manifest
+from microdit.data.cache import dataset_cache
 from microdit.data.images import to_uint8
 from microdit.data.manifest import write_atomic
 from microdit.data.reader import read_dataset
@@ -78,9 +79,10 @@ def dataset_images(folder: str | Path, limit: int, device="cpu") -> torch.Tensor
 
 
 def reference_stats(folder: str | Path, extractor, limit: int = 50000, device="cpu") -> FeatureStats:
-    """Feature statistics of a dataset's images, cached as ``FOLDER/eval_stats/<extractor>-<n>.npz``."""
+    """Feature statistics of a dataset's images, cached as ``FOLDER/eval_stats/<extractor>-<n>.npz``
+    (for a read-only dataset, in the user's cache: :func:`microdit.data.cache.dataset_cache`)."""
     n = min(limit, load_manifest(folder).samples)
-    path = Path(folder) / "eval_stats" / f"{extractor.name}-{n}.npz"
+    path = dataset_cache(folder, f"eval_stats/{extractor.name}-{n}.npz")
     if path.is_file():
         return FeatureStats.load(path)
     stats = FeatureStats.of(extractor(dataset_images(folder, n, device)))

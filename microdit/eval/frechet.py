@@ -7,11 +7,14 @@ the square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2) (symmetric positive 
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from microdit.data.manifest import write_atomic
 
 
 @dataclass
@@ -31,9 +34,12 @@ class FeatureStats:
         return cls(f.mean(axis=0), np.cov(f, rowvar=False), f.shape[0])
 
     def save(self, path: str | Path) -> None:
-        """Write as .npz."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, mu=self.mu, sigma=self.sigma, count=self.count)
+        """Write as .npz (whole or not at all: a killed write leaves no file at ``path``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=self.mu, sigma=self.sigma, count=self.count)
+        write_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:

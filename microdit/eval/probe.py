@@ -20,6 +20,7 @@ Shapes: N samples, C latent channels, (h, w) latent size, F probe features.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microdit.data.cache import dataset_cache
+from microdit.data.manifest import write_atomic
 from microdit.data.reader import read_dataset
 from microdit.progress import progress
 
@@ -120,10 +123,10 @@ class Probe:
 
     def save(self, path: Path) -> None:
         """Write the probe (state dict + vocabulary + held-out accuracy)."""
-        tmp = path.with_name(path.name + ".tmp")  # a killed save leaves the previous file or none
+        buffer = io.BytesIO()
         torch.save({"state": self.net.state_dict(), "values": self.values, "heldout": self.heldout_accuracy,
-                    "channels": self.net.channels, "fold": self.net.fold}, tmp)
-        tmp.replace(path)
+                    "channels": self.net.channels, "fold": self.net.fold}, buffer)
+        write_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> Probe:
@@ -164,8 +167,9 @@ def train_probe(latents: torch.Tensor, labels: list[dict], steps: int = 2000, ba
 
 
 def probe_path(folder: str | Path, steps: int) -> Path:
-    """Where the probe of a dataset trained for ``steps`` steps is cached: ``FOLDER/probe/probe-{steps}steps.pt``."""
-    return Path(folder) / "probe" / f"probe-{steps}steps.pt"
+    """Where the probe of a dataset trained for ``steps`` steps is cached: ``FOLDER/probe/probe-{steps}steps.pt``
+    (for a read-only dataset, in the user's cache: :func:`microdit.data.cache.dataset_cache`)."""
+    return dataset_cache(folder, f"probe/probe-{steps}steps.pt")
 
 
 def dataset_probe(folder: str | Path, steps: int = 2000, limit: int = 20000) -> Probe:
@@ -177,7 +181,6 @@ def dataset_probe(folder: str | Path, steps: int = 2000, limit: int = 20000) -> 
         return Probe.load(path)
     latents, labels, _ = read_dataset(folder, limit)
     probe = train_probe(latents, labels, steps=steps)
-    path.parent.mkdir(exist_ok=True)
     probe.save(path)
     path.with_suffix(".json").write_text(json.dumps({"values": probe.values, "heldout_accuracy": probe.heldout_accuracy,
                                                      "samples": len(latents), "steps": steps, "fold": probe.net.fold},

@@ -11,6 +11,7 @@ by +-30% between runs).
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -29,7 +30,7 @@ from microdit.models import build_model, preset_config
 from microdit.nn import ExpertChoiceMoE, expert_capacity
 from microdit.nn.attention import ATTENTION_BACKENDS, attention_backend, check_attention_backend
 from microdit.nn.moe import combine, dispatch
-from microdit.perf.devices import DeviceModel
+from microdit.perf.devices import H100, DeviceModel
 from microdit.perf.roofline import step_time, trace_step
 from microdit.train.flops import flops_per_image
 from microdit.train.guard import NonFiniteGuard
@@ -37,9 +38,11 @@ from microdit.train.optim import OptimConfig, build_optimizer
 from microdit.train.step import NetworkContext, draw_step, train_step
 
 CPU = torch.device("cpu")
-# What each device benchmarks: presets (the last one is judged by the targets), caption length.
-DEVICE_PLAN = {"cpu": {"presets": ("nano", "micro"), "caption_len": 8},
-               "cuda": {"presets": ("MicroDiT_Tiny_2", "MicroDiT_XL_2"), "caption_len": 77}}
+# What each device benchmarks: presets (the last one is judged by the targets), caption length,
+# images per step (on CUDA, 64: MicroDiT_XL_2 unmasked at 256 tokens keeps about 0.6 GB of
+# activations per image, so the GPU plan's 256 images per GPU need activation checkpointing).
+DEVICE_PLAN = {"cpu": {"presets": ("nano", "micro"), "caption_len": 8, "batch": 32},
+               "cuda": {"presets": ("MicroDiT_Tiny_2", "MicroDiT_XL_2"), "caption_len": 77, "batch": 64}}
 
 
 def _sync(device: torch.device) -> None:
@@ -109,30 +112,44 @@ class StepCase:
     EDM loss with the network under bf16 autocast on CUDA, backward, clipping at 0.25, the
     device-side guard, fused AdamW at the paper's settings), ready to be timed.
     ``checkpointing``: blocks recompute their activations in the backward pass (FLOP/s and MFU
-    still count the step's useful FLOPs only)."""
+    still count the step's useful FLOPs only). :meth:`variant` gives another mask, checkpointing or
+    compile setting on the same weights, optimiser and batch: a GPU holds one copy of each preset
+    (four copies of MicroDiT_XL_2 with their AdamW state do not fit an 80 GB H100)."""
 
     def __init__(self, preset: str, mask: MaskConfig | None = None, batch: int = 32, caption_len: int = 8,
                  device: str = "cpu", compile: bool = False, checkpointing: bool = False) -> None:
         self.device = torch.device(device)
-        self.mask = mask or MaskConfig(ratio=0.0)
         torch.manual_seed(0)
         self.model = build_model(preset).to(self.device)
-        self.model.activation_checkpointing = checkpointing
         cfg = self.model.cfg
-        net = torch.compile(self.model) if compile else self.model
-        self.loss_net = NetworkContext(net, self.device.type, bf16=self.device.type == "cuda")
         self.opt = build_optimizer(self.model, OptimConfig())
         self.guard = NonFiniteGuard(self.device)
         self.batch = {"latent": torch.randn(batch, cfg.in_channels, *cfg.input_size, device=self.device),
                       "text": torch.randn(batch, caption_len, cfg.caption_dim, device=self.device),
                       "text_mask": torch.ones(batch, caption_len, dtype=torch.bool, device=self.device)}
-        self.info = {"preset": preset, "mask_ratio": self.mask.ratio, "strategy": self.mask.strategy,
-                     "block_size": self.mask.block_size, "batch": batch, "tokens": cfg.base_grid[0] * cfg.base_grid[1],
-                     "compiled": compile, "checkpointing": checkpointing,
-                     "flops_per_step": flops_per_image(cfg, cfg.base_grid, caption_len, self.mask).train * batch}
+        self.info = {"preset": preset, "batch": batch, "caption_len": caption_len,
+                     "tokens": cfg.base_grid[0] * cfg.base_grid[1]}
+        self._configure(mask, compile, checkpointing)
+
+    def _configure(self, mask: MaskConfig | None, compile: bool, checkpointing: bool) -> None:
+        cfg, n = self.model.cfg, self.info["batch"]
+        self.mask, self.checkpointing = mask or MaskConfig(ratio=0.0), checkpointing
+        net = torch.compile(self.model) if compile else self.model
+        self.loss_net = NetworkContext(net, self.device.type, bf16=self.device.type == "cuda")
+        flops = flops_per_image(cfg, cfg.base_grid, self.info["caption_len"], self.mask).train * n
+        self.info = {**self.info, "mask_ratio": self.mask.ratio, "strategy": self.mask.strategy,
+                     "block_size": self.mask.block_size, "compiled": compile, "checkpointing": checkpointing,
+                     "flops_per_step": flops}
+
+    def variant(self, mask: MaskConfig | None = None, compile: bool = False, checkpointing: bool = False) -> StepCase:
+        """This case's model, optimiser, guard and batch at another setting (shared, not copied)."""
+        other = copy.copy(self)
+        other._configure(mask, compile, checkpointing)
+        return other
 
     def __call__(self) -> None:
         cfg, n, edm = self.model.cfg, self.info["batch"], EDMConfig()
+        self.model.activation_checkpointing = self.checkpointing
         draws = draw_step(n, cfg, self.mask, edm, None, self.device)
         train_step(self.loss_net, self.opt, self.guard, [(self.batch, slice(0, n))], draws, edm, cfg.patch_size,
                    grad_clip=0.25)
@@ -142,10 +159,17 @@ def bench_steps(cases: list[StepCase], repeats: int = 8, warmup: int = 3) -> tup
     """Time ``cases`` round-robin (one step of each per round, after a matmul probe), so that a
     slow phase of a shared machine hits every case and the peak alike; returns per case the
     median step time, images/s, FLOP/s and MFU against the median probe (also returned), the
-    first step's time (compiling, if any) and, on CUDA, host synchronisations per step."""
+    first step's time (compiling, if any) and, on CUDA, host synchronisations per step and the
+    memory a step allocates above what is resident before it (activations, gradients, temporaries)."""
     device = cases[0].device
     probe = PeakProbe(device)
-    first = [_median_time(case, 1, 0, device) for case in cases]
+    first, step_gib = [], []
+    for case in cases:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            resident = torch.cuda.memory_allocated(device)
+        first.append(_median_time(case, 1, 0, device))
+        step_gib.append((torch.cuda.max_memory_allocated(device) - resident) / 2**30 if device.type == "cuda" else None)
     for case in cases:
         for _ in range(max(warmup - 1, 0)):
             case()
@@ -156,18 +180,18 @@ def bench_steps(cases: list[StepCase], repeats: int = 8, warmup: int = 3) -> tup
             times[i].append(_median_time(case, 1, 0, device))
     peak = statistics.median(peaks)
     rows = []
-    for case, seconds, first_s in zip(cases, map(statistics.median, times), first, strict=True):
+    for case, seconds, first_s, gib in zip(cases, map(statistics.median, times), first, step_gib, strict=True):
         flops = case.info["flops_per_step"]
-        rows.append({**case.info, "step_s": seconds, "first_step_s": first_s,
+        rows.append({**case.info, "step_s": seconds, "first_step_s": first_s, "step_memory_gib": gib,
                      "images_per_s": case.info["batch"] / seconds, "flop_per_s": flops / seconds,
                      "mfu": flops / seconds / peak, "host_syncs_per_step": _count_host_syncs(case, device)})
     return rows, peak
 
 
-def roofline_check(steps: list[dict], caption_len: int) -> dict:
-    """The roofline model (:mod:`microdit.perf.roofline`) with this CPU's measured figures against the
-    measured step times: how far to trust it where it cannot be checked (the GPU plan)."""
-    device = cpu_device_model()
+def roofline_check(steps: list[dict], caption_len: int, device: DeviceModel) -> dict:
+    """The roofline model (:mod:`microdit.perf.roofline`) with ``device``'s figures against the
+    measured step times. On a CPU with its measured figures: how far to trust the model where it
+    cannot be checked; on CUDA with the GPU plan's H100 figures: the plan itself, checked."""
     rows = []
     for s in steps:
         mask = MaskConfig(s["mask_ratio"], s["strategy"], s["block_size"])
@@ -371,24 +395,26 @@ def bench_sampler(preset: str, steps: list[int], images: int = 8, device: str = 
     return out
 
 
-def run_all(quick: bool, device: str = "cpu", compile: bool = True) -> dict:
+def run_all(quick: bool, device: str = "cpu", compile: bool = True, results: dict | None = None) -> dict:
     """Every benchmark on ``device``; ``quick`` uses fewer configurations and sizes (a few minutes
-    on 2 cores). ``compile`` adds a torch.compile row for the judged preset."""
+    on 2 cores). ``compile`` adds a torch.compile row for the judged preset. Sections are added to
+    ``results`` (returned) as they finish, so that a caller keeps what was measured before a failure."""
+    results = {} if results is None else results
     dev = torch.device(device)
     plan = DEVICE_PLAN[dev.type]
-    presets, length = plan["presets"], plan["caption_len"]
-    cases = [StepCase(preset, MaskConfig(ratio, strategy, block), caption_len=length, device=device)
-             for preset in presets
-             for ratio, strategy, block in ((0.0, "random", 1), (0.5, "random", 1), (0.75, "random", 1),
-                                            (0.75, "block", 2))
+    presets, length, batch = plan["presets"], plan["caption_len"], plan["batch"]
+    masks = [MaskConfig(ratio, strategy, block) for ratio, strategy, block in
+             ((0.0, "random", 1), (0.5, "random", 1), (0.75, "random", 1), (0.75, "block", 2))
              if not (quick and ratio == 0.5)]
-    cases.append(StepCase(presets[-1], caption_len=length, device=device, checkpointing=True))
+    bases = [StepCase(preset, batch=batch, caption_len=length, device=device) for preset in presets]
+    cases = [base.variant(mask) for base in bases for mask in masks]
+    cases.append(bases[-1].variant(checkpointing=True))
     steps, peak = bench_steps(cases, repeats=5 if quick else 10)
-    del cases
-    results = {"device": device, "threads": torch.get_num_threads(), "matmul_peak_flop_per_s": peak,
-               "peak_dtype": "fp32" if dev.type == "cpu" else "bf16", "quick": quick, "steps": steps}
-    if dev.type == "cpu":
-        results["roofline"] = roofline_check([s for s in results["steps"] if not s["checkpointing"]], length)
+    del cases, bases
+    results.update({"device": device, "threads": torch.get_num_threads(), "matmul_peak_flop_per_s": peak,
+                    "peak_dtype": "fp32" if dev.type == "cpu" else "bf16", "quick": quick, "steps": steps})
+    model = cpu_device_model() if dev.type == "cpu" else H100
+    results["roofline"] = roofline_check([s for s in results["steps"] if not s["checkpointing"]], length, model)
     results["masking"] = []
     for preset in presets:
         rows = {(r["mask_ratio"], r["strategy"]): r for r in results["steps"]
@@ -405,7 +431,8 @@ def run_all(quick: bool, device: str = "cpu", compile: bool = True) -> dict:
     results["reader"] = bench_reader(2000 if quick else 10000, preset_config(presets[-1]).caption_dim)
     results["sampler"] = bench_sampler(presets[0], [10] if quick else [10, 30], device=device)
     if compile:  # last: inductor leaves compile workers behind that disturb later measurements on a small CPU
-        pair = [StepCase(presets[-1], caption_len=length, device=device, compile=flag) for flag in (False, True)]
+        base = StepCase(presets[-1], batch=batch, caption_len=length, device=device)
+        pair = [base, base.variant(compile=True)]
         results["compile"] = bench_steps(pair, repeats=5 if quick else 10)[0]
     results["targets"] = targets(results)
     return results
@@ -454,14 +481,15 @@ def summary_markdown(r: dict) -> str:
               f"{t.get('note', '')} |" for t in r.get("targets", [])]
     lines += ["", "## Training step (trainer's step: loss, backward, clipping, guard, fused AdamW)", "",
               "| preset | mask | strategy | mode | batch | step ms | images/s | GFLOP/s | MFU | first step s "
-              "| host syncs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| host syncs | step memory GiB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in r["steps"] + r.get("compile", []):
         block = "" if s["block_size"] == 1 else f" b={s['block_size']}"
         syncs = "n/a" if s.get("host_syncs_per_step") is None else s["host_syncs_per_step"]
+        gib = "n/a" if s.get("step_memory_gib") is None else f"{s['step_memory_gib']:.1f}"
         lines.append(f"| {s['preset']} | {s['mask_ratio']} | {s['strategy']}{block} | "
                      f"{_mode(s)} | {s['batch']} | {s['step_s'] * 1000:.0f} | "
                      f"{s['images_per_s']:.0f} | {s['flop_per_s'] / 1e9:.0f} | {s['mfu']:.0%} | "
-                     f"{s.get('first_step_s', 0):.1f} | {syncs} |")
+                     f"{s.get('first_step_s', 0):.1f} | {syncs} | {gib} |")
     if "compile" in r:
         eager, compiled = r["compile"]
         lines += ["", f"The last two rows ran side by side: torch.compile {eager['step_s'] / compiled['step_s']:.2f}x "
@@ -472,7 +500,7 @@ def summary_markdown(r: dict) -> str:
     lines += [f"| {m['preset']} | {m['mask_ratio']} | {m['strategy']} | {m['time_ratio']:.2f} | {m['flop_ratio']:.2f} "
               f"| {m['time_ratio'] / m['flop_ratio']:.2f} |" for m in r["masking"]]
     if "roofline" in r:
-        lines += ["", "## Roofline model vs measurement (this CPU's measured figures)", "",
+        lines += ["", f"## Roofline model vs measurement ({r['roofline']['device']['name']})", "",
                   "| preset | mask | strategy | predicted ms | measured ms | predicted / measured |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {x['preset']} | {x['mask_ratio']} | {x['strategy']} | {x['predicted_s'] * 1000:.0f} | "

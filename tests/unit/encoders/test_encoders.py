@@ -145,3 +145,10 @@ def test_minilm_weights_are_checked(monkeypatch, tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="weights are missing"):
         minilm_folder()
+
+
+def test_offline_text_encoder_returns_tensors_on_its_own_device():
+    # caught on an H100: tokens stayed on the CPU and the trainer's sample grid failed on CUDA
+    # (the meta device stands in for a GPU here; tests/cuda checks the real one)
+    emb, mask = load_text_encoder("offline:16:8", "meta").encode(["a red circle", "two squares"])
+    assert emb.device.type == mask.device.type == "meta" and emb.shape == (2, 8, 16)

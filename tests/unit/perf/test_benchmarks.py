@@ -1,5 +1,7 @@
 """microdit-bench's pieces on tiny sizes: they run and report consistent numbers (no timing asserted)."""
 
+import json
+
 import pytest
 import torch
 
@@ -53,16 +55,19 @@ def test_attention_backends_report_unavailable_ones():
 
 
 def test_bench_report(tmp_path):
-    cases = [StepCase("nano", MaskConfig(r), batch=4) for r in (0.0, 0.75)]
-    cases.append(StepCase("nano", batch=4, checkpointing=True))
+    base = StepCase("nano", batch=4)
+    cases = [base.variant(MaskConfig(r)) for r in (0.0, 0.75)] + [base.variant(checkpointing=True)]
+    assert all(c.model is base.model and c.opt is base.opt for c in cases)  # one copy of the weights
+    assert base.info["mask_ratio"] == 0.0 and cases[1].info["mask_ratio"] == 0.75  # the base is unchanged
     steps, peak = bench_steps(cases, repeats=2, warmup=0)
+    assert all(s["step_memory_gib"] is None for s in steps)  # measured on CUDA only
     assert steps[1]["flops_per_step"] < steps[0]["flops_per_step"] and peak > 0
     assert all(s["mfu"] == pytest.approx(s["flop_per_s"] / peak) for s in steps)
     assert steps[0]["host_syncs_per_step"] is None  # nothing asynchronous on CPU
     assert steps[2]["flops_per_step"] == steps[0]["flops_per_step"]  # useful FLOPs only
-    weights = [p.detach().clone() for p in cases[0].model.parameters()]
-    cases[0]()
-    assert any(not torch.equal(w, p) for w, p in zip(weights, cases[0].model.parameters(), strict=True))
+    weights = [p.detach().clone() for p in base.model.parameters()]
+    cases[1]()  # a variant's step trains the shared weights
+    assert any(not torch.equal(w, p) for w, p in zip(weights, base.model.parameters(), strict=True))
     sampler = bench_sampler("nano", [2], images=2)
     assert set(sampler["by_steps"][2]) == {"cfg_batched", "cfg_two_passes"}
     case = {"gather": {"time_s": 1.0, "peak_mib": 2.0, "saved_mib": 1.0},
@@ -106,3 +111,16 @@ def test_cuda_request_without_a_gpu_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench_main(["--device", "cuda"])
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_a_failing_section_keeps_what_was_measured_before_it(tmp_path, monkeypatch, capsys):
+    def run_all(quick, device, compile, results):
+        results["steps"] = [{"preset": "nano", "step_s": 0.5}]
+        raise RuntimeError("the sampler section broke")
+
+    monkeypatch.setattr("microdit.cli.bench.run_all", run_all)
+    with pytest.raises(RuntimeError, match="sampler section broke"):
+        bench_main(["--out", str(tmp_path)])
+    assert json.loads((tmp_path / "bench.partial.json").read_text()) == {"steps": [{"preset": "nano", "step_s": 0.5}]}
+    assert not (tmp_path / "bench.json").exists()
+    assert "bench.partial.json" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import torch
 from microdit.masking import MaskConfig
 from microdit.models import preset_config
 from microdit.perf.benchmarks import roofline_check
-from microdit.perf.devices import DeviceModel
+from microdit.perf.devices import H100, DeviceModel
 from microdit.perf.roofline import Op, step_time, trace_step
 from microdit.train.flops import flops_per_image
 
@@ -51,8 +51,10 @@ def test_step_time_arithmetic():
 
 def test_roofline_check_compares_with_measured_rows():
     rows = [{"preset": "nano", "batch": 4, "mask_ratio": 0.75, "strategy": "random", "block_size": 1, "step_s": 0.5}]
-    out = roofline_check(rows, 8)
+    out = roofline_check(rows, 8, H100)
     (row,) = out["rows"]
-    assert row["ratio"] == pytest.approx(row["predicted_s"] / 0.5) and row["predicted_s"] > 0
-    assert out["device"]["matmul_flops"] > 0 and not out["device"]["asynchronous"]
+    ops, views = trace_step(preset_config("nano"), 4, 8, MaskConfig(0.75))
+    assert row["predicted_s"] == step_time(ops, views, H100)["seconds"] > 0
+    assert row["ratio"] == pytest.approx(row["predicted_s"] / 0.5)
+    assert out["device"] == vars(H100)
 

@@ -1,0 +1,68 @@
+"""Dataset caches: beside a writable dataset, in the user's cache for a read-only one (a shared
+folder: here os.access reports it read-only, since tests may run as root), and a cache already
+beside the dataset is read by everyone."""
+
+import os
+import shutil
+
+import pytest
+
+import microdit.data.cache as cache
+import microdit.data.encode as encode
+from microdit.cli.data import main as data_main
+from microdit.data import verify_dataset
+from microdit.data.cache import dataset_cache
+
+
+@pytest.fixture()
+def read_only(monkeypatch, tmp_path):
+    """Make every path under the returned folder read-only for microdit.data.cache; user cache in tmp."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(cache.os, "access", lambda p, mode: False if str(p).startswith(str(shared)) and
+                        mode == os.W_OK else real_access(p, mode))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "user-cache"))
+    return shared
+
+
+def test_a_writable_dataset_keeps_its_caches_beside_it(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = dataset_cache(folder, "probe/probe-10steps.pt")
+    assert path == folder / "probe" / "probe-10steps.pt" and path.parent.is_dir()
+
+
+def test_a_read_only_dataset_caches_in_the_user_cache_keyed_by_its_path(read_only, tmp_path):
+    a, b = read_only / "x" / "data", read_only / "y" / "data"  # two datasets of one name
+    for folder in (a, b):
+        folder.mkdir(parents=True)
+    pa, pb = dataset_cache(a, "eval_stats/s.npz"), dataset_cache(b, "eval_stats/s.npz")
+    root = tmp_path / "user-cache"
+    assert pa.is_relative_to(root) and pb.is_relative_to(root) and pa != pb
+    assert pa.parts[-3].startswith("data-") and pa.parent.is_dir()
+    assert not (a / "eval_stats").exists()
+    assert dataset_cache(a, "eval_stats/s.npz") == pa  # the same place next time
+
+
+def test_a_cache_already_beside_a_read_only_dataset_is_read_there(read_only):
+    folder = read_only / "data"
+    (folder / "probe").mkdir(parents=True)
+    (folder / "probe" / "p.pt").write_bytes(b"built by the dataset's owner")
+    assert dataset_cache(folder, "probe/p.pt") == folder / "probe" / "p.pt"
+
+
+def test_a_read_only_dataset_is_hashed_once(read_only, tmp_path, monkeypatch):
+    data_main(["synthetic", str(tmp_path / "img"), "--num", "6", "--size", "16"])
+    data_main(["encode", str(tmp_path / "img"), str(read_only / "lat"), "--text-encoder", "offline:32:8",
+               "--device", "cpu"])
+    shutil.rmtree(tmp_path / "user-cache", ignore_errors=True)  # as if built elsewhere, then shared
+    (read_only / "lat" / encode.VERIFIED).unlink(missing_ok=True)
+    hashed = []
+    real = encode.sha256_of
+    monkeypatch.setattr(encode, "sha256_of", lambda p: hashed.append(p) or real(p))
+    verify_dataset(read_only / "lat")
+    verify_dataset(read_only / "lat")
+    assert len(hashed) == 1  # one shard, hashed by the first check only
+    assert not (read_only / "lat" / encode.VERIFIED).exists()
+    assert any((tmp_path / "user-cache").glob(f"lat-*/{encode.VERIFIED}"))
