@@ -39,8 +39,8 @@ from microdit.train.step import NetworkContext, draw_step, train_step
 
 CPU = torch.device("cpu")
 # What each device benchmarks: presets (the last one is judged by the targets), caption length,
-# images per step (on CUDA, 64: MicroDiT_XL_2 unmasked at 256 tokens keeps about 0.6 GB of
-# activations per image, so the GPU plan's 256 images per GPU need activation checkpointing).
+# images per step (on CUDA 64, a quarter of the GPU plan's 256 per GPU: the memory an unmasked
+# MicroDiT_XL_2 step takes at 256 images has not been measured; each row reports its step memory).
 DEVICE_PLAN = {"cpu": {"presets": ("nano", "micro"), "caption_len": 8, "batch": 32},
                "cuda": {"presets": ("MicroDiT_Tiny_2", "MicroDiT_XL_2"), "caption_len": 77, "batch": 64}}
 
