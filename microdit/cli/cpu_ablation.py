@@ -15,7 +15,8 @@ pretraining stage followed by an unmasked fine-tune gives a row "after pretrain"
 "after finetune". ``probe_fd`` (lower is better) and ``probe_acc`` (higher is better, chance is 1
 / number of values) are probe metrics, not FID. Runs that finished earlier are not trained
 again, evaluations are cached, an interrupted run resumes: rerunning a job only adds what is
-missing.
+missing. A run folder written with another config (another ``--budget-flops``, an edited job) is
+refused before anything trains, not reported as this job's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 import yaml
 
 from microdit.cli.train import CONF_DIR, compose_config
-from microdit.train.config import TrainConfig, validate
+from microdit.train import checkpoint as ckpt
+from microdit.train.config import TrainConfig, run_changes, summarize_changes, validate
 
 JOBS_DIR = CONF_DIR / "cpu_jobs"
 RESULTS = "results.csv"
@@ -117,8 +119,20 @@ def run_configs(job: CpuJob, out: Path, extra: list[str]) -> list[TrainConfig]:
                 validate(cfg)
             except (HydraException, ValueError) as err:
                 raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
+            check_existing_run(cfg)
             configs.append(cfg)
     return configs
+
+
+def check_existing_run(cfg: TrainConfig) -> None:
+    """A run folder the job would reuse (its results, its checkpoints) must have been written with
+    this config: a rerun with another budget or override would otherwise report the old run."""
+    run = Path(cfg.trainer.run_dir) / cfg.trainer.name
+    if (run / ckpt.CONFIG).is_file():
+        changes = run_changes(ckpt.run_config(run / ckpt.CONFIG), cfg)
+        if changes:
+            raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); "
+                             f"its results are not this job's: pass another --out, or delete {run} to train it again")
 
 
 def stage_ends(run: Path) -> list[tuple[str, int, float]]:

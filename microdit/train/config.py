@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from microdit.data.reader import DataConfig
@@ -245,3 +246,54 @@ def to_train_config(node) -> TrainConfig:
         raise ValueError(f"unknown config key(s) {unknown}: not fields of the training config (check the spelling; "
                          "microdit-train --cfg job shows every key)")
     return OmegaConf.to_object(node)
+
+
+# What a relaunch may change and still continue the same run: where and how it runs (devices,
+# precision, compilation, threads, accumulation of the same global batch), how it logs,
+# checkpoints and draws its sample grids, and where its data lies (datasets move between
+# machines: ``data.folders`` are compared by folder name). Every other key changes what the run
+# computes.
+RELAUNCH_KEYS = (
+    "trainer.run_dir", "trainer.name", "trainer.group", "trainer.grad_accum", "trainer.precision", "trainer.device",
+    "trainer.compile", "trainer.compile_mode", "trainer.attention_backend", "trainer.activation_checkpointing",
+    "trainer.threads", "trainer.log_every_images", "trainer.ckpt_every_images", "trainer.keep_checkpoints",
+    "trainer.save_initial_checkpoint", "trainer.resume", "trainer.init_from", "trainer.init_mode",
+    "trainer.max_nonfinite", "trainer.sync_every_steps", "trainer.sample_every_images", "trainer.sample_prompts",
+    "trainer.sample_seed", "trainer.price_per_device_hour", "trainer.wandb", "trainer.progress", "sampler",
+    "data.num_workers")
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    """{dotted key: value} of a config: dataclasses and dicts are walked, anything else is a leaf."""
+    if dataclasses.is_dataclass(node):
+        node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    out = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def run_changes(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    """``"key: saved -> current"`` for every key outside :data:`RELAUNCH_KEYS` where ``current``
+    differs from the config a run was written with: continuing that run with ``current`` would mix
+    two runs (another budget refits every stage's length and learning-rate schedule; another seed
+    or global batch changes the data order)."""
+    before, after = _leaves(saved), _leaves(current)
+    for leaves in (before, after):
+        leaves["data.folders"] = [Path(f).name for f in leaves["data.folders"]]
+    out = []
+    for key in dict.fromkeys([*before, *after]):
+        if any(key == k or key.startswith(k + ".") for k in RELAUNCH_KEYS):
+            continue
+        old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
+        if old != new:
+            out.append(f"{key}: {old} -> {new}")
+    return out
+
+
+def summarize_changes(changes: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of :func:`run_changes`, and how many more, on one line."""
+    more = f" (and {len(changes) - shown} more)" if len(changes) > shown else ""
+    return "; ".join(changes[:shown]) + more

@@ -36,7 +36,7 @@ from microdit.nn.attention import check_attention_backend
 from microdit.perf.devices import peak_flops
 from microdit.progress import progress
 from microdit.train import checkpoint as ckpt
-from microdit.train.config import TrainConfig, validate
+from microdit.train.config import TrainConfig, run_changes, summarize_changes, validate
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
 from microdit.train.guard import NonFiniteError, NonFiniteGuard
@@ -190,14 +190,13 @@ class Trainer:
         self.acc.print(f"[train] initialised from {path} ({self.cfg.trainer.init_mode})")
 
     def _load(self, path: Path) -> None:
-        if (path / ckpt.CONFIG).is_file():  # the data order is a function of (seed, global batch, step)
-            saved, t = ckpt.run_config(path / ckpt.CONFIG).trainer, self.cfg.trainer
-            for key in ("batch_size", "seed"):
-                if getattr(saved, key) != getattr(t, key):
-                    raise ValueError(f"checkpoint {path} was written with trainer.{key}={getattr(saved, key)}; "
-                                     f"resuming with {getattr(t, key)} would repeat some samples and skip others: "
-                                     f"resume with trainer.{key}={getattr(saved, key)}, or start a new run "
-                                     f"(another trainer.name) with trainer.init_from={path}")
+        if (path / ckpt.CONFIG).is_file():
+            changes = run_changes(ckpt.run_config(path / ckpt.CONFIG), self.cfg)
+            if changes:
+                raise ValueError(f"checkpoint {path} was written with another config ({summarize_changes(changes)}); "
+                                 "continuing it would mix two runs: relaunch with the values of "
+                                 f"{path / ckpt.CONFIG}, or start a new run (another trainer.name) with "
+                                 f"trainer.init_from={path}")
         state, meta = ckpt.load(path)
         model_cfg = stage_at(self.stages, state["progress"]["stage"]).model
         self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)

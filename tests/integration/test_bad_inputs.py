@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from microdit.cli import cpu_ablation
@@ -28,7 +29,7 @@ from microdit.data.encode import build_synthetic_dataset
 from microdit.data.manifest import save_manifest
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 
-from train_helpers import base_overrides
+from train_helpers import TWO_STAGES, base_overrides
 
 pytestmark = pytest.mark.slow
 TABLE: list[tuple[str, str]] = []
@@ -281,8 +282,34 @@ def test_resume_with_another_batch_size(world):
     shutil.rmtree(sorted((run / "checkpoints").iterdir())[-1])  # resume at the end of pretrain
     before = snapshot(run / "checkpoints")
     msg = train_error(base_overrides(world["tmp"], world["data"], run.name) + ["trainer.batch_size=16"])
-    record("resume with another batch size", msg, "trainer.batch_size=8", "repeat")
+    record("resume with another batch size", msg, "trainer.batch_size: 8 -> 16", "mix two runs", "trainer.init_from=")
     assert snapshot(run / "checkpoints") == before
+
+
+def test_resume_with_another_stage_length(world):
+    run = world["tmp"] / "runs" / "restage"
+    shutil.copytree(world["run"], run)
+    shutil.rmtree(sorted((run / "checkpoints").iterdir())[-1])
+    before = snapshot(run)
+    longer = TWO_STAGES.replace("images: 32", "images: 48")
+    msg = train_error(base_overrides(world["tmp"], world["data"], run.name, [longer]))
+    record("resume with a longer fine-tune (another budget)", msg, "stages.finetune.images: 32 -> 48",
+           str(run / "checkpoints"))
+    assert snapshot(run) == before
+
+
+def test_cpu_job_rerun_with_another_budget(world, capsys, tmp_path):
+    """A finished run under the job's --out with another config is not reported as this job's."""
+    job = cpu_ablation.CpuJob.load("main")
+    first = cpu_ablation.run_configs(job, tmp_path, ["trainer.budget_flops=1e12"])[0]
+    run = Path(first.trainer.run_dir) / first.trainer.name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(first)))
+    before = snapshot(tmp_path)
+    msg = cli_error(cpu_ablation.main, ["--out", str(tmp_path), "--budget-flops", "2e12"], capsys)
+    record("`microdit-cpu-ablation` rerun into an --out with another budget", msg, str(run),
+           "trainer.budget_flops: 1000000000000.0 -> 2000000000000.0", "another --out")
+    assert snapshot(tmp_path) == before
 
 
 def test_unwritable_run_dir(world):

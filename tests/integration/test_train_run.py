@@ -251,7 +251,11 @@ def test_init_from_and_incompatible_checkpoint(tmp_path, data):
     trainer = Trainer(cfg)
     state, _ = ckpt.load(source)
     assert torch.equal(trainer.model.blocks[0].attn.qkv.weight, state["model"]["blocks.0.attn.qkv.weight"])
-    bad = compose_config(base_overrides(tmp_path, data, "source") + ["model.overrides.depth=3"])
+    resumed = compose_config(base_overrides(tmp_path, data, "source") + ["model.overrides.depth=3"])
+    with pytest.raises(ValueError, match=r"written with another config \(model.overrides.depth: 2 -> 3"):
+        Trainer(resumed)
+    bad = compose_config(base_overrides(tmp_path, data, "deeper") + ["model.overrides.depth=3",
+                                                                      f"trainer.init_from={source_run}"])
     with pytest.raises(RuntimeError, match=r"checkpoint .*000000000096 is incompatible with this model config"):
         Trainer(bad)
 

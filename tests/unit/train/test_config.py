@@ -3,9 +3,11 @@
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from microdit.cli.train import CONF_DIR
-from microdit.train.config import StageConfig, TrainConfig, problems
+from microdit.train.checkpoint import run_config
+from microdit.train.config import StageConfig, TrainConfig, problems, run_changes, summarize_changes
 from microdit.train.plan import resolve
 
 from train_helpers import compose_config
@@ -67,6 +69,26 @@ def test_all_problems_reported_together():
                           "data.folders=[]"])
     assert len(problems(cfg)) >= 3
     assert any("processes x grad_accum = 2 x 2" in p for p in problems(cfg, world_size=2))
+
+
+def test_run_changes_name_what_would_mix_two_runs(tmp_path):
+    """A run's config.yaml read back equals the config it was written from; a relaunch may move the
+    run, its data and its devices, but not change what the run computes."""
+    cfg = compose_config(["protocol=cpu_ablation"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    saved = run_config(tmp_path / "config.yaml")
+    assert run_changes(saved, cfg) == []
+    moved = compose_config(["protocol=cpu_ablation", "trainer.run_dir=/scratch/runs", "trainer.threads=1",
+                            "trainer.grad_accum=2", "sampler.steps=40", "data.folders=[/mnt/shared/data/synthetic]"])
+    assert run_changes(saved, moved) == []
+    other = compose_config(["protocol=cpu_ablation", "trainer.budget_flops=1.6e13", "stages.pretrain.mask.ratio=0.5",
+                            "data.folders=[data/synthetic-minilm]", "trainer.seed=1"])
+    changes = run_changes(saved, other)
+    assert [c.split(":")[0] for c in changes] == ["data.folders", "trainer.seed", "trainer.budget_flops",
+                                                  "stages.pretrain.mask.ratio"]
+    assert "trainer.budget_flops: 8000000000000.0 -> 16000000000000.0" in changes
+    assert summarize_changes(changes, shown=2) == "; ".join(changes[:2]) + " (and 2 more)"
+    assert summarize_changes(changes[:1]) == changes[0]
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
