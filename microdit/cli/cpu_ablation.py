@@ -201,9 +201,13 @@ def run_job(job: CpuJob, args: argparse.Namespace) -> None:
     probe_steps = args.probe_steps or job.probe_steps
     print(f"[job] {len(job.experiments)} experiments x {len(job.seeds)} seeds = {len(configs)} runs under {out}",
           file=sys.stderr)
+    shown = set()
     for cfg in configs:  # each dataset once: training split, held-out split, probe
         prepare_synthetic(cfg)
         data = Path(cfg.data.folders[0])
+        if data.resolve() not in shown:  # a relative folder resolves against the working directory
+            shown.add(data.resolve())
+            print(f"[job] dataset {data.resolve()} (held-out split: {data.resolve()}-eval)", file=sys.stderr)
         build_synthetic_dataset(data.with_name(data.name + "-eval"), job.held_out_samples, cfg.data.prepare_size,
                                 cfg.data.prepare_seed + 1, cfg.encoder.autoencoder, cfg.encoder.text_encoder)
         dataset_probe(data, steps=probe_steps)

@@ -258,6 +258,30 @@ def test_cfg_job_validates(world):
     record("`microdit-train --cfg job` with mask ratio 1.5", msg, "ratio must be in [0, 1), got 1.5")
 
 
+def test_sweep_with_a_bad_point(world):
+    """Every point of a -m sweep is validated before the first job runs: nothing is trained."""
+    run = world["tmp"] / "runs" / "bad-sweep"
+    sweep = "stages.pretrain.mask.ratio=0.5,1.5"
+    msg = train_error(["-m", *base_overrides(world["tmp"], world["data"], run.name), sweep])
+    record("`microdit-train -m` sweep with one bad point (mask ratio 0.5,1.5)", msg,
+           "sweep point", "stages.pretrain.mask.ratio=1.5", "ratio must be in [0, 1), got 1.5")
+    assert not list((world["tmp"] / "runs").glob("bad-sweep*"))
+
+
+def test_slurm_launcher_without_its_plugin(world, monkeypatch, capsys):
+    """hydra/launcher=submitit_slurm without the slurm extra: one line naming the extra to install."""
+    from microdit.cli import train as train_cli
+
+    run = world["tmp"] / "runs" / "no-plugin"
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_submitit_launcher", None)  # import fails
+    monkeypatch.setattr(sys, "argv", ["microdit-train", "-m", "hydra/launcher=submitit_slurm",
+                                      *base_overrides(world["tmp"], world["data"], run.name)])
+    msg = cli_error(lambda argv: train_cli.cli(), [], capsys)
+    record("`microdit-train -m hydra/launcher=submitit_slurm` without the plugin", msg,
+           "hydra/launcher=submitit_slurm", "pip install 'microdit[slurm]'")
+    assert not run.exists()
+
+
 # -- runs and checkpoints ----------------------------------------------------------------------------
 
 def test_truncated_checkpoint(world):
