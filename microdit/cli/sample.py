@@ -5,6 +5,7 @@ denoise with the prompt).
     microdit-sample runs/my-run --prompt "a red circle on the left" --prompt "two shapes" --out samples/
     microdit-sample runs/my-run --prompts-file prompts.txt --steps 50 --cfg-scale 5   # default: the run's sampler
     microdit-sample runs/my-run --prompt "a blue star" --init-image photo.png --sigma-start 2.0
+    microdit-sample runs/my-run --prompt "a red circle" --prompt "a red square" --same-noise   # what a word changes
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default: %(default)s)")
     add_sampler_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
+    parser.add_argument("--same-noise", action="store_true", help="every image starts from the noise of --seed, "
+                        "so prompts that differ in one word show what that word changes")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     parser.add_argument("--text-encoder", help="default: the one the run's dataset was encoded with")
@@ -86,14 +89,16 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
         pixels = from_uint8(torch.from_numpy(image).permute(2, 0, 1)[None])
         x_init = ae.encode(pixels.to(args.device)).cpu().expand(len(prompts), -1, -1, -1)
     sampler = loaded.config.sampler.with_overrides(**sampler_overrides(args))
-    latents = generate(loaded.model, y, [args.seed + i for i in range(len(prompts))], loaded.config.diffusion,
+    seeds = [args.seed if args.same_noise else args.seed + i for i in range(len(prompts))]
+    latents = generate(loaded.model, y, seeds, loaded.config.diffusion,
                        sampler, mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init,
                        args.sigma_start, show_progress=True)
     images = to_uint8(ae.decode(latents.to(args.device)).cpu())  # (N, 3, H, W)
     args.out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(args.out / f"{i:04d}.png")
-    (args.out / "prompts.txt").write_text("".join(f"{i:04d}\t{args.seed + i}\t{p}\n" for i, p in enumerate(prompts)))
+    listing = "".join(f"{i:04d}\t{seed}\t{p}\n" for i, (seed, p) in enumerate(zip(seeds, prompts, strict=True)))
+    (args.out / "prompts.txt").write_text(listing)
     save_grid(images, args.out / "grid.png", columns=min(8, len(images)))
     print(f"{len(images)} images from {loaded.checkpoint} ({'EMA' if loaded.ema else 'raw'} weights) in {args.out}",
           file=sys.stderr)

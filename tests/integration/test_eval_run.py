@@ -87,6 +87,11 @@ def test_sample_cli_text_and_image_to_image(run, tmp_path):
     sample_main([str(run), "--prompt", "a red circle on the left", "--steps", "3", "--out", str(tmp_path / "again"),
                  "--seed", "7"])
     assert Image.open(tmp_path / "again" / "0000.png").tobytes() == first  # seed per image: reproducible
+    sample_main([str(run), "--prompt", "a blue star", "--prompt", "a red circle on the left", "--steps", "3",
+                 "--out", str(tmp_path / "same"), "--seed", "7", "--same-noise"])  # both from seed 7's noise
+    assert Image.open(tmp_path / "same" / "0001.png").tobytes() == first
+    assert Image.open(tmp_path / "same" / "0000.png").tobytes() != first
+    assert (tmp_path / "same" / "prompts.txt").read_text().splitlines()[0] == "0000\t7\ta blue star"
     sample_main([str(run), "--prompt", "a cat", "--steps", "3", "--init-image", str(PHOTO), "--sigma-start", "1.0",
                  "--out", str(tmp_path / "i2i")])
     assert Image.open(tmp_path / "i2i" / "0000.png").size == (32, 32)
