@@ -32,7 +32,7 @@ import yaml
 
 from microdit.cli.train import CONF_DIR, compose_config
 from microdit.train import checkpoint as ckpt
-from microdit.train.config import TrainConfig, run_changes, summarize_changes, validate
+from microdit.train.config import TrainConfig, summarize_changes, validate
 
 JOBS_DIR = CONF_DIR / "cpu_jobs"
 RESULTS = "results.csv"
@@ -128,11 +128,10 @@ def check_existing_run(cfg: TrainConfig) -> None:
     """A run folder the job would reuse (its results, its checkpoints) must have been written with
     this config: a rerun with another budget or override would otherwise report the old run."""
     run = Path(cfg.trainer.run_dir) / cfg.trainer.name
-    if (run / ckpt.CONFIG).is_file():
-        changes = run_changes(ckpt.run_config(run / ckpt.CONFIG), cfg)
-        if changes:
-            raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); "
-                             f"its results are not this job's: pass another --out, or delete {run} to train it again")
+    changes = ckpt.saved_config_changes(run, cfg)
+    if changes:
+        raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); "
+                         f"its results are not this job's: pass another --out, or delete {run} to train it again")
 
 
 def stage_ends(run: Path) -> list[tuple[str, int, float]]:
@@ -207,7 +206,7 @@ def run_job(job: CpuJob, args: argparse.Namespace) -> None:
         data = Path(cfg.data.folders[0])
         if data.resolve() not in shown:  # a relative folder resolves against the working directory
             shown.add(data.resolve())
-            print(f"[job] dataset {data.resolve()} (held-out split: {data.resolve()}-eval)", file=sys.stderr)
+            print(f"[job] dataset {data.resolve()} (held-out split: {data.name}-eval beside it)", file=sys.stderr)
         build_synthetic_dataset(data.with_name(data.name + "-eval"), job.held_out_samples, cfg.data.prepare_size,
                                 cfg.data.prepare_seed + 1, cfg.encoder.autoencoder, cfg.encoder.text_encoder)
         dataset_probe(data, steps=probe_steps)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from microdit.models import MicroDiT
 from microdit.models.microdit import PRETRAINED_WEIGHTS
-from microdit.train.config import TrainConfig
+from microdit.train.config import TrainConfig, run_changes
 from microdit.train.plan import resolve, stage_at
 
 CONFIG = "config.yaml"
@@ -151,6 +151,12 @@ def run_config(path: str | Path) -> TrainConfig:
     except Exception as err:  # noqa: BLE001  (OmegaConf raises many types; all mean "not a run config")
         raise ValueError(f"{path} is not a readable microdit run config ({type(err).__name__}: "
                          f"{str(err).splitlines()[0]})") from None
+
+
+def saved_config_changes(folder: Path, cfg: TrainConfig) -> list[str]:
+    """:func:`~microdit.train.config.run_changes` between the config written in ``folder`` (a run
+    or a checkpoint, ``FOLDER/config.yaml``) and ``cfg``; none when ``folder`` holds no config."""
+    return run_changes(run_config(folder / CONFIG), cfg) if (folder / CONFIG).is_file() else []
 
 
 @dataclass

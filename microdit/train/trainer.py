@@ -36,7 +36,7 @@ from microdit.nn.attention import check_attention_backend
 from microdit.perf.devices import peak_flops
 from microdit.progress import progress
 from microdit.train import checkpoint as ckpt
-from microdit.train.config import TrainConfig, run_changes, summarize_changes, validate
+from microdit.train.config import TrainConfig, summarize_changes, validate
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
 from microdit.train.guard import NonFiniteError, NonFiniteGuard
@@ -190,13 +190,11 @@ class Trainer:
         self.acc.print(f"[train] initialised from {path} ({self.cfg.trainer.init_mode})")
 
     def _load(self, path: Path) -> None:
-        if (path / ckpt.CONFIG).is_file():
-            changes = run_changes(ckpt.run_config(path / ckpt.CONFIG), self.cfg)
-            if changes:
-                raise ValueError(f"checkpoint {path} was written with another config ({summarize_changes(changes)}); "
-                                 "continuing it would mix two runs: relaunch with the values of "
-                                 f"{path / ckpt.CONFIG}, or start a new run (another trainer.name) with "
-                                 f"trainer.init_from={path}")
+        changes = ckpt.saved_config_changes(path, self.cfg)
+        if changes:
+            raise ValueError(f"checkpoint {path} was written with another config ({summarize_changes(changes)}); "
+                             f"continuing it would mix two runs: relaunch with the values of {path / ckpt.CONFIG}, "
+                             f"or start a new run (another trainer.name) with trainer.init_from={path}")
         state, meta = ckpt.load(path)
         model_cfg = stage_at(self.stages, state["progress"]["stage"]).model
         self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
