@@ -73,12 +73,24 @@ def adopt_launcher_env() -> ProcessInfo:
     return ProcessInfo.from_env()
 
 
-def local_device(requested: str, info: ProcessInfo) -> torch.device:
+def local_device(requested: str, info: ProcessInfo | None = None) -> torch.device:
     """The device of this process: ``cuda`` means ``cuda:LOCAL_RANK`` (one GPU per process on a
-    node); anything else is used as given."""
-    if requested == "cuda":
-        return torch.device("cuda", info.local_rank)
-    return torch.device(requested)
+    node; ``info`` None: one process); anything else is used as given. ValueError (one line) for a
+    string torch does not read as a device, or a CUDA device this machine does not have."""
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {requested!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r}: torch sees no CUDA device on this machine "
+                             "(torch.cuda.is_available() is False); use cpu")
+        index = (info.local_rank if info else 0) if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r}: this process would use cuda:{index}, but torch sees "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+        device = torch.device("cuda", index)
+    return device
 
 
 def launcher_precision(precision: str) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from microdit.cli.options import positive_float, positive_int
 from microdit.cli.train import CONF_DIR, compose_config
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig, summarize_changes, validate
@@ -68,7 +69,7 @@ class CpuJob:
                 raise ValueError(f"unknown job {spec!r}: use one of {names} or a path to a job YAML file")
         try:
             data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise ValueError(f"{path}: not a readable YAML job file ({type(err).__name__})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a job file is a mapping with at least 'experiments'")
@@ -168,17 +169,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", help="comma-separated seeds instead of the job's (e.g. 0,1,2)")
     parser.add_argument("--data", type=Path, help="training dataset folder for every run (default: each "
                         "experiment's own; its held-out split is FOLDER-eval)")
-    parser.add_argument("--budget-flops", type=float, help="override the shared compute budget of every run")
-    parser.add_argument("--num-samples", type=int, help="generated samples per evaluation (default: the job's "
+    parser.add_argument("--budget-flops", type=positive_float, help="override the shared compute budget of every run")
+    parser.add_argument("--num-samples", type=positive_int, help="generated samples per evaluation (default: the job's "
                         "eval_samples)")
-    parser.add_argument("--probe-steps", type=int, help="training steps of the probe (default: the job's)")
+    parser.add_argument("--probe-steps", type=positive_int, help="training steps of the probe (default: the job's)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for every run (repeatable, e.g. sampler.steps=20)")
     args = parser.parse_args(argv)
     try:
         job = CpuJob.load(args.job)
         if args.seeds:
-            job.seeds = [int(s) for s in args.seeds.split(",")]
+            try:
+                job.seeds = [int(s) for s in args.seeds.split(",")]
+            except ValueError:
+                raise ValueError(f"--seeds: expected comma-separated integers (e.g. 0,1,2), got {args.seeds!r}") \
+                    from None
         run_job(job, args)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None

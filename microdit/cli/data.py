@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from microdit.cli.options import positive_int
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
 from microdit.data.images import IMAGE_EXTS, decode_image, save_grid, to_uint8
@@ -23,6 +24,7 @@ from microdit.data.reader import LatentBatches
 from microdit.data.shards import iter_shard
 from microdit.data.synthetic import SHAPES, synthetic_sample
 from microdit.encoders import EncoderConfig, load_autoencoder, load_text_encoder
+from microdit.launch import local_device
 from microdit.progress import progress
 
 
@@ -54,8 +56,9 @@ def cmd_cifar_captions(args: argparse.Namespace) -> None:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     """Encode an image dataset into latents."""
+    device = local_device(args.device)
     autoencoder, text = load_autoencoder(args.autoencoder), load_text_encoder(args.text_encoder)
-    manifest = encode_dataset(args.src, args.dst, autoencoder, text, args.batch_size, args.seed, args.device,
+    manifest = encode_dataset(args.src, args.dst, autoencoder, text, args.batch_size, args.seed, device,
                               args.skip_bad_samples)
     print(f"{args.dst}: {manifest.samples} samples, latents {manifest.latent_shape}, text {manifest.text_shape}")
 
@@ -98,9 +101,9 @@ def _image_dataset_parser(sub, name: str, help_text: str, size: int) -> argparse
     """A sub-command that writes an image dataset: OUT, --size, --seed, --shard-size."""
     p = sub.add_parser(name, help=help_text)
     p.add_argument("out", type=Path, help="output folder of the image shards (must not hold a dataset)")
-    p.add_argument("--size", type=int, default=size, help="side of the square images (default: %(default)s)")
+    p.add_argument("--size", type=positive_int, default=size, help="side of the square images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default: %(default)s)")
-    p.add_argument("--shard-size", type=int, default=2000, help="samples per shard (default: %(default)s)")
+    p.add_argument("--shard-size", type=positive_int, default=2000, help="samples per shard (default: %(default)s)")
     return p
 
 
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = _image_dataset_parser(sub, "synthetic", "write the synthetic captioned dataset as image shards", 32)
-    p.add_argument("--num-samples", type=int, default=20000, help="number of samples (default: %(default)s)")
+    p.add_argument("--num-samples", type=positive_int, default=20000, help="number of samples (default: %(default)s)")
     p.set_defaults(func=cmd_synthetic)
     p = _image_dataset_parser(sub, "cifar-captions", "build cifar-captions image shards", 256)
     group = p.add_mutually_exclusive_group(required=True)
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--from-torchvision", type=Path, help="download CIFAR-10 into this folder (online)")
     p.add_argument("--captions-file", type=Path, help="JSON {'<class>/<file>': caption} for --from-folder")
     p.add_argument("--test", action="store_true", help="CIFAR-10 test split instead of train")
-    p.add_argument("--min-side", type=int, default=256,
+    p.add_argument("--min-side", type=positive_int, default=256,
                    help="images with a shorter side are skipped (default: %(default)s)")
     p.set_defaults(func=cmd_cifar_captions)
     p = sub.add_parser("encode", help="encode image shards into latent shards (resumable)")
@@ -131,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default=EncoderConfig.text_encoder,
                    help="openclip:ARCH[:PRETRAINED] (paper: openclip:ViT-H-14-378-quickgelu:dfn5b), offline[:D[:L]] "
                         "or minilm[:L] (default: %(default)s, the default model's caption width)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per encoder batch (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the autoencoder's latent sampling (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -140,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
     p = sub.add_parser("inspect", help="show a dataset's manifest and a few samples")
     p.add_argument("dir", type=Path, help="image or latent dataset folder")
-    p.add_argument("--num-samples", type=int, default=8, help="samples to show (default: %(default)s)")
+    p.add_argument("--num-samples", type=positive_int, default=8, help="samples to show (default: %(default)s)")
     p.add_argument("--grid", type=Path, help="save a PNG grid of the (decoded) samples")
     p.add_argument("--full", action="store_true", help="print the whole manifest")
     p.set_defaults(func=cmd_inspect)
@@ -155,6 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except DataError as err:
-        print(f"microdit-data {args.command}: error: {err}", file=sys.stderr)
+    except (DataError, ValueError, OSError) as err:
+        print(f"microdit-data {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from microdit.cli.sampler_options import add_sampler_options, sampler_overrides
+from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
 from microdit.data import DataError
 from microdit.eval.evaluate import METRICS, EvalSettings, evaluate, reference_stats
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", type=Path, required=True, help="evaluation latent dataset (held-out split)")
     p.add_argument("--name", help="name of this evaluation (default: the dataset folder's name)")
     p.add_argument("--probe-dataset", type=Path, help="dataset the probe is trained on (default: the run's data)")
-    p.add_argument("--num-samples", type=int, default=1000, help="samples to generate (the first N prompts of the "
-                   "dataset; default: %(default)s)")
+    p.add_argument("--num-samples", type=positive_int, default=1000,
+                   help="samples to generate (the first N prompts of the dataset; default: %(default)s)")
     p.add_argument("--metrics", default="probe",
                    help=f"comma-separated, from {','.join(METRICS)} (default: %(default)s)")
     add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per generation batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="samples per generation batch (default: %(default)s)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--clip-fid-model", default=CLIP_FID_MODEL,
                    help="open_clip model of clip_fid (default: %(default)s)")
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("stats", help="cache reference feature statistics of a dataset")
     p.add_argument("dataset", type=Path, help="image or latent dataset folder")
     p.add_argument("--metrics", required=True, help="comma-separated, from fid,clip_fid")
-    p.add_argument("--num-samples", type=int, default=50000, help="images to use at most (default: %(default)s)")
+    p.add_argument("--num-samples", type=positive_int, default=50000,
+                   help="images to use at most (default: %(default)s)")
     p.add_argument("--clip-fid-model", default=CLIP_FID_MODEL,
                    help="open_clip model of clip_fid (default: %(default)s)")
     p.add_argument("--inception-weights", help="local InceptionV3 weights (default: torch-fidelity downloads them)")
@@ -63,10 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             raise ValueError(f"--metrics: unknown metric(s) {unknown}; choose from {','.join(allowed)}")
         if args.command == "stats":
+            device = local_device(args.device)
             for metric in metrics:
-                extractor = (InceptionFeatures(args.inception_weights, args.device) if metric == "fid"
-                             else ClipModel(args.clip_fid_model, args.device))
-                stats = reference_stats(args.dataset, extractor, args.num_samples, args.device)
+                extractor = (InceptionFeatures(args.inception_weights, device) if metric == "fid"
+                             else ClipModel(args.clip_fid_model, device))
+                stats = reference_stats(args.dataset, extractor, args.num_samples, device)
                 print(f"{args.dataset}: {extractor.name} statistics of {stats.count} images cached")
             return
         settings = EvalSettings(num_samples=args.num_samples, sampler_overrides=sampler_overrides(args),

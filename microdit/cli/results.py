@@ -11,10 +11,34 @@ write markdown tables (mean ± std over the runs of a group, e.g. seeds) and plo
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
 
 from microdit.eval.results import collect, markdown_table, plot, write_csv
 from microdit.train.logging import training_plot
+
+
+def check_options(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Every column an option names exists in some run (ValueError naming the option and the
+    closest columns), before anything is written."""
+    columns = {key for row in rows for key in row}
+    for spec in args.plot:
+        x, colon, y = spec.partition(":")
+        if not (colon and x and y):
+            raise ValueError(f"--plot {spec!r}: expected X:Y, two columns (e.g. cost.flops:eval.heldout.probe_fd)")
+    named = [("--group-by", k) for k in args.group_by.split(",") if k]
+    named += [("--metrics", k) for k in args.metrics.split(",") if k]
+    named += [("--plot", k) for spec in args.plot for k in spec.split(":", 1)]
+    named += [("--plot-group", args.plot_group)] if args.plot_group else []
+    for option, key in named:
+        if key not in columns:
+            close = difflib.get_close_matches(key, sorted(columns), n=3, cutoff=0.5)
+            hint = f"closest: {', '.join(close)}" if close else "no close match; the CSV's header lists every column"
+            raise ValueError(f"{option}: no run has the column {key!r} ({hint})")
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a folder; expected a CSV file path")
+    if not args.out.parent.is_dir():
+        raise ValueError(f"--out {args.out}: folder {args.out.parent} does not exist")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     rows = collect(args.roots)
     if not rows:
         raise SystemExit(f"microdit-results: error: no run folders (with config.yaml) under {args.roots}")
-    write_csv(rows, args.out)
+    try:
+        check_options(args, rows)
+        write_csv(rows, args.out)
+    except ValueError as err:
+        raise SystemExit(f"microdit-results: error: {err}") from None
+    except OSError as err:
+        raise SystemExit(f"microdit-results: error: --out {args.out} cannot be written: {err.strerror}") from None
     print(f"{len(rows)} runs -> {args.out}")
     if args.metrics:
         table = markdown_table(rows, [k for k in args.group_by.split(",") if k], args.metrics.split(","))

@@ -2,15 +2,19 @@
 default), text-to-image or image-to-image (SDEdit: encode an image, noise it to sigma_start,
 denoise with the prompt).
 
-    microdit-sample runs/my-run --prompt "a red circle on the left" --prompt "two shapes" --out samples/
-    microdit-sample runs/my-run --prompts-file prompts.txt --steps 50 --cfg-scale 5   # default: the run's sampler
-    microdit-sample runs/my-run --prompt "a blue star" --init-image photo.png --sigma-start 2.0
-    microdit-sample runs/my-run --prompt "a red circle" --prompt "a red square" --same-noise   # what a word changes
+    microdit-sample runs/my-run --prompt "a red circle on the left" --prompt "two shapes" --out samples/two
+    microdit-sample runs/my-run --prompts-file prompts.txt --steps 50 --cfg-scale 5 --out samples/50
+    microdit-sample runs/my-run --prompt "a blue star" --init-image photo.png --sigma-start 2.0 --out samples/sdedit
+    microdit-sample runs/my-run --prompt "a red circle" --prompt "a red square" --same-noise --out samples/word
+
+Sampler options default to the run's own sampler config; an --out folder that already holds
+samples is refused, never overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -18,11 +22,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from microdit.cli.sampler_options import add_sampler_options, sampler_overrides
+from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
 from microdit.data import DataError, load_manifest
 from microdit.data.images import from_uint8, resize_center_crop, save_grid, to_uint8
 from microdit.diffusion import generate
 from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.launch import local_device
 from microdit.train.checkpoint import CheckpointError, load_model
 
 
@@ -31,11 +36,30 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts_file:
         if not args.prompts_file.is_file():
-            raise SystemExit(f"microdit-sample: error: prompts file {args.prompts_file} does not exist")
-        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+            what = "is not a file" if args.prompts_file.exists() else "does not exist"
+            raise SystemExit(f"microdit-sample: error: prompts file {args.prompts_file} {what}")
+        try:
+            lines = [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise SystemExit(f"microdit-sample: error: prompts file {args.prompts_file} cannot be read as "
+                             f"text: {err}") from None
+        if not lines:
+            raise SystemExit(f"microdit-sample: error: prompts file {args.prompts_file} has no prompts "
+                             "(expected one per line)")
+        prompts += lines
     if not prompts:
         raise SystemExit("microdit-sample: error: give --prompt (repeatable) or --prompts-file")
     return prompts
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder that already holds samples: nothing written before is overwritten."""
+    earlier = sorted(p.name for p in (out / "prompts.txt", out / "grid.png", out / "0000.png") if p.exists())
+    if earlier:
+        raise FileExistsError(f"--out {out} already holds samples ({', '.join(earlier)}): choose another folder "
+                              "or delete them")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,12 +70,13 @@ def main(argv: list[str] | None = None) -> None:
                         "(model.safetensors + config.json)")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
-    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder; one that already holds "
+                        "samples is refused, not overwritten (default: %(default)s)")
     add_sampler_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
     parser.add_argument("--same-noise", action="store_true", help="every image starts from the noise of --seed, "
                         "so prompts that differ in one word show what that word changes")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: %(default)s)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     parser.add_argument("--text-encoder", help="default: the one the run's dataset was encoded with")
     parser.add_argument("--autoencoder", help="default: the one the run's dataset was encoded with")
@@ -72,29 +97,45 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
     """Generate ``prompts`` with the run or export ``args.run`` and write the PNGs and grid."""
     if not args.run.exists():
         raise FileNotFoundError(f"{args.run} does not exist (expected a run folder, a checkpoint folder or an export)")
-    loaded = load_model(args.run, not args.no_ema, args.device)
-    manifest = load_manifest(loaded.config.data.folders[0]) if not (args.text_encoder and args.autoencoder) else None
-    text = load_text_encoder(args.text_encoder or manifest.text_encoder, args.device)
-    ae = load_autoencoder(args.autoencoder or manifest.autoencoder).to(args.device)
+    if args.init_image and not args.init_image.is_file():
+        raise FileNotFoundError(f"--init-image {args.init_image} does not exist")
+    if args.init_image and not (math.isfinite(args.sigma_start) and args.sigma_start > 0):
+        raise ValueError(f"--sigma-start must be a finite number > 0, got {args.sigma_start}")
+    device = local_device(args.device)
+    check_out(args.out)
+    loaded = load_model(args.run, not args.no_ema, device)
+    manifest = None
+    if not (args.text_encoder and args.autoencoder):  # the encoders the run's dataset was encoded with
+        try:
+            manifest = load_manifest(loaded.config.data.folders[0])
+        except DataError as err:
+            raise DataError(f"{err} (the run's data.folders[0], relative to the current directory; or give "
+                            "--text-encoder and --autoencoder)") from None
+    text = load_text_encoder(args.text_encoder or manifest.text_encoder, device)
+    ae = load_autoencoder(args.autoencoder or manifest.autoencoder).to(device)
     if text.dim != loaded.model.cfg.caption_dim:
         raise ValueError(f"text encoder {text.name} gives {text.dim}-d tokens, the model expects caption_dim "
                          f"{loaded.model.cfg.caption_dim}")
     y, mask = text.encode(prompts)
     x_init = None
     if args.init_image:
-        if not args.init_image.is_file():
-            raise FileNotFoundError(f"--init-image {args.init_image} does not exist")
         side = loaded.model.cfg.input_size[0] * ae.downsample
-        image = np.array(resize_center_crop(Image.open(args.init_image), side))
+        try:
+            image = np.array(resize_center_crop(Image.open(args.init_image), side))
+        except OSError as err:
+            raise OSError(f"--init-image {args.init_image} cannot be read as an image: {err}") from None
         pixels = from_uint8(torch.from_numpy(image).permute(2, 0, 1)[None])
-        x_init = ae.encode(pixels.to(args.device)).cpu().expand(len(prompts), -1, -1, -1)
+        x_init = ae.encode(pixels.to(device)).cpu().expand(len(prompts), -1, -1, -1)
     sampler = loaded.config.sampler.with_overrides(**sampler_overrides(args))
     seeds = [args.seed if args.same_noise else args.seed + i for i in range(len(prompts))]
+    try:  # before the sampling, which is the long part
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--out {args.out} cannot be created: {err.strerror or err}") from None
     latents = generate(loaded.model, y, seeds, loaded.config.diffusion,
                        sampler, mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init,
                        args.sigma_start, show_progress=True)
-    images = to_uint8(ae.decode(latents.to(args.device)).cpu())  # (N, 3, H, W)
-    args.out.mkdir(parents=True, exist_ok=True)
+    images = to_uint8(ae.decode(latents.to(device)).cpu())  # (N, 3, H, W)
     for i, image in enumerate(images):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(args.out / f"{i:04d}.png")
     listing = "".join(f"{i:04d}\t{seed}\t{p}\n" for i, (seed, p) in enumerate(zip(seeds, prompts, strict=True)))

@@ -40,8 +40,10 @@ class SamplerConfig:
             out.append(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.steps < 1:
             out.append(f"steps must be >= 1, got {self.steps}")
-        if self.churn < 0:
-            out.append(f"churn must be >= 0, got {self.churn}")
+        if not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+            out.append(f"cfg_scale must be a finite number >= 0 (1 = conditional only), got {self.cfg_scale}")
+        if not math.isfinite(self.churn) or self.churn < 0:
+            out.append(f"churn must be a finite number >= 0, got {self.churn}")
         return out
 
     def with_overrides(self, **fields) -> SamplerConfig:

@@ -18,6 +18,7 @@ which fits the stage's schedule to the budget (iso-FLOP sweeps).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -177,8 +178,27 @@ class TrainConfig:
         return [(name, stage) for name, stage in self.stages.items() if stage is not None]
 
 
+def non_finite(node, prefix: str = "") -> list[str]:
+    """One message per float value in ``node`` (nested dataclasses, dicts, lists) that is NaN or
+    infinite, named by its dotted key: a command line can set any float key to ``nan`` or ``inf``,
+    which every ``x < 0`` check lets through."""
+    if dataclasses.is_dataclass(node):
+        items = [(f.name, getattr(node, f.name)) for f in dataclasses.fields(node)]
+    elif isinstance(node, dict):
+        items = list(node.items())
+    elif isinstance(node, (list, tuple)):
+        items = list(enumerate(node))
+    else:
+        bad = isinstance(node, float) and not math.isfinite(node)
+        return [f"{prefix} must be a finite number, got {node}"] if bad else []
+    return [p for name, value in items for p in non_finite(value, f"{prefix}.{name}" if prefix else str(name))]
+
+
 def problems(cfg: TrainConfig, world_size: int = 1) -> list[str]:
     """Every problem of ``cfg`` as one message each, named by its config key (empty list: valid)."""
+    bad = non_finite(cfg)
+    if bad:  # every other check assumes numbers
+        return bad
     out = [f"model: {p}" for p in cfg.model.problems()]
     model = cfg.model.build_config() if not out else None
     for section, found in (("trainer", cfg.trainer.problems(world_size)), ("optim", cfg.optim.problems()),

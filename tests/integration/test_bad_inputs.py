@@ -23,6 +23,7 @@ from PIL import Image
 from microdit.cli import cpu_ablation
 from microdit.cli import data as data_cli
 from microdit.cli import eval as eval_cli
+from microdit.cli import results as results_cli
 from microdit.cli import sample as sample_cli
 from microdit.data import load_manifest
 from microdit.data.encode import build_synthetic_dataset
@@ -238,6 +239,7 @@ CONFIG_CASES = [
      "batch_size"),
     ("both images and steps", ["stages.pretrain.steps=10"], "exactly one of"),
     ("negative learning rate", ["stages.pretrain.lr=-1e-3"], "lr must be > 0"),
+    ("NaN learning rate", ["optim.lr=nan"], "optim.lr must be a finite number, got nan"),
     ("unknown preset", ["model.preset=giant"], "unknown model preset 'giant'"),
     ("unknown experiment", ["experiment=fig99"], "Could not find 'experiment/fig99'"),
     ("unknown key", ["+trainer.bogus=1"], "unknown config key(s) ['trainer.bogus']"),
@@ -357,10 +359,83 @@ def test_sample_bad_paths(world, capsys, tmp_path):
     record("`microdit-sample` a run without checkpoints", msg, "empty-run", "neither a checkpoint folder")
 
 
+SAMPLE_OPTION_CASES = [
+    ("--cfg-scale nan", ["--cfg-scale", "nan"], "cfg_scale must be a finite number >= 0"),
+    ("--batch-size 0", ["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+    ("a device torch does not know", ["--device", "tpu0"], "device 'tpu0' is not a torch device"),
+    ("--init-image that is not an image", ["--init-image", "PROMPTS"],
+     "--init-image PROMPTS cannot be read as an image"),
+    ("an empty --prompts-file", ["--prompts-file", "PROMPTS"], "has no prompts"),
+    ("--out that is a file", ["--out", "PROMPTS"], "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("case,extra,expected", SAMPLE_OPTION_CASES, ids=[c[0] for c in SAMPLE_OPTION_CASES])
+def test_sample_bad_options(world, capsys, tmp_path, case, extra, expected):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    argv = [str(world["run"]), "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path / "out")]
+    msg = cli_error(sample_cli.main, argv + [str(empty) if a == "PROMPTS" else a for a in extra], capsys)
+    record(f"`microdit-sample` {case}", msg, expected.replace("PROMPTS", str(empty)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_into_a_folder_of_samples(world, capsys, tmp_path):
+    argv = [str(world["run"]), "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path / "out")]
+    sample_cli.main(argv)
+    before = snapshot(tmp_path / "out")
+    msg = cli_error(sample_cli.main, argv + ["--seed", "5"], capsys)
+    record("`microdit-sample` into a folder that holds samples", msg, str(tmp_path / "out"), "already holds samples")
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_eval_bad_options(world, capsys):
+    argv = ["run", str(world["run"]), "--dataset", str(world["data"]), "--num-samples", "2"]
+    before = snapshot(world["run"])
+    msg = cli_error(eval_cli.main, argv + ["--num-samples", "0"], capsys)
+    record("`microdit-eval` --num-samples 0", msg, "argument --num-samples: expected an integer >= 1")
+    msg = cli_error(eval_cli.main, argv + ["--device", "cuda:x"], capsys)
+    record("`microdit-eval` a device torch does not know", msg, "device 'cuda:x' is not a torch device")
+    assert snapshot(world["run"]) == before
+
+
 def test_unknown_metric(world, capsys):
     msg = cli_error(eval_cli.main, ["run", str(world["run"]), "--dataset", str(world["data"]), "--metrics", "is"],
                     capsys)
     record("`microdit-eval` unknown metric", msg, "--metrics", "'is'", "probe")
+
+
+RESULTS_CASES = [
+    ("--metrics with a typo", ["--metrics", "cost.flop"], ("--metrics: no run has the column 'cost.flop'",
+                                                           "closest: cost.flops")),
+    ("--group-by a key no run has", ["--group-by", "trainer.nope"], ("--group-by", "'trainer.nope'")),
+    ("--plot without X:Y", ["--plot", "cost.flops"], ("--plot 'cost.flops': expected X:Y",)),
+    ("--out in a folder that does not exist", ["--out", "NOWHERE/r.csv"], ("nowhere", "does not exist")),
+]
+
+
+@pytest.mark.parametrize("case,extra,expected", RESULTS_CASES, ids=[c[0] for c in RESULTS_CASES])
+def test_results_bad_options(world, capsys, tmp_path, case, extra, expected):
+    extra = [a.replace("NOWHERE", str(tmp_path / "nowhere")) for a in extra]
+    msg = cli_error(results_cli.main, [str(world["run"].parent), "--out", str(tmp_path / "r.csv"), *extra], capsys)
+    record(f"`microdit-results` {case}", msg, *expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_bad_options(world, capsys, tmp_path):
+    msg = cli_error(data_cli.main, ["encode", str(world["data"]), str(tmp_path / "enc"), "--autoencoder", "vqgan"],
+                    capsys)
+    record("`microdit-data encode` an unknown autoencoder", msg, "unknown autoencoder 'vqgan'")
+    msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--size", "4"], capsys)
+    record("`microdit-data synthetic` images of 4 px", msg, "synthetic image size must be >= 8, got 4")
+    msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--num-samples", "-3"], capsys)
+    record("`microdit-data synthetic` --num-samples -3", msg, "argument --num-samples: expected an integer >= 1")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_job_bad_seeds(capsys):
+    msg = cli_error(cpu_ablation.main, ["--seeds", "0,one"], capsys)
+    record("`microdit-cpu-ablation` --seeds 0,one", msg, "--seeds: expected comma-separated integers", "'0,one'")
 
 
 def test_unknown_cpu_job(capsys):

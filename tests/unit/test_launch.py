@@ -40,8 +40,23 @@ def test_srun_tasks_become_ranks(env):
         env.setenv(k, v)
     assert adopt_launcher_env() == ProcessInfo(11, 3, 16)
     assert os.environ["MASTER_PORT"] == str(20000 + 777)
+    env.setattr(torch.cuda, "is_available", lambda: True)  # a node with 4 GPUs
+    env.setattr(torch.cuda, "device_count", lambda: 4)
     assert local_device("cuda", ProcessInfo(11, 3, 16)) == torch.device("cuda", 3)
+    assert local_device("cuda:0", ProcessInfo(11, 3, 16)) == torch.device("cuda", 0)
     assert local_device("cpu", ProcessInfo(11, 3, 16)) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"would use cuda:3, but torch sees 2 CUDA device\(s\)"):
+        env.setattr(torch.cuda, "device_count", lambda: 2)
+        local_device("cuda", ProcessInfo(11, 3, 16))
+
+
+def test_devices_torch_cannot_use_are_one_line_errors(monkeypatch):
+    assert local_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device 'bogus' is not a torch device: use cpu, cuda or cuda:N$"):
+        local_device("bogus")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device 'cuda:1': torch sees no CUDA device on this machine"):
+        local_device("cuda:1")
 
 
 def test_srun_without_master_addr_is_refused(env):

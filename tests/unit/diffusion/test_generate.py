@@ -48,5 +48,10 @@ def test_sampler_overrides_change_only_their_fields_and_are_validated():
     run = SamplerConfig(steps=12, cfg_scale=2.0)
     assert run.with_overrides(steps=50) == SamplerConfig(steps=50, cfg_scale=2.0)
     assert run.with_overrides() == run
-    with pytest.raises(ValueError, match=r"sampler: steps must be >= 1, got 0; churn must be >= 0"):
+    with pytest.raises(ValueError, match=r"sampler: steps must be >= 1, got 0; churn must be a finite number >= 0"):
         run.with_overrides(steps=0, churn=-1.0)
+    for value in (float("nan"), float("inf"), -1.0):  # a command line's --cfg-scale nan is a float
+        with pytest.raises(ValueError, match=rf"sampler: cfg_scale must be a finite number >= 0 .*, got {value}"):
+            run.with_overrides(cfg_scale=value)
+    assert "churn must be a finite number" in SamplerConfig(churn=float("nan")).problems()[0]
+    assert run.with_overrides(cfg_scale=0.0).cfg_scale == 0.0  # 0: unconditional

@@ -1,0 +1,48 @@
+"""Command-line options shared by microdit's commands. The sampler options of ``microdit-sample``
+and ``microdit-eval`` each default to the run's own ``sampler`` config (what its training grids
+used), so ``microdit-sample RUN`` reproduces the run's grids and an option changes only the field
+it names. Counts (``--batch-size``, ``--num-samples``, ...) are read by :func:`positive_int` and
+budgets by :func:`positive_float`, so a bad value is argparse's one-line error naming the option."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from microdit.diffusion import SOLVERS
+
+
+def add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    """--solver, --steps, --cfg-scale, --churn (default: the run's sampler config)."""
+    group = parser.add_argument_group("sampler (default: the run's own sampler config)")
+    group.add_argument("--solver", choices=SOLVERS, help="EDM solver")
+    group.add_argument("--steps", type=int, help="number of noise levels")
+    group.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = conditional only)")
+    group.add_argument("--churn", type=float, help="EDM S_churn (0 = deterministic)")
+
+
+def sampler_overrides(args: argparse.Namespace) -> dict:
+    """The sampler fields given on the command line."""
+    return {k: getattr(args, k) for k in ("solver", "steps", "cfg_scale", "churn") if getattr(args, k) is not None}
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option in its one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
