@@ -19,6 +19,7 @@ import torch
 from microdit.cli.train import compose_config
 from microdit.perf.benchmarks import run_all, summary_markdown
 from microdit.perf.gpu_plan import gpu_plan, gpu_plan_markdown
+from microdit.train.config import validate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,9 +35,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead of measuring: the roofline estimate of a training config's stages on 8 x H100 "
                              "(Hydra overrides, e.g. experiment=paper_recipe)")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {args.out} cannot be created: {err.strerror or err}")
     if args.gpu_plan is not None:
-        results = gpu_plan(compose_config(args.gpu_plan))
+        from hydra.errors import HydraException
+
+        try:
+            cfg = compose_config(args.gpu_plan)
+            validate(cfg, world_size=8)
+        except (HydraException, ValueError) as err:
+            parser.error(f"--gpu-plan {' '.join(args.gpu_plan)}: {' '.join(str(err).split())}")
+        results = gpu_plan(cfg)
         name, report = "gpu_plan", gpu_plan_markdown(results)
     else:
         if args.device == "cuda" and not torch.cuda.is_available():

@@ -20,6 +20,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from microdit.cli import bench as bench_cli
 from microdit.cli import cpu_ablation
 from microdit.cli import data as data_cli
 from microdit.cli import eval as eval_cli
@@ -431,6 +432,14 @@ def test_data_bad_options(world, capsys, tmp_path):
     msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--num-samples", "-3"], capsys)
     record("`microdit-data synthetic` --num-samples -3", msg, "argument --num-samples: expected an integer >= 1")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_plan_bad_overrides(capsys, tmp_path):
+    msg = cli_error(bench_cli.main, ["--out", str(tmp_path / "plan"), "--gpu-plan", "optim.lr=inf"], capsys)
+    record("`microdit-bench --gpu-plan` optim.lr=inf", msg, "optim.lr must be a finite number, got inf")
+    msg = cli_error(bench_cli.main, ["--out", str(tmp_path / "plan"), "--gpu-plan", "experiment=fig99"], capsys)
+    record("`microdit-bench --gpu-plan` an unknown experiment", msg, "Could not find 'experiment/fig99'")
+    assert not any((tmp_path / "plan").iterdir())
 
 
 def test_cpu_job_bad_seeds(capsys):
