@@ -28,7 +28,7 @@ from microdit.data.images import from_uint8, resize_center_crop, save_grid, to_u
 from microdit.diffusion import generate
 from microdit.encoders import load_autoencoder, load_text_encoder
 from microdit.launch import local_device
-from microdit.train.checkpoint import CheckpointError, load_model
+from microdit.train.checkpoint import CheckpointError, LoadedModel, load_model
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> None:
                         "so prompts that differ in one word show what that word changes")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: %(default)s)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    parser.add_argument("--text-encoder", help="default: the one the run's dataset was encoded with")
-    parser.add_argument("--autoencoder", help="default: the one the run's dataset was encoded with")
+    parser.add_argument("--text-encoder", help="default: the one the run's dataset was encoded with (as its "
+                        "checkpoint recorded it)")
+    parser.add_argument("--autoencoder", help="default: the one the run's dataset was encoded with (as its "
+                        "checkpoint recorded it)")
     parser.add_argument("--init-image", type=Path, help="image-to-image: start from this image")
     parser.add_argument("--sigma-start", type=float, default=2.0,
                         help="noise level the init image is taken to (default: %(default)s)")
@@ -93,6 +95,21 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"microdit-sample: error: {' '.join(str(err).split())}") from None
 
 
+def encoder_names(args: argparse.Namespace, loaded: LoadedModel) -> tuple[str, str]:
+    """(text encoder, autoencoder): the command line's, else the ones the checkpoint recorded, else
+    (an export, an older checkpoint) the ones in the manifest of the run's dataset."""
+    recorded = loaded.encoders
+    text, ae = args.text_encoder or recorded.get("text_encoder"), args.autoencoder or recorded.get("autoencoder")
+    if not (text and ae):
+        try:
+            manifest = load_manifest(loaded.config.data.folders[0])
+        except DataError as err:
+            raise DataError(f"{err} (the run's data.folders[0], relative to the current directory; the checkpoint "
+                            "records no encoders: give --text-encoder and --autoencoder)") from None
+        text, ae = text or manifest.text_encoder, ae or manifest.autoencoder
+    return text, ae
+
+
 def sample(args: argparse.Namespace, prompts: list[str]) -> None:
     """Generate ``prompts`` with the run or export ``args.run`` and write the PNGs and grid."""
     if not args.run.exists():
@@ -104,15 +121,9 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
     device = local_device(args.device)
     check_out(args.out)
     loaded = load_model(args.run, not args.no_ema, device)
-    manifest = None
-    if not (args.text_encoder and args.autoencoder):  # the encoders the run's dataset was encoded with
-        try:
-            manifest = load_manifest(loaded.config.data.folders[0])
-        except DataError as err:
-            raise DataError(f"{err} (the run's data.folders[0], relative to the current directory; or give "
-                            "--text-encoder and --autoencoder)") from None
-    text = load_text_encoder(args.text_encoder or manifest.text_encoder, device)
-    ae = load_autoencoder(args.autoencoder or manifest.autoencoder).to(device)
+    text_name, ae_name = encoder_names(args, loaded)
+    text = load_text_encoder(text_name, device)
+    ae = load_autoencoder(ae_name).to(device)
     if text.dim != loaded.model.cfg.caption_dim:
         raise ValueError(f"text encoder {text.name} gives {text.dim}-d tokens, the model expects caption_dim "
                          f"{loaded.model.cfg.caption_dim}")

@@ -13,7 +13,7 @@ import json
 import pickle
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -161,13 +161,16 @@ def saved_config_changes(folder: Path, cfg: TrainConfig) -> list[str]:
 
 @dataclass
 class LoadedModel:
-    """A network ready for sampling, with the run config and the checkpoint it came from."""
+    """A network ready for sampling, with the run config and the checkpoint it came from;
+    ``encoders``: the text encoder and autoencoder its training data was encoded with, as the
+    checkpoint recorded them (empty for an export or a checkpoint that predates the record)."""
 
     model: MicroDiT
     config: TrainConfig
     checkpoint: Path
     nimg: int
     ema: bool
+    encoders: dict = field(default_factory=dict)
 
 
 def load_model(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
@@ -189,4 +192,4 @@ def load_model(path: str | Path, use_ema: bool = True, device: str | torch.devic
     model = MicroDiT(stage_at(resolve(cfg), meta["stage"]).model)
     ema = use_ema and state.get("ema") is not None
     model.load_state_dict(state["ema"] if ema else state["model"])
-    return LoadedModel(model.to(device).eval(), cfg, checkpoint, meta["nimg"], ema)
+    return LoadedModel(model.to(device).eval(), cfg, checkpoint, meta["nimg"], ema, meta.get("encoders", {}))

@@ -91,7 +91,7 @@ class Trainer:
             if self.acc.is_main_process:
                 prepare_synthetic(cfg)
             self.acc.wait_for_everyone()
-        caption_len = self._check_data(resolve(cfg))
+        caption_len, self.encoders = self._check_data(resolve(cfg))
         self.stages = resolve(cfg, caption_len, self.peak_flops)
 
         self._seed_processes(t.seed)  # before the model is built: its initialisation draws from it
@@ -136,9 +136,11 @@ class Trainer:
             raise PermissionError(f"run directory {self.run_dir} is not writable ({err}); set trainer.run_dir "
                                   "to a writable folder") from None
 
-    def _check_data(self, stages: list[ResolvedStage]) -> int:
-        """Every stage's datasets exist and fit its network; returns the caption length (tokens)."""
-        lengths = set()
+    def _check_data(self, stages: list[ResolvedStage]) -> tuple[int, list[dict]]:
+        """Every stage's datasets exist and fit its network; returns the caption length (tokens) and,
+        per stage, the encoders its first dataset was encoded with (recorded in each checkpoint's
+        meta.json, so a checkpoint samples without its dataset: :func:`checkpoint.load_model`)."""
+        lengths, encoders = set(), []
         for stage in stages:
             for folder in stage.data.folders:
                 if not (Path(folder) / "manifest.json").is_file():
@@ -147,10 +149,12 @@ class Trainer:
                 manifest = verify_dataset(folder, count_samples=False)  # sizes and sha256 (then cached)
                 check_fits_model(manifest, folder, stage.model)
                 lengths.add(manifest.text_shape[0])
+                if len(encoders) == stage.index:
+                    encoders.append({"text_encoder": manifest.text_encoder, "autoencoder": manifest.autoencoder})
         if len(lengths) != 1:
             raise DataError(f"the stages' datasets have different caption lengths {sorted(lengths)}: encode them with "
                             "the same text encoder")
-        return lengths.pop()
+        return lengths.pop(), encoders
 
     def _seed_processes(self, seed: int) -> None:
         s = seed  # the same on every process: replicas must start from the same weights
@@ -236,8 +240,9 @@ class Trainer:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "ema": self.ema.state_dict() if self.ema is not None else None,
                      "progress": dict(self.progress), "guard": self.guard.state_dict(), "cost": self.meter.state_dict()}
+            stage = stage_at(self.stages, self.progress["stage"])
             meta = {"nimg": nimg, "step": self.progress["step"], "stage": self.progress["stage"],
-                    "stage_name": stage_at(self.stages, self.progress["stage"]).name, "time": time.time()}
+                    "stage_name": stage.name, "encoders": self.encoders[stage.index], "time": time.time()}
             if export:
                 (self.ema.model if self.ema is not None else self.model).save_pretrained(tmp)
             final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints, self.config_yaml)

@@ -1,6 +1,8 @@
 """Evaluation of a real (tiny) trained run: microdit-eval (resumable), microdit-sample (text-to-image
 and image-to-image) and microdit-results over the run folder."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,9 @@ from PIL import Image
 from microdit.cli.eval import main as eval_main
 from microdit.cli.results import main as results_main
 from microdit.cli.sample import main as sample_main
+from microdit.data import load_manifest
 from microdit.eval import EvalSettings, evaluate, read_metrics
+from microdit.train import checkpoint as ckpt
 from microdit.train.checkpoint import load_model
 from microdit.train.config import TrainConfig
 from microdit.train.trainer import prepare_synthetic, train
@@ -97,6 +101,27 @@ def test_sample_cli_text_and_image_to_image(run, tmp_path):
     assert Image.open(tmp_path / "i2i" / "0000.png").size == (32, 32)
     with pytest.raises(SystemExit, match="give --prompt"):
         sample_main([str(run), "--out", str(tmp_path / "x")])
+
+
+def test_a_moved_checkpoint_samples_without_its_dataset(run, tmp_path, capsys):
+    """Each checkpoint records the encoders of its data, so a copy on a machine without the dataset
+    samples exactly as the run does."""
+    data = run.parent.parent / "data"
+    manifest, latest = load_manifest(data), ckpt.latest(run)
+    recorded = json.loads((latest / "meta.json").read_text())["encoders"]
+    assert recorded == {"text_encoder": manifest.text_encoder, "autoencoder": manifest.autoencoder}
+    moved = tmp_path / "moved"
+    shutil.copytree(latest, moved)
+    config = moved / "config.yaml"
+    config.write_text(config.read_text().replace(str(data), str(tmp_path / "gone")))
+    prompt = ["--prompt", "a red circle", "--steps", "3", "--seed", "3"]
+    sample_main([str(run), *prompt, "--out", str(tmp_path / "here")])
+    sample_main([str(moved), *prompt, "--out", str(tmp_path / "there")])
+    assert Image.open(tmp_path / "here" / "0000.png").tobytes() == Image.open(tmp_path / "there" / "0000.png").tobytes()
+    meta = json.loads((moved / "meta.json").read_text())  # a checkpoint without the record needs the dataset
+    (moved / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "encoders"}))
+    with pytest.raises(SystemExit, match="gone does not exist .* give --text-encoder and --autoencoder"):
+        sample_main([str(moved), *prompt, "--out", str(tmp_path / "again")])
 
 
 def test_results_cli(run, tmp_path, capsys):
