@@ -96,15 +96,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def encoder_names(args: argparse.Namespace, loaded: LoadedModel) -> tuple[str, str]:
-    """(text encoder, autoencoder): the command line's, else the ones the checkpoint recorded, else
-    (an export, an older checkpoint) the ones in the manifest of the run's dataset."""
+    """(text encoder, autoencoder): the command line's, else the ones the checkpoint or export
+    recorded, else (nothing recorded) the ones in the manifest of the run's dataset."""
     recorded = loaded.encoders
     text, ae = args.text_encoder or recorded.get("text_encoder"), args.autoencoder or recorded.get("autoencoder")
     if not (text and ae):
         try:
             manifest = load_manifest(loaded.config.data.folders[0])
         except DataError as err:
-            raise DataError(f"{err} (the run's data.folders[0], relative to the current directory; the checkpoint "
+            raise DataError(f"{err} (the run's data.folders[0], relative to the current directory; the model "
                             "records no encoders: give --text-encoder and --autoencoder)") from None
         text, ae = text or manifest.text_encoder, ae or manifest.autoencoder
     return text, ae

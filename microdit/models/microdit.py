@@ -179,16 +179,18 @@ class MicroDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, encoders: dict[str, str] | None = None) -> Path:
         """Write ``model.safetensors`` (the weights) and ``config.json`` (this network's config)
         into ``folder``: what :meth:`from_pretrained` loads, with no training state and nothing
-        that runs code when read."""
+        that runs code when read. ``encoders`` (e.g. ``{"text_encoder": ..., "autoencoder": ...}``,
+        the names the training data was encoded with) go into the safetensors header's metadata,
+        read back by :func:`pretrained_encoders`."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / PRETRAINED_WEIGHTS))
+        save_file(state, str(folder / PRETRAINED_WEIGHTS), metadata=dict(encoders) if encoders else None)
         (folder / PRETRAINED_CONFIG).write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
         return folder
 
@@ -288,3 +290,12 @@ class MicroDiT(nn.Module):
             out = scatter_tokens(out, keep_ids, h * w)  # (N, T, p*p*C)
         p = self.cfg.patch_size
         return rearrange(out, "n (h w) (p q c) -> n c (h p) (w q)", h=h, w=w, p=p, q=p)  # (N, C, H, W)
+
+
+def pretrained_encoders(folder: str | Path) -> dict[str, str]:
+    """The encoder names :meth:`MicroDiT.save_pretrained` wrote into the export's safetensors header
+    (empty for an export written without them, e.g. a converted reference checkpoint)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / PRETRAINED_WEIGHTS), framework="pt") as f:
+        return dict(f.metadata() or {})

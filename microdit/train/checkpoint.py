@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from microdit.models import MicroDiT
-from microdit.models.microdit import PRETRAINED_WEIGHTS
+from microdit.models.microdit import PRETRAINED_WEIGHTS, pretrained_encoders
 from microdit.train.config import TrainConfig, run_changes
 from microdit.train.plan import resolve, stage_at
 
@@ -163,7 +163,8 @@ def saved_config_changes(folder: Path, cfg: TrainConfig) -> list[str]:
 class LoadedModel:
     """A network ready for sampling, with the run config and the checkpoint it came from;
     ``encoders``: the text encoder and autoencoder its training data was encoded with, as the
-    checkpoint recorded them (empty for an export or a checkpoint that predates the record)."""
+    checkpoint (``meta.json``) or export (the safetensors header) recorded them; empty where they
+    were not recorded (a converted reference checkpoint, a run that predates the record)."""
 
     model: MicroDiT
     config: TrainConfig
@@ -182,7 +183,7 @@ def load_model(path: str | Path, use_ema: bool = True, device: str | torch.devic
     path = Path(path)
     if (path / PRETRAINED_WEIGHTS).is_file() and not (path / META).is_file():
         cfg = run_config(path / CONFIG) if (path / CONFIG).is_file() else TrainConfig()
-        return LoadedModel(MicroDiT.from_pretrained(path, device), cfg, path, 0, True)
+        return LoadedModel(MicroDiT.from_pretrained(path, device), cfg, path, 0, True, pretrained_encoders(path))
     checkpoint = resolve_checkpoint(path)
     config_file = next((f for f in (checkpoint / CONFIG, checkpoint.parent.parent / CONFIG) if f.is_file()), None)
     if config_file is None:

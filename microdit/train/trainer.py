@@ -244,7 +244,7 @@ class Trainer:
             meta = {"nimg": nimg, "step": self.progress["step"], "stage": self.progress["stage"],
                     "stage_name": stage.name, "encoders": self.encoders[stage.index], "time": time.time()}
             if export:
-                (self.ema.model if self.ema is not None else self.model).save_pretrained(tmp)
+                (self.ema.model if self.ema is not None else self.model).save_pretrained(tmp, meta["encoders"])
             final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints, self.config_yaml)
         self.acc.wait_for_everyone()
         self.meter.restart_clock()

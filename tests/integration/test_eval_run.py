@@ -118,6 +118,13 @@ def test_a_moved_checkpoint_samples_without_its_dataset(run, tmp_path, capsys):
     sample_main([str(run), *prompt, "--out", str(tmp_path / "here")])
     sample_main([str(moved), *prompt, "--out", str(tmp_path / "there")])
     assert Image.open(tmp_path / "here" / "0000.png").tobytes() == Image.open(tmp_path / "there" / "0000.png").tobytes()
+    export = tmp_path / "export"  # the run's last export alone: weights, network config, run config
+    export.mkdir()
+    for name in ("model.safetensors", "config.json", "config.yaml"):
+        shutil.copy(moved / name, export / name)
+    sample_main([str(export), *prompt, "--out", str(tmp_path / "export-samples")])
+    assert (Image.open(tmp_path / "export-samples" / "0000.png").tobytes()
+            == Image.open(tmp_path / "here" / "0000.png").tobytes())
     meta = json.loads((moved / "meta.json").read_text())  # a checkpoint without the record needs the dataset
     (moved / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "encoders"}))
     with pytest.raises(SystemExit, match="gone does not exist .* give --text-encoder and --autoencoder"):

@@ -8,6 +8,7 @@ import torch
 
 from microdit.masking import MaskConfig, keep_mask, sample_keep_ids
 from microdit.models import PRESETS, MicroDiT, MicroDiTConfig, build_model, preset_config
+from microdit.models.microdit import pretrained_encoders
 from microdit.nn import ExpertChoiceMoE, SwiGLU
 from microdit.nn.embeddings import sincos_pos_embed_2d
 
@@ -324,6 +325,11 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
     loaded = MicroDiT.from_pretrained(tmp_path / "export")
     assert loaded.cfg == model.cfg and not loaded.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert pretrained_encoders(tmp_path / "export") == {}
+    encoders = {"text_encoder": "minilm:32", "autoencoder": "pixel:2"}
+    model.save_pretrained(tmp_path / "named", encoders)
+    assert pretrained_encoders(tmp_path / "named") == encoders
+    assert MicroDiT.from_pretrained(tmp_path / "named").cfg == model.cfg
     (tmp_path / "export" / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="is not a microdit export"):
         MicroDiT.from_pretrained(tmp_path / "export")
