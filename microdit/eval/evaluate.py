@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microdit.data import load_manifest
+from microdit.data import DataError, load_manifest
 from microdit.data.cache import dataset_cache
 from microdit.data.images import to_uint8
 from microdit.data.manifest import write_atomic
@@ -119,10 +119,29 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
     unknown = sorted(set(settings.metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; available: {METRICS}")
+    name = name or Path(eval_dataset).name
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"evaluation name {name!r} must be a plain name (it names a folder under the run's eval/)")
     loaded = load_model(checkpoint, settings.use_ema, device)
     run_dir = loaded.checkpoint.parent.parent
     manifest = load_manifest(eval_dataset)
-    name = name or Path(eval_dataset).name
+    model = loaded.model.cfg  # checked before anything is generated:
+    if manifest.text_shape[1] != model.caption_dim:
+        raise DataError(f"dataset {eval_dataset} has {manifest.text_shape[1]}-d captions ({manifest.text_encoder}), "
+                        f"the model expects caption_dim {model.caption_dim}: evaluate on data encoded with the run's "
+                        "text encoder")
+    if "probe" in settings.metrics:  # the probe compares latents: reference, probe data and samples alike
+        generated = [model.in_channels, *model.input_size]
+        probe_data = probe_dataset or loaded.config.data.folders[0]
+        try:
+            probe_shape = load_manifest(probe_data).latent_shape
+        except DataError as err:
+            raise DataError(f"probe dataset: {err}") from None
+        for what, folder, shape in (("dataset", eval_dataset, manifest.latent_shape),
+                                    ("probe dataset", probe_data, probe_shape)):
+            if list(shape) != generated:
+                raise DataError(f"{what} {folder} has latents {list(shape)}, the model generates {generated}: the "
+                                "probe metric needs data of the model's autoencoder and resolution")
     reference, labels, (texts, masks, captions) = read_dataset(eval_dataset, settings.num_samples)
     count = len(reference)
     sampler = (settings.sampler or loaded.config.sampler).with_overrides(**settings.sampler_overrides)
