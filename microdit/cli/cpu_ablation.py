@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 job.seeds = [int(s) for s in args.seeds.split(",")]
             except ValueError:
-                raise ValueError(f"--seeds: expected comma-separated integers (e.g. 0,1,2), got {args.seeds!r}") \
-                    from None
+                seeds = args.seeds
+                raise ValueError(f"--seeds: expected comma-separated integers (e.g. 0,1,2), got {seeds!r}") from None
         run_job(job, args)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None

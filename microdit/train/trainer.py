@@ -142,14 +142,14 @@ class Trainer:
         meta.json, so a checkpoint samples without its dataset: :func:`checkpoint.load_model`)."""
         lengths, encoders = set(), []
         for stage in stages:
-            for folder in stage.data.folders:
+            for i, folder in enumerate(stage.data.folders):
                 if not (Path(folder) / "manifest.json").is_file():
                     raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
                                     "(or set data.prepare=synthetic for the synthetic dataset)")
                 manifest = verify_dataset(folder, count_samples=False)  # sizes and sha256 (then cached)
                 check_fits_model(manifest, folder, stage.model)
                 lengths.add(manifest.text_shape[0])
-                if len(encoders) == stage.index:
+                if i == 0:
                     encoders.append({"text_encoder": manifest.text_encoder, "autoencoder": manifest.autoencoder})
         if len(lengths) != 1:
             raise DataError(f"the stages' datasets have different caption lengths {sorted(lengths)}: encode them with "
