@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,37 @@ FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def run_together(code: str, argvs: list[list[str]], timeout: float = 300) -> list[str]:
+    """Start one ``python -c code ARGV...`` per entry of ``argvs`` at once (processes that meet on
+    one folder, as a sweep's points do), wait for all; each must exit 0. Returns their stderr."""
+    procs = [subprocess.Popen([sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, text=True)
+             for argv in argvs]
+    errors = [proc.communicate(timeout=timeout)[1] for proc in procs]
+    for proc, err in zip(procs, errors, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    return errors
+
+
+@pytest.fixture
+def lock_holder():
+    """``hold(path)`` starts another process that takes the microdit lock file ``path`` and holds
+    it (heartbeat included) until the test ends; returns that process."""
+    procs = []
+
+    def hold(path: Path) -> subprocess.Popen:
+        code = ("import sys, time; from microdit.locks import acquire; "
+                "acquire(sys.argv[1], 'a test', wait=False); print('held', flush=True); time.sleep(600)")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 def reference_shapes(preset: str) -> dict[str, tuple[int, ...]]:

@@ -32,6 +32,7 @@ import yaml
 
 from microdit.cli.options import positive_float, positive_int
 from microdit.cli.train import CONF_DIR, compose_config
+from microdit.locks import LockHeld
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig, summarize_changes, validate
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                 seeds = args.seeds
                 raise ValueError(f"--seeds: expected comma-separated integers (e.g. 0,1,2), got {seeds!r}") from None
         run_job(job, args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, LockHeld) as err:  # LockHeld: another job trains one of the runs
         raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None
 
 

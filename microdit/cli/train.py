@@ -39,6 +39,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from microdit.launch import adopt_launcher_env
+    from microdit.locks import LockHeld
     from microdit.train.checkpoint import CheckpointError
     from microdit.train.trainer import NonFiniteError, train
 
@@ -56,7 +57,7 @@ def main(cfg: DictConfig) -> None:
     try:
         adopt_launcher_env()  # one process per task under submitit / srun (microdit.launch)
         summary = train(run_cfg)
-    except (ValueError, DataError, NonFiniteError, CheckpointError, PermissionError, FileExistsError,
+    except (ValueError, DataError, NonFiniteError, CheckpointError, LockHeld, PermissionError, FileExistsError,
             FileNotFoundError) as err:
         print(f"microdit-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -18,6 +18,7 @@ from microdit.data.images import IMAGE_EXTS, decode_image, from_uint8
 from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest, sha256_of
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.encoders import Autoencoder, TextEncoder
+from microdit.locks import acquire
 from microdit.progress import progress as progress_bar
 
 
@@ -52,23 +53,41 @@ def _start_manifest(src: Manifest, dst: Path, autoencoder: Autoencoder, text: Te
         if same != want:
             raise DataError(f"{dst} already holds a different encoding ({same}); expected {want}: "
                             "choose another output folder")
-        fresh.shards = old.shards
+        fresh.shards, fresh.samples, fresh.complete = old.shards, old.samples, old.complete
     return fresh
 
 
 def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: Autoencoder, text: TextEncoder,
                    batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
                    skip_bad_samples: bool = False, progress: bool = True) -> Manifest:
-    """Encode every image shard of ``src_folder`` into a latent shard in ``dst_folder``."""
+    """Encode every image shard of ``src_folder`` into a latent shard in ``dst_folder``.
+
+    One process at a time encodes ``dst_folder`` (a lock file ``.NAME.lock`` beside it,
+    :mod:`microdit.locks`): a process that finds another encoding it waits, then finds the
+    dataset complete and returns it untouched, as for any complete dataset of the same encoding.
+    """
     src_folder, dst = Path(src_folder), Path(dst_folder)
     src = load_manifest(src_folder)
     if src.kind != "images":
         raise DataError(f"{src_folder}: expected an image dataset to encode, found kind {src.kind!r}")
-    if dst.is_dir() and any(dst.iterdir()) and not (dst / "manifest.json").is_file():
-        raise DataError(f"{dst} holds files but no manifest.json (not an encode to resume): encode into a new or "
-                        "empty folder; nothing was changed")
-    dst.mkdir(parents=True, exist_ok=True)
-    manifest = _start_manifest(src, dst, autoencoder, text, src_folder)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with acquire(dst.parent / f".{dst.name}.lock", f"the encoding of {dst}", wait=True):
+        if dst.is_dir() and any(dst.iterdir()) and not (dst / "manifest.json").is_file():
+            raise DataError(f"{dst} holds files but no manifest.json (not an encode to resume): encode into a new "
+                            "or empty folder; nothing was changed")
+        dst.mkdir(exist_ok=True)
+        manifest = _start_manifest(src, dst, autoencoder, text, src_folder)
+        if manifest.complete:
+            return manifest
+        for leftover in dst.glob(".*.tmp"):  # shards of encodes killed mid-shard (nobody else writes here now)
+            leftover.unlink(missing_ok=True)
+        return _encode(src, src_folder, dst, manifest, autoencoder, text, batch_size, seed, device,
+                       skip_bad_samples, progress)
+
+
+def _encode(src: Manifest, src_folder: Path, dst: Path, manifest: Manifest, autoencoder: Autoencoder,
+            text: TextEncoder, batch_size: int, seed: int, device: str | torch.device, skip_bad_samples: bool,
+            progress: bool) -> Manifest:
     done = {s.name for s in manifest.shards if (dst / s.name).is_file()}
     manifest.shards = [s for s in manifest.shards if s.name in done]
     save_manifest(dst, manifest)  # from the start: an encode killed in its first shard can be resumed

@@ -17,6 +17,7 @@ from PIL import Image
 
 from microdit.data.manifest import DataError, Manifest, save_manifest
 from microdit.data.shards import ShardWriter
+from microdit.locks import alive, host_pid
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -75,7 +76,7 @@ def decode_image(data: bytes, where: str) -> Image.Image:
 
 def _partial_folder(folder: Path) -> Path:
     """The hidden sibling this process builds ``folder`` in before renaming it into place."""
-    return folder.with_name(f".{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
+    return folder.with_name(f".{folder.name}.partial-{host_pid()}")
 
 
 def _remove_stale_partials(folder: Path) -> None:
@@ -85,18 +86,10 @@ def _remove_stale_partials(folder: Path) -> None:
     prefix = f".{folder.name}.partial-{socket.gethostname()}-"
     for stale in folder.parent.glob(glob.escape(prefix) + "*"):
         pid = stale.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    return True
 
 
 def write_image_dataset(

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from microdit.locks import private_tmp
+
 MANIFEST = "manifest.json"
 KINDS = ("images", "latents")
 
@@ -93,13 +95,17 @@ def load_manifest(folder: str | Path) -> Manifest:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """Write ``data`` to ``path`` through a private temporary file and a rename: never half-written,
+    and when several processes write it at once, the file is one of their writes, whole."""
+    tmp = private_tmp(path)  # two processes writing one file (a shared cache) each rename a whole file
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_manifest(folder: str | Path, manifest: Manifest) -> None:

@@ -15,10 +15,12 @@ import numpy as np
 import webdataset as wds
 
 from microdit.data.manifest import DataError, ShardInfo, sha256_of
+from microdit.locks import private_tmp
 
 
 class ShardWriter:
-    """Write one tar shard to ``path`` via ``path.tmp``; ``close()`` renames it into place.
+    """Write one tar shard to ``path`` via a private temporary file (:func:`microdit.locks.private_tmp`);
+    ``close()`` renames it into place.
 
     Use as a context manager: on an exception the temporary file is removed and nothing
     appears under the final name.
@@ -26,7 +28,7 @@ class ShardWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = private_tmp(self.path)
         self._file = open(self.tmp, "wb")
         self._writer = wds.TarWriter(self._file, encoder=False, mtime=0)  # byte-reproducible shards
         self.samples = 0

@@ -27,6 +27,7 @@ from microdit.encoders import load_autoencoder
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
 from microdit.eval.frechet import FeatureStats, frechet_distance
 from microdit.eval.probe import dataset_probe, probe_metrics
+from microdit.locks import acquire, private_tmp
 from microdit.progress import progress
 from microdit.train.checkpoint import load_model
 
@@ -98,7 +99,7 @@ def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world:
     for i in progress(mine, desc=f"generate {out_dir.name}", unit="chunk"):
         start, path = starts[i], out_dir / f"chunk-{i:05d}.pt"
         latents = latents_fn(start, min(start + batch, count))
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = private_tmp(path)  # two evaluations of one name may write the same chunk
         torch.save(latents.half(), tmp)
         tmp.replace(path)
     if rank != 0:
@@ -191,9 +192,12 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def record_metrics(run_dir: str | Path, entry: dict) -> None:
-    """Add (or replace: same name, checkpoint, sampler, samples and seed) an entry in metrics.json."""
+    """Add (or replace: same name, checkpoint, sampler, samples and seed) an entry in metrics.json.
+    Evaluations of one run that finish at once add their entries in turn (a lock beside the file),
+    so none is lost."""
     def key(e: dict) -> tuple:
         return e["name"], e["nimg"], e["ema"], json.dumps(e["sampler"], sort_keys=True), e["num_samples"], e["seed"]
 
-    entries = [e for e in read_metrics(run_dir) if key(e) != key(entry)] + [entry]
-    write_atomic(Path(run_dir) / METRICS_FILE, json.dumps({"entries": entries}, indent=2).encode())
+    with acquire(Path(run_dir) / f".{METRICS_FILE}.lock", f"{Path(run_dir) / METRICS_FILE}", wait=True):
+        entries = [e for e in read_metrics(run_dir) if key(e) != key(entry)] + [entry]
+        write_atomic(Path(run_dir) / METRICS_FILE, json.dumps({"entries": entries}, indent=2).encode())

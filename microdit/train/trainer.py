@@ -31,6 +31,7 @@ from microdit.data.images import save_grid, to_uint8
 from microdit.diffusion import generate
 from microdit.encoders import load_autoencoder, load_text_encoder
 from microdit.launch import launcher_precision
+from microdit.locks import Lock, LockHeld, acquire
 from microdit.models import MicroDiT
 from microdit.nn.attention import check_attention_backend
 from microdit.perf.devices import peak_flops
@@ -85,6 +86,15 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.run_dir = Path(t.run_dir) / t.name
         self._check_run_dir()
+        self._lock = self._claim_run_dir()
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.release()
+            raise
+
+    def _build(self, cfg: TrainConfig) -> None:
+        t = cfg.trainer
         self.micro = t.batch_size // (self.world * t.grad_accum)
         self.peak_flops = t.peak_flops or peak_flops(self.device.type)
         if cfg.data.prepare == "synthetic":
@@ -125,7 +135,31 @@ class Trainer:
             self._write_run_info()
             self.wandb = WandbSink(t.wandb, self.run_dir, t.name, OmegaConf.to_container(OmegaConf.structured(cfg)))
 
+    def release(self) -> None:
+        """Give the run folder back (its lock): the end of :func:`train`, or a failed set-up."""
+        if self._lock is not None:
+            self._lock.release()
+
     # -- set-up helpers -------------------------------------------------------------------------
+    def _claim_run_dir(self) -> Lock | None:
+        """One trainer per run folder: the main process takes ``RUN/.lock`` (:mod:`microdit.locks`)
+        before anything in the folder is written, so a second trainer launched on the same run (the
+        same sweep started twice, a job submitted twice) stops with one line instead of overwriting
+        the first one's checkpoints and logs; a requeued SLURM job or a run whose process was
+        killed takes its stale lock over. Every process learns the outcome."""
+        from accelerate.utils import broadcast_object_list
+
+        lock, error = None, None
+        if self.acc.is_main_process:
+            try:
+                lock = acquire(self.run_dir / ".lock", f"run {self.run_dir}", wait=False, log=self.acc.print)
+            except LockHeld as err:
+                error = str(err)
+        error = broadcast_object_list([error])[0]
+        if error is not None:
+            raise LockHeld(error)
+        return lock
+
     def _check_run_dir(self) -> None:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -438,4 +472,8 @@ class Trainer:
 def train(cfg: TrainConfig) -> dict:
     """Validate, build and run a training run; returns its summary."""
     os.environ.setdefault("WANDB_SILENT", "true")
-    return Trainer(cfg).run()
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        trainer.release()

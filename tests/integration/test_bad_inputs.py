@@ -352,6 +352,18 @@ def test_unwritable_run_dir(world):
     record("unwritable run directory", msg, "not writable")
 
 
+def test_run_in_use_by_another_trainer(world, lock_holder):
+    holder = lock_holder(world["run"] / ".lock")
+    before = snapshot(world["run"])
+    msg = train_error(base_overrides(world["tmp"], world["data"], "done"))
+    record("a run another trainer is using (same sweep launched twice)", msg,
+           f"run {world['run']} is in use by pid {holder.pid} on host", f"delete {world['run'] / '.lock'}")
+    assert snapshot(world["run"]) == before
+    holder.kill()
+    holder.wait()
+    (world["run"] / ".lock").unlink()
+
+
 def test_sample_bad_paths(world, capsys, tmp_path):
     msg = cli_error(sample_cli.main, [str(tmp_path / "nowhere"), "--prompt", "a red circle"], capsys)
     record("`microdit-sample` a path that does not exist", msg, "nowhere", "does not exist")

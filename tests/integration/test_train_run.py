@@ -15,6 +15,7 @@ import torch
 
 from microdit.cli.sample import main as sample_main
 from microdit.data import DataError
+from microdit.locks import LockHeld
 from microdit.models import MicroDiT
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig
@@ -117,8 +118,10 @@ def test_kill_9_then_resume_is_bit_exact(tmp_path, data):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.latest(run) is not None and stats(run)[-1]["nimg"] < 96
+    assert (run / ".lock").is_file()  # left by the killed trainer, whose pid is gone: stale
     result = run_train(killed)
     assert "resumed from" in result.stdout + result.stderr
+    assert f"taking over {run / '.lock'}" in result.stdout + result.stderr and not (run / ".lock").exists()
     ref_rows, rows = stats(tmp_path / "runs" / "ref"), stats(run)
     assert [r["nimg"] for r in rows] == [r["nimg"] for r in ref_rows]
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]  # bit-identical
@@ -151,12 +154,24 @@ def test_sigterm_leaves_a_checkpoint(tmp_path, data):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
+    assert not (run / ".lock").exists()  # released on the way out
     latest = ckpt.latest(run)
     assert latest is not None and "signal received" in out + err
     state, meta = ckpt.load(latest)
     assert meta["nimg"] == state["progress"]["nimg"] >= 16
     run_train(overrides)  # resumed: every logged row once, none missing
     assert [r["nimg"] for r in stats(run)] == list(range(8, 97, 8))
+
+
+def test_a_run_in_use_is_refused_before_anything_is_written(tmp_path, data, lock_holder):
+    overrides = base_overrides(tmp_path, data, "busy")
+    run_train(overrides)
+    run = tmp_path / "runs" / "busy"
+    holder = lock_holder(run / ".lock")  # another trainer (here: a process holding the run's lock)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(LockHeld, match=rf"run {run} is in use by pid {holder.pid} on host .* delete {run}/.lock"):
+        Trainer(compose_config(overrides))
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_two_processes_equal_one_process(tmp_path, data):

@@ -13,6 +13,8 @@ from microdit.data import DataError, LatentBatches, encode_dataset, load_manifes
 from microdit.data.shards import ShardWriter, iter_shard
 from microdit.encoders import load_autoencoder, load_text_encoder
 
+from conftest import run_together
+
 
 @pytest.fixture(scope="module")
 def encoders():
@@ -87,3 +89,32 @@ def test_encode_bad_samples(images, tmp_path, encoders):
     with pytest.raises(DataError, match="expected an image dataset"):
         encode_dataset(tmp_path / "lat2", tmp_path / "x", *encoders, progress=False)
 
+
+
+BUILD = """
+import sys
+from microdit.data.encode import build_synthetic_dataset
+build_synthetic_dataset(sys.argv[1], 120, 16, 3, "pixel:2", "offline:32:16", progress=False)
+"""
+
+
+def test_synthetic_dataset_built_by_three_processes_at_once(tmp_path):
+    """As when a sweep starts its points together with data.prepare=synthetic: all three get the
+    dataset a lone build writes (byte for byte), none fails, nothing is left behind."""
+    run_together(BUILD, [[str(tmp_path / "shared" / "synth")]] * 3)  # one shared shard tmp name: 2 of 3 crashed
+    run_together(BUILD, [[str(tmp_path / "alone" / "synth")]])
+    for kind in ("synth", "synth-images"):
+        shared, alone = load_manifest(tmp_path / "shared" / kind), load_manifest(tmp_path / "alone" / kind)
+        assert shared.complete
+        assert [(s.name, s.sha256) for s in shared.shards] == [(s.name, s.sha256) for s in alone.shards]
+    verify_dataset(tmp_path / "shared" / "synth")
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["synth", "synth-images"]  # no lock, no partial
+    assert not [p for p in (tmp_path / "shared").rglob(".*") if p.name != ".verified.json"]
+
+
+def test_encoding_a_complete_dataset_again_leaves_it_untouched(images, tmp_path, encoders):
+    encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "lat").iterdir()}
+    again = encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
+    assert again.complete and again.samples == 30
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "lat").iterdir()} == before

@@ -5,6 +5,8 @@ import torch
 
 from microdit.eval import read_metrics, record_metrics
 
+from conftest import run_together
+
 
 def test_metrics_json_round_trip(tmp_path):
     entry = {"name": "eval", "nimg": 64, "ema": True, "sampler": {"solver": "heun", "steps": 4}, "num_samples": 8,
@@ -42,3 +44,18 @@ def test_reference_statistics_are_built_and_cached(synthetic):
     again = reference_stats(latents, MeanColour(), limit=200)
     assert np.array_equal(again.mu, stats.mu)
 
+
+
+RECORD = """
+import sys
+from microdit.eval import record_metrics
+for nimg in range(5):
+    record_metrics(sys.argv[1], {"name": sys.argv[2], "nimg": nimg, "ema": True, "sampler": {}, "num_samples": 8,
+                                 "seed": 0, "metrics": {"probe_fd": 1.0}})
+"""
+
+
+def test_evaluations_finishing_at_once_lose_no_entry(tmp_path):
+    run_together(RECORD, [[str(tmp_path), f"eval{i}"] for i in range(4)])
+    assert sorted((e["name"], e["nimg"]) for e in read_metrics(tmp_path)) == [(f"eval{i}", n) for i in range(4)
+                                                                              for n in range(5)]
