@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", type=Path, required=True, help="evaluation latent dataset (held-out split)")
     p.add_argument("--name", help="name of this evaluation (default: the dataset folder's name)")
     p.add_argument("--probe-dataset", type=Path, help="dataset the probe is trained on (default: the run's data)")
+    p.add_argument("--probe-steps", type=positive_int, default=EvalSettings.probe_steps,
+                   help="training steps of the probe (cached per dataset and length; probe metrics compare only "
+                        "under one probe: microdit-cpu-ablation uses its job's probe_steps; default: %(default)s)")
     p.add_argument("--num-samples", type=positive_int, default=1000,
                    help="samples to generate (the first N prompts of the dataset; default: %(default)s)")
     p.add_argument("--metrics", default="probe",
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = EvalSettings(num_samples=args.num_samples, sampler_overrides=sampler_overrides(args),
                                 seed=args.seed, batch_size=args.batch_size, use_ema=not args.no_ema,
                                 metrics=metrics, clip_fid_model=args.clip_fid_model,
-                                clip_score_model=args.clip_score_model, inception_weights=args.inception_weights)
+                                clip_score_model=args.clip_score_model, inception_weights=args.inception_weights,
+                                probe_steps=args.probe_steps)
         info = adopt_launcher_env()  # torchrun, accelerate, submitit or srun: rank r generates chunks r, r + world, ...
         entry = evaluate(args.run, args.dataset, settings, args.name, args.probe_dataset,
                          local_device(args.device, info), info.rank, info.world_size)

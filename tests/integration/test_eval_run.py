@@ -67,12 +67,13 @@ def test_eval_over_two_ranks_equals_one_rank(run, tmp_path):
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "metrics.json"))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "microdit.cli.eval", "run", str(copy), "--dataset", str(data), "--num-samples", "12",
-               "--steps", "3", "--batch-size", "4", "--device", "cpu"]
+               "--steps", "3", "--batch-size", "4", "--probe-steps", "30", "--device", "cpu"]
         result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                                 timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
     one, two = (json.loads((tmp_path / n / "run" / "metrics.json").read_text())["entries"] for n in ("one", "two"))
     assert two[0]["metrics"] == one[0]["metrics"] and one[0]["num_samples"] == 12
+    assert one[0]["settings"]["probe_steps"] == 30 and (data / "probe" / "probe-30steps.pt").is_file()
 
 
 def test_eval_cli_errors(run, capsys):

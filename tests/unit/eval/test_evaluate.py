@@ -45,7 +45,6 @@ def test_reference_statistics_are_built_and_cached(synthetic):
     assert np.array_equal(again.mu, stats.mu)
 
 
-
 RECORD = """
 import sys
 from microdit.eval import record_metrics
