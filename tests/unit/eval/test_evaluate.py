@@ -46,11 +46,16 @@ def test_reference_statistics_are_built_and_cached(synthetic):
 
 
 RECORD = """
-import sys
+import sys, time
+from pathlib import Path
 from microdit.eval import record_metrics
+run, name = Path(sys.argv[1]), sys.argv[2]
+(run / f"ready-{name}").touch()  # start writing together, once all four have imported
+while len(list(run.glob("ready-*"))) < 4:
+    time.sleep(0.01)
 for nimg in range(5):
-    record_metrics(sys.argv[1], {"name": sys.argv[2], "nimg": nimg, "ema": True, "sampler": {}, "num_samples": 8,
-                                 "seed": 0, "metrics": {"probe_fd": 1.0}})
+    record_metrics(run, {"name": name, "nimg": nimg, "ema": True, "sampler": {}, "num_samples": 8, "seed": 0,
+                         "metrics": {"probe_fd": 1.0}})
 """
 
 
