@@ -90,8 +90,6 @@ def _remove_stale_partials(folder: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-
-
 def write_image_dataset(
     folder: str | Path,
     samples: Iterable[tuple[str, Image.Image | np.ndarray, str, dict]],

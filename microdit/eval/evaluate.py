@@ -198,6 +198,7 @@ def record_metrics(run_dir: str | Path, entry: dict) -> None:
     def key(e: dict) -> tuple:
         return e["name"], e["nimg"], e["ema"], json.dumps(e["sampler"], sort_keys=True), e["num_samples"], e["seed"]
 
-    with acquire(Path(run_dir) / f".{METRICS_FILE}.lock", f"{Path(run_dir) / METRICS_FILE}", wait=True):
+    path = Path(run_dir) / METRICS_FILE
+    with acquire(path.with_name(f".{METRICS_FILE}.lock"), str(path), wait=True):
         entries = [e for e in read_metrics(run_dir) if key(e) != key(entry)] + [entry]
-        write_atomic(Path(run_dir) / METRICS_FILE, json.dumps({"entries": entries}, indent=2).encode())
+        write_atomic(path, json.dumps({"entries": entries}, indent=2).encode())

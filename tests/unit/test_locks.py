@@ -52,6 +52,14 @@ def _write_lock(path: Path, age: float = 0.0, **owner) -> None:
     os.utime(path, (time.time() - age, time.time() - age))
 
 
+def _slurm_env(monkeypatch, env: dict) -> None:
+    """Exactly the SLURM variables of ``env`` (none of the machine's own)."""
+    for key in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
 def test_a_live_holder_is_refused(tmp_path, lock_holder):
     path = tmp_path / "run.lock"
     holder = lock_holder(path)
@@ -84,10 +92,7 @@ def test_a_waiter_gets_the_lock_when_its_holder_releases_it(tmp_path):
 ])
 def test_stale_locks_are_taken_over(tmp_path, monkeypatch, case, owner, env, age, taken):
     path = tmp_path / "x.lock"
-    for key in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    _slurm_env(monkeypatch, env)
     if owner is None:
         path.write_text("{not json")
         os.utime(path, (time.time() - age, time.time() - age))
@@ -109,10 +114,7 @@ def test_stale_locks_are_taken_over(tmp_path, monkeypatch, case, owner, env, age
 ])
 def test_live_looking_locks_are_respected(tmp_path, monkeypatch, case, owner, env):
     path = tmp_path / "x.lock"
-    for key in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    _slurm_env(monkeypatch, env)
     _write_lock(path, 10, **owner)
     before = path.read_bytes()
     with pytest.raises(locks.LockHeld, match=r"x is in use by pid 1 on host node-a"):

@@ -90,7 +90,6 @@ def test_encode_bad_samples(images, tmp_path, encoders):
         encode_dataset(tmp_path / "lat2", tmp_path / "x", *encoders, progress=False)
 
 
-
 BUILD = """
 import sys
 from microdit.data.encode import build_synthetic_dataset
