@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -67,6 +68,17 @@ def private_tmp(path: Path) -> Path:
     """A temporary name beside ``path`` that no other process or thread uses, for writing a file
     whole and renaming it into place (two writers of one file then never mix their bytes)."""
     return path.with_name(f".{path.name}.{host_pid()}-{threading.get_ident()}.tmp")
+
+
+def remove_stale_tmps(folder: Path) -> None:
+    """Delete the :func:`private_tmp` files in ``folder`` whose writer was killed on this host (kill
+    -9, out of memory) before renaming them into place. Another host's are left alone (its
+    processes cannot be checked from here)."""
+    pattern = re.compile(rf"^\..+\.{re.escape(socket.gethostname())}-(\d+)-\d+\.tmp$")
+    for path in folder.glob(".*.tmp"):
+        match = pattern.match(path.name)
+        if match and int(match[1]) != os.getpid() and not alive(int(match[1])):
+            path.unlink(missing_ok=True)
 
 
 def _slurm() -> tuple[str | None, int]:

@@ -214,7 +214,8 @@ def run_job(job: CpuJob, args: argparse.Namespace) -> None:
             shown.add(data.resolve())
             print(f"[job] dataset {data.resolve()} (held-out split: {data.name}-eval beside it)", file=sys.stderr)
         build_synthetic_dataset(data.with_name(data.name + "-eval"), job.held_out_samples, cfg.data.prepare_size,
-                                cfg.data.prepare_seed + 1, cfg.encoder.autoencoder, cfg.encoder.text_encoder)
+                                cfg.data.prepare_seed + 1, cfg.encoder.autoencoder, cfg.encoder.text_encoder,
+                                scene=cfg.data.prepare_scene)
         dataset_probe(data, steps=probe_steps)
     settings = EvalSettings(num_samples=num_samples, batch_size=100, probe_steps=probe_steps)
     for i, cfg in enumerate(configs, 1):

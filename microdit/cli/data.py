@@ -22,7 +22,7 @@ from microdit.data import cifar_captions as cc
 from microdit.data.images import IMAGE_EXTS, decode_image, save_grid, to_uint8
 from microdit.data.reader import LatentBatches
 from microdit.data.shards import iter_shard
-from microdit.data.synthetic import SHAPES, synthetic_sample
+from microdit.data.synthetic import SCENES, SHAPES, synthetic_samples, synthetic_source
 from microdit.encoders import EncoderConfig, load_autoencoder, load_text_encoder
 from microdit.launch import local_device
 from microdit.progress import progress
@@ -30,9 +30,9 @@ from microdit.progress import progress
 
 def cmd_synthetic(args: argparse.Namespace) -> None:
     """Write N synthetic samples as image shards."""
-    samples = ((f"{i:08d}", (s := synthetic_sample(args.seed, i, args.size)).image, s.caption, s.labels)
-               for i in progress(range(args.num_samples), desc="synthetic", unit="img"))
-    manifest = write_image_dataset(args.out, samples, args.size, list(SHAPES), f"synthetic(seed={args.seed})",
+    samples = progress(synthetic_samples(args.seed, args.num_samples, args.size, args.scene), total=args.num_samples,
+                       desc="synthetic", unit="img")
+    manifest = write_image_dataset(args.out, samples, args.size, list(SHAPES), synthetic_source(args.seed, args.scene),
                                    args.shard_size)
     print(f"wrote {manifest.samples} samples in {len(manifest.shards)} shard(s) to {args.out}")
 
@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = _image_dataset_parser(sub, "synthetic", "write the synthetic captioned dataset as image shards", 32)
     p.add_argument("--num-samples", type=positive_int, default=20000, help="number of samples (default: %(default)s)")
+    p.add_argument("--scene", choices=SCENES, default="mixed", help="mixed: every attribute varies; one_object: one "
+                   "large object in the middle of a white background (default: %(default)s)")
     p.set_defaults(func=cmd_synthetic)
     p = _image_dataset_parser(sub, "cifar-captions", "build cifar-captions image shards", 256)
     group = p.add_mutually_exclusive_group(required=True)

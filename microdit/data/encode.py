@@ -170,21 +170,25 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
 
 
 def build_synthetic_dataset(folder: str | Path, num: int, size: int, seed: int, autoencoder: str, text_encoder: str,
-                            progress: bool = True) -> Manifest:
-    """The synthetic captioned dataset as latents in ``folder`` (its images in ``folder-images``);
-    an existing complete dataset is kept as it is."""
+                            progress: bool = True, scene: str = "mixed") -> Manifest:
+    """The synthetic captioned dataset of ``scene`` as latents in ``folder`` (its images in
+    ``folder-images``); an existing complete dataset is kept as it is, and refused when its images
+    were drawn with another seed or scene."""
     from microdit.data.images import write_image_dataset
-    from microdit.data.synthetic import SHAPES, synthetic_sample
+    from microdit.data.synthetic import SHAPES, synthetic_samples, synthetic_source
     from microdit.encoders import load_autoencoder, load_text_encoder
 
     folder = Path(folder)
+    images = folder.with_name(folder.name + "-images")
+    source = synthetic_source(seed, scene)
+    if (images / "manifest.json").is_file() and (found := load_manifest(images).source) != source:
+        raise DataError(f"{images}: holds {found}, not {source}: give this scene or seed another dataset folder, "
+                        f"or delete {folder} and {images} to rebuild them")
     if (folder / "manifest.json").is_file() and load_manifest(folder).complete:
         return load_manifest(folder)
-    images = folder.with_name(folder.name + "-images")
     if not (images / "manifest.json").is_file():
-        samples = ((f"{i:08d}", (s := synthetic_sample(seed, i, size)).image, s.caption, s.labels) for i in range(num))
         try:
-            write_image_dataset(images, samples, size, list(SHAPES), f"synthetic(seed={seed})")
+            write_image_dataset(images, synthetic_samples(seed, num, size, scene), size, list(SHAPES), source)
         except DataError:
             if not (images / "manifest.json").is_file():
                 raise

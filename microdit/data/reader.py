@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from microdit.data.manifest import DataError, Manifest, load_manifest
 from microdit.data.shards import load_npy
+from microdit.data.synthetic import SCENES
 from microdit.models.config import MicroDiTConfig
 
 SHUFFLES = ("global", "buffer")
@@ -49,7 +50,10 @@ class DataConfig:
     it). ``prepare="synthetic"`` builds and encodes the synthetic dataset into ``folders[0]`` when
     it has no manifest (``prepare_samples`` images of ``prepare_size`` pixels, drawn with
     ``prepare_seed``: a property of the data, not of the run, so runs with other ``trainer.seed``
-    values train on the same images; held-out splits use ``prepare_seed + 1``).
+    values train on the same images; held-out splits use ``prepare_seed + 1``), of
+    ``prepare_scene`` (``mixed``: every attribute varies; ``one_object``: one large object in the
+    middle of a white background, where the named shape is learned at CPU budgets; see
+    :mod:`microdit.data.synthetic`). A folder built with another seed or scene is refused.
     """
 
     folders: list[str] = field(default_factory=lambda: ["data/synthetic"])
@@ -64,6 +68,7 @@ class DataConfig:
     prepare_samples: int = 20000
     prepare_size: int = 32
     prepare_seed: int = 0
+    prepare_scene: str = "mixed"
 
     def problems(self) -> list[str]:
         """One message per invalid field (empty when valid)."""
@@ -82,6 +87,8 @@ class DataConfig:
             out.append(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.prepare not in PREPARE:
             out.append(f"prepare must be one of {PREPARE}, got {self.prepare!r}")
+        if self.prepare_scene not in SCENES:
+            out.append(f"prepare_scene must be one of {SCENES}, got {self.prepare_scene!r}")
         return out
 
 

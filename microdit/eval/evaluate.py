@@ -27,7 +27,7 @@ from microdit.encoders import load_autoencoder
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
 from microdit.eval.frechet import FeatureStats, frechet_distance
 from microdit.eval.probe import dataset_probe, probe_metrics
-from microdit.locks import acquire, private_tmp
+from microdit.locks import acquire, private_tmp, remove_stale_tmps
 from microdit.progress import progress
 from microdit.train.checkpoint import load_model
 
@@ -94,6 +94,7 @@ def reference_stats(folder: str | Path, extractor, limit: int = 50000, device="c
 def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world: int) -> torch.Tensor | None:
     """Generate (resumably) chunk files of ``batch`` samples; rank r does chunks r, r + world, ..."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmps(out_dir)  # chunks an evaluation killed mid-save left behind
     starts = list(range(0, count, batch))
     mine = [i for i in range(len(starts)) if i % world == rank and not (out_dir / f"chunk-{i:05d}.pt").is_file()]
     for i in progress(mine, desc=f"generate {out_dir.name}", unit="chunk"):

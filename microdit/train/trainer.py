@@ -59,7 +59,7 @@ def prepare_synthetic(cfg: TrainConfig) -> None:
             sizes[stage.data.folders[0]] = stage.config.input_size[0] * factor
     for folder, size in sizes.items():
         build_synthetic_dataset(folder, d.prepare_samples, size, d.prepare_seed, cfg.encoder.autoencoder,
-                                cfg.encoder.text_encoder, cfg.trainer.progress)
+                                cfg.encoder.text_encoder, cfg.trainer.progress, d.prepare_scene)
 
 
 class Trainer:

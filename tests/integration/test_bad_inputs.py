@@ -213,6 +213,18 @@ def test_synthetic_into_an_existing_dataset(world, capsys):
     assert snapshot(target) == before
 
 
+def test_synthetic_scene_into_a_dataset_of_another_scene(world):
+    images = world["data"].with_name("data-images")
+    before = snapshot(world["data"], images)
+    overrides = [o for o in base_overrides(world["tmp"], world["data"], "scene") if not o.startswith("data.prepare=")]
+    msg = train_error([*overrides, "data.prepare=synthetic", "data.prepare_scene=one_object"])
+    record("`microdit-train` data.prepare_scene=one_object on a folder of the mixed scene", msg, str(images),
+           "holds synthetic(seed=0), not synthetic(seed=0, scene=one_object)")
+    msg = train_error([*overrides, "data.prepare=synthetic", "data.prepare_seed=5"])
+    record("`microdit-train` another data.prepare_seed on a built folder", msg, "not synthetic(seed=5)")
+    assert snapshot(world["data"], images) == before
+
+
 def test_encode_into_a_non_empty_folder(world, capsys):
     dst = world["tmp"] / "enc-dst"
     dst.mkdir()
@@ -245,6 +257,8 @@ CONFIG_CASES = [
     ("unknown experiment", ["experiment=fig99"], "Could not find 'experiment/fig99'"),
     ("unknown key", ["+trainer.bogus=1"], "unknown config key(s) ['trainer.bogus']"),
     ("trainer.device=cuda without a GPU", ["trainer.device=cuda"], "sees no CUDA device"),
+    ("unknown synthetic scene", ["data.prepare_scene=circles"], "prepare_scene must be one of ('mixed', 'one_object'), "
+     "got 'circles'"),
 ]
 
 

@@ -3,6 +3,9 @@ and image-to-image) and microdit-results over the run folder."""
 
 import json
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,8 +47,12 @@ def test_evaluate_is_resumable_and_recorded(run):
     chunks = sorted((run / "eval").glob("*/chunk-*.pt"))
     assert len(chunks) == 3
     mtimes = [c.stat().st_mtime_ns for c in chunks]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = chunks[0].with_name(f".{chunks[0].name}.{socket.gethostname()}-{int(gone.stdout)}-1.tmp")
+    killed.write_bytes(b"half a chunk")  # what an evaluation killed while saving a chunk leaves
     again = evaluate(run, data, settings)
     assert [c.stat().st_mtime_ns for c in chunks] == mtimes  # nothing regenerated
+    assert not killed.exists()
     assert again["metrics"] == entry["metrics"]
     assert len(read_metrics(run)) == 1
     loaded = load_model(run, use_ema=False)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from microdit.data import synthetic_sample
-from microdit.data.synthetic import BACKGROUNDS, COLOURS, SHAPES
+from microdit.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, synthetic_samples, synthetic_source
 
 
 def test_synthetic_is_deterministic_and_varied():
@@ -42,7 +42,35 @@ def test_synthetic_caption_and_labels_describe_the_image(index):
         assert "left of" in s.caption or "right of" in s.caption or "above" in s.caption or "below" in s.caption
 
 
-def test_synthetic_rejects_tiny_images():
+def test_synthetic_rejects_tiny_images_and_unknown_scenes():
     with pytest.raises(ValueError, match="size must be >= 8"):
         synthetic_sample(0, 0, size=4)
+    with pytest.raises(ValueError, match="scene must be one of .*'mixed', 'one_object'.*got 'circles'"):
+        synthetic_sample(0, 0, scene="circles")
+
+
+def test_one_object_scene_varies_only_shape_and_colour():
+    samples = [synthetic_sample(2, i, scene="one_object") for i in range(400)]
+    for s in samples:
+        assert (s.labels["count"], s.labels["size"], s.labels["position"], s.labels["background"]) == (
+            1, "large", "center", "white")
+        assert s.labels["shape"] in s.caption and s.labels["colour"] in s.caption
+        assert s.image[0, 0].tolist() == s.image[-1, -1].tolist() == list(BACKGROUNDS["white"])
+    assert np.bincount([s.labels["class"] for s in samples], minlength=10).min() > 20
+    assert {s.labels["colour"] for s in samples} == set(COLOURS)
+    # the object covers more pixels than a mixed scene's object on average: the shape is what the loss sees
+    def area(s):
+        return (np.abs(s.image.astype(int) - np.array(BACKGROUNDS[s.labels["background"]])).sum(-1) > 60).sum()
+    assert min(area(s) for s in samples) > 40
+    mixed = [synthetic_sample(2, i) for i in range(400)]
+    assert np.mean([area(s) for s in samples]) > 1.3 * np.mean([area(s) for s in mixed if s.labels["count"] == 1])
+
+
+def test_samples_and_source_name_the_scene():
+    rows = list(synthetic_samples(4, 3, 16, "one_object"))
+    assert [key for key, *_ in rows] == ["00000000", "00000001", "00000002"]
+    one = synthetic_sample(4, 2, 16, "one_object")
+    assert np.array_equal(rows[2][1], one.image) and rows[2][2:] == (one.caption, one.labels)
+    assert synthetic_source(4) == "synthetic(seed=4)"  # the mixed scene's name is the one datasets already record
+    assert synthetic_source(4, "one_object") == "synthetic(seed=4, scene=one_object)"
 
