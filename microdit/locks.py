@@ -59,6 +59,12 @@ def alive(pid: int) -> bool:
     return True
 
 
+def ended(pid: int) -> bool:
+    """Whether the process ``pid`` of this machine has ended (never true of this process): what it
+    wrote under its private names can be deleted."""
+    return pid != os.getpid() and not alive(pid)
+
+
 def host_pid() -> str:
     """``HOST-PID`` of this process: part of every name a process writes privately."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -77,7 +83,7 @@ def remove_stale_tmps(folder: Path) -> None:
     pattern = re.compile(rf"^\..+\.{re.escape(socket.gethostname())}-(\d+)-\d+\.tmp$")
     for path in folder.glob(".*.tmp"):
         match = pattern.match(path.name)
-        if match and int(match[1]) != os.getpid() and not alive(int(match[1])):
+        if match and ended(int(match[1])):
             path.unlink(missing_ok=True)
 
 

@@ -184,8 +184,8 @@ def build_synthetic_dataset(folder: str | Path, num: int, size: int, seed: int, 
     if (images / "manifest.json").is_file() and (found := load_manifest(images).source) != source:
         raise DataError(f"{images}: holds {found}, not {source}: give this scene or seed another dataset folder, "
                         f"or delete {folder} and {images} to rebuild them")
-    if (folder / "manifest.json").is_file() and load_manifest(folder).complete:
-        return load_manifest(folder)
+    if (folder / "manifest.json").is_file() and (manifest := load_manifest(folder)).complete:
+        return manifest
     if not (images / "manifest.json").is_file():
         try:
             write_image_dataset(images, synthetic_samples(seed, num, size, scene), size, list(SHAPES), source)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import io
 import json
-import os
 import shutil
 import socket
 from collections.abc import Iterable
@@ -17,7 +16,7 @@ from PIL import Image
 
 from microdit.data.manifest import DataError, Manifest, save_manifest
 from microdit.data.shards import ShardWriter
-from microdit.locks import alive, host_pid
+from microdit.locks import ended, host_pid
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -86,7 +85,7 @@ def _remove_stale_partials(folder: Path) -> None:
     prefix = f".{folder.name}.partial-{socket.gethostname()}-"
     for stale in folder.parent.glob(glob.escape(prefix) + "*"):
         pid = stale.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+        if pid.isdigit() and ended(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 
