@@ -16,8 +16,9 @@ import torch
 
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
 from microdit.data import DataError
-from microdit.eval.evaluate import METRICS, EvalSettings, evaluate, reference_stats
-from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
+from microdit.eval.evaluate import EvalSettings, evaluate
+from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
+from microdit.eval.metrics import EXTRACTORS, METRICS, check_names, reference_stats, stats_metrics
 from microdit.launch import adopt_launcher_env, local_device
 from microdit.train.checkpoint import CheckpointError
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=device, help="device (default: %(default)s)")
     p = sub.add_parser("stats", help="cache reference feature statistics of a dataset")
     p.add_argument("dataset", type=Path, help="image or latent dataset folder")
-    p.add_argument("--metrics", required=True, help="comma-separated, from fid,clip_fid")
+    p.add_argument("--metrics", required=True, help=f"comma-separated, from {','.join(stats_metrics())}")
     p.add_argument("--num-samples", type=positive_int, default=50000,
                    help="images to use at most (default: %(default)s)")
     p.add_argument("--clip-fid-model", default=CLIP_FID_MODEL,
@@ -62,16 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=device, help="device (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        metrics = [m for m in args.metrics.split(",") if m]
-        allowed = ("fid", "clip_fid") if args.command == "stats" else METRICS
-        unknown = sorted(set(metrics) - set(allowed)) or ([] if metrics else ["(none)"])
-        if unknown:
-            raise ValueError(f"--metrics: unknown metric(s) {unknown}; choose from {','.join(allowed)}")
+        metrics = check_names([m for m in args.metrics.split(",") if m],
+                              stats_metrics() if args.command == "stats" else list(METRICS), "--metrics: ")
         if args.command == "stats":
             device = local_device(args.device)
             for metric in metrics:
-                extractor = (InceptionFeatures(args.inception_weights, device) if metric == "fid"
-                             else ClipModel(args.clip_fid_model, device))
+                extractor = EXTRACTORS[METRICS[metric].features](args, device)
                 stats = reference_stats(args.dataset, extractor, args.num_samples, device)
                 print(f"{args.dataset}: {extractor.name} statistics of {stats.count} images cached")
             return

@@ -14,24 +14,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from microdit.data import DataError, load_manifest
-from microdit.data.cache import dataset_cache
-from microdit.data.images import to_uint8
 from microdit.data.manifest import write_atomic
 from microdit.data.reader import read_dataset
 from microdit.diffusion import SamplerConfig, generate
-from microdit.encoders import load_autoencoder
-from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL, ClipModel, InceptionFeatures
-from microdit.eval.frechet import FeatureStats, frechet_distance
-from microdit.eval.probe import dataset_probe, probe_metrics
+from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
+from microdit.eval.metrics import METRICS, EvalInputs, check_names
 from microdit.locks import acquire, private_tmp, remove_stale_tmps
 from microdit.progress import progress
 from microdit.train.checkpoint import load_model
 
-METRICS = ("probe", "fid", "clip_fid", "clip_score")
 METRICS_FILE = "metrics.json"
 
 
@@ -51,44 +45,6 @@ class EvalSettings:
     clip_score_model: str = CLIP_SCORE_MODEL
     inception_weights: str | None = None
     probe_steps: int = 2000
-
-
-def decode(latents: torch.Tensor, autoencoder: str, batch: int = 64, device="cpu") -> torch.Tensor:
-    """Latents -> uint8 images with the dataset's autoencoder."""
-    ae = load_autoencoder(autoencoder).to(device)
-    return torch.cat([to_uint8(ae.decode(latents[i:i + batch].to(device)).cpu())
-                      for i in range(0, len(latents), batch)])
-
-
-def dataset_images(folder: str | Path, limit: int, device="cpu") -> torch.Tensor:
-    """uint8 images of a dataset: read from an image dataset, decoded from a latent one."""
-    manifest = load_manifest(folder)
-    if manifest.kind == "images":
-        from microdit.data.images import IMAGE_EXTS, decode_image
-        from microdit.data.shards import iter_shard
-
-        images = []
-        for info in manifest.shards:
-            for key, members in iter_shard(Path(folder) / info.name):
-                ext = next(e for e in IMAGE_EXTS if e in members)
-                images.append(torch.from_numpy(np.array(decode_image(members[ext], key))).permute(2, 0, 1))
-                if len(images) == limit:
-                    return torch.stack(images)
-        return torch.stack(images)
-    latents, _, _ = read_dataset(folder, limit)
-    return decode(latents, manifest.autoencoder, device=device)
-
-
-def reference_stats(folder: str | Path, extractor, limit: int = 50000, device="cpu") -> FeatureStats:
-    """Feature statistics of a dataset's images, cached as ``FOLDER/eval_stats/<extractor>-<n>.npz``
-    (for a read-only dataset, in the user's cache: :func:`microdit.data.cache.dataset_cache`)."""
-    n = min(limit, load_manifest(folder).samples)
-    path = dataset_cache(folder, f"eval_stats/{extractor.name}-{n}.npz")
-    if path.is_file():
-        return FeatureStats.load(path)
-    stats = FeatureStats.of(extractor(dataset_images(folder, n, device)))
-    stats.save(path)
-    return stats
 
 
 def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world: int) -> torch.Tensor | None:
@@ -118,9 +74,7 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
              probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
              world: int = 1) -> dict | None:
     """Generate and measure; rank 0 returns the metrics entry (also written to metrics.json)."""
-    unknown = sorted(set(settings.metrics) - set(METRICS))
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; available: {METRICS}")
+    check_names(settings.metrics)
     name = name or Path(eval_dataset).name
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"evaluation name {name!r} must be a plain name (it names a folder under the run's eval/)")
@@ -159,25 +113,11 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
     generated = _chunks(run_dir / "eval" / tag, latents_fn, count, settings.batch_size, rank, world)
     if generated is None:
         return None
+    inputs = EvalInputs(generated, reference, labels, captions, eval_dataset,
+                        probe_dataset or loaded.config.data.folders[0], manifest.autoencoder, settings, device)
     metrics: dict = {}
-    if "probe" in settings.metrics:
-        probe = dataset_probe(probe_dataset or loaded.config.data.folders[0], steps=settings.probe_steps)
-        metrics.update(probe_metrics(probe, generated, labels, reference))
-        metrics["probe_heldout_acc"] = probe.heldout_accuracy
-    pixel_metrics = [m for m in settings.metrics if m != "probe"]
-    if pixel_metrics:
-        images = decode(generated, manifest.autoencoder, device=device)
-        if "fid" in pixel_metrics:
-            inception = InceptionFeatures(settings.inception_weights, device)
-            metrics["fid"] = frechet_distance(FeatureStats.of(inception(images)),
-                                              reference_stats(eval_dataset, inception, device=device))
-        if "clip_fid" in pixel_metrics:
-            clip = ClipModel(settings.clip_fid_model, device)
-            metrics["clip_fid"] = frechet_distance(FeatureStats.of(clip(images)),
-                                                   reference_stats(eval_dataset, clip, device=device))
-        if "clip_score" in pixel_metrics:
-            clip = ClipModel(settings.clip_score_model, device)
-            metrics["clip_score"] = float(clip.clip_score(images, captions).mean())
+    for metric in settings.metrics:
+        metrics.update(METRICS[metric].compute(inputs))
     entry = {"name": name, "checkpoint": str(loaded.checkpoint), "nimg": loaded.nimg, "ema": loaded.ema,
              "eval_dataset": str(eval_dataset), "num_samples": count, "seed": settings.seed,
              "sampler": asdict(sampler),

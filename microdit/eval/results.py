@@ -184,12 +184,3 @@ def select(rows: list[dict], *groups: str) -> list[dict]:
     """Rows of the runs whose ``trainer.group`` (the sweep key every experiment sets) is one of
     ``groups``, e.g. ``select(rows, "fig4", "fig4-cpu")``."""
     return [r for r in rows if r.get("trainer.group") in groups]
-
-
-def quality_columns(rows: list[dict]) -> list[str]:
-    """The quality metrics present in ``rows``: FID-family if measured, otherwise the probe metrics."""
-    present = {k for r in rows for k, v in r.items() if v is not None}
-    preferred = [k for k in sorted(present) if k.startswith("eval.") and k.rsplit(".", 1)[-1] in
-                 ("fid", "clip_fid", "clip_score")]
-    return preferred or [k for k in sorted(present) if k.startswith("eval.") and
-                         k.rsplit(".", 1)[-1] in ("probe_fd", "probe_acc_mean")]

@@ -29,7 +29,7 @@ class MeanColour:
 
 
 def test_reference_statistics_are_built_and_cached(synthetic):
-    from microdit.eval.evaluate import dataset_images, reference_stats
+    from microdit.eval.metrics import dataset_images, reference_stats
 
     latents = synthetic / "eval"
     images = dataset_images(synthetic / "eval-img", 300)  # an image dataset: its real images (file order)
