@@ -30,10 +30,10 @@ from pathlib import Path
 
 import yaml
 
+from microdit import run as runs
 from microdit.cli.options import positive_float, positive_int
 from microdit.cli.train import CONF_DIR, compose_config
 from microdit.locks import LockHeld
-from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig, summarize_changes, validate
 
 JOBS_DIR = CONF_DIR / "cpu_jobs"
@@ -130,7 +130,7 @@ def check_existing_run(cfg: TrainConfig) -> None:
     """A run folder the job would reuse (its results, its checkpoints) must have been written with
     this config: a rerun with another budget or override would otherwise report the old run."""
     run = Path(cfg.trainer.run_dir) / cfg.trainer.name
-    changes = ckpt.saved_config_changes(run, cfg)
+    changes = runs.saved_config_changes(run, cfg)
     if changes:
         raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); "
                          f"its results are not this job's: pass another --out, or delete {run} to train it again")

@@ -20,7 +20,7 @@ from microdit.eval.evaluate import EvalSettings, evaluate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import EXTRACTORS, METRICS, check_names, reference_stats, stats_metrics
 from microdit.launch import adopt_launcher_env, local_device
-from microdit.train.checkpoint import CheckpointError
+from microdit.run import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,12 +23,10 @@ import torch
 from PIL import Image
 
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
-from microdit.data import DataError, load_manifest
-from microdit.data.images import from_uint8, resize_center_crop, save_grid, to_uint8
-from microdit.diffusion import generate
-from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.data import DataError
+from microdit.data.images import from_uint8, resize_center_crop, save_grid
 from microdit.launch import local_device
-from microdit.train.checkpoint import CheckpointError, LoadedModel, load_model
+from microdit.run import CheckpointError, PromptSampler, encoder_names, load_model
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -52,7 +50,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def check_out(out: Path) -> None:
+def refuse_existing_samples(out: Path) -> None:
     """Refuse an output folder that already holds samples: nothing written before is overwritten."""
     earlier = sorted(p.name for p in (out / "prompts.txt", out / "grid.png", out / "0000.png") if p.exists())
     if earlier:
@@ -95,21 +93,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"microdit-sample: error: {' '.join(str(err).split())}") from None
 
 
-def encoder_names(args: argparse.Namespace, loaded: LoadedModel) -> tuple[str, str]:
-    """(text encoder, autoencoder): the command line's, else the ones the checkpoint or export
-    recorded, else (nothing recorded) the ones in the manifest of the run's dataset."""
-    recorded = loaded.encoders
-    text, ae = args.text_encoder or recorded.get("text_encoder"), args.autoencoder or recorded.get("autoencoder")
-    if not (text and ae):
-        try:
-            manifest = load_manifest(loaded.config.data.folders[0])
-        except DataError as err:
-            raise DataError(f"{err} (the run's data.folders[0], relative to the current directory; the model "
-                            "records no encoders: give --text-encoder and --autoencoder)") from None
-        text, ae = text or manifest.text_encoder, ae or manifest.autoencoder
-    return text, ae
-
-
 def sample(args: argparse.Namespace, prompts: list[str]) -> None:
     """Generate ``prompts`` with the run or export ``args.run`` and write the PNGs and grid."""
     if not args.run.exists():
@@ -119,17 +102,13 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
     if args.init_image and not (math.isfinite(args.sigma_start) and args.sigma_start > 0):
         raise ValueError(f"--sigma-start must be a finite number > 0, got {args.sigma_start}")
     device = local_device(args.device)
-    check_out(args.out)
+    refuse_existing_samples(args.out)
     loaded = load_model(args.run, not args.no_ema, device)
-    text_name, ae_name = encoder_names(args, loaded)
-    text = load_text_encoder(text_name, device)
-    ae = load_autoencoder(ae_name).to(device)
-    if text.dim != loaded.model.cfg.caption_dim:
-        raise ValueError(f"text encoder {text.name} gives {text.dim}-d tokens, the model expects caption_dim "
-                         f"{loaded.model.cfg.caption_dim}")
-    y, mask = text.encode(prompts)
+    draw = PromptSampler(*encoder_names(loaded, args.text_encoder, args.autoencoder), device)
+    draw.check(loaded.model.cfg)
     x_init = None
     if args.init_image:
+        ae = draw.autoencoder
         side = loaded.model.cfg.input_size[0] * ae.downsample
         try:
             image = np.array(resize_center_crop(Image.open(args.init_image), side))
@@ -143,17 +122,14 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(f"--out {args.out} cannot be created: {err.strerror or err}") from None
-    latents = generate(loaded.model, y, seeds, loaded.config.diffusion,
-                       sampler, mask if loaded.config.data.use_text_mask else None, args.batch_size, x_init,
-                       args.sigma_start, show_progress=True)
-    images = to_uint8(ae.decode(latents.to(device)).cpu())  # (N, 3, H, W)
+    images = draw(loaded.model, prompts, seeds, loaded.config.diffusion, sampler, loaded.config.data.use_text_mask,
+                  args.batch_size, x_init, args.sigma_start, show_progress=True)  # (N, 3, H, W) uint8
     for i, image in enumerate(images):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(args.out / f"{i:04d}.png")
     listing = "".join(f"{i:04d}\t{seed}\t{p}\n" for i, (seed, p) in enumerate(zip(seeds, prompts, strict=True)))
     (args.out / "prompts.txt").write_text(listing)
     save_grid(images, args.out / "grid.png", columns=min(8, len(images)))
-    print(f"{len(images)} images from {loaded.checkpoint} ({'EMA' if loaded.ema else 'raw'} weights) in {args.out}",
-          file=sys.stderr)
+    print(f"{len(images)} images from {loaded.checkpoint} ({loaded.weights}) in {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

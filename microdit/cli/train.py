@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
 
     from microdit.launch import adopt_launcher_env
     from microdit.locks import LockHeld
-    from microdit.train.checkpoint import CheckpointError
+    from microdit.run import CheckpointError
     from microdit.train.trainer import NonFiniteError, train
 
     try:

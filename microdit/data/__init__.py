@@ -4,7 +4,7 @@ cifar-captions builders, encoding with frozen encoders, and the training reader.
 from microdit.data.encode import encode_dataset, verify_dataset
 from microdit.data.images import write_image_dataset
 from microdit.data.manifest import DataError, Manifest, ShardInfo, load_manifest
-from microdit.data.reader import DataConfig, LatentBatches, check_fits_model, make_loader, read_dataset
+from microdit.data.reader import DataConfig, LatentBatches, make_loader, read_dataset
 from microdit.data.synthetic import synthetic_sample
 
 __all__ = [
@@ -13,7 +13,6 @@ __all__ = [
     "LatentBatches",
     "Manifest",
     "ShardInfo",
-    "check_fits_model",
     "encode_dataset",
     "load_manifest",
     "make_loader",

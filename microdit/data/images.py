@@ -16,7 +16,7 @@ from PIL import Image
 
 from microdit.data.manifest import DataError, Manifest, save_manifest
 from microdit.data.shards import ShardWriter
-from microdit.locks import ended, host_pid
+from microdit.files import ended, host_pid
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 

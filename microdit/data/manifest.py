@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from microdit.locks import private_tmp
+from microdit.files import write_atomic
 
 MANIFEST = "manifest.json"
 KINDS = ("images", "latents")
@@ -92,20 +91,6 @@ def load_manifest(folder: str | Path) -> Manifest:
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     return Manifest.from_dict(values, str(path))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a private temporary file and a rename: never half-written,
-    and when several processes write it at once, the file is one of their writes, whole."""
-    tmp = private_tmp(path)  # two processes writing one file (a shared cache) each rename a whole file
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_manifest(folder: str | Path, manifest: Manifest) -> None:

@@ -31,7 +31,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from microdit.data.manifest import DataError, Manifest, load_manifest
 from microdit.data.shards import load_npy
 from microdit.data.synthetic import SCENES
-from microdit.models.config import MicroDiTConfig
 
 SHUFFLES = ("global", "buffer")
 PREPARE = ("none", "synthetic")
@@ -90,21 +89,6 @@ class DataConfig:
         if self.prepare_scene not in SCENES:
             out.append(f"prepare_scene must be one of {SCENES}, got {self.prepare_scene!r}")
         return out
-
-
-def check_fits_model(manifest: Manifest, where: str, model: MicroDiTConfig) -> None:
-    """Refuse a dataset whose latents or captions do not fit the network config ``model``."""
-    problems = []
-    c, h, w = manifest.latent_shape
-    if c != model.in_channels:
-        problems.append(f"latent channels {c} != model in_channels {model.in_channels}")
-    if manifest.text_shape[1] != model.caption_dim:
-        problems.append(f"caption width {manifest.text_shape[1]} != model caption_dim {model.caption_dim}")
-    if [h, w] != list(model.input_size):
-        problems.append(f"latent size {h}x{w} != model input_size {model.input_size[0]}x{model.input_size[1]}")
-    if problems:
-        raise DataError(f"dataset {where} ({manifest.autoencoder} latents, {manifest.text_encoder} captions) does not "
-                        f"fit the model: " + "; ".join(problems))
 
 
 @dataclass

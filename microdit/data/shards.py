@@ -15,11 +15,11 @@ import numpy as np
 import webdataset as wds
 
 from microdit.data.manifest import DataError, ShardInfo, sha256_of
-from microdit.locks import private_tmp
+from microdit.files import private_tmp
 
 
 class ShardWriter:
-    """Write one tar shard to ``path`` via a private temporary file (:func:`microdit.locks.private_tmp`);
+    """Write one tar shard to ``path`` via a private temporary file (:func:`microdit.files.private_tmp`);
     ``close()`` renames it into place.
 
     Use as a context manager: on an exception the temporary file is removed and nothing

@@ -10,6 +10,8 @@ the reference statistics) the real data.
 from __future__ import annotations
 
 import json
+import pickle
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,14 +19,14 @@ from pathlib import Path
 import torch
 
 from microdit.data import DataError, load_manifest
-from microdit.data.manifest import write_atomic
 from microdit.data.reader import read_dataset
 from microdit.diffusion import SamplerConfig, generate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import METRICS, EvalInputs, check_names
-from microdit.locks import acquire, private_tmp, remove_stale_tmps
+from microdit.files import private_tmp, remove_stale_tmps, write_atomic
+from microdit.locks import acquire
 from microdit.progress import progress
-from microdit.train.checkpoint import load_model
+from microdit.run import check_fits_model, fit_problems, load_model, reason
 
 METRICS_FILE = "metrics.json"
 
@@ -66,8 +68,16 @@ def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world:
         if time.time() > deadline:
             raise TimeoutError(f"chunks under {out_dir} did not all appear")
         time.sleep(2)
-    return torch.cat([torch.load(out_dir / f"chunk-{i:05d}.pt", weights_only=True).float()
-                      for i in range(len(starts))])
+    return torch.cat([_load_chunk(out_dir / f"chunk-{i:05d}.pt") for i in range(len(starts))])
+
+
+def _load_chunk(path: Path) -> torch.Tensor:
+    """A generated chunk as float32; an unreadable one (a damaged disk, a copy cut short) is named."""
+    try:
+        return torch.load(path, weights_only=True).float()
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise DataError(f"generated chunk {path} is unreadable ({reason(err)}): delete it and run the evaluation "
+                        "again to generate it anew") from None
 
 
 def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSettings, name: str | None = None,
@@ -79,25 +89,21 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"evaluation name {name!r} must be a plain name (it names a folder under the run's eval/)")
     loaded = load_model(checkpoint, settings.use_ema, device)
-    run_dir = loaded.checkpoint.parent.parent
+    run_dir = loaded.run_dir
     manifest = load_manifest(eval_dataset)
-    model = loaded.model.cfg  # checked before anything is generated:
-    if manifest.text_shape[1] != model.caption_dim:
-        raise DataError(f"dataset {eval_dataset} has {manifest.text_shape[1]}-d captions ({manifest.text_encoder}), "
-                        f"the model expects caption_dim {model.caption_dim}: evaluate on data encoded with the run's "
-                        "text encoder")
-    if "probe" in settings.metrics:  # the probe compares latents: reference, probe data and samples alike
-        generated = [model.in_channels, *model.input_size]
-        probe_data = probe_dataset or loaded.config.data.folders[0]
+    latent_metrics = any(METRICS[m].features == "probe" for m in settings.metrics)  # compare latents directly
+    check_fits_model(manifest, eval_dataset, loaded.model.cfg, latents=latent_metrics,
+                     hint="evaluate on data encoded with the run's encoders, at its resolution")
+    probe_data = probe_dataset or loaded.config.data.folders[0]
+    if latent_metrics:
         try:
             probe_shape = load_manifest(probe_data).latent_shape
         except DataError as err:
             raise DataError(f"probe dataset: {err}") from None
-        for what, folder, shape in (("dataset", eval_dataset, manifest.latent_shape),
-                                    ("probe dataset", probe_data, probe_shape)):
-            if list(shape) != generated:
-                raise DataError(f"{what} {folder} has latents {list(shape)}, the model generates {generated}: the "
-                                "probe metric needs data of the model's autoencoder and resolution")
+        problems = fit_problems(loaded.model.cfg, latent_shape=probe_shape)
+        if problems:
+            raise DataError(f"probe dataset {probe_data} does not fit the model: {'; '.join(problems)}: the probe "
+                            "needs data of the model's autoencoder and resolution")
     reference, labels, (texts, masks, captions) = read_dataset(eval_dataset, settings.num_samples)
     count = len(reference)
     sampler = (settings.sampler or loaded.config.sampler).with_overrides(**settings.sampler_overrides)
@@ -113,8 +119,8 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
     generated = _chunks(run_dir / "eval" / tag, latents_fn, count, settings.batch_size, rank, world)
     if generated is None:
         return None
-    inputs = EvalInputs(generated, reference, labels, captions, eval_dataset,
-                        probe_dataset or loaded.config.data.folders[0], manifest.autoencoder, settings, device)
+    inputs = EvalInputs(generated, reference, labels, captions, eval_dataset, probe_data, manifest.autoencoder,
+                        settings, device)
     metrics: dict = {}
     for metric in settings.metrics:
         metrics.update(METRICS[metric].compute(inputs))
@@ -127,19 +133,37 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """Entries of a run's metrics.json (empty if none)."""
+    """Entries of a run's metrics.json (empty if none). A damaged file is named in a warning and
+    read as empty, so one bad run does not stop a table of many."""
     path = Path(run_dir) / METRICS_FILE
-    return json.loads(path.read_text())["entries"] if path.is_file() else []
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())["entries"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        print(f"warning: {path} is not a readable metrics file ({reason(err)}); its run is read without metrics",
+              file=sys.stderr)
+        return []
 
 
 def record_metrics(run_dir: str | Path, entry: dict) -> None:
     """Add (or replace: same name, checkpoint, sampler, samples and seed) an entry in metrics.json.
     Evaluations of one run that finish at once add their entries in turn (a lock beside the file),
-    so none is lost."""
+    so none is lost. A damaged metrics.json is kept aside as ``metrics.json.damaged-<time>``
+    (named in a warning), never overwritten."""
     def key(e: dict) -> tuple:
         return e["name"], e["nimg"], e["ema"], json.dumps(e["sampler"], sort_keys=True), e["num_samples"], e["seed"]
 
     path = Path(run_dir) / METRICS_FILE
     with acquire(path.with_name(f".{METRICS_FILE}.lock"), str(path), wait=True):
-        entries = [e for e in read_metrics(run_dir) if key(e) != key(entry)] + [entry]
+        entries = []
+        if path.is_file():
+            try:
+                entries = json.loads(path.read_text())["entries"]
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+                aside = path.with_name(f"{METRICS_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                path.replace(aside)
+                print(f"warning: {path} was not a readable metrics file ({reason(err)}); kept as {aside}, and a new "
+                      "one started", file=sys.stderr)
+        entries = [e for e in entries if key(e) != key(entry)] + [entry]
         write_atomic(path, json.dumps({"entries": entries}, indent=2).encode())

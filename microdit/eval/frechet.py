@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microdit.data.manifest import write_atomic
+from microdit.files import write_atomic
 
 
 @dataclass

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from microdit.data.cache import dataset_cache
-from microdit.data.manifest import write_atomic
 from microdit.data.reader import read_dataset
+from microdit.files import write_atomic
 from microdit.progress import progress
 
 MAX_VALUES = 50

@@ -87,6 +87,8 @@ class PatchMixer(nn.Module):
 
 PRETRAINED_WEIGHTS = "model.safetensors"
 PRETRAINED_CONFIG = "config.json"
+ENCODER_KEYS = ("text_encoder", "autoencoder")
+WEIGHTS_KEY = "weights"  # "ema" or "raw": which weights of the run an export holds
 
 
 class MaskDiTDecoder(nn.Module):
@@ -179,18 +181,18 @@ class MicroDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def save_pretrained(self, folder: str | Path, encoders: dict[str, str] | None = None) -> Path:
+    def save_pretrained(self, folder: str | Path, metadata: dict[str, str] | None = None) -> Path:
         """Write ``model.safetensors`` (the weights) and ``config.json`` (this network's config)
         into ``folder``: what :meth:`from_pretrained` loads, with no training state and nothing
-        that runs code when read. ``encoders`` (e.g. ``{"text_encoder": ..., "autoencoder": ...}``,
-        the names the training data was encoded with) go into the safetensors header's metadata,
-        read back by :func:`pretrained_encoders`."""
+        that runs code when read. ``metadata`` (the names the training data was encoded with,
+        ``{"text_encoder": ..., "autoencoder": ...}``, and ``weights``: ``ema`` or ``raw``) goes
+        into the safetensors header, read back by :func:`pretrained_metadata`."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / PRETRAINED_WEIGHTS), metadata=dict(encoders) if encoders else None)
+        save_file(state, str(folder / PRETRAINED_WEIGHTS), metadata=dict(metadata) if metadata else None)
         (folder / PRETRAINED_CONFIG).write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
         return folder
 
@@ -205,7 +207,7 @@ class MicroDiT(nn.Module):
             cfg = MicroDiTConfig.from_dict(json.loads((folder / PRETRAINED_CONFIG).read_text()),
                                            where=str(folder / PRETRAINED_CONFIG))
             state = load_file(str(folder / PRETRAINED_WEIGHTS))
-        except (OSError, json.JSONDecodeError, TypeError) as err:
+        except Exception as err:  # noqa: BLE001  (OSError, JSON errors, safetensors' own error on a truncated file)
             raise ValueError(f"{folder} is not a microdit export (needs {PRETRAINED_CONFIG} and {PRETRAINED_WEIGHTS}; "
                              f"{str(err).splitlines()[0]})") from None
         model = cls(cfg)
@@ -292,10 +294,21 @@ class MicroDiT(nn.Module):
         return rearrange(out, "n (h w) (p q c) -> n c (h p) (w q)", h=h, w=w, p=p, q=p)  # (N, C, H, W)
 
 
-def pretrained_encoders(folder: str | Path) -> dict[str, str]:
-    """The encoder names :meth:`MicroDiT.save_pretrained` wrote into the export's safetensors header
-    (empty for an export written without them, e.g. a converted reference checkpoint)."""
+def pretrained_metadata(folder: str | Path) -> dict[str, str]:
+    """The metadata :meth:`MicroDiT.save_pretrained` wrote into the export's safetensors header:
+    the encoder names and ``weights`` (``ema`` or ``raw``); empty for an export written without
+    them (e.g. a converted reference checkpoint). An unreadable file is named in one line."""
     from safetensors import safe_open
 
-    with safe_open(str(Path(folder) / PRETRAINED_WEIGHTS), framework="pt") as f:
-        return dict(f.metadata() or {})
+    path = Path(folder) / PRETRAINED_WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # noqa: BLE001  (safetensors' own error type is not importable by a stable name)
+        raise ValueError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
+
+
+def pretrained_encoders(folder: str | Path) -> dict[str, str]:
+    """The encoder names an export recorded (``text_encoder``, ``autoencoder``; see
+    :func:`pretrained_metadata`)."""
+    return {k: v for k, v in pretrained_metadata(folder).items() if k in ENCODER_KEYS}

@@ -1,3 +1,3 @@
-"""Performance tooling: device peaks (:mod:`~microdit.perf.devices`), the roofline model of a
+"""Performance tooling: device peaks (:mod:`~microdit.devices`), the roofline model of a
 training step (:mod:`~microdit.perf.roofline`), the GPU plan (:mod:`~microdit.perf.gpu_plan`) and
 the measurements behind ``microdit-bench`` (:mod:`~microdit.perf.benchmarks`)."""

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 
 from microdit.data import LatentBatches, make_loader
 from microdit.data.encode import build_synthetic_dataset
+from microdit.devices import H100, DeviceModel
 from microdit.diffusion import EDMConfig, denoise, edm_sample, guided_denoiser, karras_sigmas
 from microdit.masking import MaskConfig
 from microdit.models import build_model, preset_config
 from microdit.nn import ExpertChoiceMoE, expert_capacity
 from microdit.nn.attention import ATTENTION_BACKENDS, attention_backend, check_attention_backend
 from microdit.nn.moe import combine, dispatch
-from microdit.perf.devices import H100, DeviceModel
 from microdit.perf.roofline import step_time, trace_step
 from microdit.train.flops import flops_per_image
 from microdit.train.guard import NonFiniteGuard

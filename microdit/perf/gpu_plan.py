@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from microdit.perf.devices import H100, DeviceModel
+from microdit.devices import H100, DeviceModel
 from microdit.perf.roofline import step_time, trace_step
 from microdit.train.config import TrainConfig
 from microdit.train.plan import resolve

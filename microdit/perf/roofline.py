@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from microdit.devices import DeviceModel
 from microdit.diffusion import EDMConfig, edm_loss
 from microdit.masking import MaskConfig, sample_keep_ids
 from microdit.models import MicroDiT
 from microdit.models.config import MicroDiTConfig
-from microdit.perf.devices import DeviceModel
 
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "expand", "detach", "unsqueeze", "squeeze", "split", "alias",
          "as_strided", "slice", "select", "permute", "unbind", "chunk", "split_with_sizes", "_reshape_alias",

@@ -129,7 +129,7 @@ class TrainerConfig:
                                                                "a yellow star above a green ring",
                                                                "a large purple heart on a white background"])
     sample_seed: int = 0
-    peak_flops: float = 0.0  # per device, for MFU; 0: the device's entry in microdit.perf.devices
+    peak_flops: float = 0.0  # per device, for MFU; 0: the device's entry in microdit.devices
     price_per_device_hour: float = 3.75
     budget_flops: Optional[float] = None
     budget_dollars: Optional[float] = None

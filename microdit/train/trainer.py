@@ -25,17 +25,19 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from microdit.data import DataError, LatentBatches, check_fits_model, make_loader, verify_dataset
+from microdit import run as runs
+from microdit.data import DataError, LatentBatches, make_loader, verify_dataset
 from microdit.data.encode import build_synthetic_dataset
-from microdit.data.images import save_grid, to_uint8
-from microdit.diffusion import generate
-from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.data.images import save_grid
+from microdit.devices import peak_flops
+from microdit.encoders import load_autoencoder
 from microdit.launch import launcher_precision
 from microdit.locks import Lock, LockHeld, acquire
 from microdit.models import MicroDiT
+from microdit.models.microdit import WEIGHTS_KEY
 from microdit.nn.attention import check_attention_backend
-from microdit.perf.devices import peak_flops
 from microdit.progress import progress
+from microdit.run import PromptSampler, check_fits_model
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig, summarize_changes, validate
 from microdit.train.cost import CostMeter
@@ -126,7 +128,7 @@ class Trainer:
                                      lambda v: self.acc.reduce(v, reduction="sum"))
         self._signal = None
         self._nonfinite_seen = 0  # skipped steps as of the last sync point
-        self._grid_encoders = None
+        self._grid_sampler: PromptSampler | None = None
         self.resumed_from = resume_from
         self.config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))  # the resolved config, in every checkpoint
         if self.acc.is_main_process:
@@ -173,7 +175,7 @@ class Trainer:
     def _check_data(self, stages: list[ResolvedStage]) -> tuple[int, list[dict]]:
         """Every stage's datasets exist and fit its network; returns the caption length (tokens) and,
         per stage, the encoders its first dataset was encoded with (recorded in each checkpoint's
-        meta.json, so a checkpoint samples without its dataset: :func:`checkpoint.load_model`)."""
+        meta.json, so a checkpoint samples without its dataset: :func:`microdit.run.load_model`)."""
         lengths, encoders = set(), []
         for stage in stages:
             for i, folder in enumerate(stage.data.folders):
@@ -198,7 +200,7 @@ class Trainer:
 
     def _resume_path(self) -> Path | None:
         mode = self.cfg.trainer.resume
-        existing = ckpt.latest(self.run_dir)
+        existing = runs.latest(self.run_dir)
         if mode == "auto":
             return existing
         if mode == "never":
@@ -206,19 +208,19 @@ class Trainer:
                 raise FileExistsError(f"run {self.run_dir} already has checkpoints (latest {existing}); use "
                                       "trainer.resume=auto to continue it or another trainer.name")
             return None
-        return ckpt.resolve_checkpoint(mode)
+        return runs.resolve_checkpoint(mode)
 
     def _load_weights(self, module: nn.Module, state: dict, path: Path, what: str) -> None:
         try:
             module.load_state_dict(state)
         except RuntimeError as err:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()][:6]
-            raise ckpt.CheckpointError(f"checkpoint {path} is incompatible with this model config ({what}): "
+            raise runs.CheckpointError(f"checkpoint {path} is incompatible with this model config ({what}): "
                                + " | ".join(lines)) from None
 
     def _init_from(self, path: Path) -> None:
-        path = ckpt.resolve_checkpoint(path)
-        state, _ = ckpt.load(path)
+        path = runs.resolve_checkpoint(path)
+        state, _ = runs.load(path)
         self._load_weights(self.model, state["model"], path, "model")
         if self.cfg.trainer.init_mode == "full":
             self.optimizer.load_state_dict(state["optimizer"])
@@ -228,12 +230,12 @@ class Trainer:
         self.acc.print(f"[train] initialised from {path} ({self.cfg.trainer.init_mode})")
 
     def _load(self, path: Path) -> None:
-        changes = ckpt.saved_config_changes(path, self.cfg)
+        changes = runs.saved_config_changes(path, self.cfg)
         if changes:
             raise ValueError(f"checkpoint {path} was written with another config ({summarize_changes(changes)}); "
-                             f"continuing it would mix two runs: relaunch with the values of {path / ckpt.CONFIG}, "
+                             f"continuing it would mix two runs: relaunch with the values of {path / runs.CONFIG}, "
                              f"or start a new run (another trainer.name) with trainer.init_from={path}")
-        state, meta = ckpt.load(path)
+        state, meta = runs.load(path, resuming=True)
         model_cfg = stage_at(self.stages, state["progress"]["stage"]).model
         self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
         self._load_weights(self.model, state["model"], path, "model")
@@ -263,7 +265,7 @@ class Trainer:
         (stage and run ends) it also holds ``model.safetensors`` + ``config.json``: the EMA
         weights, or the raw ones without an EMA (:meth:`MicroDiT.from_pretrained` loads them)."""
         nimg = self.progress["nimg"]
-        tmp = ckpt.checkpoint_root(self.run_dir) / f".tmp-{nimg:012d}"
+        tmp = runs.checkpoint_root(self.run_dir) / f".tmp-{nimg:012d}"
         if self.acc.is_main_process:
             ckpt.begin(self.run_dir, nimg)
         self.acc.wait_for_everyone()
@@ -278,7 +280,8 @@ class Trainer:
             meta = {"nimg": nimg, "step": self.progress["step"], "stage": self.progress["stage"],
                     "stage_name": stage.name, "encoders": self.encoders[stage.index], "time": time.time()}
             if export:
-                (self.ema.model if self.ema is not None else self.model).save_pretrained(tmp, meta["encoders"])
+                net, weights = (self.ema.model, "ema") if self.ema is not None else (self.model, "raw")
+                net.save_pretrained(tmp, meta["encoders"] | {WEIGHTS_KEY: weights})
             final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints, self.config_yaml)
         self.acc.wait_for_everyone()
         self.meter.restart_clock()
@@ -407,7 +410,7 @@ class Trainer:
         if guard["longest"] >= self.cfg.trainer.max_nonfinite:
             raise NonFiniteError(f"{guard['longest']} non-finite steps in a row (loss or gradient NaN/Inf) before "
                                  f"{self.progress['nimg']} images; stopping. Last good checkpoint: "
-                                 f"{ckpt.latest(self.run_dir) or 'none'}")
+                                 f"{runs.latest(self.run_dir) or 'none'}")
         return bool(signalled.item() > 0)
 
     def _new_window(self) -> dict:
@@ -451,17 +454,15 @@ class Trainer:
             self.acc.wait_for_everyone()
             return None
         t = self.cfg.trainer
-        if self._grid_encoders is None:  # loaded once per run, on the main process only
-            self._grid_encoders = (load_text_encoder(manifest.text_encoder, self.device),
-                                   load_autoencoder(manifest.autoencoder).to(self.device))
-        text, autoencoder = self._grid_encoders
+        if self._grid_sampler is None:  # loaded once per run, on the main process only
+            self._grid_sampler = PromptSampler(manifest.text_encoder, manifest.autoencoder, self.device)
         net = (self.ema.model if self.ema is not None else self.model).eval()
-        y, mask = text.encode(list(t.sample_prompts))
-        seeds = [t.sample_seed + i for i in range(len(y))]
+        seeds = [t.sample_seed + i for i in range(len(t.sample_prompts))]
         stage = stage_at(self.stages, self.progress["stage"])
-        latents = generate(net, y, seeds, stage.edm, self.cfg.sampler, mask if stage.data.use_text_mask else None)
+        images = self._grid_sampler(net, list(t.sample_prompts), seeds, stage.edm, self.cfg.sampler,
+                                    stage.data.use_text_mask)
         path = self.run_dir / "samples" / f"{self.progress['nimg']:012d}.png"
-        save_grid(to_uint8(autoencoder.decode(latents.to(self.device)).cpu()), path, columns=len(seeds))
+        save_grid(images, path, columns=len(seeds))
         self.wandb.log_image("samples", path, self.progress["nimg"])
         self.model.train()
         self.acc.wait_for_everyone()

@@ -428,8 +428,8 @@ def test_eval_bad_options(world, capsys):
     other = world["tmp"] / "other-captions"  # the same images, captions of another width
     build_synthetic_dataset(other, 8, 32, 0, "pixel:2", "offline:64:32", progress=False)
     msg = cli_error(eval_cli.main, ["run", str(world["run"]), "--dataset", str(other), "--num-samples", "2"], capsys)
-    record("`microdit-eval` a dataset of another text encoder", msg, str(other), "has 64-d captions (offline:64:32), "
-           "the model expects caption_dim 128")
+    record("`microdit-eval` a dataset of another text encoder", msg, str(other), "offline:64:32 captions",
+           "caption width 64 != model caption_dim 128")
     msg = cli_error(eval_cli.main, argv + ["--probe-dataset", str(world["tmp"] / "nowhere")], capsys)
     record("`microdit-eval` a --probe-dataset that does not exist", msg, "probe dataset", "nowhere", "does not exist")
     assert snapshot(world["run"]) == before

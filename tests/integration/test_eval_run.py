@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from microdit import run as runs
 from microdit.cli.eval import main as eval_main
 from microdit.cli.results import main as results_main
 from microdit.cli.sample import main as sample_main
 from microdit.data import load_manifest
 from microdit.eval import EvalSettings, evaluate, read_metrics
-from microdit.train import checkpoint as ckpt
-from microdit.train.checkpoint import load_model
+from microdit.run import load_model
 from microdit.train.config import TrainConfig
 from microdit.train.trainer import prepare_synthetic, train
 
@@ -115,7 +115,7 @@ def test_a_moved_checkpoint_samples_without_its_dataset(run, tmp_path, capsys):
     """Each checkpoint records the encoders of its data, so a copy on a machine without the dataset
     samples exactly as the run does."""
     data = run.parent.parent / "data"
-    manifest, latest = load_manifest(data), ckpt.latest(run)
+    manifest, latest = load_manifest(data), runs.latest(run)
     recorded = json.loads((latest / "meta.json").read_text())["encoders"]
     assert recorded == {"text_encoder": manifest.text_encoder, "autoencoder": manifest.autoencoder}
     moved = tmp_path / "moved"

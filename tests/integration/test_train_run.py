@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from microdit import run as runs
 from microdit.cli.sample import main as sample_main
 from microdit.data import DataError
 from microdit.locks import LockHeld
 from microdit.models import MicroDiT
-from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig
 from microdit.train.guard import NonFiniteGuard
 from microdit.train.trainer import NonFiniteError, Trainer, prepare_synthetic, train
@@ -55,9 +55,9 @@ def test_two_stage_run_end_to_end(tmp_path, data):
     assert info["stages"][0]["flops_per_image"] < info["stages"][1]["flops_per_image"]  # masking saves compute
     flops = 64 * info["stages"][0]["flops_per_image"] + 32 * info["stages"][1]["flops_per_image"]
     assert summary["flops"] == pytest.approx(flops)
-    written = ckpt.run_config(run / "config.yaml")  # the resolved config round-trips
+    written = runs.run_config(run / "config.yaml")  # the resolved config round-trips
     assert written == cfg and [s.mask.ratio for _, s in written.active_stages()] == [0.5, 0.0]
-    kept = [p.name for p in ckpt.list_checkpoints(ckpt.checkpoint_root(run))]
+    kept = [p.name for p in runs.list_checkpoints(runs.checkpoint_root(run))]
     assert kept == ["000000000064", "000000000096"]  # keep_checkpoints=2; stage ends included
     from PIL import Image
 
@@ -70,7 +70,7 @@ def test_two_stage_run_end_to_end(tmp_path, data):
     assert np.array_equal(np.array(Image.open(tmp_path / "again" / "grid.png")),
                           np.array(Image.open(run / "samples" / grids[-1])))
     # every stage end exports the EMA (or raw) weights: loadable in a fresh process, portable on their own
-    export = ckpt.latest(run)
+    export = runs.latest(run)
     assert {"config.yaml", "config.json", "model.safetensors"} <= {f.name for f in export.iterdir()}
     code = (f"import sys, torch; from microdit.models import MicroDiT; m = MicroDiT.from_pretrained({str(export)!r}); "
             f"s = torch.load({str(export / 'state.pt')!r}, weights_only=True)['ema']; "
@@ -86,7 +86,7 @@ def test_two_stage_run_end_to_end(tmp_path, data):
     sample_main([str(run), *prompts, "--out", str(tmp_path / "more"), "--device", "cpu", "--steps", "3"])
     assert not np.array_equal(np.array(Image.open(tmp_path / "more" / "grid.png")),
                               np.array(Image.open(run / "samples" / grids[-1])))
-    state, _ = ckpt.load(ckpt.latest(run))
+    state, _ = runs.load(runs.latest(run))
     assert state["ema"] is not None
     assert not torch.equal(state["ema"]["final.linear.weight"], state["model"]["final.linear.weight"])
 
@@ -117,7 +117,7 @@ def test_kill_9_then_resume_is_bit_exact(tmp_path, data):
     _wait_for_rows(run, 40, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.latest(run) is not None and stats(run)[-1]["nimg"] < 96
+    assert runs.latest(run) is not None and stats(run)[-1]["nimg"] < 96
     assert (run / ".lock").is_file()  # left by the killed trainer, whose pid is gone: stale
     result = run_train(killed)
     assert "resumed from" in result.stdout + result.stderr
@@ -137,7 +137,7 @@ def test_kill_9_before_the_first_checkpoint_then_rerun_has_each_row_once(tmp_pat
     _wait_for_rows(run, 24, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.latest(run) is None
+    assert runs.latest(run) is None
     with open(run / "stats.jsonl", "a") as f:
         f.write('{"nimg": 32, "lo')  # a row cut short by the kill
     run_train(killed)
@@ -155,9 +155,9 @@ def test_sigterm_leaves_a_checkpoint(tmp_path, data):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert not (run / ".lock").exists()  # released on the way out
-    latest = ckpt.latest(run)
+    latest = runs.latest(run)
     assert latest is not None and "signal received" in out + err
-    state, meta = ckpt.load(latest)
+    state, meta = runs.load(latest)
     assert meta["nimg"] == state["progress"]["nimg"] >= 16
     run_train(overrides)  # resumed: every logged row once, none missing
     assert [r["nimg"] for r in stats(run)] == list(range(8, 97, 8))
@@ -260,11 +260,11 @@ def test_budget_fits_stage_lengths(tmp_path, data):
 
 def test_init_from_and_incompatible_checkpoint(tmp_path, data):
     run_train(base_overrides(tmp_path, data, "source"))
-    source = ckpt.latest(tmp_path / "runs" / "source")
+    source = runs.latest(tmp_path / "runs" / "source")
     source_run = tmp_path / "runs" / "source"
     cfg = compose_config(base_overrides(tmp_path, data, "child") + [f"trainer.init_from={source_run}"])
     trainer = Trainer(cfg)
-    state, _ = ckpt.load(source)
+    state, _ = runs.load(source)
     assert torch.equal(trainer.model.blocks[0].attn.qkv.weight, state["model"]["blocks.0.attn.qkv.weight"])
     resumed = compose_config(base_overrides(tmp_path, data, "source") + ["model.overrides.depth=3"])
     with pytest.raises(ValueError, match=r"written with another config \(model.overrides.depth: 2 -> 3"):
@@ -329,7 +329,7 @@ def test_optimizer_reset_at_a_stage_boundary(tmp_path, data):
     for reset in (False, True):
         name = f"reset-{reset}"
         train(compose_config(base_overrides(tmp_path, data, name) + [f"stages.finetune.reset_optimizer={reset}"]))
-        state, _ = ckpt.load(ckpt.latest(tmp_path / "runs" / name))
+        state, _ = runs.load(runs.latest(tmp_path / "runs" / name))
         steps[reset] = {int(s["step"]) for s in state["optimizer"]["state"].values()}
     assert steps == {False: {12}, True: {4}}  # 8 + 4 steps carried, or the 4 finetune steps only
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from microdit.cli.bench import main as bench_main
-from microdit.perf.devices import H100
+from microdit.devices import H100
 from microdit.perf.gpu_plan import gpu_plan
 
 from train_helpers import compose_config

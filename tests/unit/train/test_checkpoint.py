@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from microdit import run as runs
 from microdit.train import checkpoint as ckpt
 
 
 def test_checkpoint_crash_during_save_keeps_the_last_good_one(tmp_path, monkeypatch):
     tmp = ckpt.begin(tmp_path, 8)
     good = ckpt.commit(tmp, {"x": torch.ones(2)}, {"nimg": 8}, keep=2)
-    assert ckpt.latest(tmp_path) == good
+    assert runs.latest(tmp_path) == good
 
     def crash(*args, **kwargs):
         raise OSError("disk died mid-save")
@@ -23,13 +24,13 @@ def test_checkpoint_crash_during_save_keeps_the_last_good_one(tmp_path, monkeypa
     with pytest.raises(OSError):
         ckpt.commit(tmp, {"x": torch.zeros(2)}, {"nimg": 16}, keep=2)
     monkeypatch.undo()
-    assert ckpt.latest(tmp_path) == good  # the half-written .tmp-... folder is not a checkpoint
-    state, meta = ckpt.load(good)
+    assert runs.latest(tmp_path) == good  # the half-written .tmp-... folder is not a checkpoint
+    state, meta = runs.load(good)
     assert torch.equal(state["x"], torch.ones(2)) and meta["nimg"] == 8
     for nimg in (24, 32, 40):
         ckpt.commit(ckpt.begin(tmp_path, nimg), {"x": torch.ones(1)}, {"nimg": nimg}, keep=2)
-    assert [p.name for p in ckpt.list_checkpoints(ckpt.checkpoint_root(tmp_path))] == ["000000000032", "000000000040"]
-    assert not list(ckpt.checkpoint_root(tmp_path).glob(".tmp-*"))
+    assert [p.name for p in runs.list_checkpoints(runs.checkpoint_root(tmp_path))] == ["000000000032", "000000000040"]
+    assert not list(runs.checkpoint_root(tmp_path).glob(".tmp-*"))
 
 
 
@@ -61,5 +62,5 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, target):
     marker = tmp_path / "code-ran"
     torch.save({"python": _Payload(marker), "x": _Payload(marker)}, folder / target)
     with pytest.raises(RuntimeError, match=r"(checkpoint|random-state file) .* unreadable"):
-        ckpt.load_rng(folder / "rng-0.pt") if target.startswith("rng") else ckpt.load(folder)
+        ckpt.load_rng(folder / "rng-0.pt") if target.startswith("rng") else runs.load(folder)
     assert not marker.exists()

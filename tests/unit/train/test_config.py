@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from microdit.cli.train import CONF_DIR
-from microdit.train.checkpoint import run_config
+from microdit.run import run_config
 from microdit.train.config import StageConfig, TrainConfig, problems, run_changes, summarize_changes
 from microdit.train.plan import resolve
 

@@ -1,0 +1,69 @@
+"""Files written whole: a private temporary name per writer, the atomic write through it, and the
+clean-up of the temporaries a killed writer left behind.
+
+Several processes may write one file at once (a shared cache, a sweep's points on one dataset):
+each writes under its own :func:`private_tmp` name (host, pid and thread in it) and renames the
+finished file into place, so a reader sees one writer's file, whole, never a mix. A writer killed
+before its rename leaves its temporary behind: :func:`remove_stale_tmps` deletes those of dead
+processes on this host (another host's processes cannot be checked from here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return True
+
+
+def ended(pid: int) -> bool:
+    """Whether the process ``pid`` of this machine has ended (never true of this process): what it
+    wrote under its private names can be deleted."""
+    return pid != os.getpid() and not alive(pid)
+
+
+def host_pid() -> str:
+    """``HOST-PID`` of this process: part of every name a process writes privately."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def private_tmp(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other process or thread uses, for writing a file
+    whole and renaming it into place (two writers of one file then never mix their bytes)."""
+    return path.with_name(f".{path.name}.{host_pid()}-{threading.get_ident()}.tmp")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a private temporary file and a rename: never half-written,
+    and when several processes write it at once, the file is one of their writes, whole."""
+    tmp = private_tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_tmps(folder: Path) -> None:
+    """Delete the :func:`private_tmp` files in ``folder`` whose writer was killed on this host (kill
+    -9, out of memory) before renaming them into place. Another host's are left alone."""
+    pattern = re.compile(rf"^\..+\.{re.escape(socket.gethostname())}-(\d+)-\d+\.tmp$")
+    for path in folder.glob(".*.tmp"):
+        match = pattern.match(path.name)
+        if match and ended(int(match[1])):
+            path.unlink(missing_ok=True)

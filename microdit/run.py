@@ -1,0 +1,237 @@
+"""A trained run as its readers see it: the checkpoint folder format, the network of a run,
+checkpoint or export with its config and the encoders its data was encoded with, the one check
+that a dataset or text encoder fits a network, and prompts -> images with a loaded model.
+
+The trainer writes runs (:mod:`microdit.train.checkpoint` holds the write side); its sample grids,
+``microdit-sample`` and ``microdit-eval`` read them through this module. A run folder holds
+``config.yaml`` (the resolved run config) and ``checkpoints/<nimg>/`` folders, each with
+``state.pt`` (state dicts: model, optimizer, EMA, progress), ``meta.json`` (written last: a folder
+without it is not a checkpoint), its own ``config.yaml``, and at a stage end an export
+(``model.safetensors`` + ``config.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from microdit.data import DataError, Manifest, load_manifest
+from microdit.diffusion import EDMConfig, SamplerConfig, generate
+from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.models import MicroDiT, MicroDiTConfig
+from microdit.models.microdit import PRETRAINED_WEIGHTS, WEIGHTS_KEY, pretrained_encoders, pretrained_metadata
+from microdit.train.config import TrainConfig, run_changes
+from microdit.train.plan import resolve, stage_at
+
+CONFIG = "config.yaml"
+META = "meta.json"
+STATE = "state.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit: the message names it and what to do."""
+
+
+def reason(err: Exception) -> str:
+    """A one-line reason for an unreadable file (never torch's advice to load it unsafely)."""
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain values, which would run code when loaded: refused"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    """Where a run keeps its checkpoints."""
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / META).is_file())
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    found = list_checkpoints(checkpoint_root(run_dir))
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    found = latest(path)
+    if found is None:
+        raise FileNotFoundError(f"{path} is neither a checkpoint folder (with {META}) nor a run folder with "
+                                "complete checkpoints")
+    return found
+
+
+def load(path: Path, map_location: str | torch.device = "cpu", resuming: bool = False) -> tuple[dict, dict]:
+    """(state, meta) of a checkpoint folder, with a clear error if it is unreadable that names
+    the older checkpoint of the run still intact beside it, if any (how to resume from it when
+    ``resuming``, else to give it instead)."""
+    try:
+        meta = json.loads((path / META).read_text())
+        state = torch.load(path / STATE, map_location=map_location, weights_only=True)
+    except (OSError, RuntimeError, json.JSONDecodeError, EOFError, pickle.UnpicklingError) as err:
+        hint = older_hint(path, resuming)
+        raise CheckpointError(f"checkpoint {path} is unreadable ({reason(err)}); {hint}") from None
+    return state, meta
+
+
+def older_hint(checkpoint: Path, resuming: bool) -> str:
+    """What to do about an unreadable checkpoint: use the older one beside it, if any (resume from
+    it when ``resuming`` a training run, else give its folder instead)."""
+    older = [p for p in list_checkpoints(checkpoint.parent) if p.name < checkpoint.name]
+    if older and resuming:
+        return f"the older checkpoint {older[-1]} is intact: resume from it with trainer.resume={older[-1]}"
+    if older:
+        return f"the older checkpoint {older[-1]} is intact: give that folder instead"
+    if resuming:
+        return f"the run has no older checkpoint: move {checkpoint} away to start the run again"
+    return "the run has no older checkpoint"
+
+
+def run_config(path: str | Path) -> TrainConfig:
+    """The resolved config a run wrote (``RUN/config.yaml``) as a :class:`TrainConfig`."""
+    path = Path(path)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path)))
+    except Exception as err:  # noqa: BLE001  (OmegaConf raises many types; all mean "not a run config")
+        raise ValueError(f"{path} is not a readable microdit run config ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0]})") from None
+
+
+def saved_config_changes(folder: Path, cfg: TrainConfig) -> list[str]:
+    """:func:`~microdit.train.config.run_changes` between the config written in ``folder`` (a run
+    or a checkpoint, ``FOLDER/config.yaml``) and ``cfg``; none when ``folder`` holds no config."""
+    return run_changes(run_config(folder / CONFIG), cfg) if (folder / CONFIG).is_file() else []
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for sampling, with the run config and the checkpoint it came from;
+    ``ema``: whether these are EMA weights; ``weights``: which weights, in words for messages;
+    ``encoders``: the text encoder and autoencoder its training data was encoded with, as the
+    checkpoint (``meta.json``) or export (the safetensors header) recorded them; empty where they
+    were not recorded (a converted reference checkpoint)."""
+
+    model: MicroDiT
+    config: TrainConfig
+    checkpoint: Path
+    nimg: int
+    ema: bool
+    weights: str
+    encoders: dict = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder the checkpoint belongs to (an export's own folder for an export)."""
+        return self.checkpoint.parent.parent if (self.checkpoint / META).is_file() else self.checkpoint
+
+
+def load_model(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> LoadedModel:
+    """The network of a run folder (its latest checkpoint), of a checkpoint folder (wherever it
+    was moved: it holds its config), or of an export (``model.safetensors`` + ``config.json``, the
+    EMA weights where the run had an EMA; with the run's ``config.yaml`` beside them if present,
+    else default sampler and EDM settings), at the resolution of the stage it was written in; EMA
+    weights when the checkpoint has them and ``use_ema``."""
+    path = Path(path)
+    if (path / PRETRAINED_WEIGHTS).is_file() and not (path / META).is_file():
+        cfg = run_config(path / CONFIG) if (path / CONFIG).is_file() else TrainConfig()
+        model, metadata = MicroDiT.from_pretrained(path, device), pretrained_metadata(path)
+        ema = metadata.get(WEIGHTS_KEY, "ema") == "ema"  # exports before the record: the run's EMA, if it had one
+        words = {"ema": "EMA weights", "raw": "raw weights (the run had no EMA)"}.get(metadata.get(WEIGHTS_KEY),
+                                                                                    "exported weights")
+        return LoadedModel(model, cfg, path, 0, ema, words, pretrained_encoders(path))
+    checkpoint = resolve_checkpoint(path)
+    config_file = next((f for f in (checkpoint / CONFIG, checkpoint.parent.parent / CONFIG) if f.is_file()), None)
+    if config_file is None:
+        raise FileNotFoundError(f"{checkpoint} holds no {CONFIG} and is not inside a microdit run folder")
+    cfg = run_config(config_file)
+    state, meta = load(checkpoint)
+    model = MicroDiT(stage_at(resolve(cfg), meta["stage"]).model)
+    has_ema = state.get("ema") is not None
+    ema = use_ema and has_ema
+    model.load_state_dict(state["ema"] if ema else state["model"])
+    words = "EMA weights" if ema else "raw weights" if has_ema else "raw weights (the run has no EMA)"
+    return LoadedModel(model.to(device).eval(), cfg, checkpoint, meta["nimg"], ema, words, meta.get("encoders", {}))
+
+
+def fit_problems(model: MicroDiTConfig, latent_shape: list[int] | None = None,
+                 caption_dim: int | None = None) -> list[str]:
+    """What does not fit network ``model``: latents of ``latent_shape`` [C, h, w] and caption
+    tokens of width ``caption_dim`` (each checked where given); empty when both fit."""
+    problems = []
+    if latent_shape is not None and latent_shape[0] != model.in_channels:
+        problems.append(f"latent channels {latent_shape[0]} != model in_channels {model.in_channels}")
+    if caption_dim is not None and caption_dim != model.caption_dim:
+        problems.append(f"caption width {caption_dim} != model caption_dim {model.caption_dim}")
+    if latent_shape is not None and list(latent_shape[1:]) != list(model.input_size):
+        h, w = latent_shape[1:]
+        problems.append(f"latent size {h}x{w} != model input_size {model.input_size[0]}x{model.input_size[1]}")
+    return problems
+
+
+def check_fits_model(manifest: Manifest, where: str | Path, model: MicroDiTConfig, latents: bool = True,
+                     hint: str = "") -> None:
+    """Refuse (one line, naming the dataset) a dataset whose captions, and with ``latents`` its
+    latents, do not fit network ``model``; ``hint`` says what to do instead."""
+    problems = fit_problems(model, manifest.latent_shape if latents else None, manifest.text_shape[1])
+    if problems:
+        raise DataError(f"dataset {where} ({manifest.autoencoder} latents, {manifest.text_encoder} captions) does not "
+                        f"fit the model: " + "; ".join(problems) + (f": {hint}" if hint else ""))
+
+
+def encoder_names(loaded: LoadedModel, text_encoder: str | None = None,
+                  autoencoder: str | None = None) -> tuple[str, str]:
+    """(text encoder, autoencoder) of a loaded model: the given ones, else the ones its checkpoint
+    or export recorded, else (nothing recorded) the ones in the manifest of the run's dataset."""
+    recorded = loaded.encoders
+    text, ae = text_encoder or recorded.get("text_encoder"), autoencoder or recorded.get("autoencoder")
+    if not (text and ae):
+        try:
+            manifest = load_manifest(loaded.config.data.folders[0])
+        except DataError as err:
+            raise DataError(f"{err} (the run's data.folders[0], relative to the current directory; the model "
+                            "records no encoders: give --text-encoder and --autoencoder)") from None
+        text, ae = text or manifest.text_encoder, ae or manifest.autoencoder
+    return text, ae
+
+
+class PromptSampler:
+    """Prompts -> uint8 images (N, 3, H, W) with a network, its text encoder and its autoencoder,
+    loaded once by name on ``device``: the trainer's sample grids and ``microdit-sample`` both
+    draw through it. Image i starts from the noise of ``seeds[i]``."""
+
+    def __init__(self, text_encoder: str, autoencoder: str, device: str | torch.device = "cpu") -> None:
+        self.text = load_text_encoder(text_encoder, device)
+        self.autoencoder = load_autoencoder(autoencoder).to(device)
+        self.device = device
+
+    def check(self, model: MicroDiTConfig) -> None:
+        """Refuse (one line) a text encoder whose tokens do not fit ``model``."""
+        problems = fit_problems(model, caption_dim=self.text.dim)
+        if problems:
+            raise ValueError(f"text encoder {self.text.name} gives {self.text.dim}-d tokens, the model expects "
+                             f"caption_dim {model.caption_dim}")
+
+    @torch.no_grad()
+    def __call__(self, model: MicroDiT, prompts: list[str], seeds: list[int], edm: EDMConfig, sampler: SamplerConfig,
+                 use_text_mask: bool, batch_size: int = 64, x_init: torch.Tensor | None = None,
+                 sigma_start: float | None = None, show_progress: bool = False) -> torch.Tensor:
+        """(N, 3, H, W) uint8 images of ``prompts``."""
+        from microdit.data.images import to_uint8
+
+        y, mask = self.text.encode(list(prompts))
+        latents = generate(model, y, seeds, edm, sampler, mask if use_text_mask else None, batch_size, x_init,
+                           sigma_start, show_progress=show_progress)
+        return to_uint8(self.autoencoder.decode(latents.to(self.device)).cpu())
