@@ -27,12 +27,12 @@ from microdit.nn import (
     DiTBlock,
     ExpertChoiceMoE,
     FinalLayer,
-    GeluMLP,
-    PatchEmbed,
-    ProjectionMLP,
-    SwiGLU,
     TimestepEmbedder,
+    gelu_mlp,
+    patch_embed,
+    projection_mlp,
     sincos_pos_embed_2d,
+    swiglu,
     swiglu_hidden,
 )
 
@@ -89,6 +89,18 @@ PRETRAINED_WEIGHTS = "model.safetensors"
 PRETRAINED_CONFIG = "config.json"
 ENCODER_KEYS = ("text_encoder", "autoencoder")
 WEIGHTS_KEY = "weights"  # "ema" or "raw": which weights of the run an export holds
+# Dense FFN parameter names before the FFNs were timm's GluMlp / Mlp: checkpoints and exports
+# written then still load (the MoE's expert tensors ``mlp.w1`` / ``mlp.w2`` have no ``.weight``).
+LEGACY_FFN_KEYS = ((".mlp.w12.weight", ".mlp.fc1.weight"), (".mlp.w1.weight", ".mlp.fc1.weight"),
+                   (".mlp.w3.weight", ".mlp.fc2.weight"))
+
+
+def _rename_legacy_ffn_keys(state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: rename :data:`LEGACY_FFN_KEYS` in place."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        for old, new in LEGACY_FFN_KEYS:
+            if key.endswith(old):
+                state_dict[key[:-len(old)] + new] = state_dict.pop(key)
 
 
 class MaskDiTDecoder(nn.Module):
@@ -128,29 +140,30 @@ class MicroDiT(nn.Module):
         cfg.validate()
         self.cfg = cfg
         d, eps, p = cfg.width, cfg.norm_eps, cfg.patch_size
-        self.patch_embed = PatchEmbed(cfg.in_channels, d, p)
+        self.patch_embed = patch_embed(cfg.in_channels, d, p)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(d, cfg.base_grid, cfg.base_grid, cfg.pos_interp_scale),
                              persistent=False)  # (T, D)
         self.timestep_embed = TimestepEmbedder(d, cfg.freq_dim)
-        self.caption_proj = ProjectionMLP(cfg.caption_dim, d, eps)
-        self.caption_block = CaptionBlock(d, cfg.head_dim, SwiGLU(d, swiglu_hidden(d, cfg.caption_mlp_ratio,
-                                                                                     cfg.multiple_of)), eps)
-        self.pooled_caption_proj = ProjectionMLP(d, d, eps)
+        self.caption_proj = projection_mlp(cfg.caption_dim, d, eps)
+        self.caption_block = CaptionBlock(d, cfg.head_dim, swiglu(d, swiglu_hidden(d, cfg.caption_mlp_ratio,
+                                                                                   cfg.multiple_of)), eps)
+        self.pooled_caption_proj = projection_mlp(d, d, eps)
         self.mixer = PatchMixer(cfg, self._make_block) if cfg.mixer_depth > 0 else None
         self.blocks = nn.ModuleList([self._make_block(d, spec) for spec in cfg.backbone_specs()])
         self.decoder = MaskDiTDecoder(cfg, self._make_block) if cfg.decoder_depth > 0 else None
         self.final = FinalLayer(d, p * p * cfg.in_channels, eps)
         self.activation_checkpointing = False  # recompute block activations in backward (saves memory)
         self.initialize_weights()
+        self._register_load_state_dict_pre_hook(_rename_legacy_ffn_keys)
 
     def _make_block(self, dim: int, spec: BlockSpec) -> DiTBlock:
         cfg = self.cfg
         if spec.moe:
             ffn = ExpertChoiceMoE(dim, spec.hidden, cfg.num_experts, cfg.expert_capacity)
         elif cfg.ffn == "gelu":
-            ffn = GeluMLP(dim, spec.hidden)
+            ffn = gelu_mlp(dim, spec.hidden)
         else:
-            ffn = SwiGLU(dim, spec.hidden)
+            ffn = swiglu(dim, spec.hidden)
         return DiTBlock(dim, cfg.width, spec.attn_width, cfg.head_dim, ffn, cfg.norm_eps)
 
     @torch.no_grad()

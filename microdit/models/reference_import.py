@@ -4,7 +4,8 @@ The mapping is by key prefix and is strict: every reference key must map onto on
 the same shape, and every one of ours must be provided. The reference's fixed ``pos_embed`` and
 zero ``mask_token`` are not parameters here; they are checked (same sin-cos values, all zeros)
 and dropped. A SwiGLU's separate gate and value projections (``mlp.w1.weight``,
-``mlp.w2.weight``) are stacked into our fused ``mlp.w12.weight``.
+``mlp.w2.weight``) are stacked into the fused input projection ``mlp.fc1.weight`` of our SwiGLU
+(timm's ``GluMlp``), its output projection ``mlp.w3.weight`` is our ``mlp.fc2.weight``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ PREFIXES: tuple[tuple[str, str], ...] = (
 )
 # Renamed parts inside a DiT block.
 INNER = ((".adaLN_modulation.", ".ada_ln."), (".cross_attn.q_linear.", ".cross_attn.q."),
-         (".cross_attn.kv_linear.", ".cross_attn.kv."))
+         (".cross_attn.kv_linear.", ".cross_attn.kv."), (".mlp.w3.weight", ".mlp.fc2.weight"))
 FIXED = ("pos_embed", "mask_token")
-FUSED = {".w1.weight": 0, ".w2.weight": 1}  # SwiGLU gate / value -> halves of .w12.weight
+FUSED = {".w1.weight": 0, ".w2.weight": 1}  # SwiGLU gate / value -> halves of .fc1.weight
 
 
 class ReferenceImportError(ValueError):
@@ -85,7 +86,7 @@ def convert_reference_state_dict(ref: dict[str, torch.Tensor], cfg: MicroDiTConf
             continue
         key = our_key(ref_key)
         suffix = next((s for s in FUSED if key is not None and key.endswith(s)), None)
-        fused = None if suffix is None else key[:-len(suffix)] + ".w12.weight"
+        fused = None if suffix is None else key[:-len(suffix)] + ".fc1.weight"
         if fused in target:
             key, shape = fused, (target[fused].shape[0] // 2, *target[fused].shape[1:])
             halves.setdefault(fused, [None, None])[FUSED[suffix]] = value

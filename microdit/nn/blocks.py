@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from microdit.nn.attention import CrossAttention, SelfAttention
+from microdit.nn.mlp import init_ffn
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,7 @@ class DiTBlock(nn.Module):
         zero (so every gate is 0 and the block is the identity at init)."""
         self.attn.init_weights(std, out_std)
         self.cross_attn.init_weights(std, out_std)
-        self.mlp.init_weights(std, out_std)
+        init_ffn(self.mlp, std, out_std)
         nn.init.zeros_(self.ada_ln[1].weight)
         nn.init.zeros_(self.ada_ln[1].bias)
 
@@ -71,9 +72,9 @@ class CaptionBlock(nn.Module):
         """Input projections trunc-normal(std); both output projections zero, so the block is
         the identity at init."""
         self.attn.init_weights(std, out_std=std)
-        self.mlp.init_weights(std, out_std=std)
+        init_ffn(self.mlp, std, out_std=std)
         nn.init.zeros_(self.attn.proj.weight)
-        nn.init.zeros_(self.mlp.w3.weight)
+        nn.init.zeros_(self.mlp.fc2.weight)
 
     def forward(self, y: torch.Tensor, y_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L, D) -> (N, L, D)."""

@@ -1,4 +1,4 @@
-"""Embedders: patch embedding, fixed 2-D sin-cos position embedding, timestep embedding.
+"""Embedders: patch embedding (timm's), fixed 2-D sin-cos position embedding, timestep embedding.
 
 Shapes: N batch, C channels, H x W input, h x w token grid (h = H / p), T = h * w tokens, D width.
 """
@@ -9,20 +9,16 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import PatchEmbed
 from torch import nn
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patches -> D-dim tokens by a strided convolution with bias."""
-
-    def __init__(self, in_channels: int, dim: int, patch_size: int) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, T, D), tokens in row-major (h, w) order."""
-        return self.proj(x).flatten(2).transpose(1, 2)  # (N, T, D)
+def patch_embed(in_channels: int, dim: int, patch_size: int) -> PatchEmbed:
+    """Non-overlapping p x p patches -> D-dim tokens by a strided convolution with bias (timm's
+    ``PatchEmbed``, as the reference builds it, for any input size): (N, C, H, W) -> (N, T, D),
+    tokens in row-major (h, w) order."""
+    return PatchEmbed(img_size=None, patch_size=patch_size, in_chans=in_channels, embed_dim=dim, bias=True,
+                      strict_img_size=False)
 
 
 def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:

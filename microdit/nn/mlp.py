@@ -1,14 +1,18 @@
-"""Feed-forward layers: SwiGLU (the dense FFN of MicroDiT), a bias-free GELU MLP (the dense
-ablation and the expert shape) and the biased projection MLP of the embedders.
+"""Feed-forward layers, built from timm's (``timm.layers.GluMlp`` / ``Mlp``): SwiGLU (the dense
+FFN of MicroDiT), a bias-free GELU MLP (the dense ablation) and the biased projection MLP of the
+embedders; their hidden widths and their initialisation.
 
 Shapes: N batch, T tokens, D width, Hf hidden width.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from functools import partial
+
+from timm.layers import GluMlp, Mlp
 from torch import nn
+
+GELU_TANH = partial(nn.GELU, approximate="tanh")
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -26,57 +30,37 @@ def gelu_hidden(dim: int, ratio: float, multiple_of: int) -> int:
     return round_up(int(dim * ratio), multiple_of)
 
 
-class SwiGLU(nn.Module):
-    """``w3(silu(w1 x) * w2 x)``, bias-free, with the gate and value projections fused into one
-    matrix ``w12`` = [w1; w2] (Hf rows each): one GEMM of twice the width instead of two."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.hidden = hidden
-        self.w12 = nn.Linear(dim, 2 * hidden, bias=False)
-        self.w3 = nn.Linear(hidden, dim, bias=False)
-
-    def init_weights(self, std: float, out_std: float) -> None:
-        """Truncated-normal init: ``std`` for the gate projection w1, ``out_std`` for the value
-        projection w2 and the output w3 (as the reference)."""
-        nn.init.trunc_normal_(self.w12.weight[:self.hidden], std=std)
-        nn.init.trunc_normal_(self.w12.weight[self.hidden:], std=out_std)
-        nn.init.trunc_normal_(self.w3.weight, std=out_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T, D) -> (N, T, D)."""
-        gate, value = self.w12(x).chunk(2, dim=-1)  # 2 x (N, T, Hf)
-        return self.w3(F.silu(gate) * value)
+def swiglu(dim: int, hidden: int) -> GluMlp:
+    """SwiGLU ``fc2(silu(x W1) * x W2)``, bias-free, as timm's ``GluMlp``: one fused input matrix
+    ``fc1`` = [W1; W2] (Hf rows each, the gate first), one GEMM of twice the width."""
+    return GluMlp(dim, 2 * hidden, act_layer=nn.SiLU, bias=False, gate_last=False)
 
 
-class GeluMLP(nn.Module):
-    """``w3(gelu_tanh(w1 x))``, bias-free: the dense GELU alternative to SwiGLU."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(hidden, dim, bias=False)
-
-    def init_weights(self, std: float, out_std: float) -> None:
-        """Truncated-normal init: ``std`` for the input projection, ``out_std`` for the output."""
-        nn.init.trunc_normal_(self.w1.weight, std=std)
-        nn.init.trunc_normal_(self.w3.weight, std=out_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T, D) -> (N, T, D)."""
-        return self.w3(F.gelu(self.w1(x), approximate="tanh"))
+def gelu_mlp(dim: int, hidden: int) -> Mlp:
+    """``fc2(gelu_tanh(fc1 x))``, bias-free (timm's ``Mlp``): the dense GELU alternative to SwiGLU."""
+    return Mlp(dim, hidden, act_layer=GELU_TANH, bias=False)
 
 
-class ProjectionMLP(nn.Module):
-    """``fc2(LN(gelu_tanh(fc1 x)))`` with biases on the Linears and a bias-free LayerNorm:
-    the caption projection and the pooled-caption MLP."""
+def projection_mlp(in_dim: int, dim: int, eps: float = 1e-6) -> Mlp:
+    """``fc2(LN(gelu_tanh(fc1 x)))`` with biases on the Linears and a bias-free LayerNorm (timm's
+    ``Mlp`` with a norm layer, as the reference builds it): the caption projection and the
+    pooled-caption MLP."""
+    return Mlp(in_dim, dim, dim, act_layer=GELU_TANH, norm_layer=partial(nn.LayerNorm, eps=eps, bias=False))
 
-    def __init__(self, in_dim: int, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_dim, dim)
-        self.norm = nn.LayerNorm(dim, eps=eps, bias=False)
-        self.fc2 = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in_dim) -> (..., D)."""
-        return self.fc2(self.norm(F.gelu(self.fc1(x), approximate="tanh")))
+def init_ffn(ffn: nn.Module, std: float, out_std: float) -> None:
+    """Truncated-normal init of a dense FFN (the reference's): ``std`` for the input projection
+    (a SwiGLU's gate W1), ``out_std`` for a SwiGLU's value projection W2 and every output
+    projection. Any other FFN (the MoE) initialises itself: ``ffn.init_weights(std, out_std)``.
+    torch's ``trunc_normal_``, not timm's: timm's draws other values from the same seed, which
+    would move every seeded run and the committed loss baseline."""
+    if isinstance(ffn, GluMlp):
+        hidden = ffn.fc1.out_features // 2
+        nn.init.trunc_normal_(ffn.fc1.weight[:hidden], std=std)
+        nn.init.trunc_normal_(ffn.fc1.weight[hidden:], std=out_std)
+        nn.init.trunc_normal_(ffn.fc2.weight, std=out_std)
+    elif isinstance(ffn, Mlp):
+        nn.init.trunc_normal_(ffn.fc1.weight, std=std)
+        nn.init.trunc_normal_(ffn.fc2.weight, std=out_std)
+    else:
+        ffn.init_weights(std, out_std)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from timm.layers import PatchEmbed
 from torch import nn
 
-from microdit.nn import ExpertChoiceMoE, PatchEmbed, TimestepEmbedder
+from microdit.nn import ExpertChoiceMoE, TimestepEmbedder
 
 WEIGHT_DECAY_MODES = ("ours", "reference")
 

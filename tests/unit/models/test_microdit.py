@@ -1,15 +1,17 @@
 """The MicroDiT network: presets, parameter counts, shapes, init, masking paths, width scaling."""
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
+from timm.layers import GluMlp
 
 from microdit.masking import MaskConfig, keep_mask, sample_keep_ids
 from microdit.models import PRESETS, MicroDiT, MicroDiTConfig, build_model, preset_config
 from microdit.models.microdit import pretrained_encoders
-from microdit.nn import ExpertChoiceMoE, SwiGLU
+from microdit.nn import ExpertChoiceMoE
 from microdit.nn.embeddings import sincos_pos_embed_2d
 
 from conftest import reference_shapes
@@ -78,8 +80,9 @@ def test_init_statistics():
     assert abs(block.attn.qkv.weight.std().item() - 0.02) < 0.003  # trunc-normal(0.02), torch's default bounds
     assert abs(block.attn.proj.weight.std().item() - 0.02 / math.sqrt(6)) < 0.001
     assert abs(model.mixer.blocks[0].attn.proj.weight.std().item() - 0.02 / math.sqrt(2 * 4)) < 0.001
-    value_projection = block.mlp.w12.weight[block.mlp.hidden:]  # SwiGLU w2
-    assert abs(block.mlp.w12.weight[:block.mlp.hidden].std().item() - 0.02) < 0.002  # SwiGLU gate w1
+    hidden = block.mlp.fc1.out_features // 2
+    value_projection = block.mlp.fc1.weight[hidden:]  # SwiGLU W2
+    assert abs(block.mlp.fc1.weight[:hidden].std().item() - 0.02) < 0.002  # SwiGLU gate W1
     assert abs(value_projection.std().item() - 0.02 / math.sqrt(6)) < 0.001
     assert abs(model.blocks[1].mlp.gate.weight.std().item() - 0.02) < 0.003
     assert abs(model.caption_block.attn.qkv.weight.std().item() - 0.02) < 0.002
@@ -203,7 +206,7 @@ def test_moe_placement_rule():
     assert [isinstance(b.mlp, ExpertChoiceMoE) for b in every.blocks] == [True, True, False]
     assert [isinstance(b.mlp, ExpertChoiceMoE) for b in every.mixer.blocks] == [False, True, True]
     dense = build_model("MicroDiT_Tiny_2", depth=6, mixer_depth=4, moe=False)
-    assert all(isinstance(b.mlp, SwiGLU) for b in list(dense.blocks) + list(dense.mixer.blocks))
+    assert all(isinstance(b.mlp, GluMlp) for b in list(dense.blocks) + list(dense.mixer.blocks))
 
 
 def test_constant_width_uses_mean_ratios():
@@ -333,3 +336,19 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
     (tmp_path / "export" / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="is not a microdit export"):
         MicroDiT.from_pretrained(tmp_path / "export")
+
+
+def test_checkpoints_with_the_dense_ffn_names_before_timm_still_load():
+    cfg = preset_config("nano")
+    for ffn in ("swiglu", "gelu"):
+        model = MicroDiT(dataclasses.replace(cfg, ffn=ffn, moe=False))
+        legacy = {}
+        for key, value in model.state_dict().items():  # the names microdit's own FFN classes used
+            if ".mlp.fc1.weight" in key:
+                key = key.replace(".mlp.fc1.weight", ".mlp.w12.weight" if ffn == "swiglu" else ".mlp.w1.weight")
+            legacy[key.replace(".mlp.fc2.weight", ".mlp.w3.weight")] = value.clone()
+        assert legacy.keys() != model.state_dict().keys()
+        again = MicroDiT(dataclasses.replace(cfg, ffn=ffn, moe=False))
+        again.load_state_dict(legacy)  # strict
+        assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(),
+                                                       strict=True))

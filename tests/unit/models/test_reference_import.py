@@ -40,21 +40,21 @@ def test_tiny_converts_and_loads_strictly(tiny_reference):
     assert sd["mixer.blocks.1.mlp.w1"] is tiny_reference["patch_mixer.1.mlp.w1"]
     assert sd["blocks.3.cross_attn.kv.weight"] is tiny_reference["blocks.3.cross_attn.kv_linear.weight"]
     assert sd["final.ada_ln.1.bias"] is tiny_reference["final_layer.adaLN_modulation.1.bias"]
-    assert sd["caption_block.mlp.w3.weight"] is tiny_reference["y_emb_preprocess.mlp.w3.weight"]
+    assert sd["caption_block.mlp.fc2.weight"] is tiny_reference["y_emb_preprocess.mlp.w3.weight"]
 
 
 def test_swiglu_halves_are_stacked_into_the_fused_projection(tiny_reference):
     sd = convert_reference_state_dict(tiny_reference, preset_config("MicroDiT_Tiny_2"))
     w1, w2 = tiny_reference["blocks.0.mlp.w1.weight"], tiny_reference["blocks.0.mlp.w2.weight"]
     w3 = tiny_reference["blocks.0.mlp.w3.weight"]
-    assert torch.equal(sd["blocks.0.mlp.w12.weight"], torch.cat([w1, w2]))
+    assert torch.equal(sd["blocks.0.mlp.fc1.weight"], torch.cat([w1, w2]))
     model = build_model("MicroDiT_Tiny_2").double()
     model.load_state_dict(sd, strict=True)
     x = torch.randn(2, 3, w1.shape[1], dtype=torch.float64)
     by_hand = F.silu(x @ w1.double().T) * (x @ w2.double().T) @ w3.double().T  # the reference's SwiGLU
     torch.testing.assert_close(model.blocks[0].mlp(x), by_hand)
     half = {k: v for k, v in tiny_reference.items() if k != "blocks.0.mlp.w2.weight"}
-    with pytest.raises(ReferenceImportError, match=r"lacks 1 parameter.*blocks.0.mlp.w12.weight"):
+    with pytest.raises(ReferenceImportError, match=r"lacks 1 parameter.*blocks.0.mlp.fc1.weight"):
         convert_reference_state_dict(half, preset_config("MicroDiT_Tiny_2"))
     bad = dict(tiny_reference, **{"blocks.0.mlp.w2.weight": torch.zeros(3, 3)})
     with pytest.raises(ReferenceImportError, match=r"'blocks.0.mlp.w2.weight' has shape \(3, 3\).*one half"):
