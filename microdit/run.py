@@ -184,7 +184,11 @@ def fit_problems(model: MicroDiTConfig, latent_shape: list[int] | None = None,
 def check_fits_model(manifest: Manifest, where: str | Path, model: MicroDiTConfig, latents: bool = True,
                      hint: str = "") -> None:
     """Refuse (one line, naming the dataset) a dataset whose captions, and with ``latents`` its
-    latents, do not fit network ``model``; ``hint`` says what to do instead."""
+    latents, do not fit network ``model``; ``hint`` says what to do instead. An image dataset is
+    refused with the command that encodes it."""
+    if manifest.kind != "latents":
+        raise DataError(f"dataset {where} holds {manifest.kind}, not latents: encode it first "
+                        f"(microdit-data encode {where} DST) and give DST")
     problems = fit_problems(model, manifest.latent_shape if latents else None, manifest.text_shape[1])
     if problems:
         raise DataError(f"dataset {where} ({manifest.autoencoder} latents, {manifest.text_encoder} captions) does not "

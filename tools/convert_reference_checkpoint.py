@@ -22,16 +22,20 @@ import yaml
 
 from microdit.models import PRESETS, MicroDiT, preset_config
 from microdit.models.reference_import import ReferenceImportError, convert_reference_state_dict
+from microdit.run import reason
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SystemExit(f"error: input checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (torch, pickle and safetensors each raise their own types)
+        raise SystemExit(f"error: {path} cannot be read as a state dict ({reason(err)})") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise SystemExit(f"error: {path} is not a state dict (a mapping of names to tensors)")
     return sd

@@ -49,8 +49,15 @@ def cmd_cifar_captions(args: argparse.Namespace) -> None:
     else:
         samples, source = cc.from_torchvision_cifar10(args.from_torchvision, keep, not args.test, args.seed), "cifar10"
     origin = args.from_folder or args.from_dump or args.from_torchvision
-    manifest = write_image_dataset(args.out, progress(samples, desc="cifar-captions", unit="img"), args.size,
-                                   list(cc.CIFAR10_CLASSES), f"cifar-captions({source}: {origin})", args.shard_size)
+    try:
+        manifest = write_image_dataset(args.out, progress(samples, desc="cifar-captions", unit="img"), args.size,
+                                       list(cc.CIFAR10_CLASSES), f"cifar-captions({source}: {origin})",
+                                       args.shard_size)
+    except DataError as err:
+        if keep.counts["kept"]:
+            raise
+        raise DataError(f"{err}: the filter kept none of the {keep.counts['seen']} images of {origin} "
+                        f"({dict(keep.counts)}; --min-side {args.min_side})") from None
     print(f"wrote {manifest.samples} samples to {args.out}; filter counts: {dict(keep.counts)}")
 
 

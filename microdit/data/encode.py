@@ -141,7 +141,7 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
     import json
 
     folder = Path(folder)
-    manifest = load_manifest(folder)
+    manifest = load_manifest(folder, check_total=not count_samples)  # counted: the wrong shard is named below
     stats = {}
     for info in manifest.shards:
         path = folder / info.name
@@ -162,6 +162,9 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
             found = sum(1 for _ in iter_shard(path))
             if found != info.samples:
                 raise DataError(f"shard {path} holds {found} samples, its manifest entry says {info.samples}")
+    if count_samples and manifest.complete and manifest.samples != sum(s.samples for s in manifest.shards):
+        raise DataError(f"{folder / 'manifest.json'}: samples is {manifest.samples} but its shards hold "
+                        f"{sum(s.samples for s in manifest.shards)} (counted)")
     try:
         stamp.write_text(json.dumps(stats))
     except OSError:

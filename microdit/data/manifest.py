@@ -56,8 +56,9 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
-    def from_dict(cls, values: dict, where: str) -> Manifest:
-        """Parse, naming ``where`` (the file) on any problem."""
+    def from_dict(cls, values: dict, where: str, check_total: bool = True) -> Manifest:
+        """Parse, naming ``where`` (the file) on any problem; with ``check_total``, ``samples``
+        must be the sum of the shards' counts."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -69,18 +70,48 @@ class Manifest:
             raise DataError(f"{where}: malformed manifest ({err})") from None
         if manifest.kind not in KINDS:
             raise DataError(f"{where}: kind must be one of {KINDS}, got {manifest.kind!r}")
+        problems = _field_problems(manifest)
+        if problems:
+            raise DataError(f"{where}: " + "; ".join(problems))
         if manifest.kind == "latents" and (manifest.latent_shape is None or manifest.text_shape is None):
             raise DataError(f"{where}: a latents manifest needs latent_shape and text_shape")
         if manifest.complete and not manifest.shards:
             raise DataError(f"{where}: a complete dataset must list its shards, got none")
-        if manifest.complete and manifest.samples != sum(s.samples for s in manifest.shards):
-            raise DataError(f"{where}: samples is {manifest.samples} but the shards hold "
-                            f"{sum(s.samples for s in manifest.shards)}")
+        if check_total and manifest.complete and manifest.samples != sum(s.samples for s in manifest.shards):
+            counts = ", ".join(f"shards[{i}].samples={s.samples}" for i, s in enumerate(manifest.shards[:8]))
+            more = ", ..." if len(manifest.shards) > 8 else ""
+            raise DataError(f"{where}: samples is {manifest.samples} but shards[].samples add up to "
+                            f"{sum(s.samples for s in manifest.shards)} ({counts}{more}): the total or a shard's "
+                            f"count is wrong (microdit-data verify {Path(where).parent} names a wrong shard count)")
         return manifest
 
 
-def load_manifest(folder: str | Path) -> Manifest:
-    """Read ``folder/manifest.json`` with clear errors for a missing or malformed file."""
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _field_problems(m: Manifest) -> list[str]:
+    """One message per manifest field of the wrong type (each names the field and what it expects)."""
+    out = []
+    for name, length in (("latent_shape", 3), ("text_shape", 2), ("image_size", 2)):
+        value = getattr(m, name)
+        if value is not None and not (isinstance(value, list) and len(value) == length
+                                      and all(_is_int(v, 1) for v in value)):
+            out.append(f"{name} must be a list of {length} positive integers, got {value!r}")
+    if not _is_int(m.samples):
+        out.append(f"samples must be a non-negative integer, got {m.samples!r}")
+    for i, shard in enumerate(m.shards):
+        if not (isinstance(shard.name, str) and shard.name):
+            out.append(f"shards[{i}].name must be a file name, got {shard.name!r}")
+        for name in ("samples", "bytes"):
+            if not _is_int(getattr(shard, name)):
+                out.append(f"shards[{i}].{name} must be a non-negative integer, got {getattr(shard, name)!r}")
+    return out
+
+
+def load_manifest(folder: str | Path, check_total: bool = True) -> Manifest:
+    """Read ``folder/manifest.json`` with clear errors for a missing or malformed file
+    (``check_total``: see :meth:`Manifest.from_dict`)."""
     path = Path(folder) / MANIFEST
     if not Path(folder).is_dir():
         raise DataError(f"dataset folder {folder} does not exist")
@@ -90,7 +121,9 @@ def load_manifest(folder: str | Path) -> Manifest:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
-    return Manifest.from_dict(values, str(path))
+    if not isinstance(values, dict):
+        raise DataError(f"{path}: a manifest is a JSON object, got {type(values).__name__}")
+    return Manifest.from_dict(values, str(path), check_total)
 
 
 def save_manifest(folder: str | Path, manifest: Manifest) -> None:

@@ -31,20 +31,35 @@ def begin(run_dir: Path, nimg: int) -> Path:
 
 def commit(tmp: Path, state: dict, meta: dict, keep: int, config_yaml: str | None = None) -> Path:
     """Write the main state, the run's resolved config (``config.yaml``: the folder describes
-    itself) and meta into ``tmp``, rename it into place, prune old checkpoints."""
-    torch.save(state, tmp / STATE)
-    if config_yaml is not None:
-        (tmp / CONFIG).write_text(config_yaml)
-    (tmp / META).write_text(json.dumps(meta, indent=2))
+    itself) and meta into ``tmp``, rename it into place, prune old checkpoints: all but the last
+    ``keep``, never one whose meta says ``pinned`` (kept on request, e.g. the initial one). A write
+    that fails (a full disk) removes ``tmp`` and raises :class:`CheckpointError` naming it."""
     final = tmp.with_name(tmp.name[len(".tmp-"):])
+    try:
+        torch.save(state, tmp / STATE)
+        if config_yaml is not None:
+            (tmp / CONFIG).write_text(config_yaml)
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        failed(tmp, err)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    for old in list_checkpoints(tmp.parent)[:-keep] if keep > 0 else []:
+    unpinned = [c for c in list_checkpoints(tmp.parent) if not json.loads((c / META).read_text()).get("pinned")]
+    for old in unpinned[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for stale in tmp.parent.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def failed(tmp: Path, err: Exception) -> None:
+    """Remove the unfinished checkpoint folder ``tmp`` and raise one clear error about it."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    latest_good = max(list_checkpoints(tmp.parent), default=None)
+    raise CheckpointError(f"checkpoint {tmp.parent / tmp.name[len('.tmp-'):]} could not be written ({reason(err)}; "
+                          f"is the disk full?); its partial folder was removed, the last complete checkpoint is "
+                          f"{latest_good or 'none'}") from None
 
 
 def save_rng(path: Path) -> None:
@@ -57,7 +72,10 @@ def save_rng(path: Path) -> None:
                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
              "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save(state, path)
+    try:
+        torch.save(state, path)
+    except (OSError, RuntimeError) as err:
+        failed(path.parent, err)
 
 
 def load_rng(path: Path) -> None:

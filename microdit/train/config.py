@@ -118,7 +118,7 @@ class TrainerConfig:
     log_every_images: int = 1024
     ckpt_every_images: int = 0  # 0: only at stage ends and on signals
     keep_checkpoints: int = 2
-    save_initial_checkpoint: bool = False  # a checkpoint at 0 images (e.g. to evaluate the initialisation)
+    save_initial_checkpoint: bool = False  # a checkpoint at 0 images (to evaluate the initialisation), never pruned
     resume: str = "auto"  # auto | never | PATH to a checkpoint folder
     init_from: Optional[str] = None  # checkpoint folder of another run
     init_mode: str = "weights"  # weights | full

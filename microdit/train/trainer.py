@@ -87,12 +87,16 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.run_dir = Path(t.run_dir) / t.name
-        self._check_run_dir()
-        self._lock = self._claim_run_dir()
+        created = not self.run_dir.exists()
+        self._lock = None
         try:
+            self._check_run_dir()
+            self._lock = self._claim_run_dir()
             self._build(cfg)
         except BaseException:
             self.release()
+            if created and self.acc.is_main_process and self.run_dir.is_dir() and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # a refused run leaves no empty folder behind
             raise
 
     def _build(self, cfg: TrainConfig) -> None:
@@ -128,6 +132,7 @@ class Trainer:
                                      lambda v: self.acc.reduce(v, reduction="sum"))
         self._signal = None
         self._nonfinite_seen = 0  # skipped steps as of the last sync point
+        self._bad_samples = 0  # unreadable samples this stage's reader skipped
         self._grid_sampler: PromptSampler | None = None
         self.resumed_from = resume_from
         self.config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))  # the resolved config, in every checkpoint
@@ -260,10 +265,11 @@ class Trainer:
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def save_checkpoint(self, export: bool = False) -> Path | None:
+    def save_checkpoint(self, export: bool = False, pinned: bool = False) -> Path | None:
         """Write a checkpoint of the full train state (all processes take part); with ``export``
         (stage and run ends) it also holds ``model.safetensors`` + ``config.json``: the EMA
-        weights, or the raw ones without an EMA (:meth:`MicroDiT.from_pretrained` loads them)."""
+        weights, or the raw ones without an EMA (:meth:`MicroDiT.from_pretrained` loads them); a
+        ``pinned`` checkpoint (asked for by a setting) is never removed by the retention."""
         nimg = self.progress["nimg"]
         tmp = runs.checkpoint_root(self.run_dir) / f".tmp-{nimg:012d}"
         if self.acc.is_main_process:
@@ -278,10 +284,14 @@ class Trainer:
                      "progress": dict(self.progress), "guard": self.guard.state_dict(), "cost": self.meter.state_dict()}
             stage = stage_at(self.stages, self.progress["stage"])
             meta = {"nimg": nimg, "step": self.progress["step"], "stage": self.progress["stage"],
-                    "stage_name": stage.name, "encoders": self.encoders[stage.index], "time": time.time()}
+                    "stage_name": stage.name, "encoders": self.encoders[stage.index], "time": time.time(),
+                    "pinned": pinned}
             if export:
                 net, weights = (self.ema.model, "ema") if self.ema is not None else (self.model, "raw")
-                net.save_pretrained(tmp, meta["encoders"] | {WEIGHTS_KEY: weights})
+                try:
+                    net.save_pretrained(tmp, meta["encoders"] | {WEIGHTS_KEY: weights})
+                except (OSError, RuntimeError) as err:
+                    ckpt.failed(tmp, err)
             final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints, self.config_yaml)
         self.acc.wait_for_everyone()
         self.meter.restart_clock()
@@ -308,6 +318,7 @@ class Trainer:
         def micro_batches():
             for a in range(t.grad_accum):  # accumulation step a of rank r is slice a * world + r
                 batch = next(it)
+                self._bad_samples = batch["bad_samples"]  # skipped so far by this stage's reader
                 lo = (a * self.world + self.rank) * self.micro
                 yield batch, slice(lo, lo + len(batch["key"]))
 
@@ -330,7 +341,7 @@ class Trainer:
         window = self._new_window()
         last_loss = torch.full((), float("nan"), device=self.device)
         if t.save_initial_checkpoint and self.resumed_from is None and self.progress["nimg"] == 0:
-            self.save_checkpoint()
+            self.save_checkpoint(pinned=True)
         try:
             while self.progress["stage"] < len(self.stages):
                 si = self.progress["stage"]
@@ -383,6 +394,9 @@ class Trainer:
                 if window["steps"]:
                     self._log(stage, lr, window)
                 self.sample_grid(reader.manifest)  # every stage end has its grid, whatever sample_every_images
+                if self._bad_samples:
+                    self.acc.print(f"[train] stage {stage.name}: {self._bad_samples} unreadable sample(s) skipped "
+                                   "(data.skip_bad_samples: their batches ran without them)")
                 self.progress.update(stage=si + 1, stage_images=0, stage_steps=0)
                 self.save_checkpoint(export=True)
         finally:
@@ -439,7 +453,7 @@ class Trainer:
                "grad_norm": grad / window["steps"], "images_per_s": window["images"] / seconds,
                "mfu": self.meter.mfu(window["flops"], seconds), "flops": self.meter.flops,
                "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
-               "nonfinite_steps": self._nonfinite_seen}
+               "nonfinite_steps": self._nonfinite_seen, "bad_samples": self._bad_samples}
         if self.acc.is_main_process:
             self.stats.write(row)
             self.wandb.log(row, self.progress["nimg"])
