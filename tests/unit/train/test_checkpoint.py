@@ -21,16 +21,27 @@ def test_checkpoint_crash_during_save_keeps_the_last_good_one(tmp_path, monkeypa
 
     tmp = ckpt.begin(tmp_path, 16)
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(runs.CheckpointError, match=rf"000000000016 could not be written \(disk died mid-save; is the "
+                                                   rf"disk full\?\); its partial folder was removed, the last "
+                                                   rf"complete checkpoint is {good}"):
         ckpt.commit(tmp, {"x": torch.zeros(2)}, {"nimg": 16}, keep=2)
     monkeypatch.undo()
-    assert runs.latest(tmp_path) == good  # the half-written .tmp-... folder is not a checkpoint
+    assert not tmp.exists()  # a full disk is not filled further by the partial folder
+    assert runs.latest(tmp_path) == good
     state, meta = runs.load(good)
     assert torch.equal(state["x"], torch.ones(2)) and meta["nimg"] == 8
     for nimg in (24, 32, 40):
         ckpt.commit(ckpt.begin(tmp_path, nimg), {"x": torch.ones(1)}, {"nimg": nimg}, keep=2)
     assert [p.name for p in runs.list_checkpoints(runs.checkpoint_root(tmp_path))] == ["000000000032", "000000000040"]
     assert not list(runs.checkpoint_root(tmp_path).glob(".tmp-*"))
+
+
+def test_pinned_checkpoints_survive_retention(tmp_path):
+    ckpt.commit(ckpt.begin(tmp_path, 0), {"x": torch.ones(1)}, {"nimg": 0, "pinned": True}, keep=2)
+    for nimg in (8, 16, 24):
+        ckpt.commit(ckpt.begin(tmp_path, nimg), {"x": torch.ones(1)}, {"nimg": nimg}, keep=2)
+    kept = [p.name for p in runs.list_checkpoints(runs.checkpoint_root(tmp_path))]
+    assert kept == ["000000000000", "000000000016", "000000000024"]  # the pinned one is not one of the two kept
 
 
 
