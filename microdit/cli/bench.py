@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from microdit.cli.train import compose_config
 from microdit.perf.benchmarks import run_all, summary_markdown
 from microdit.perf.gpu_plan import gpu_plan, gpu_plan_markdown
+from microdit.pipeline import compose_config
 from microdit.train.config import validate
 
 
@@ -40,12 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         parser.error(f"--out {args.out} cannot be created: {err.strerror or err}")
     if args.gpu_plan is not None:
-        from hydra.errors import HydraException
-
         try:
             cfg = compose_config(args.gpu_plan)
             validate(cfg, world_size=8)
-        except (HydraException, ValueError) as err:
+        except ValueError as err:
             parser.error(f"--gpu-plan {' '.join(args.gpu_plan)}: {' '.join(str(err).split())}")
         results = gpu_plan(cfg)
         name, report = "gpu_plan", gpu_plan_markdown(results)

@@ -8,28 +8,16 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
-from importlib import resources
-from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from microdit.data import DataError
-from microdit.train.config import TrainConfig, to_train_config, validate
-
-CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def compose_config(overrides: list[str]) -> TrainConfig:
-    """The TrainConfig that ``microdit-train OVERRIDES`` would run (for programs and notebooks)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return to_train_config(compose("train", overrides=overrides))
+from microdit.pipeline import CONF_DIR, compose_config, sweep_points
+from microdit.train.config import to_train_config, validate
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -65,23 +53,20 @@ def main(cfg: DictConfig) -> None:
           f"{summary['images_per_s']:.1f} img/s, MFU {summary['mfu']:.1%}, {summary['dollars']:.4f} $")
 
 
-def sweep_points(overrides: list[str]) -> list[list[str]]:
-    """The override list of every run that ``microdit-train -m OVERRIDES`` launches: the command
-    line's sweeps (``a=1,2``) crossed with the ``hydra.sweeper.params`` of the config each command
-    line point composes (an experiment's own sweep), the command line winning on a shared key,
-    as Hydra's basic sweeper does. Lets ``cli`` validate every point before any job starts."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    points = []
-    for point in BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)[0]:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            params = compose("train", overrides=point, return_hydra_config=True).hydra.sweeper.get("params") or {}
-        swept = [f"{key}={value}" for key, value in params.items()] + point
-        points += BasicSweeper.split_arguments(parser.parse_overrides(swept), None)[0]
-    return points
+def hydra_arguments(argv: list[str]) -> argparse.Namespace:
+    """The flags of Hydra's own command line that decide whether ``cli`` validates first (the
+    same flags and short forms as Hydra's; everything else is an override)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--resolve",), ("--run", "-r"), ("--multirun", "-m"),
+                  ("--shell-completion", "-sc"), ("--version",)):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn"),
+                  ("--config-dir", "-cd"), ("--experimental-rerun",)):
+        parser.add_argument(*flags)
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    parser.add_argument("overrides", nargs="*")
+    args, _ = parser.parse_known_args(argv)
+    return args
 
 
 def _missing_launcher_plugin(overrides: list[str]) -> str | None:
@@ -102,24 +87,21 @@ def cli() -> None:
     composed and validated first, so a bad override, an unknown experiment or a bad value ends in
     one line (exit code 2) before any job starts or is submitted, also under ``--cfg job`` (where
     Hydra prints the config and exits without a run)."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.errors import HydraException
-
-    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    args = hydra_arguments(sys.argv[1:])
     launcher = _missing_launcher_plugin(args.overrides)
     if launcher:
         print(f"microdit-train: error: hydra/launcher={launcher} needs the hydra-submitit-launcher plugin, "
               "which is not installed: pip install 'microdit[slurm]'", file=sys.stderr)
         raise SystemExit(2)
     custom = args.config_path or args.config_name or args.config_dir or args.experimental_rerun  # Hydra checks those
-    if not (args.help or args.hydra_help or args.info or args.shell_completion or custom):
+    if not (args.help or args.hydra_help or args.info or args.shell_completion or args.version or custom):
         where = ""
         try:
             points = sweep_points(args.overrides) if args.multirun else [args.overrides]
             for point in points:
                 where = f" (sweep point {' '.join(point)})" if args.multirun else ""
                 validate(compose_config(point))
-        except (ValueError, HydraException) as err:
+        except ValueError as err:
             print(f"microdit-train: error{where}: {' '.join(str(err).split())}", file=sys.stderr)
             raise SystemExit(2) from None
     main()

@@ -136,13 +136,13 @@ VERIFIED = ".verified.json"
 def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
     """Check every shard of a dataset against its manifest: present, size, sha256 and (with
     ``count_samples``) the number of samples in it. A successful check leaves ``.verified.json``
-    (each shard's size and mtime): while the shards keep them, a later check only stats them (the
-    trainer checks every dataset at start; the first time hashes it)."""
+    (the manifest's sha256, each shard's size and mtime): while they hold, a later check only stats
+    the shards (the trainer checks every dataset at start; the first time hashes it)."""
     import json
 
     folder = Path(folder)
     manifest = load_manifest(folder, check_total=not count_samples)  # counted: the wrong shard is named below
-    stats = {}
+    stats = {"manifest.json": sha256_of(folder / "manifest.json")}  # an edited manifest is checked again
     for info in manifest.shards:
         path = folder / info.name
         if not path.is_file():

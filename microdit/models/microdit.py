@@ -216,13 +216,17 @@ class MicroDiT(nn.Module):
         from safetensors.torch import load_file
 
         folder = Path(folder)
+        config, weights = folder / PRETRAINED_CONFIG, folder / PRETRAINED_WEIGHTS
         try:
-            cfg = MicroDiTConfig.from_dict(json.loads((folder / PRETRAINED_CONFIG).read_text()),
-                                           where=str(folder / PRETRAINED_CONFIG))
-            state = load_file(str(folder / PRETRAINED_WEIGHTS))
-        except Exception as err:  # noqa: BLE001  (OSError, JSON errors, safetensors' own error on a truncated file)
-            raise ValueError(f"{folder} is not a microdit export (needs {PRETRAINED_CONFIG} and {PRETRAINED_WEIGHTS}; "
-                             f"{str(err).splitlines()[0]})") from None
+            cfg = MicroDiTConfig.from_dict(json.loads(config.read_text()), where=str(config))
+        except (OSError, json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{folder} is not a microdit export: {config} is missing or unreadable "
+                             f"({str(err).splitlines()[0]})") from None
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # noqa: BLE001  (OSError, or safetensors' own error on a truncated file)
+            raise ValueError(f"{folder} is not a microdit export: {weights} is missing or unreadable "
+                             f"({str(err).splitlines()[0]})") from None
         model = cls(cfg)
         model.load_state_dict(state)
         return model.to(device).eval()

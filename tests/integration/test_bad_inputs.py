@@ -8,6 +8,7 @@ With MICRODIT_BATTERY_TABLE=path the battery also writes its table (case, messag
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -30,6 +32,7 @@ from microdit.data import load_manifest
 from microdit.data.encode import build_synthetic_dataset
 from microdit.data.manifest import save_manifest
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
+from microdit.pipeline import compose_job, job_configs
 
 from train_helpers import TWO_STAGES, base_overrides
 
@@ -256,6 +259,10 @@ CONFIG_CASES = [
     ("unknown preset", ["model.preset=giant"], "unknown model preset 'giant'"),
     ("unknown experiment", ["experiment=fig99"], "Could not find 'experiment/fig99'"),
     ("unknown key", ["+trainer.bogus=1"], "unknown config key(s) ['trainer.bogus']"),
+    ("mistyped key", ["trainer.bogus=1"], "Could not override 'trainer.bogus'. (Key 'bogus' not in 'TrainerConfig')"),
+    ("a word for an integer", ["trainer.batch_size=abc"], "trainer.batch_size=abc (Value 'abc' of type 'str' could "
+     "not be converted to Integer"),
+    ("a word for the seed", ["trainer.seed=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
     ("trainer.device=cuda without a GPU", ["trainer.device=cuda"], "sees no CUDA device"),
     ("unknown synthetic scene", ["data.prepare_scene=circles"], "prepare_scene must be one of ('mixed', 'one_object'), "
      "got 'circles'"),
@@ -341,8 +348,7 @@ def test_resume_with_another_stage_length(world):
 
 def test_cpu_job_rerun_with_another_budget(world, capsys, tmp_path):
     """A finished run under the job's --out with another config is not reported as this job's."""
-    job = cpu_ablation.CpuJob.load("main")
-    first = cpu_ablation.run_configs(job, tmp_path, ["trainer.budget_flops=1e12"])[0]
+    first = job_configs(compose_job("main"), tmp_path, ["trainer.budget_flops=1e12"])[0]
     run = Path(first.trainer.run_dir) / first.trainer.name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(first)))
@@ -485,6 +491,118 @@ def test_cpu_job_bad_seeds(capsys):
 def test_unknown_cpu_job(capsys):
     msg = cli_error(cpu_ablation.main, ["--job", "nope"], capsys)
     record("`microdit-cpu-ablation` unknown job", msg, "unknown job 'nope'", "main")
+    msg = cli_error(cpu_ablation.main, ["eval.num_sample=3"], capsys)
+    record("`microdit-cpu-ablation` a mistyped job key", msg, "job main", "Key 'num_sample' not in 'JobEval'")
+
+
+def test_manifest_fields_of_the_wrong_kind(world, capsys):
+    folder = copy_dataset(world, "shardcount")
+    values = json.loads((folder / "manifest.json").read_text())
+    values["shards"][0]["samples"] += 5
+    values["samples"] += 5  # a right-looking total over a wrong shard count
+    (folder / "manifest.json").write_text(json.dumps(values))
+    msg = cli_error(data_cli.main, ["verify", str(folder)], capsys)
+    record("manifest: one shard's count is wrong", msg, values["shards"][0]["name"], "its manifest entry says")
+    values["samples"] -= 5
+    (folder / "manifest.json").write_text(json.dumps(values))
+    msg = cli_error(data_cli.main, ["inspect", str(folder)], capsys)
+    record("manifest: total and shard counts disagree", msg, "shards[].samples add up to", "shards[0].samples=")
+    values = json.loads((world["data"] / "manifest.json").read_text()) | {"latent_shape": "12x16x16"}
+    (folder / "manifest.json").write_text(json.dumps(values))
+    msg = cli_error(data_cli.main, ["inspect", str(folder)], capsys)
+    record("manifest: a string latent_shape", msg, "latent_shape must be a list of 3 positive integers, got '12x16x16'")
+
+
+def test_an_image_dataset_as_training_data(world):
+    images = world["data"].with_name("data-images")
+    msg = train_error(base_overrides(world["tmp"], images, "on-images"))
+    record("data.folders given an image dataset", msg, f"dataset {images} holds images, not latents",
+           "microdit-data encode")
+    assert not (world["tmp"] / "runs" / "on-images").exists()  # a refused run leaves no empty folder
+
+
+def test_a_damaged_metrics_file(world, capsys, tmp_path):
+    runs_dir = tmp_path / "runs"
+    for name in ("good", "bad"):
+        shutil.copytree(world["run"], runs_dir / name)
+    (runs_dir / "bad" / "metrics.json").write_text('{"entries": [')
+    results_cli.main([str(runs_dir), "--out", str(tmp_path / "r.csv")])
+    err = capsys.readouterr().err
+    record("`microdit-results` over a damaged metrics.json", one_line(err), str(runs_dir / "bad" / "metrics.json"),
+           "read without metrics")
+    assert (tmp_path / "r.csv").is_file()
+    eval_cli.main(["run", str(runs_dir / "bad"), "--dataset", str(world["data"]), "--num-samples", "2", "--steps",
+                   "2", "--probe-steps", "5"])
+    err = capsys.readouterr().err
+    record("`microdit-eval` into a damaged metrics.json", one_line(err), "kept as", "metrics.json.damaged-")
+    assert [p.read_text() for p in (runs_dir / "bad").glob("metrics.json.damaged-*")] == ['{"entries": [']
+
+
+def test_truncated_generated_chunk_and_export(world, capsys, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    argv = ["run", str(run), "--dataset", str(world["data"]), "--num-samples", "2", "--steps", "2",
+            "--probe-steps", "5"]
+    eval_cli.main(argv)
+    capsys.readouterr()
+    chunk = next((run / "eval").rglob("chunk-00000.pt"))
+    chunk.write_bytes(chunk.read_bytes()[:50])
+    msg = cli_error(eval_cli.main, argv, capsys)
+    record("`microdit-eval` a truncated generated chunk", msg, str(chunk), "delete it")
+    export = sorted((run / "checkpoints").iterdir())[-1]
+    (tmp_path / "export").mkdir()
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(export / name, tmp_path / "export" / name)
+    weights = tmp_path / "export" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    msg = cli_error(sample_cli.main, [str(tmp_path / "export"), "--prompt", "a red circle", "--out",
+                                      str(tmp_path / "out")], capsys)
+    record("`microdit-sample` a truncated model.safetensors", msg, str(weights))
+
+
+def test_unreadable_checkpoint_hints(world, capsys, tmp_path):
+    run = tmp_path / "one-ckpt"
+    shutil.copytree(world["run"], run)
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    for older in checkpoints[:-1]:
+        shutil.rmtree(older)
+    (checkpoints[-1] / "state.pt").write_bytes(b"cut")
+    msg = cli_error(sample_cli.main, [str(run), "--prompt", "a red circle", "--out", str(tmp_path / "out")], capsys)
+    record("`microdit-sample` the only checkpoint is unreadable", msg, "the run has no older checkpoint")
+    assert "trainer.resume" not in msg
+
+
+class _RunsCode:
+    """Unpickling this calls a function: what a crafted checkpoint file would do."""
+
+    def __reduce__(self):
+        return print, ("code ran",)
+
+
+def pickle_with_code() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"blocks.0.mlp.w1.weight": _RunsCode()}, buffer)
+    return buffer.getvalue()
+
+
+def test_converter_refuses_a_pickle(tmp_path):
+    crafted = tmp_path / "crafted.pt"
+    crafted.write_bytes(pickle_with_code())
+    script = Path(__file__).resolve().parents[2] / "tools" / "convert_reference_checkpoint.py"
+    result = subprocess.run([sys.executable, str(script), "--preset", "MicroDiT_Tiny_2", str(crafted),
+                             str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=120)
+    msg = one_line(result.stderr)
+    assert result.returncode != 0 and "weights_only=False" not in result.stderr
+    record("converter: a pickle that runs code", msg, str(crafted), "would run code when loaded: refused")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_folder_build_where_every_image_is_too_small(capsys, tmp_path):
+    root = image_folder(tmp_path / "small", {"0.png": Image.new("RGB", (16, 16)), "1.png": Image.new("RGB", (8, 8))})
+    msg = cli_error(data_cli.main, ["cifar-captions", str(tmp_path / "out"), "--from-folder", str(root), "--size",
+                                    "32", "--min-side", "32"], capsys)
+    record("folder build: every image too small", msg, "the filter kept none of the 2 images", "'too_small': 2",
+           "--min-side 32")
 
 
 def test_battery_is_large_enough():

@@ -1,0 +1,306 @@
+"""Experiments as a library: one experiment language for every job, from one run to a CPU study.
+
+- :func:`compose_config`: the :class:`~microdit.train.config.TrainConfig` that ``microdit-train
+  OVERRIDES`` runs (``conf/train.yaml`` composed with Hydra; unknown keys and bad values are
+  refused by the schema, one line with Hydra's reason: :func:`config_error`).
+- :func:`sweep_points`: the override list of every run of ``microdit-train -m OVERRIDES`` (the
+  command line's sweeps crossed with the experiment's own ``hydra.sweeper.params``), found with
+  Hydra's public override parser, so every point is validated before any job starts.
+- A **job** (``conf/job/NAME.yaml``, composed onto :class:`JobConfig` from ``conf/jobs.yaml``)
+  is a list of experiments (each ``"NAME [KEY=VALUE ...]"``), trained for every seed of ``seeds``
+  with ``overrides`` for every run, an ``eval:`` section (held-out split, generated samples,
+  metrics, probe length, whether every stage end is evaluated) and a ``report:`` section (where
+  results land, the table's columns). :func:`run_job` trains what is missing, evaluates what is
+  not cached and returns the table; ``microdit-cpu-ablation`` is its command line, and a notebook
+  calls it the same way::
+
+      from microdit.pipeline import compose_job, run_job
+      rows, table = run_job(compose_job("main", ["seeds=[0]", "eval.num_samples=50"]))
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from microdit import run as runs
+from microdit.eval.metrics import check_names
+from microdit.train.config import TrainConfig, summarize_changes, to_train_config, validate
+
+CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
+RESULTS = "results.csv"
+
+
+@dataclass
+class JobEval:
+    """How each run of a job is evaluated: on ``held_out_samples`` samples of a held-out split of
+    its dataset (``FOLDER-eval``, built with the next seed), ``num_samples`` generated samples
+    each, with ``metrics`` of the registry, the probe trained ``probe_steps`` steps; with
+    ``evaluate_stages`` every stage end, not only the run's end."""
+
+    held_out_samples: int = 1000
+    num_samples: int = 300
+    probe_steps: int = 1000
+    metrics: list[str] = field(default_factory=lambda: ["probe"])
+    evaluate_stages: bool = False
+
+
+@dataclass
+class JobReport:
+    """Where the runs and the results land (``out``: ``results.csv``, ``results.md``,
+    ``results.png``) and which evaluation columns the table shows (e.g. ``probe_fd``,
+    ``probe_acc.colour``)."""
+
+    out: str = "runs/cpu"
+    columns: list[str] = field(default_factory=lambda: ["probe_fd", "probe_acc_mean"])
+
+
+@dataclass
+class JobConfig:
+    """A job: ``experiments`` (each a name in conf/experiment, optionally followed by Hydra
+    overrides of that run only: ``"cpu_masking_none protocol=cpu_study"``) for every seed of
+    ``seeds``, with ``overrides`` for every run; its ``eval`` and ``report`` sections."""
+
+    experiments: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: list[str] = field(default_factory=list)
+    eval: JobEval = field(default_factory=JobEval)
+    report: JobReport = field(default_factory=JobReport)
+
+    def problems(self) -> list[str]:
+        """One message per invalid field."""
+        out = []
+        if not self.experiments or not all(e.split() for e in self.experiments):
+            out.append(f"experiments must be a non-empty list of 'NAME [KEY=VALUE ...]', got {self.experiments}")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            out.append(f"seeds must be a non-empty list of non-negative integers, got {self.seeds}")
+        for name in ("held_out_samples", "num_samples", "probe_steps"):
+            if getattr(self.eval, name) < 1:
+                out.append(f"eval.{name} must be a positive integer, got {getattr(self.eval, name)}")
+        try:
+            check_names(self.eval.metrics, where="eval.metrics: ")
+        except ValueError as err:
+            out.append(str(err))
+        if not self.report.columns:
+            out.append("report.columns must name at least one evaluation column")
+        return out
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+ConfigStore.instance().store(name="job_schema", node=JobConfig)
+
+
+def config_error(err: Exception) -> str:
+    """One line for a Hydra or OmegaConf error: its message and, where Hydra wraps the reason
+    (``Key 'bogus' not in 'TrainerConfig'``, ``Value 'abc' could not be converted to Integer``),
+    that reason. Hydra's advice to append a key (``+key=...``) is left out: the schema refuses
+    unknown keys either way."""
+    head = [line for line in str(err).splitlines() if line.strip() and not line.startswith("To append")]
+    cause = err.__cause__
+    reason = str(cause).splitlines()[0] if cause is not None and str(cause) else ""
+    text = " ".join(" ".join(head).split())
+    return f"{text} ({reason})" if reason and reason not in text else text
+
+
+def _compose(config_name: str, overrides: list[str], hydra_config: bool = False):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=hydra_config)
+
+
+def compose_config(overrides: list[str]) -> TrainConfig:
+    """The TrainConfig that ``microdit-train OVERRIDES`` would run (for programs and notebooks)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return to_train_config(_compose("train", overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ValueError(config_error(err)) from None
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """The cartesian product of the sweeps among ``overrides`` (``a=1,2 b=x`` -> two lists), in
+    Hydra's order (the last sweep varies fastest), through Hydra's public override parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([f"{key}={override.get_value_element_as_str()}"])
+    return [list(point) for point in itertools.product(*choices)]
+
+
+def sweep_points(overrides: list[str]) -> list[list[str]]:
+    """The override list of every run that ``microdit-train -m OVERRIDES`` launches: the command
+    line's sweeps (``a=1,2``) crossed with the ``hydra.sweeper.params`` of the config each command
+    line point composes (an experiment's own sweep), the command line winning on a shared key."""
+    points = []
+    for point in _expand(overrides):
+        params = _compose("train", point, hydra_config=True).hydra.sweeper.get("params") or {}
+        given = {o.split("=", 1)[0] for o in point}
+        swept = [f"{key}={value}" for key, value in params.items() if key not in given]
+        points += _expand(swept + point) if swept else [point]
+    return points
+
+
+def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
+    """The job ``spec`` (a name in conf/job, or a YAML file with a job's keys) with Hydra
+    ``overrides`` of its fields (``seeds=[0,1]``, ``eval.num_samples=100``), validated: one-line
+    errors naming the key or file."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides or [])
+    path = Path(spec)
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            if not path.is_file():
+                raise ValueError(f"job file {path} does not exist")
+            node = OmegaConf.merge(OmegaConf.structured(JobConfig), OmegaConf.load(path),
+                                   OmegaConf.from_dotlist(overrides))
+        else:
+            names = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
+            if spec not in names:
+                raise ValueError(f"unknown job {spec!r}: use one of {names} or a path to a job YAML file")
+            node = _compose("jobs", [f"job={spec}", *overrides])
+        job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), node))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ValueError(f"job {spec}: {config_error(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"job {spec}: not a readable YAML job file ({err})") from None
+    problems = job.problems()
+    if problems:
+        raise ValueError(f"job {spec}: " + "; ".join(problems))
+    return job
+
+
+def job_configs(job: JobConfig, out: Path, extra: list[str] | None = None) -> list[TrainConfig]:
+    """The resolved and validated config of every run of ``job``, experiment-major, then seed
+    (the runs of seed ``s`` live in ``out/seed<s>/<trainer.name>``), with ``extra`` overrides for
+    every run: a bad experiment or override stops the job before anything trains, and so does a
+    run folder that was written with another config (its results would not be this job's)."""
+    configs = []
+    for entry in job.experiments:
+        name, *own = entry.split()
+        for seed in job.seeds:
+            overrides = [f"experiment={name}", f"trainer.seed={seed}", f"trainer.run_dir={out / f'seed{seed}'}",
+                         *job.overrides, *own, *(extra or [])]
+            try:
+                cfg = compose_config(overrides)
+                validate(cfg)
+            except ValueError as err:
+                raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
+            run = Path(cfg.trainer.run_dir) / cfg.trainer.name
+            changes = runs.saved_config_changes(run, cfg)
+            if changes:
+                raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); its "
+                                 f"results are not this job's: pass another --out, or delete {run} to train it again")
+            configs.append(cfg)
+    return configs
+
+
+def stage_ends(run: Path) -> list[tuple[str, int, float]]:
+    """(stage name, images and planned training FLOPs up to its end) of every stage of a run, from
+    its run_info.json; the checkpoint at a stage's end is ``checkpoints/<images:012d>``."""
+    ends, images, flops = [], 0, 0.0
+    for stage in json.loads((run / "run_info.json").read_text())["stages"]:
+        images += stage["images"]
+        flops += stage["images"] * stage["flops_per_image"]
+        ends.append((stage["name"], images, flops))
+    return ends
+
+
+def stage_rows(row: dict, run: Path) -> list[dict]:
+    """The long rows of one run: one per evaluated stage end, with ``after`` (the stage name), the
+    planned training ``cost.images`` / ``cost.flops`` up to that point and its ``eval.heldout.*``."""
+    ends = stage_ends(run)
+    base = {k: v for k, v in row.items() if not k.startswith(("eval.", "cost."))}
+    out = []
+    for i, (name, images, flops) in enumerate(ends):
+        prefix = "eval.heldout." if i == len(ends) - 1 else f"eval.heldout@{name}."
+        metrics = {"eval.heldout." + k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}
+        if metrics:
+            out.append({**base, "after": name, "cost.images": images, "cost.flops": flops, **metrics})
+    return out
+
+
+def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
+    """Each dataset of the job's runs once: its training split, its held-out split and its probe."""
+    from microdit.data.encode import build_synthetic_dataset
+    from microdit.eval.probe import dataset_probe
+    from microdit.train.trainer import prepare_synthetic
+
+    shown = set()
+    for cfg in configs:
+        prepare_synthetic(cfg)
+        data = Path(cfg.data.folders[0])
+        if data.resolve() not in shown:  # a relative folder resolves against the working directory
+            shown.add(data.resolve())
+            print(f"[job] dataset {data.resolve()} (held-out split: {data.name}-eval beside it)", file=sys.stderr)
+        build_synthetic_dataset(data.with_name(data.name + "-eval"), job.eval.held_out_samples, cfg.data.prepare_size,
+                                cfg.data.prepare_seed + 1, cfg.encoder.autoencoder, cfg.encoder.text_encoder,
+                                scene=cfg.data.prepare_scene)
+        if "probe" in job.eval.metrics:
+            dataset_probe(data, steps=job.eval.probe_steps)
+
+
+def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
+    """Train each run that has not finished, then evaluate it (cached evaluations are kept)."""
+    from microdit.eval import EvalSettings, evaluate
+    from microdit.train.trainer import train
+
+    settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,
+                            metrics=list(job.eval.metrics))
+    for i, cfg in enumerate(configs, 1):
+        run = Path(cfg.trainer.run_dir) / cfg.trainer.name
+        print(f"[job] run {i}/{len(configs)}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
+        if not (run / "summary.json").is_file():
+            train(cfg)
+        eval_set = Path(cfg.data.folders[0] + "-eval")
+        evaluate(run, eval_set, settings, name="heldout")
+        if job.eval.evaluate_stages:
+            for name, images, _ in stage_ends(run)[:-1]:
+                evaluate(run / "checkpoints" / f"{images:012d}", eval_set, settings, name=f"heldout@{name}")
+
+
+def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[dict], str]:
+    """The job's rows (one per run and evaluated stage end) and markdown table; writes
+    ``results.csv``, ``results.md`` and the plot ``results.png`` under ``out``."""
+    from microdit.eval.results import bar_plot, collect, markdown_table, write_csv
+
+    done = {str(Path(c.trainer.run_dir) / c.trainer.name) for c in configs}
+    order = list(dict.fromkeys(c.trainer.name for c in configs))
+    rows = [r for row in collect([out]) if row["run_dir"] in done for r in stage_rows(row, Path(row["run_dir"]))]
+    rows.sort(key=lambda r: (order.index(r["trainer.name"]), r["cost.images"], r["trainer.seed"]))
+    metrics = [f"eval.heldout.{c}" for c in job.report.columns] + ["cost.images", "cost.flops"]
+    table = markdown_table(rows, ["trainer.name", "after"], metrics, sort=False)
+    write_csv(rows, out / RESULTS)
+    (out / "results.md").write_text(table + "\n")
+    plotted = [f"eval.heldout.{c}" for c in job.report.columns[:2]]
+    bar_plot([{**r, "run": f"{r['trainer.name']} ({r['after']})"} for r in rows], "run", plotted,
+             out / "results.png")
+    return rows, table
+
+
+def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | None = None) -> tuple[list[dict], str]:
+    """Train what is missing, evaluate what is not cached, and return (rows, markdown table) of
+    ``job`` (results under ``out``, default ``job.report.out``; ``extra`` overrides every run)."""
+    out = Path(out or job.report.out)
+    configs = job_configs(job, out, extra)
+    print(f"[job] {len(job.experiments)} experiments x {len(job.seeds)} seeds = {len(configs)} runs under {out}",
+          file=sys.stderr)
+    prepare_data(configs, job)
+    train_and_evaluate(configs, job)
+    return report(configs, job, out)

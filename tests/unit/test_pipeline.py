@@ -1,0 +1,69 @@
+"""The experiment language as a library: jobs are Hydra configs (composed, inherited, overridden
+and validated like any other), and a job runs end to end from a Python call."""
+
+import pytest
+import yaml
+
+from microdit.pipeline import CONF_DIR, JobConfig, compose_job, job_configs, run_job
+
+JOBS = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_every_job_composes_and_its_runs_validate(name, tmp_path):
+    job = compose_job(name)
+    assert isinstance(job, JobConfig) and job.problems() == []
+    configs = job_configs(job, tmp_path)
+    assert len(configs) == len(job.experiments) * len(job.seeds)
+    assert [c.trainer.seed for c in configs[:len(job.seeds)]] == job.seeds
+    assert all(str(c.trainer.run_dir).startswith(str(tmp_path / "seed")) for c in configs)
+
+
+def test_a_job_inherits_another_and_says_only_what_differs():
+    study, one_object = compose_job("masking_study"), compose_job("masking_study_one_object")
+    assert one_object.experiments == study.experiments and one_object.seeds == study.seeds
+    assert one_object.eval == study.eval
+    assert one_object.overrides != study.overrides and one_object.report != study.report
+    text = (CONF_DIR / "job" / "masking_study_one_object.yaml").read_text()
+    assert "experiments" not in yaml.safe_load(text)  # the five cells are written once
+
+
+def test_job_overrides_and_bad_values():
+    job = compose_job("main", ["seeds=[4]", "eval.num_samples=7", "report.out=elsewhere"])
+    assert job.seeds == [4] and job.eval.num_samples == 7 and job.report.out == "elsewhere"
+    for overrides, message in ((["eval.bogus=1"], "Key 'bogus' not in 'JobEval'"),
+                               (["seeds=[0,x]"], "could not be converted to Integer"),
+                               (["eval.probe_steps=0"], "eval.probe_steps must be a positive integer"),
+                               (["eval.metrics=[fid,nope]"], "eval.metrics: unknown metric(s) ['nope']"),
+                               (["experiments=[]"], "experiments must be a non-empty list")):
+        with pytest.raises(ValueError, match=r"^job main: .*" + message.replace("(", r"\(").replace(")", r"\)")
+                           .replace("[", r"\[").replace("]", r"\]")):
+            compose_job("main", overrides)
+    with pytest.raises(ValueError, match="unknown job 'nope'"):
+        compose_job("nope")
+
+
+def test_a_job_file_outside_conf(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("experiments: [cpu_masking_naive75]\nseeds: [1]\neval: {num_samples: 9}\n")
+    job = compose_job(str(path), ["eval.probe_steps=3"])
+    assert job.experiments == ["cpu_masking_naive75"] and job.eval.num_samples == 9 and job.eval.probe_steps == 3
+    path.write_text("experiments: [cpu_masking_naive75]\nseed: [1]\n")
+    with pytest.raises(ValueError, match=rf"job {path}: .*seed"):
+        compose_job(str(path))
+
+
+@pytest.mark.slow
+def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
+    """What a notebook does: compose a job, run it, read the rows; a rerun reuses everything."""
+    monkeypatch.chdir(tmp_path)
+    job = compose_job("main", ["seeds=[0]", "eval.num_samples=8", "eval.held_out_samples=64", "eval.probe_steps=5",
+                               "report.columns=[probe_fd,probe_acc.shape]"])
+    small = ["trainer.budget_flops=2e10", "data.prepare_samples=256", "trainer.progress=false",
+             "stages.pretrain.warmup_images=0", "trainer.threads=1"]
+    rows, table = run_job(job, out=tmp_path / "out", extra=small)
+    assert [r["trainer.name"] for r in rows] == ["cpu-naive75", "cpu-deferred75"]
+    assert all(isinstance(r["eval.heldout.probe_fd"], float) for r in rows)
+    assert "| cpu-naive75 | pretrain |" in table and (tmp_path / "out" / "results.csv").is_file()
+    again, _ = run_job(job, out=tmp_path / "out", extra=small)
+    assert [r["eval.heldout.probe_fd"] for r in again] == [r["eval.heldout.probe_fd"] for r in rows]
