@@ -11,7 +11,7 @@ from microdit.diffusion import EDMConfig, edm_sample, guided_denoiser, karras_si
 from microdit.encoders import load_text_encoder
 from microdit.masking import MaskConfig
 from microdit.models import build_model
-from microdit.perf.benchmarks import StepCase
+from microdit.perf.bench_step import StepCase
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -8,19 +8,10 @@ import torch
 from microdit.cli.bench import main as bench_main
 from microdit.masking import MaskConfig
 from microdit.nn import ExpertChoiceMoE
-from microdit.perf.benchmarks import (
-    StepCase,
-    bench_attention,
-    bench_moe,
-    bench_sampler,
-    bench_steps,
-    gather_routing,
-    moe_flops,
-    one_hot_moe,
-    one_hot_routing,
-    summary_markdown,
-    targets,
-)
+from microdit.perf.bench_moe import bench_moe, gather_routing, moe_flops, one_hot_moe, one_hot_routing
+from microdit.perf.bench_parts import bench_attention, bench_sampler
+from microdit.perf.bench_step import StepCase, bench_steps
+from microdit.perf.benchmarks import summary_markdown, targets
 
 
 def test_one_hot_formulation_equals_our_moe():

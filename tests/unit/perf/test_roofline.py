@@ -6,7 +6,7 @@ import torch
 from microdit.devices import H100, DeviceModel
 from microdit.masking import MaskConfig
 from microdit.models import preset_config
-from microdit.perf.benchmarks import roofline_check
+from microdit.perf.bench_step import roofline_check
 from microdit.perf.roofline import Op, step_time, trace_step
 from microdit.train.flops import flops_per_image
 

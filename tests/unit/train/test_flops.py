@@ -44,7 +44,7 @@ def test_paper_accounting_reproduces_table_2(size, ratio, table2):
 
 def test_paper_accounting_adds_exactly_the_one_hot_einsums():
     from microdit.nn import ExpertChoiceMoE
-    from microdit.perf.benchmarks import one_hot_moe
+    from microdit.perf.bench_moe import one_hot_moe
 
     moe, x = ExpertChoiceMoE(64, 128, 4, 2.0), torch.randn(2, 32, 64)
     with FlopCounterMode(display=False) as one_hot:
