@@ -109,3 +109,16 @@ def launcher_precision(precision: str) -> str:
     if precision == "fp32":
         raise ValueError("accelerate --mixed_precision bf16 contradicts trainer.precision=fp32: drop one of them")
     return "bf16"
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the network runs under bf16 autocast: ``trainer.precision`` reconciled with the
+    launcher (:func:`launcher_precision`), ``auto`` meaning bf16 on CUDA and fp32 elsewhere. On
+    CUDA, TF32 matmuls are enabled for what stays in fp32 (set here, from the config, never at
+    import time)."""
+    precision = launcher_precision(precision)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from microdit import run as runs
 from microdit.eval.metrics import check_names
 from microdit.train.config import TrainConfig, summarize_changes, to_train_config, validate
+from microdit.train.plan import prepare_synthetic, resolve
 
 CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
 RESULTS = "results.csv"
@@ -237,21 +238,20 @@ def stage_rows(row: dict, run: Path) -> list[dict]:
 
 
 def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
-    """Each dataset of the job's runs once: its training split, its held-out split and its probe."""
+    """Each dataset of the job's runs once: every stage's synthetic dataset, the held-out split of
+    the first stage's and its probe."""
     from microdit.data.encode import build_synthetic_dataset
     from microdit.eval.probe import dataset_probe
-    from microdit.train.trainer import prepare_synthetic
 
     shown = set()
     for cfg in configs:
         prepare_synthetic(cfg)
-        data = Path(cfg.data.folders[0])
+        first = resolve(cfg)[0]
+        data = Path(first.dataset.folder)
         if data.resolve() not in shown:  # a relative folder resolves against the working directory
             shown.add(data.resolve())
-            print(f"[job] dataset {data.resolve()} (held-out split: {data.name}-eval beside it)", file=sys.stderr)
-        build_synthetic_dataset(data.with_name(data.name + "-eval"), job.eval.held_out_samples, cfg.data.prepare_size,
-                                cfg.data.prepare_seed + 1, cfg.encoder.autoencoder, cfg.encoder.text_encoder,
-                                scene=cfg.data.prepare_scene)
+            print(f"[job] dataset {data.resolve()} (held-out split: {first.held_out} beside it)", file=sys.stderr)
+        build_synthetic_dataset(first.dataset.held_out(job.eval.held_out_samples), progress=True)
         if "probe" in job.eval.metrics:
             dataset_probe(data, steps=job.eval.probe_steps)
 
@@ -268,7 +268,7 @@ def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
         print(f"[job] run {i}/{len(configs)}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
         if not (run / "summary.json").is_file():
             train(cfg)
-        eval_set = Path(cfg.data.folders[0] + "-eval")
+        eval_set = Path(resolve(cfg)[0].held_out)
         evaluate(run, eval_set, settings, name="heldout")
         if job.eval.evaluate_stages:
             for name, images, _ in stage_ends(run)[:-1]:

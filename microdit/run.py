@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from microdit.data import DataError, Manifest, load_manifest
+from microdit.data import DataError, Manifest, load_manifest, verify_dataset
 from microdit.diffusion import EDMConfig, SamplerConfig, generate
 from microdit.encoders import load_autoencoder, load_text_encoder
 from microdit.models import MicroDiT, MicroDiTConfig
 from microdit.models.microdit import PRETRAINED_WEIGHTS, WEIGHTS_KEY, pretrained_encoders, pretrained_metadata
 from microdit.train.config import TrainConfig, run_changes
-from microdit.train.plan import resolve, stage_at
+from microdit.train.plan import Stage, resolve, stage_at
 
 CONFIG = "config.yaml"
 META = "meta.json"
@@ -193,6 +193,27 @@ def check_fits_model(manifest: Manifest, where: str | Path, model: MicroDiTConfi
     if problems:
         raise DataError(f"dataset {where} ({manifest.autoencoder} latents, {manifest.text_encoder} captions) does not "
                         f"fit the model: " + "; ".join(problems) + (f": {hint}" if hint else ""))
+
+
+def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
+    """Every stage's datasets exist, match their manifests and fit the stage's network; returns the
+    caption length (tokens, one for the whole run) and, per stage, the encoders its first dataset
+    was encoded with (each checkpoint records them, so a checkpoint samples without its dataset)."""
+    lengths, encoders = set(), []
+    for stage in stages:
+        for i, folder in enumerate(stage.data.folders):
+            if not (Path(folder) / "manifest.json").is_file():
+                raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
+                                "(or set data.prepare=synthetic for the synthetic dataset)")
+            manifest = verify_dataset(folder, count_samples=False)  # sizes and sha256 (then cached)
+            check_fits_model(manifest, folder, stage.model)
+            lengths.add(manifest.text_shape[0])
+            if i == 0:
+                encoders.append({"text_encoder": manifest.text_encoder, "autoencoder": manifest.autoencoder})
+    if len(lengths) != 1:
+        raise DataError(f"the stages' datasets have different caption lengths {sorted(lengths)}: encode them with "
+                        "the same text encoder")
+    return lengths.pop(), encoders
 
 
 def encoder_names(loaded: LoadedModel, text_encoder: str | None = None,

@@ -23,8 +23,8 @@ from microdit.launch import adopt_launcher_env, local_device
 from microdit.run import CheckpointError
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``microdit-eval``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``microdit-eval`` (sub-commands ``run`` and ``stats``)."""
     parser = argparse.ArgumentParser(prog="microdit-eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,7 +61,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="open_clip model of clip_fid (default: %(default)s)")
     p.add_argument("--inception-weights", help="local InceptionV3 weights (default: torch-fidelity downloads them)")
     p.add_argument("--device", default=device, help="device (default: %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``microdit-eval``."""
+    args = build_parser().parse_args(argv)
     try:
         metrics = check_names([m for m in args.metrics.split(",") if m],
                               stats_metrics() if args.command == "stats" else list(METRICS), "--metrics: ")

@@ -8,6 +8,7 @@ shards and never leaves a half-written shard under its final name.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from microdit.data.cache import dataset_cache
 from microdit.data.images import IMAGE_EXTS, decode_image, from_uint8
 from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest, sha256_of
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
+from microdit.data.synthetic import SHAPES, SyntheticRecipe, synthetic_samples, synthetic_source
 from microdit.encoders import Autoencoder, TextEncoder
 from microdit.locks import acquire
 from microdit.progress import progress as progress_bar
@@ -142,7 +144,8 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
 
     folder = Path(folder)
     manifest = load_manifest(folder, check_total=not count_samples)  # counted: the wrong shard is named below
-    stats = {"manifest.json": sha256_of(folder / "manifest.json")}  # an edited manifest is checked again
+    manifest_bytes = (folder / "manifest.json").read_bytes()  # small: hashed on every check, so an edit is seen
+    stats = {"manifest.json": hashlib.sha256(manifest_bytes).hexdigest()}
     for info in manifest.shards:
         path = folder / info.name
         if not path.is_file():
@@ -172,16 +175,14 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
     return manifest
 
 
-def build_synthetic_dataset(folder: str | Path, num: int, size: int, seed: int, autoencoder: str, text_encoder: str,
-                            progress: bool = True, scene: str = "mixed") -> Manifest:
-    """The synthetic captioned dataset of ``scene`` as latents in ``folder`` (its images in
-    ``folder-images``); an existing complete dataset is kept as it is, and refused when its images
+def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True) -> Manifest:
+    """The synthetic dataset of ``recipe`` as latents in ``recipe.folder`` (its images in
+    ``FOLDER-images``); an existing complete dataset is kept as it is, and refused when its images
     were drawn with another seed or scene."""
     from microdit.data.images import write_image_dataset
-    from microdit.data.synthetic import SHAPES, synthetic_samples, synthetic_source
     from microdit.encoders import load_autoencoder, load_text_encoder
 
-    folder = Path(folder)
+    folder, seed, scene = Path(recipe.folder), recipe.seed, recipe.scene
     images = folder.with_name(folder.name + "-images")
     source = synthetic_source(seed, scene)
     if (images / "manifest.json").is_file() and (found := load_manifest(images).source) != source:
@@ -189,12 +190,14 @@ def build_synthetic_dataset(folder: str | Path, num: int, size: int, seed: int, 
                         f"or delete {folder} and {images} to rebuild them")
     if (folder / "manifest.json").is_file() and (manifest := load_manifest(folder)).complete:
         return manifest
+    autoencoder = load_autoencoder(recipe.autoencoder)
     if not (images / "manifest.json").is_file():
         try:
-            write_image_dataset(images, synthetic_samples(seed, num, size, scene), size, list(SHAPES), source)
+            size = recipe.latent_size * autoencoder.downsample if recipe.latent_size else recipe.size
+            samples = synthetic_samples(seed, recipe.samples, size, scene)
+            write_image_dataset(images, samples, size, list(SHAPES), source)
         except DataError:
             if not (images / "manifest.json").is_file():
                 raise
             # another process built the same images meanwhile: they are a pure function of (seed, index)
-    return encode_dataset(images, folder, load_autoencoder(autoencoder), load_text_encoder(text_encoder),
-                          progress=progress)
+    return encode_dataset(images, folder, autoencoder, load_text_encoder(recipe.text_encoder), progress=progress)

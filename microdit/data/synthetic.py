@@ -11,17 +11,19 @@ Two scenes (``data.prepare_scene``):
 
 - ``mixed`` (the default, described above): every attribute varies.
 - ``one_object``: one large object in the middle of a white background, so only its shape and
-  colour vary (and the captions' wording). It exists because the named object's *shape* is not
-  learned from ``mixed`` at CPU budgets (experiments/README.md, "The CPU masking study"): there
-  the object is 8–13 pixels across, and the few boundary pixels that tell a hexagon from a circle
-  are a small part of the loss beside colour, place, size, background and a second object. On
-  ``one_object`` the same network at the study's budget generates the named shape well above
-  chance (naive 75% masking: 0.47 ± 0.02 against chance 0.10, 3 seeds), so a CPU study can measure
-  prompt following on shape as well as colour.
+  colour vary (and the captions' wording). On ``mixed`` the object is 8–13 pixels across, and
+  the few boundary pixels that tell a hexagon from a circle are a small part of the loss beside
+  colour, place, size, background and a second object; on ``one_object`` they are not, so a CPU
+  study can measure prompt following on shape as well as colour (results: experiments/README.md,
+  "The CPU masking study").
+
+:class:`SyntheticRecipe` names one synthetic latent dataset to build (folder, size, samples,
+seed, scene, encoders) and its held-out split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -178,3 +180,25 @@ def synthetic_samples(seed: int, num: int, size: int,
 def synthetic_source(seed: int, scene: str = "mixed") -> str:
     """The ``source`` an image dataset of these samples records in its manifest."""
     return f"synthetic(seed={seed})" if scene == "mixed" else f"synthetic(seed={seed}, scene={scene})"
+
+
+@dataclass(frozen=True)
+class SyntheticRecipe:
+    """One synthetic latent dataset: ``samples`` images of ``size`` px of ``scene`` drawn with
+    ``seed``, encoded with ``autoencoder`` and ``text_encoder`` into ``folder`` (its images in
+    ``folder-images``). With ``latent_size`` (a stage at its own resolution) the images are as
+    large as the autoencoder needs for latents of that side, whatever ``size`` says."""
+
+    folder: str
+    samples: int
+    size: int
+    seed: int
+    autoencoder: str
+    text_encoder: str
+    scene: str = "mixed"
+    latent_size: int | None = None
+
+    def held_out(self, samples: int) -> SyntheticRecipe:
+        """Its held-out split: ``samples`` images drawn with the next seed into ``FOLDER-eval``."""
+        return dataclasses.replace(self, folder=self.folder + "-eval", samples=samples, seed=self.seed + 1)
+

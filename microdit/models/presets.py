@@ -49,7 +49,7 @@ ModelOverrides.__module__ = __name__  # importable by name: pickled by reference
 
 
 @dataclass
-class ModelSection:
+class PresetConfig:
     """A model preset and any of its fields overridden (``model.overrides.mixer_depth=0``)."""
 
     preset: str = "nano"

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from microdit.data import LatentBatches, make_loader
 from microdit.data.encode import build_synthetic_dataset
+from microdit.data.synthetic import SyntheticRecipe
 from microdit.diffusion import EDMConfig, denoise, edm_sample, guided_denoiser, karras_sigmas
 from microdit.models import build_model
 from microdit.nn.attention import ATTENTION_BACKENDS, attention_backend, check_attention_backend
@@ -48,7 +49,8 @@ def bench_reader(num: int, caption_dim: int, batch: int = 32, batches: int = 60)
     """Build + encode ``num`` synthetic samples in a temporary folder and time the reader."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        build_synthetic_dataset(Path(tmp) / "lat", num, 32, 0, "pixel:2", f"offline:{caption_dim}:32", progress=False)
+        build_synthetic_dataset(SyntheticRecipe(str(Path(tmp) / "lat"), num, 32, 0, "pixel:2",
+                                                f"offline:{caption_dim}:32"), progress=False)
         build_s = time.perf_counter() - start
         rates = {}
         for workers in (0, 2):

@@ -8,22 +8,34 @@ import statistics
 
 import torch
 
+from microdit.data import DataConfig
 from microdit.devices import DeviceModel
-from microdit.diffusion import EDMConfig
+from microdit.diffusion import EDMConfig, SamplerConfig
 from microdit.masking import MaskConfig
 from microdit.models import build_model, preset_config
+from microdit.models.config import MicroDiTConfig
 from microdit.perf.roofline import step_time, trace_step
 from microdit.perf.timing import PeakProbe, count_host_syncs, median_time
+from microdit.train.config import StageConfig
 from microdit.train.flops import flops_per_image
 from microdit.train.guard import NonFiniteGuard
 from microdit.train.optim import OptimConfig, build_optimizer
-from microdit.train.step import NetworkContext, draw_step, train_step
+from microdit.train.plan import Stage
+from microdit.train.step import AutocastNet, draw_step, train_step
 
 # What each device benchmarks: presets (the last one is judged by the targets), caption length,
 # images per step (on CUDA 64, a quarter of the GPU plan's 256 per GPU: the memory an unmasked
 # MicroDiT_XL_2 step takes at 256 images has not been measured; each row reports its step memory).
 DEVICE_PLAN = {"cpu": {"presets": ("nano", "micro"), "caption_len": 8, "batch": 32},
                "cuda": {"presets": ("MicroDiT_Tiny_2", "MicroDiT_XL_2"), "caption_len": 77, "batch": 64}}
+
+
+def bench_stage(model: MicroDiTConfig, mask: MaskConfig) -> Stage:
+    """A stage of the paper's first-stage settings (StageConfig's defaults: clipping at 0.25,
+    EDM at MicroDiT's constants) for the bare network ``model`` with ``mask``."""
+    config = StageConfig(mask=mask)
+    return Stage(0, "bench", config, model, EDMConfig(), mask, OptimConfig().lr, config.ema, SamplerConfig(),
+                 DataConfig())
 
 
 class StepCase:
@@ -53,8 +65,9 @@ class StepCase:
     def _configure(self, mask: MaskConfig | None, compile: bool, checkpointing: bool) -> None:
         cfg, n = self.model.cfg, self.info["batch"]
         self.mask, self.checkpointing = mask or MaskConfig(ratio=0.0), checkpointing
+        self.stage = bench_stage(cfg, self.mask)
         net = torch.compile(self.model) if compile else self.model
-        self.loss_net = NetworkContext(net, self.device.type, bf16=self.device.type == "cuda")
+        self.loss_net = AutocastNet(net, self.device.type, bf16=self.device.type == "cuda")
         flops = flops_per_image(cfg, cfg.base_grid, self.info["caption_len"], self.mask).train * n
         self.info = {**self.info, "mask_ratio": self.mask.ratio, "strategy": self.mask.strategy,
                      "block_size": self.mask.block_size, "compiled": compile, "checkpointing": checkpointing,
@@ -67,11 +80,10 @@ class StepCase:
         return other
 
     def __call__(self) -> None:
-        cfg, n, edm = self.model.cfg, self.info["batch"], EDMConfig()
+        n = self.info["batch"]
         self.model.activation_checkpointing = self.checkpointing
-        draws = draw_step(n, cfg, self.mask, edm, None, self.device)
-        train_step(self.loss_net, self.opt, self.guard, [(self.batch, slice(0, n))], draws, edm, cfg.patch_size,
-                   grad_clip=0.25)
+        draws = draw_step(n, self.stage, None, self.device)
+        train_step(self.loss_net, self.opt, self.guard, [(self.batch, slice(0, n))], draws, self.stage)
 
 
 def bench_steps(cases: list[StepCase], repeats: int = 8, warmup: int = 3) -> tuple[list[dict], float]:

@@ -20,17 +20,17 @@ def gpu_plan(cfg: TrainConfig, device: DeviceModel = H100, gpus: int = 8, captio
     rows = []
     per_device = cfg.trainer.batch_size // gpus
     for stage in resolve(cfg, caption_len, device.peak_flops):
-        grid, plan = stage.model.base_grid, stage.plan
+        grid = stage.model.base_grid
         ops, views = trace_step(stage.model, per_device, caption_len, stage.mask, torch.bfloat16)
         est = step_time(ops, views, device)
-        flops = plan.flops_per_image * per_device
+        flops = stage.flops_per_image * per_device
         rows.append({"stage": stage.name, "tokens": grid[0] * grid[1], "mask_ratio": stage.mask.ratio,
-                     "steps": plan.steps, "batch_per_device": per_device, "step_s": est["seconds"],
+                     "steps": stage.steps, "batch_per_device": per_device, "step_s": est["seconds"],
                      "memory_s": est["memory_s"], "fused_bound_s": est["fused_bound_s"],
                      "mfu": flops / est["seconds"] / device.peak_flops,
                      "mfu_fused_bound": flops / est["fused_bound_s"] / device.peak_flops,
-                     "hours": plan.steps * est["seconds"] / 3600,
-                     "train_flops": flops * gpus * plan.steps})
+                     "hours": stage.steps * est["seconds"] / 3600,
+                     "train_flops": flops * gpus * stage.steps})
     hours = sum(r["hours"] for r in rows)
     return {"device": device.name, "gpus": gpus, "stages": rows, "hours": hours, "gpu_hours": hours * gpus,
             "dollars": hours * gpus * cfg.trainer.price_per_device_hour,

@@ -18,7 +18,54 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microdit.run import CONFIG, META, STATE, CheckpointError, checkpoint_root, list_checkpoints, older_hint, reason
+from microdit.run import (
+    CONFIG,
+    META,
+    STATE,
+    CheckpointError,
+    checkpoint_root,
+    latest,
+    list_checkpoints,
+    older_hint,
+    reason,
+    resolve_checkpoint,
+)
+
+
+def check_writable(run_dir: Path, rank: int) -> None:
+    """Create the run folder and write a file into it, or refuse it in one line."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{rank}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"run directory {run_dir} is not writable ({err}); set trainer.run_dir "
+                              "to a writable folder") from None
+
+
+def resume_path(run_dir: Path, mode: str) -> Path | None:
+    """The checkpoint a run starts from under ``trainer.resume`` = ``mode``: its latest (``auto``),
+    none (``never``, refused when the run already has checkpoints) or the given folder."""
+    existing = latest(run_dir)
+    if mode == "auto":
+        return existing
+    if mode == "never":
+        if existing is not None:
+            raise FileExistsError(f"run {run_dir} already has checkpoints (latest {existing}); use "
+                                  "trainer.resume=auto to continue it or another trainer.name")
+        return None
+    return resolve_checkpoint(mode)
+
+
+def load_weights(module: torch.nn.Module, state: dict, path: Path, what: str) -> None:
+    """Load ``state`` into ``module`` (strict), or say in one line why checkpoint ``path`` does not fit."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()][:6]
+        raise CheckpointError(f"checkpoint {path} is incompatible with this model config ({what}): "
+                              + " | ".join(lines)) from None
 
 
 def begin(run_dir: Path, nimg: int) -> Path:

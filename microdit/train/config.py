@@ -2,7 +2,7 @@
 validation. Each component's config lives beside the component (``MaskConfig`` in
 :mod:`microdit.masking`, ``DataConfig`` with the reader, ``OptimConfig`` with the optimizer,
 ``EMAConfig`` with the EMA, ``EDMConfig`` / ``SamplerConfig`` in :mod:`microdit.diffusion`,
-``EncoderConfig`` with the encoders, ``ModelSection`` with the presets); this module holds the
+``EncoderConfig`` with the encoders, ``PresetConfig`` with the presets); this module holds the
 run-level pieces (stages, trainer settings) and the root. Unknown keys are rejected by the schema
 (OmegaConf struct mode); :func:`problems` returns one clear message per invalid value before
 anything is built.
@@ -29,7 +29,7 @@ from microdit.diffusion.samplers import SamplerConfig
 from microdit.encoders import EncoderConfig
 from microdit.masking import MaskConfig
 from microdit.models.config import MicroDiTConfig
-from microdit.models.presets import ModelSection
+from microdit.models.presets import PresetConfig
 from microdit.nn.attention import ATTENTION_BACKENDS
 from microdit.train.ema import EMAConfig
 from microdit.train.flops import FLOP_ACCOUNTINGS
@@ -164,7 +164,7 @@ class TrainerConfig:
 class TrainConfig:
     """The whole run configuration (the Hydra root)."""
 
-    model: ModelSection = field(default_factory=ModelSection)
+    model: PresetConfig = field(default_factory=PresetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     diffusion: EDMConfig = field(default_factory=EDMConfig)

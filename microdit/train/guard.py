@@ -9,6 +9,7 @@ run when a sync point sees ``max_nonfinite`` skipped steps in a row.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 
 import torch
@@ -67,3 +68,25 @@ def guarded_step(optimizer: torch.optim.Optimizer, guard: NonFiniteGuard, loss: 
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return skip
+
+
+class DeferredSignals:
+    """While entered, SIGTERM and SIGINT are recorded (``received``: the signal number) instead of
+    ending the process, so that the loop stops at its next sync point with a checkpoint; the
+    earlier handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> DeferredSignals:
+        def handler(signum, frame):
+            self.received = signum
+
+        self._previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+

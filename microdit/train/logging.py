@@ -1,9 +1,34 @@
-"""Logging sinks of a run: JSONL stats and their plot, and wandb (lazily imported)."""
+"""Logging of a run: the window a log row sums over, JSONL stats and their plot, and wandb
+(lazily imported)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+import torch
+
+
+class LogWindow:
+    """Sums over the steps since the last log row: loss and gradient norm stay on the device (no
+    host synchronisation per step), counts of steps, images and FLOPs, and the window's start."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new window now."""
+        self.loss = torch.zeros((), device=self.device)
+        self.grad = torch.zeros((), device=self.device)
+        self.steps, self.images, self.flops, self.start = 0, 0, 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, images: int, flops: float) -> None:
+        """Count one optimizer step."""
+        self.loss += loss
+        self.grad += grad_norm
+        self.steps, self.images, self.flops = self.steps + 1, self.images + images, self.flops + flops
 
 
 class StatsFile:

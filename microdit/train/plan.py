@@ -1,9 +1,10 @@
 """The stage resolver: what each stage of a run config means once every default, override and
 budget is applied. ``resolve(cfg)`` is the one place that answers "which network config, EDM
-constants, mask, data and length does this stage use"; the trainer, checkpoint loading, the
-benchmarks, the roofline and the GPU plan all read it.
+constants, mask, learning rate, EMA, sampler, data (and how to build it) and length does this
+stage use"; the trainer, the job pipeline, checkpoint loading, the benchmarks, the roofline and
+the GPU plan all read its :class:`Stage`.
 
-A stage's length is given as images, steps, FLOPs or a fraction of the run's budget; the plan
+A stage's length is given as images, steps, FLOPs or a fraction of the run's budget; ``resolve``
 turns it into whole global batches, using the FLOPs meter (:mod:`microdit.train.flops`) for the
 stage's own network, resolution, caption length and mask.
 """
@@ -12,30 +13,29 @@ from __future__ import annotations
 
 import dataclasses
 
+from microdit.data.encode import build_synthetic_dataset
 from microdit.data.reader import DataConfig
+from microdit.data.synthetic import SyntheticRecipe
 from microdit.diffusion.edm import EDMConfig
+from microdit.diffusion.samplers import SamplerConfig
 from microdit.masking import MaskConfig
 from microdit.models.config import MicroDiTConfig
 from microdit.train.config import StageConfig, TrainConfig
+from microdit.train.ema import EMAConfig
 from microdit.train.flops import flops_per_image
 
 
 @dataclasses.dataclass
-class StagePlan:
-    """A stage resolved to images: its length, the FLOPs per training image and per step."""
-
-    images: int
-    steps: int
-    flops_per_image: float
-
-
-@dataclasses.dataclass
-class ResolvedStage:
+class Stage:
     """One stage with everything it uses resolved: its ``index`` in run order and ``name``, the
     stage's own settings (``config``), the network config at its resolution (``model``), the EDM
-    constants with its sigma distribution (``edm``), its ``mask``, the data it reads (``data``:
-    the run's data config with the stage's folders) and, when a caption length was given, its
-    ``plan``."""
+    constants with its sigma distribution (``edm``), its ``mask``, peak learning rate ``lr``,
+    ``ema`` and ``sampler`` (sample grids), the data it reads (``data``: the run's data config
+    with the stage's folders), the synthetic ``dataset`` recipe of its first folder (used when
+    ``data.prepare`` is ``synthetic``, and for a held-out split: ``held_out``; None for a stage
+    built outside a run config, as the benchmarks build one) and, when a caption
+    length was given, its length: ``images`` and ``steps`` (whole global batches) and the training
+    ``flops_per_image``."""
 
     index: int
     name: str
@@ -43,8 +43,19 @@ class ResolvedStage:
     model: MicroDiTConfig
     edm: EDMConfig
     mask: MaskConfig
+    lr: float
+    ema: EMAConfig
+    sampler: SamplerConfig
     data: DataConfig
-    plan: StagePlan | None
+    dataset: SyntheticRecipe | None = None
+    images: int | None = None
+    steps: int | None = None
+    flops_per_image: float | None = None
+
+    @property
+    def held_out(self) -> str:
+        """The folder of the held-out split of this stage's data (``FOLDER-eval`` beside it)."""
+        return self.dataset.folder + "-eval"
 
     @property
     def mae_weight(self) -> float:
@@ -64,42 +75,59 @@ def budget_flops(cfg: TrainConfig, peak_flops: float | None) -> float | None:
     return t.budget_flops
 
 
-def _plan(stage: StageConfig, fpi: float, batch_size: int, budget: float | None) -> StagePlan:
-    """``stage``'s length in whole global batches (at least one)."""
+def _images(stage: StageConfig, flops_per_image: float, batch_size: int, budget: float | None) -> int:
+    """``stage``'s length in images, before rounding to whole global batches."""
     if stage.images is not None:
-        images = stage.images
-    elif stage.steps is not None:
-        images = stage.steps * batch_size
-    elif stage.flops is not None:
-        images = stage.flops / fpi
-    else:
-        images = stage.budget_fraction * budget / fpi
-    steps = max(1, int(images // batch_size))
-    return StagePlan(steps * batch_size, steps, fpi)
+        return stage.images
+    if stage.steps is not None:
+        return stage.steps * batch_size
+    if stage.flops is not None:
+        return stage.flops / flops_per_image
+    return stage.budget_fraction * budget / flops_per_image
 
 
-def resolve(cfg: TrainConfig, caption_len: int | None = None, peak_flops: float | None = None) -> list[ResolvedStage]:
+def _recipe(cfg: TrainConfig, stage: StageConfig, data: DataConfig) -> SyntheticRecipe:
+    """How the stage's first folder is built as a synthetic dataset: at ``data.prepare_size``, or
+    for a stage at its own resolution with latents of its ``input_size``."""
+    d = cfg.data
+    return SyntheticRecipe(data.folders[0], d.prepare_samples, d.prepare_size, d.prepare_seed, cfg.encoder.autoencoder,
+                           cfg.encoder.text_encoder, d.prepare_scene,
+                           stage.input_size[0] if stage.input_size is not None else None)
+
+
+def resolve(cfg: TrainConfig, caption_len: int | None = None, peak_flops: float | None = None) -> list[Stage]:
     """Every active stage of ``cfg`` resolved, in run order. With ``caption_len`` (caption tokens
-    per image, from the dataset's manifest) each stage also gets its plan; ``peak_flops`` (per
-    device) is needed only to convert a dollar budget. Loading a model needs no plan."""
+    per image, from the dataset's manifest) each stage also gets its length; ``peak_flops`` (per
+    device) is needed only to convert a dollar budget. Loading a model needs no length."""
     base = cfg.model.build_config()
     budget = budget_flops(cfg, peak_flops) if caption_len is not None else None
     out = []
-    for index, (name, stage) in enumerate(cfg.active_stages()):
-        model = stage.model_config(base)
+    for index, (name, sc) in enumerate(cfg.active_stages()):
+        model = sc.model_config(base)
         d = cfg.diffusion
-        edm = dataclasses.replace(d, P_mean=d.P_mean if stage.P_mean is None else stage.P_mean,
-                                  P_std=d.P_std if stage.P_std is None else stage.P_std)
-        data = dataclasses.replace(cfg.data, folders=list(stage.data_folders or cfg.data.folders))
-        plan = None
+        edm = dataclasses.replace(d, P_mean=d.P_mean if sc.P_mean is None else sc.P_mean,
+                                  P_std=d.P_std if sc.P_std is None else sc.P_std)
+        data = dataclasses.replace(cfg.data, folders=list(sc.data_folders or cfg.data.folders))
+        stage = Stage(index, name, sc, model, edm, sc.mask, sc.lr if sc.lr is not None else cfg.optim.lr, sc.ema,
+                      cfg.sampler, data, _recipe(cfg, sc, data))
         if caption_len is not None:
-            fpi = flops_per_image(model, model.base_grid, caption_len, stage.mask, cfg.trainer.flops_accounting).train
-            plan = _plan(stage, fpi, cfg.trainer.batch_size, budget)
-        out.append(ResolvedStage(index, name, stage, model, edm, stage.mask, data, plan))
+            per_image = flops_per_image(model, model.base_grid, caption_len, sc.mask,
+                                        cfg.trainer.flops_accounting).train
+            steps = max(1, int(_images(sc, per_image, cfg.trainer.batch_size, budget) // cfg.trainer.batch_size))
+            stage.images, stage.steps, stage.flops_per_image = steps * cfg.trainer.batch_size, steps, per_image
+        out.append(stage)
     return out
 
 
-def stage_at(stages: list[ResolvedStage], index: int) -> ResolvedStage:
+def stage_at(stages: list[Stage], index: int) -> Stage:
     """The stage a checkpoint taken at stage ``index`` belongs to: a checkpoint written after the
     last stage finished (index == number of stages) holds that last stage's network."""
     return stages[min(index, len(stages) - 1)]
+
+
+def prepare_synthetic(cfg: TrainConfig) -> None:
+    """Build and encode the synthetic dataset of every stage of ``cfg`` (its resolved ``dataset``
+    recipe) where it is missing."""
+    for stage in resolve(cfg):
+        build_synthetic_dataset(stage.dataset, cfg.trainer.progress)
+

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from microdit.diffusion import EDMConfig, edm_loss, sample_sigma
-from microdit.masking import MaskConfig, sample_keep_ids
-from microdit.models.config import MicroDiTConfig
+from microdit.diffusion import edm_loss, sample_sigma
+from microdit.masking import sample_keep_ids
 from microdit.nn.attention import attention_backend
 from microdit.train.guard import NonFiniteGuard, guarded_step
+from microdit.train.plan import Stage
 
 
-class NetworkContext(nn.Module):
-    """Runs the network under bf16 autocast (if ``bf16``) and the chosen attention backend;
+class AutocastNet(nn.Module):
+    """The network run under bf16 autocast (if ``bf16``) and the chosen attention backend;
     everything around it (preconditioning, loss) stays fp32."""
 
     def __init__(self, net: nn.Module, device_type: str, bf16: bool, attention: str = "auto") -> None:
@@ -57,17 +57,18 @@ def step_generator(seed: int, stage: int, step: int, device: torch.device) -> to
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + stage * 7_919 + step) % (2**63))
 
 
-def draw_step(batch: int, model: MicroDiTConfig, mask: MaskConfig, edm: EDMConfig, generator: torch.Generator | None,
-              device: torch.device) -> StepDraws:
-    """Noise levels, noise and kept tokens of a global batch of ``batch`` images, in this order."""
+def draw_step(batch: int, stage: Stage, generator: torch.Generator | None, device: torch.device) -> StepDraws:
+    """Noise levels (the stage's sigma distribution), noise (its network's latent shape) and kept
+    tokens (its mask) of a global batch of ``batch`` images, drawn in this order."""
+    model, edm = stage.model, stage.edm
     sigma = sample_sigma(batch, edm.P_mean, edm.P_std, generator, device)  # (GB,)
     noise = torch.randn(batch, model.in_channels, *model.input_size, generator=generator, device=device)
-    keep = sample_keep_ids(batch, model.base_grid, mask, generator, device)  # (GB, K) or None
+    keep = sample_keep_ids(batch, model.base_grid, stage.mask, generator, device)  # (GB, K) or None
     return StepDraws(sigma, noise, keep)
 
 
 @dataclass
-class Collective:
+class DistributedOps:
     """How a process's step talks to the others. The defaults are one process; the trainer passes
     accelerate's ``backward``, ``no_sync``, ``clip_grad_norm_`` and a summing ``reduce``."""
 
@@ -77,15 +78,16 @@ class Collective:
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda v: v
 
 
-def train_step(loss_net: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard,
-               micro_batches: Iterable[tuple[dict, slice]], draws: StepDraws, edm: EDMConfig, patch_size: int,
-               grad_clip: float, mae_weight: float = 0.0, use_text_mask: bool = False,
-               collective: Collective | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step over ``micro_batches``: pairs of a reader batch (``latent``, ``text``,
-    ``text_mask``) and its slice of the global batch's ``draws``. Returns the mean loss, the
-    gradient norm before clipping (``grad_clip`` 0: none) and the guard's skip flag, all as
-    device tensors (nothing here waits for the device)."""
-    c = collective or Collective()
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, guard: NonFiniteGuard,
+               micro_batches: Iterable[tuple[dict, slice]], draws: StepDraws, stage: Stage,
+               ops: DistributedOps | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step of ``stage`` (its EDM constants, patch size, gradient clipping, MaskDiT
+    loss weight and caption-mask setting) over ``micro_batches``: pairs of a reader batch
+    (``latent``, ``text``, ``text_mask``) and its slice of the global batch's ``draws``. Returns the
+    mean loss, the gradient norm before clipping (``grad_clip`` 0: none) and the guard's skip
+    flag, all as device tensors (nothing here waits for the device)."""
+    c = ops or DistributedOps()
+    grad_clip, use_text_mask = stage.config.grad_clip, stage.data.use_text_mask
     batches = list(micro_batches)
     device = draws.sigma.device
     losses = []
@@ -93,14 +95,14 @@ def train_step(loss_net: nn.Module, optimizer: torch.optim.Optimizer, guard: Non
         latent, text, mask = (batch[k].to(device, non_blocking=True) for k in ("latent", "text", "text_mask"))
         sync = contextlib.nullcontext() if a == len(batches) - 1 else c.no_sync()
         with sync:
-            loss = edm_loss(loss_net, latent, text, edm, patch_size,
+            loss = edm_loss(net, latent, text, stage.edm, stage.model.patch_size,
                             keep_ids=None if draws.keep is None else draws.keep[part],
                             y_mask=mask if use_text_mask else None, sigma=draws.sigma[part], noise=draws.noise[part],
-                            mae_weight=mae_weight).mean()
+                            mae_weight=stage.mae_weight).mean()
             c.backward(loss / len(batches))
         losses.append(loss.detach())
     loss = torch.stack(losses).mean()
-    grad_norm = c.clip_grad_norm(loss_net.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    grad_norm = c.clip_grad_norm(net.parameters(), grad_clip if grad_clip > 0 else math.inf)
     grad_norm = torch.as_tensor(grad_norm, device=device, dtype=torch.float32)
     skip = guarded_step(optimizer, guard, loss, grad_norm, c.reduce_sum)
     return loss, grad_norm, skip

@@ -12,7 +12,6 @@ how many processes share the global batch, and a resumed run repeats the uninter
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -23,45 +22,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from microdit import run as runs
-from microdit.data import DataError, LatentBatches, make_loader, verify_dataset
-from microdit.data.encode import build_synthetic_dataset
+from microdit.data import LatentBatches, make_loader
 from microdit.data.images import save_grid
 from microdit.devices import peak_flops
-from microdit.encoders import load_autoencoder
-from microdit.launch import launcher_precision
+from microdit.launch import use_bf16
 from microdit.locks import Lock, LockHeld, acquire
 from microdit.models import MicroDiT
 from microdit.models.microdit import WEIGHTS_KEY
 from microdit.nn.attention import check_attention_backend
 from microdit.progress import progress
-from microdit.run import PromptSampler, check_fits_model
+from microdit.run import PromptSampler, check_stage_data
 from microdit.train import checkpoint as ckpt
 from microdit.train.config import TrainConfig, summarize_changes, validate
 from microdit.train.cost import CostMeter
 from microdit.train.ema import EMA
-from microdit.train.guard import NonFiniteError, NonFiniteGuard
-from microdit.train.logging import StatsFile, WandbSink, training_plot
+from microdit.train.guard import DeferredSignals, NonFiniteError, NonFiniteGuard
+from microdit.train.logging import LogWindow, StatsFile, WandbSink, training_plot
 from microdit.train.optim import build_optimizer, set_lr
-from microdit.train.plan import ResolvedStage, StagePlan, budget_flops, resolve, stage_at
+from microdit.train.plan import Stage, budget_flops, prepare_synthetic, resolve, stage_at
 from microdit.train.schedule import lr_factor
-from microdit.train.step import Collective, NetworkContext, draw_step, step_generator, train_step
-
-
-def prepare_synthetic(cfg: TrainConfig) -> None:
-    """Build and encode the synthetic dataset of every stage (``data.folders[0]``, or a stage's own
-    ``data_folders[0]`` at its ``input_size`` times the autoencoder's downsampling) if missing."""
-    d = cfg.data
-    factor = load_autoencoder(cfg.encoder.autoencoder).downsample
-    sizes = {d.folders[0]: d.prepare_size}
-    for stage in resolve(cfg):
-        if stage.config.input_size is not None:
-            sizes[stage.data.folders[0]] = stage.config.input_size[0] * factor
-    for folder, size in sizes.items():
-        build_synthetic_dataset(folder, d.prepare_samples, size, d.prepare_seed, cfg.encoder.autoencoder,
-                                cfg.encoder.text_encoder, cfg.trainer.progress, d.prepare_scene)
+from microdit.train.step import AutocastNet, DistributedOps, draw_step, step_generator, train_step
 
 
 class Trainer:
@@ -81,16 +63,12 @@ class Trainer:
         self.cfg, self.device = cfg, self.acc.device
         if t.threads:
             torch.set_num_threads(t.threads)
-        precision = launcher_precision(t.precision)
-        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        self.bf16 = use_bf16(t.precision, self.device)
         self.run_dir = Path(t.run_dir) / t.name
         created = not self.run_dir.exists()
         self._lock = None
         try:
-            self._check_run_dir()
+            ckpt.check_writable(self.run_dir, self.rank)
             self._lock = self._claim_run_dir()
             self._build(cfg)
         except BaseException:
@@ -107,10 +85,12 @@ class Trainer:
             if self.acc.is_main_process:
                 prepare_synthetic(cfg)
             self.acc.wait_for_everyone()
-        caption_len, self.encoders = self._check_data(resolve(cfg))
+        caption_len, self.encoders = check_stage_data(resolve(cfg))
         self.stages = resolve(cfg, caption_len, self.peak_flops)
 
-        self._seed_processes(t.seed)  # before the model is built: its initialisation draws from it
+        random.seed(t.seed)  # the same on every process, before the model draws its initialisation
+        np.random.seed(t.seed % 2**32)
+        torch.manual_seed(t.seed)
         self.model = MicroDiT(self.stages[0].model).to(self.device)
         self.model.activation_checkpointing = t.activation_checkpointing
         check_attention_backend(t.attention_backend, self.device, torch.bfloat16 if self.bf16 else torch.float32,
@@ -120,19 +100,18 @@ class Trainer:
         self.meter = CostMeter(self.peak_flops, self.world, t.price_per_device_hour)
         self.progress = {"stage": 0, "stage_images": 0, "stage_steps": 0, "nimg": 0, "step": 0}
         self.guard = NonFiniteGuard(self.device)
-        resume_from = self._resume_path()
-        if resume_from is None and t.init_from:
-            self._init_from(Path(t.init_from))
-        if resume_from is not None:
-            self._load(resume_from)
+        resume_from = ckpt.resume_path(self.run_dir, t.resume)
+        if resume_from is not None or t.init_from:
+            self._restore(resume_from or runs.resolve_checkpoint(t.init_from), resuming=resume_from is not None)
         net = torch.compile(self.model, mode=t.compile_mode) if t.compile else self.model
         self.net, self.optimizer = self.acc.prepare(net, self.optimizer)
-        self.loss_net = NetworkContext(self.net, self.device.type, self.bf16, t.attention_backend)
-        self.collective = Collective(self.acc.backward, lambda: self.acc.no_sync(self.net), self.acc.clip_grad_norm_,
+        self.loss_net = AutocastNet(self.net, self.device.type, self.bf16, t.attention_backend)
+        self.ops = DistributedOps(self.acc.backward, lambda: self.acc.no_sync(self.net), self.acc.clip_grad_norm_,
                                      lambda v: self.acc.reduce(v, reduction="sum"))
-        self._signal = None
+        self.signals = DeferredSignals()
         self._nonfinite_seen = 0  # skipped steps as of the last sync point
         self._bad_samples = 0  # unreadable samples this stage's reader skipped
+        self._last_loss = torch.full((), float("nan"), device=self.device)
         self._grid_sampler: PromptSampler | None = None
         self.resumed_from = resume_from
         self.config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))  # the resolved config, in every checkpoint
@@ -147,7 +126,6 @@ class Trainer:
         if self._lock is not None:
             self._lock.release()
 
-    # -- set-up helpers -------------------------------------------------------------------------
     def _claim_run_dir(self) -> Lock | None:
         """One trainer per run folder: the main process takes ``RUN/.lock`` (:mod:`microdit.locks`)
         before anything in the folder is written, so a second trainer launched on the same run (the
@@ -167,93 +145,34 @@ class Trainer:
             raise LockHeld(error)
         return lock
 
-    def _check_run_dir(self) -> None:
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / f".write-test-{self.rank}"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as err:
-            raise PermissionError(f"run directory {self.run_dir} is not writable ({err}); set trainer.run_dir "
-                                  "to a writable folder") from None
-
-    def _check_data(self, stages: list[ResolvedStage]) -> tuple[int, list[dict]]:
-        """Every stage's datasets exist and fit its network; returns the caption length (tokens) and,
-        per stage, the encoders its first dataset was encoded with (recorded in each checkpoint's
-        meta.json, so a checkpoint samples without its dataset: :func:`microdit.run.load_model`)."""
-        lengths, encoders = set(), []
-        for stage in stages:
-            for i, folder in enumerate(stage.data.folders):
-                if not (Path(folder) / "manifest.json").is_file():
-                    raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
-                                    "(or set data.prepare=synthetic for the synthetic dataset)")
-                manifest = verify_dataset(folder, count_samples=False)  # sizes and sha256 (then cached)
-                check_fits_model(manifest, folder, stage.model)
-                lengths.add(manifest.text_shape[0])
-                if i == 0:
-                    encoders.append({"text_encoder": manifest.text_encoder, "autoencoder": manifest.autoencoder})
-        if len(lengths) != 1:
-            raise DataError(f"the stages' datasets have different caption lengths {sorted(lengths)}: encode them with "
-                            "the same text encoder")
-        return lengths.pop(), encoders
-
-    def _seed_processes(self, seed: int) -> None:
-        s = seed  # the same on every process: replicas must start from the same weights
-        random.seed(s)
-        np.random.seed(s % 2**32)
-        torch.manual_seed(s)
-
-    def _resume_path(self) -> Path | None:
-        mode = self.cfg.trainer.resume
-        existing = runs.latest(self.run_dir)
-        if mode == "auto":
-            return existing
-        if mode == "never":
-            if existing is not None:
-                raise FileExistsError(f"run {self.run_dir} already has checkpoints (latest {existing}); use "
-                                      "trainer.resume=auto to continue it or another trainer.name")
-            return None
-        return runs.resolve_checkpoint(mode)
-
-    def _load_weights(self, module: nn.Module, state: dict, path: Path, what: str) -> None:
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as err:
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()][:6]
-            raise runs.CheckpointError(f"checkpoint {path} is incompatible with this model config ({what}): "
-                               + " | ".join(lines)) from None
-
-    def _init_from(self, path: Path) -> None:
-        path = runs.resolve_checkpoint(path)
-        state, _ = runs.load(path)
-        self._load_weights(self.model, state["model"], path, "model")
-        if self.cfg.trainer.init_mode == "full":
-            self.optimizer.load_state_dict(state["optimizer"])
-            if state.get("ema") is not None:
-                self.ema = EMA(self.model)
-                self._load_weights(self.ema.model, state["ema"], path, "ema")
-        self.acc.print(f"[train] initialised from {path} ({self.cfg.trainer.init_mode})")
-
-    def _load(self, path: Path) -> None:
-        changes = runs.saved_config_changes(path, self.cfg)
+    def _restore(self, path: Path, resuming: bool) -> None:
+        """Resume this run from checkpoint ``path`` (the whole train state, which must have been
+        written with this config), or initialise it from another run's (``trainer.init_from``:
+        the weights, and with ``init_mode=full`` the optimizer state and EMA too)."""
+        full = resuming or self.cfg.trainer.init_mode == "full"
+        changes = runs.saved_config_changes(path, self.cfg) if resuming else []
         if changes:
             raise ValueError(f"checkpoint {path} was written with another config ({summarize_changes(changes)}); "
                              f"continuing it would mix two runs: relaunch with the values of {path / runs.CONFIG}, "
                              f"or start a new run (another trainer.name) with trainer.init_from={path}")
-        state, meta = runs.load(path, resuming=True)
-        model_cfg = stage_at(self.stages, state["progress"]["stage"]).model
-        self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
-        self._load_weights(self.model, state["model"], path, "model")
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("ema") is not None:
-            self.ema = EMA(self.model)
-            self._load_weights(self.ema.model, state["ema"], path, "ema")
+        state, meta = runs.load(path, resuming=resuming)
+        if resuming:
+            model_cfg = stage_at(self.stages, state["progress"]["stage"]).model
+            self.model.set_resolution(model_cfg.input_size, model_cfg.pos_interp_scale)
+        ckpt.load_weights(self.model, state["model"], path, "model")
+        if full:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("ema") is not None:
+                self.ema = EMA(self.model)
+                ckpt.load_weights(self.ema.model, state["ema"], path, "ema")
+        if not resuming:
+            self.acc.print(f"[train] initialised from {path} ({self.cfg.trainer.init_mode})")
+            return
         self.progress = dict(state["progress"])
         self.guard.load_state_dict(state["guard"])
         self.meter.load_state_dict(state["cost"])
-        rng_file = path / f"rng-{self.rank}.pt"
-        if rng_file.is_file():
-            ckpt.load_rng(rng_file)
+        if (path / f"rng-{self.rank}.pt").is_file():
+            ckpt.load_rng(path / f"rng-{self.rank}.pt")
         self.acc.print(f"[train] resumed from {path} at {self.progress['nimg']} images "
                        f"(stage {self.progress['stage']}, {meta['stage_name']})")
 
@@ -261,10 +180,10 @@ class Trainer:
         info = {"device": str(self.device), "processes": self.world, "bf16_autocast": self.bf16,
                 "tf32": self.device.type == "cuda", "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "peak_flops_per_device": self.meter.peak_flops, "budget_flops": budget_flops(self.cfg, self.peak_flops),
-                "stages": [{"name": s.name, **dataclasses.asdict(s.plan)} for s in self.stages]}
+                "stages": [{"name": s.name, "images": s.images, "steps": s.steps, "flops_per_image": s.flops_per_image}
+                           for s in self.stages]}
         (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
-    # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, export: bool = False, pinned: bool = False) -> Path | None:
         """Write a checkpoint of the full train state (all processes take part); with ``export``
         (stage and run ends) it also holds ``model.safetensors`` + ``config.json``: the EMA
@@ -297,23 +216,11 @@ class Trainer:
         self.meter.restart_clock()
         return final
 
-    # -- signals ----------------------------------------------------------------------------------
-    def _install_signals(self) -> dict:
-        previous = {}
-
-        def handler(signum, frame):
-            self._signal = signum
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, handler)
-        return previous
-
-    # -- the loop ---------------------------------------------------------------------------------
-    def _step(self, it, stage: ResolvedStage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, it, stage: Stage) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer step of ``stage``: this process's micro-batches of the global batch."""
         t = self.cfg.trainer
         gen = step_generator(t.seed, stage.index, self.progress["stage_steps"], self.device)
-        draws = draw_step(t.batch_size, stage.model, stage.mask, stage.edm, gen, self.device)
+        draws = draw_step(t.batch_size, stage, gen, self.device)
 
         def micro_batches():
             for a in range(t.grad_accum):  # accumulation step a of rank r is slice a * world + r
@@ -322,9 +229,7 @@ class Trainer:
                 lo = (a * self.world + self.rank) * self.micro
                 yield batch, slice(lo, lo + len(batch["key"]))
 
-        return train_step(self.loss_net, self.optimizer, self.guard, micro_batches(), draws, stage.edm,
-                          stage.model.patch_size, stage.config.grad_clip, stage.mae_weight,
-                          stage.data.use_text_mask, self.collective)
+        return train_step(self.loss_net, self.optimizer, self.guard, micro_batches(), draws, stage, self.ops)
 
     def run(self) -> dict:
         """Train every remaining stage; returns the run summary (also written to summary.json). A run
@@ -334,77 +239,82 @@ class Trainer:
         if self.progress["stage"] >= len(self.stages) and finished.is_file():
             self.acc.print(f"[train] {self.run_dir} already finished ({self.progress['nimg']} images); nothing to do")
             return json.loads(finished.read_text())
-        previous = self._install_signals()
-        total = sum(s.plan.images for s in self.stages)
-        bar = self._bar = progress(total=total, desc="train", unit="img", initial=self.progress["nimg"],
-                                   enabled=t.progress and self.acc.is_main_process)
-        window = self._new_window()
-        last_loss = torch.full((), float("nan"), device=self.device)
+        self._bar = progress(total=sum(s.images for s in self.stages), desc="train", unit="img",
+                             initial=self.progress["nimg"], enabled=t.progress and self.acc.is_main_process)
         if t.save_initial_checkpoint and self.resumed_from is None and self.progress["nimg"] == 0:
             self.save_checkpoint(pinned=True)
         try:
-            while self.progress["stage"] < len(self.stages):
-                si = self.progress["stage"]
-                stage, plan = self.stages[si], self.stages[si].plan
-                sc = stage.config
-                for net in [self.model] + ([self.ema.model] if self.ema is not None else []):
-                    net.set_resolution(stage.model.input_size, stage.model.pos_interp_scale)
-                if sc.ema.decay > 0 and self.ema is None:
-                    self.ema = EMA(self.model)
-                if sc.reset_optimizer and self.progress["stage_steps"] == 0:
-                    self.optimizer.state.clear()  # fresh moments and step counts (resume: saved with the state)
-                reader = LatentBatches.from_config(stage.data, self.micro, t.seed + si, self.rank, self.world,
-                                                   t.grad_accum, self.progress["stage_steps"])
-                it = iter(make_loader(reader, stage.data.num_workers, pin_memory=self.device.type == "cuda"))
-                base_lr = sc.lr if sc.lr is not None else self.cfg.optim.lr
-                self.meter.restart_clock()
-                while self.progress["stage_images"] < plan.images:
-                    lr = base_lr * lr_factor(self.progress["stage_images"], plan.images, sc.warmup_images,
-                                             sc.schedule, sc.min_lr_fraction)
-                    set_lr(self.optimizer, lr)
-                    loss, grad_norm, skip = self._step(it, stage)
-                    if self.ema is not None:
-                        decay = sc.ema.decay if self.progress["stage_images"] >= sc.ema.start_images else 0.0
-                        self.ema.update(self.model, decay, skip)
-                    self._advance(plan)
-                    bar.update(t.batch_size)
-                    window["loss"] += loss
-                    window["grad"] += grad_norm
-                    window["steps"] += 1
-                    window["images"] += t.batch_size
-                    window["flops"] += plan.flops_per_image * t.batch_size
-                    last_loss = loss
-                    logs, saves = self._crossed(t.log_every_images), self._crossed(t.ckpt_every_images)
-                    samples = self._crossed(t.sample_every_images)
-                    if not (logs or saves or samples or self.progress["step"] % t.sync_every_steps == 0):
-                        continue
-                    signalled = self._sync_point()
-                    if logs:
-                        self._log(stage, lr, window)
-                    if saves:
-                        self.save_checkpoint()
-                    if samples:
-                        self.sample_grid(reader.manifest)
-                    if signalled:
-                        path = self.save_checkpoint()
-                        self.acc.print(f"[train] signal received: checkpoint {path} written at "
-                                       f"{self.progress['nimg']} images; exiting")
-                        raise SystemExit(128 + (self._signal or signal.SIGTERM))
-                self._sync_point()
-                if window["steps"]:
-                    self._log(stage, lr, window)
-                self.sample_grid(reader.manifest)  # every stage end has its grid, whatever sample_every_images
-                if self._bad_samples:
-                    self.acc.print(f"[train] stage {stage.name}: {self._bad_samples} unreadable sample(s) skipped "
-                                   "(data.skip_bad_samples: their batches ran without them)")
-                self.progress.update(stage=si + 1, stage_images=0, stage_steps=0)
-                self.save_checkpoint(export=True)
+            with self.signals:
+                while self.progress["stage"] < len(self.stages):
+                    self._run_stage(self.stages[self.progress["stage"]])
         finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-            bar.close()
+            self._bar.close()
+        return self._finish()
+
+    def _run_stage(self, stage: Stage) -> None:
+        """Train ``stage`` from where the progress counters stand to its end, then sample its grid
+        and write its stage-end checkpoint (with an export)."""
+        t = self.cfg.trainer
+        for net in [self.model] + ([self.ema.model] if self.ema is not None else []):
+            net.set_resolution(stage.model.input_size, stage.model.pos_interp_scale)
+        if stage.ema.decay > 0 and self.ema is None:
+            self.ema = EMA(self.model)
+        if stage.config.reset_optimizer and self.progress["stage_steps"] == 0:
+            self.optimizer.state.clear()  # fresh moments and step counts (resume: saved with the state)
+        reader = LatentBatches.from_config(stage.data, self.micro, t.seed + stage.index, self.rank, self.world,
+                                           t.grad_accum, self.progress["stage_steps"])
+        it = iter(make_loader(reader, stage.data.num_workers, pin_memory=self.device.type == "cuda"))
+        self.meter.restart_clock()
+        window, lr = LogWindow(self.device), stage.lr
+        while self.progress["stage_images"] < stage.images:
+            c = stage.config
+            lr = stage.lr * lr_factor(self.progress["stage_images"], stage.images, c.warmup_images, c.schedule,
+                                      c.min_lr_fraction)
+            set_lr(self.optimizer, lr)
+            loss, grad_norm, skip = self._step(it, stage)
+            if self.ema is not None:
+                self.ema.update(self.model, stage.ema.decay if self.progress["stage_images"] >= stage.ema.start_images
+                                else 0.0, skip)
+            self._advance(stage)
+            self._bar.update(t.batch_size)
+            window.add(loss, grad_norm, t.batch_size, stage.flops_per_image * t.batch_size)
+            self._last_loss = loss
+            self._between_steps(stage, lr, window, reader.manifest)
+        self._sync_point()
+        if window.steps:
+            self._log(stage, lr, window)
+        self.sample_grid(reader.manifest)  # every stage end has its grid, whatever sample_every_images
+        if self._bad_samples:
+            self.acc.print(f"[train] stage {stage.name}: {self._bad_samples} unreadable sample(s) skipped "
+                           "(data.skip_bad_samples: their batches ran without them)")
+        self.progress.update(stage=stage.index + 1, stage_images=0, stage_steps=0)
+        self.save_checkpoint(export=True)
+
+    def _between_steps(self, stage: Stage, lr: float, window: LogWindow, manifest) -> None:
+        """What is due after a step: a log row, a checkpoint, a sample grid, the host's look at the
+        guard and at signals (a signal ends the run after a checkpoint)."""
+        t = self.cfg.trainer
+        logs, saves = self._crossed(t.log_every_images), self._crossed(t.ckpt_every_images)
+        samples = self._crossed(t.sample_every_images)
+        if not (logs or saves or samples or self.progress["step"] % t.sync_every_steps == 0):
+            return
+        signalled = self._sync_point()
+        if logs:
+            self._log(stage, lr, window)
+        if saves:
+            self.save_checkpoint()
+        if samples:
+            self.sample_grid(manifest)
+        if signalled:
+            path = self.save_checkpoint()
+            self.acc.print(f"[train] signal received: checkpoint {path} written at {self.progress['nimg']} images; "
+                           "exiting")
+            raise SystemExit(128 + (self.signals.received or signal.SIGTERM))
+
+    def _finish(self) -> dict:
+        """The run summary, written to summary.json with the training plot."""
         summary = {"nimg": self.progress["nimg"], "steps": self.progress["step"],
-                   "final_loss": self.acc.reduce(last_loss, reduction="mean").item(),
+                   "final_loss": self.acc.reduce(self._last_loss, reduction="mean").item(),
                    "nonfinite_steps": self.guard.state_dict()["nonfinite_total"], **self.meter.state_dict(),
                    "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
                    "mfu": self.meter.mfu(self.meter.flops, self.meter.seconds),
@@ -418,7 +328,7 @@ class Trainer:
     def _sync_point(self) -> bool:
         """The host's look at the device (the only synchronisation of the loop outside logging and
         checkpoints): stop on too many skipped steps in a row; True when a process got a signal."""
-        signalled = self.acc.reduce(torch.tensor(float(self._signal is not None), device=self.device), "sum")
+        signalled = self.acc.reduce(torch.tensor(float(self.signals.received is not None), device=self.device), "sum")
         guard = self.guard.read()
         self._nonfinite_seen = guard["nonfinite_total"]  # for the log row written after this point
         if guard["longest"] >= self.cfg.trainer.max_nonfinite:
@@ -427,38 +337,32 @@ class Trainer:
                                  f"{runs.latest(self.run_dir) or 'none'}")
         return bool(signalled.item() > 0)
 
-    def _new_window(self) -> dict:
-        zero = torch.zeros((), device=self.device)
-        return {"loss": zero.clone(), "grad": zero.clone(), "steps": 0, "images": 0, "flops": 0.0,
-                "time": time.perf_counter()}
-
-    def _advance(self, plan: StagePlan) -> None:
+    def _advance(self, stage: Stage) -> None:
         gb = self.cfg.trainer.batch_size
         self._before = self.progress["nimg"]
         self.progress["stage_images"] += gb
         self.progress["stage_steps"] += 1
         self.progress["nimg"] += gb
         self.progress["step"] += 1
-        self.meter.add(gb, plan.flops_per_image * gb)
+        self.meter.add(gb, stage.flops_per_image * gb)
 
     def _crossed(self, every: int) -> bool:
         return every > 0 and self.progress["nimg"] // every > self._before // every
 
-    def _log(self, stage: ResolvedStage, lr: float, window: dict) -> None:
-        now = time.perf_counter()
-        seconds = now - window["time"]
-        loss, grad = torch.stack([self.acc.reduce(window["loss"], reduction="mean"), window["grad"]]).tolist()
+    def _log(self, stage: Stage, lr: float, window: LogWindow) -> None:
+        seconds = time.perf_counter() - window.start
+        loss, grad = torch.stack([self.acc.reduce(window.loss, reduction="mean"), window.grad]).tolist()
         row = {"nimg": self.progress["nimg"], "step": self.progress["step"], "stage": self.progress["stage"],
-               "stage_name": stage.name, "loss": loss / window["steps"], "lr": lr,
-               "grad_norm": grad / window["steps"], "images_per_s": window["images"] / seconds,
-               "mfu": self.meter.mfu(window["flops"], seconds), "flops": self.meter.flops,
+               "stage_name": stage.name, "loss": loss / window.steps, "lr": lr,
+               "grad_norm": grad / window.steps, "images_per_s": window.images / seconds,
+               "mfu": self.meter.mfu(window.flops, seconds), "flops": self.meter.flops,
                "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
                "nonfinite_steps": self._nonfinite_seen, "bad_samples": self._bad_samples}
         if self.acc.is_main_process:
             self.stats.write(row)
             self.wandb.log(row, self.progress["nimg"])
             self._bar.set_postfix(stage=stage.name, loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-        window.update(self._new_window())
+        window.reset()
 
     @torch.no_grad()
     def sample_grid(self, manifest) -> Path | None:

@@ -32,6 +32,7 @@ from microdit.data import load_manifest
 from microdit.data.encode import build_synthetic_dataset
 from microdit.data.manifest import save_manifest
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
+from microdit.data.synthetic import SyntheticRecipe
 from microdit.pipeline import compose_job, job_configs
 
 from train_helpers import TWO_STAGES, base_overrides
@@ -83,7 +84,7 @@ def world(tmp_path_factory):
     """A small latent dataset, a finished two-stage run on it, and a folder for scratch copies."""
     tmp = tmp_path_factory.mktemp("battery")
     data = tmp / "data"
-    build_synthetic_dataset(data, 48, 32, 0, "pixel:2", "offline:128:32", progress=False)
+    build_synthetic_dataset(SyntheticRecipe(str(data), 48, 32, 0, "pixel:2", "offline:128:32"), progress=False)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "microdit.cli.train", *base_overrides(tmp, data, "done")], check=True,
                    env=env, capture_output=True, timeout=600)
@@ -432,7 +433,7 @@ def test_eval_bad_options(world, capsys):
     msg = cli_error(eval_cli.main, argv + ["--name", "a/b"], capsys)
     record("`microdit-eval` --name with a slash", msg, "evaluation name 'a/b' must be a plain name")
     other = world["tmp"] / "other-captions"  # the same images, captions of another width
-    build_synthetic_dataset(other, 8, 32, 0, "pixel:2", "offline:64:32", progress=False)
+    build_synthetic_dataset(SyntheticRecipe(str(other), 8, 32, 0, "pixel:2", "offline:64:32"), progress=False)
     msg = cli_error(eval_cli.main, ["run", str(world["run"]), "--dataset", str(other), "--num-samples", "2"], capsys)
     record("`microdit-eval` a dataset of another text encoder", msg, str(other), "offline:64:32 captions",
            "caption width 64 != model caption_dim 128")

@@ -19,7 +19,8 @@ from microdit.data import load_manifest
 from microdit.eval import EvalSettings, evaluate, read_metrics
 from microdit.run import load_model
 from microdit.train.config import TrainConfig
-from microdit.train.trainer import prepare_synthetic, train
+from microdit.train.plan import prepare_synthetic
+from microdit.train.trainer import train
 
 from conftest import FIXTURE_DIR
 from train_helpers import base_overrides, compose_config

@@ -20,7 +20,8 @@ from microdit.locks import LockHeld
 from microdit.models import MicroDiT
 from microdit.train.config import TrainConfig
 from microdit.train.guard import NonFiniteGuard
-from microdit.train.trainer import NonFiniteError, Trainer, prepare_synthetic, train
+from microdit.train.plan import prepare_synthetic
+from microdit.train.trainer import NonFiniteError, Trainer, train
 
 from conftest import FIXTURE_DIR
 from train_helpers import base_overrides, compose_config, run_train, stats
@@ -252,10 +253,10 @@ def test_budget_fits_stage_lengths(tmp_path, data):
         "~stages.pretrain", "+stages={a: {mask: {ratio: 0.75}, budget_fraction: 0.5}, "
         "b: {mask: {ratio: 0.0}, budget_fraction: 0.5}}"]) + ["trainer.budget_flops=4e10"])
     trainer = Trainer(cfg)
-    plans = [s.plan for s in trainer.stages]
-    for plan in plans:
-        assert plan.images == int(0.5 * 4e10 / plan.flops_per_image) // 8 * 8
-    assert plans[0].images > plans[1].images  # masked images are cheaper: more of them
+    stages = trainer.stages
+    for stage in stages:
+        assert stage.images == int(0.5 * 4e10 / stage.flops_per_image) // 8 * 8
+    assert stages[0].images > stages[1].images  # masked images are cheaper: more of them
 
 
 def test_init_from_and_incompatible_checkpoint(tmp_path, data):

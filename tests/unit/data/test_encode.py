@@ -93,7 +93,8 @@ def test_encode_bad_samples(images, tmp_path, encoders):
 BUILD = """
 import sys
 from microdit.data.encode import build_synthetic_dataset
-build_synthetic_dataset(sys.argv[1], 120, 16, 3, "pixel:2", "offline:32:16", progress=False)
+from microdit.data.synthetic import SyntheticRecipe
+build_synthetic_dataset(SyntheticRecipe(sys.argv[1], 120, 16, 3, "pixel:2", "offline:32:16"), progress=False)
 """
 
 

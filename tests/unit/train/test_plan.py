@@ -26,17 +26,17 @@ def test_resolve_applies_every_stage_override_and_nothing_else():
     assert low.mask == MaskConfig(0.75) and high.mask == MaskConfig(0.0)
     assert low.data.folders == cfg.data.folders and high.data.folders == ["big"]
     assert high.data.caption_dropout == cfg.data.caption_dropout
-    assert low.plan is None and high.plan is None  # no caption length given: nothing to size
+    assert low.images is None and high.steps is None  # no caption length given: nothing to size
     assert cfg.stages["pretrain"].model_config(cfg.model.build_config()) == low.model  # the one definition
 
 
 def test_plans_round_to_whole_global_batches_and_count_flops():
     cfg = compose_config(TWO)
     low, high = resolve(cfg, caption_len=5)
-    assert (low.plan.images, low.plan.steps) == (96, 12)  # 100 images -> 12 whole batches of 8
-    assert (high.plan.images, high.plan.steps) == (24, 3)
-    assert low.plan.flops_per_image == flops_per_image(low.model, (8, 8), 5, MaskConfig(0.75)).train
-    assert high.plan.flops_per_image == flops_per_image(high.model, (16, 16), 5, MaskConfig(0.0)).train
+    assert (low.images, low.steps) == (96, 12)  # 100 images -> 12 whole batches of 8
+    assert (high.images, high.steps) == (24, 3)
+    assert low.flops_per_image == flops_per_image(low.model, (8, 8), 5, MaskConfig(0.75)).train
+    assert high.flops_per_image == flops_per_image(high.model, (16, 16), 5, MaskConfig(0.0)).train
 
 
 def test_budget_fractions_flops_and_dollars():
@@ -45,8 +45,8 @@ def test_budget_fractions_flops_and_dollars():
                           "+stages={b: {mask: {ratio: 0.0}, budget_fraction: 0.5}, c: {flops: 1e11}}"])
     a, b, c = resolve(cfg, caption_len=8)
     for stage, flops in ((a, 5e11), (b, 5e11), (c, 1e11)):
-        assert stage.plan.steps == int(flops / stage.plan.flops_per_image // 4)
-    assert a.plan.steps > b.plan.steps  # masking makes an image cheaper: more of them in the same FLOPs
+        assert stage.steps == int(flops / stage.flops_per_image // 4)
+    assert a.steps > b.steps  # masking makes an image cheaper: more of them in the same FLOPs
     dollars = compose_config(["trainer.budget_dollars=3.75", "trainer.expected_mfu=0.5"])
     assert budget_flops(dollars, peak_flops=1e12) == pytest.approx(3600 * 1e12 * 0.5)
     with pytest.raises(ValueError, match="budget_dollars needs the device's peak"):

@@ -33,21 +33,22 @@ def _batch(n: int, cfg, length: int = 5) -> dict:
 
 def _one_step(micro: int, seed: int = 0):
     """One optimizer step of a 4-image global batch in micro-batches of ``micro`` images."""
-    from microdit.diffusion import EDMConfig
+    from microdit.perf.bench_step import bench_stage
     from microdit.train.guard import NonFiniteGuard
     from microdit.train.optim import OptimConfig, build_optimizer
-    from microdit.train.step import NetworkContext, draw_step, step_generator, train_step
+    from microdit.train.step import AutocastNet, draw_step, step_generator, train_step
 
     torch.manual_seed(seed)
     model = build_model("nano", depth=2).double()  # float64: accumulation order does not blur the comparison
-    cfg, edm = model.cfg, EDMConfig()
+    cfg = model.cfg
+    stage = bench_stage(cfg, MaskConfig(0.5))
+    stage.config.grad_clip = 0.5
     batch = {k: v.double() if v.is_floating_point() else v for k, v in _batch(4, cfg).items()}
     opt, guard = build_optimizer(model, OptimConfig(lr=1e-2)), NonFiniteGuard(torch.device("cpu"))
-    draws = draw_step(4, cfg, MaskConfig(0.5), edm, step_generator(0, 0, 0, torch.device("cpu")), torch.device("cpu"))
+    draws = draw_step(4, stage, step_generator(0, 0, 0, torch.device("cpu")), torch.device("cpu"))
     draws.noise = draws.noise.double()
     parts = [({k: v[lo:lo + micro] for k, v in batch.items()}, slice(lo, lo + micro)) for lo in range(0, 4, micro)]
-    loss, grad_norm, skip = train_step(NetworkContext(model, "cpu", bf16=False), opt, guard, parts, draws, edm,
-                                       cfg.patch_size, grad_clip=0.5)
+    loss, grad_norm, skip = train_step(AutocastNet(model, "cpu", bf16=False), opt, guard, parts, draws, stage)
     return loss, grad_norm, skip, [p.detach().clone() for p in model.parameters()]
 
 
@@ -63,18 +64,18 @@ def test_accumulated_micro_batches_equal_one_batch():
 
 
 def test_step_draws_depend_only_on_seed_stage_and_step():
-    from microdit.diffusion import EDMConfig
+    from microdit.perf.bench_step import bench_stage
     from microdit.train.step import draw_step, step_generator
 
     cfg, cpu = build_model("nano").cfg, torch.device("cpu")
 
     def draws(seed, stage, step):
-        return draw_step(6, cfg, MaskConfig(0.75), EDMConfig(), step_generator(seed, stage, step, cpu), cpu)
+        return draw_step(6, bench_stage(cfg, MaskConfig(0.75)), step_generator(seed, stage, step, cpu), cpu)
 
     a, b = draws(0, 0, 3), draws(0, 0, 3)
     assert torch.equal(a.sigma, b.sigma) and torch.equal(a.noise, b.noise) and torch.equal(a.keep, b.keep)
     for other in (draws(1, 0, 3), draws(0, 1, 3), draws(0, 0, 4)):
         assert not torch.equal(a.sigma, other.sigma)
     assert a.keep.shape == (6, 16) and draws(0, 0, 0).sigma.shape == (6,)
-    unmasked = draw_step(6, cfg, MaskConfig(0.0), EDMConfig(), None, cpu)
+    unmasked = draw_step(6, bench_stage(cfg, MaskConfig(0.0)), None, cpu)
     assert unmasked.keep is None
