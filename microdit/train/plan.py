@@ -126,8 +126,9 @@ def stage_at(stages: list[Stage], index: int) -> Stage:
 
 
 def prepare_synthetic(cfg: TrainConfig) -> None:
-    """Build and encode the synthetic dataset of every stage of ``cfg`` (its resolved ``dataset``
-    recipe) where it is missing."""
-    for stage in resolve(cfg):
-        build_synthetic_dataset(stage.dataset, cfg.trainer.progress)
+    """Build and encode, where missing, the synthetic dataset of the run's ``data.folders[0]`` and
+    of every stage (its resolved ``dataset`` recipe), each once."""
+    recipes = [_recipe(cfg, StageConfig(), cfg.data)] + [stage.dataset for stage in resolve(cfg)]
+    for recipe in dict.fromkeys(recipes):
+        build_synthetic_dataset(recipe, cfg.trainer.progress)
 
