@@ -2,7 +2,7 @@
 
     microdit-data synthetic OUT --num-samples 20000 --size 32
     microdit-data cifar-captions OUT --from-folder ROOT | --from-dump DIR | --from-torchvision ROOT
-    microdit-data encode IMAGES_DIR LATENTS_DIR --autoencoder pixel:2 --text-encoder offline:256:32
+    microdit-data encode IMAGES_DIR LATENTS_DIR --autoencoder pixel:2 --text-encoder offline:128:32
     microdit-data inspect DIR [--grid grid.png]
     microdit-data verify DIR
 """

@@ -1,5 +1,5 @@
 """``microdit-results``: gather every run under the given folders into results.csv and print /
-write markdown tables (mean ± std over the runs of a group, e.g. seeds) and plots.
+write markdown tables (mean ± 95% confidence interval over the runs of a group, e.g. seeds) and plots.
 
     microdit-results runs --out results.csv
     microdit-results runs --group-by trainer.group,stages.pretrain.mask.ratio,model.overrides.mixer_depth \\

@@ -11,9 +11,8 @@ The probe sees at most ``PROBE_GRID`` x ``PROBE_GRID`` positions: a larger laten
 by space-to-depth (``pixel_unshuffle``) with the factor of :func:`fold_factor`. Its three conv
 layers then span the same fraction of the image at 64 or 256 tokens: a 3 x 32 x 32 pixel latent
 (256 tokens at patch 2) is probed as 12 x 16 x 16, exactly the input of the 64-token datasets of
-the same images, so both give the same probe and comparable numbers. (Without the fold, the probe
-read the shapes of real 3 x 32 x 32 images at 0.49 where it reads the same images as 12 x 16 x 16
-at 0.81: its receptive field covered too little of the image.)
+the same images, so both give the same probe and comparable numbers; unfolded, its receptive
+field would cover too little of a 32 x 32 image to tell the shapes apart.
 
 Shapes: N samples, C latent channels, (h, w) latent size, F probe features.
 """

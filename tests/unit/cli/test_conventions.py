@@ -52,7 +52,7 @@ def test_every_option_has_help_and_shows_its_default(command, monkeypatch):
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_shared_option_names(command, monkeypatch):
-    """--num and --metric are gone: the same quantity has the same name in every command."""
+    """The same quantity has the same name in every command (--num-samples, --metrics, --cfg-scale)."""
     for parser in parsers_of(COMMANDS[command], monkeypatch):
         flags = {f for a in parser._actions for f in a.option_strings}
         assert not flags & {"--num", "--metric", "--eval-samples", "--cfg", "--guidance"}, (parser.prog, flags)
