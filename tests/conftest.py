@@ -33,7 +33,7 @@ def run_together(code: str, argvs: list[list[str]], timeout: float = 300) -> lis
 @pytest.fixture
 def lock_holder():
     """``hold(path)`` starts another process that takes the microdit lock file ``path`` and holds
-    it (heartbeat included) until the test ends; returns that process."""
+    it until the test ends; returns that process."""
     procs = []
 
     def hold(path: Path) -> subprocess.Popen:
