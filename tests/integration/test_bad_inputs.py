@@ -142,6 +142,21 @@ def test_shard_missing_a_member(world):
     record("sample without its text.npy", msg, "lacks", "text.npy")
 
 
+def test_skipped_bad_samples_are_counted(world):
+    folder = copy_dataset(world, "member-skip")
+    rewrite_first_shard(folder, lambda i, m: {k: v for k, v in m.items() if not (i == 3 and k == "text.npy")})
+    run = world["tmp"] / "runs" / "t-skip"
+    result = subprocess.run([sys.executable, "-m", "microdit.cli.train",
+                             *base_overrides(world["tmp"], folder, "t-skip"), "data.skip_bad_samples=true"],
+                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(x for x in result.stderr.splitlines() + result.stdout.splitlines() if "unreadable sample" in x)
+    record("data.skip_bad_samples: a sample without its text.npy", line, "unreadable sample(s) skipped")
+    rows = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines() if '"pretrain"' in x]
+    skipped = int(line.split(": ")[1].split()[0])  # once per epoch: 64 images of 48 samples read it twice
+    assert skipped == 2 and rows[-1]["bad_samples"] == skipped  # each log row: skipped so far in its stage
+
+
 def test_nan_latents(world):
     folder = copy_dataset(world, "nan")
 
@@ -559,6 +574,43 @@ def test_truncated_generated_chunk_and_export(world, capsys, tmp_path):
     msg = cli_error(sample_cli.main, [str(tmp_path / "export"), "--prompt", "a red circle", "--out",
                                       str(tmp_path / "out")], capsys)
     record("`microdit-sample` a truncated model.safetensors", msg, str(weights))
+
+
+def test_a_full_disk_during_a_checkpoint(tmp_path, monkeypatch):
+    from microdit.run import CheckpointError, list_checkpoints
+    from microdit.train import checkpoint as ckpt
+
+    good = ckpt.commit(ckpt.begin(tmp_path, 8), {"x": torch.ones(1)}, {"nimg": 8}, keep=2)
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    tmp = ckpt.begin(tmp_path, 16)
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.commit(tmp, {"x": torch.ones(1)}, {"nimg": 16}, keep=2)
+    record("a full disk during a checkpoint", str(err.value), "000000000016 could not be written", "is the disk full",
+           "partial folder was removed", str(good))
+    assert not tmp.exists() and list_checkpoints(tmp.parent) == [good]
+
+
+def test_an_export_says_which_weights_it_holds(world, capsys, tmp_path):
+    export = sorted((world["run"] / "checkpoints").iterdir())[-1]  # the run has no EMA
+    sample_cli.main([str(export), "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path / "out")])
+    record("`microdit-sample` from a run without EMA", one_line(capsys.readouterr().err), "(raw weights",
+           "no EMA)")
+
+
+def test_the_initial_checkpoint_survives_retention(world):
+    run = world["tmp"] / "runs" / "t-initial"
+    result = subprocess.run([sys.executable, "-m", "microdit.cli.train", *base_overrides(world["tmp"], world["data"],
+                             "t-initial"), "trainer.save_initial_checkpoint=true", "trainer.keep_checkpoints=1",
+                             "trainer.ckpt_every_images=16"], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept[0] == "000000000000" and len(kept) == 2, kept  # the pinned initial one and the last
+    TABLE.append(("trainer.save_initial_checkpoint with keep_checkpoints=1", f"kept {kept}"))
 
 
 def test_unreadable_checkpoint_hints(world, capsys, tmp_path):
