@@ -148,7 +148,7 @@ def load_model(path: str | Path, use_ema: bool = True, device: str | torch.devic
     if (path / PRETRAINED_WEIGHTS).is_file() and not (path / META).is_file():
         cfg = run_config(path / CONFIG) if (path / CONFIG).is_file() else TrainConfig()
         model, metadata = MicroDiT.from_pretrained(path, device), pretrained_metadata(path)
-        ema = metadata.get(WEIGHTS_KEY, "ema") == "ema"  # exports before the record: the run's EMA, if it had one
+        ema = metadata.get(WEIGHTS_KEY, "ema") == "ema"  # unrecorded: exports hold the EMA where the run had one
         words = {"ema": "EMA weights", "raw": "raw weights (the run had no EMA)"}.get(metadata.get(WEIGHTS_KEY),
                                                                                     "exported weights")
         return LoadedModel(model, cfg, path, 0, ema, words, pretrained_encoders(path))

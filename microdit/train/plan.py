@@ -1,8 +1,9 @@
 """The stage resolver: what each stage of a run config means once every default, override and
 budget is applied. ``resolve(cfg)`` is the one place that answers "which network config, EDM
 constants, mask, learning rate, EMA, sampler, data (and how to build it) and length does this
-stage use"; the trainer, the job pipeline, checkpoint loading, the benchmarks, the roofline and
-the GPU plan all read its :class:`Stage`.
+stage use"; the trainer and its training step, the job pipeline (:mod:`microdit.pipeline`),
+model loading (:mod:`microdit.run`) and the GPU plan (:mod:`microdit.perf.gpu_plan`) read its
+:class:`Stage`.
 
 A stage's length is given as images, steps, FLOPs or a fraction of the run's budget; ``resolve``
 turns it into whole global batches, using the FLOPs meter (:mod:`microdit.train.flops`) for the
