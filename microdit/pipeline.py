@@ -111,30 +111,36 @@ def config_error(err: Exception) -> str:
 
 
 def _compose(config_name: str, overrides: list[str], hydra_config: bool = False):
+    """``conf/CONFIG_NAME.yaml`` composed with ``overrides``; a Hydra or OmegaConf error becomes
+    a ValueError of one line (:func:`config_error`)."""
     from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=overrides, return_hydra_config=hydra_config)
-
-
-def compose_config(overrides: list[str]) -> TrainConfig:
-    """The TrainConfig that ``microdit-train OVERRIDES`` would run (for programs and notebooks)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return to_train_config(_compose("train", overrides))
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose(config_name, overrides=overrides, return_hydra_config=hydra_config)
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(config_error(err)) from None
+
+
+def compose_config(overrides: list[str]) -> TrainConfig:
+    """The TrainConfig that ``microdit-train OVERRIDES`` would run (for programs and notebooks)."""
+    return to_train_config(_compose("train", overrides))
 
 
 def _expand(overrides: list[str]) -> list[list[str]]:
     """The cartesian product of the sweeps among ``overrides`` (``a=1,2 b=x`` -> two lists), in
     Hydra's order (the last sweep varies fastest), through Hydra's public override parser."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise ValueError(config_error(err)) from None
     choices = []
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in parsed:
         key = override.get_key_element()
         if override.is_sweep_override():
             choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
@@ -165,22 +171,25 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
 
     overrides = list(overrides or [])
     path = Path(spec)
+    is_file = path.suffix in (".yaml", ".yml")
+    names = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
+    if is_file and not path.is_file():
+        raise ValueError(f"job file {path} does not exist")
+    if not is_file and spec not in names:
+        raise ValueError(f"unknown job {spec!r}: use one of {names} or a path to a job YAML file")
     try:
-        if path.suffix in (".yaml", ".yml"):
-            if not path.is_file():
-                raise ValueError(f"job file {path} does not exist")
+        if is_file:
             node = OmegaConf.merge(OmegaConf.structured(JobConfig), OmegaConf.load(path),
                                    OmegaConf.from_dotlist(overrides))
         else:
-            names = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
-            if spec not in names:
-                raise ValueError(f"unknown job {spec!r}: use one of {names} or a path to a job YAML file")
             node = _compose("jobs", [f"job={spec}", *overrides])
         job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), node))
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"job {spec}: {config_error(err)}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"job {spec}: not a readable YAML job file ({err})") from None
+    except ValueError as err:
+        raise ValueError(f"job {spec}: {err}") from None
     problems = job.problems()
     if problems:
         raise ValueError(f"job {spec}: " + "; ".join(problems))

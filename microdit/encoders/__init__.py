@@ -74,6 +74,21 @@ def load_text_encoder(name: str, device: str | torch.device = "cpu") -> TextEnco
                      "offline[:DIM[:LENGTH[:SEED]]] or minilm[:LENGTH]")
 
 
+def caption_length(name: str) -> int:
+    """Caption tokens per image of the text encoder called ``name``, read from its name without
+    loading it (openclip: 77; ``offline[:DIM[:LENGTH]]`` and ``minilm[:LENGTH]``: their defaults
+    unless given): what a plan needs before any data is encoded."""
+    if name.startswith("openclip:"):
+        return 77
+    if name == "offline" or name.startswith("offline:"):
+        fields = _int_fields(name, name[len("offline:"):] if ":" in name else "", 3)
+        return fields[1] if len(fields) > 1 else OfflineTextEncoder.__init__.__defaults__[1]
+    if name == "minilm" or name.startswith("minilm:"):
+        fields = _int_fields(name, name[len("minilm:"):] if ":" in name else "", 1)
+        return fields[0] if fields else MiniLMTextEncoder.__init__.__defaults__[0]
+    raise ValueError(f"unknown text encoder {name!r}")
+
+
 __all__ = [
     "Autoencoder",
     "EncoderConfig",
@@ -83,6 +98,7 @@ __all__ = [
     "OpenClipTextEncoder",
     "PixelAutoencoder",
     "TextEncoder",
+    "caption_length",
     "load_autoencoder",
     "load_text_encoder",
 ]

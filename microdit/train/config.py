@@ -123,6 +123,7 @@ class TrainerConfig:
     init_from: Optional[str] = None  # checkpoint folder of another run
     init_mode: str = "weights"  # weights | full
     max_nonfinite: int = 5  # skipped (non-finite) steps in a row that stop the run
+    plan_check: str = "error"  # a stage whose EMA never starts or whose warm-up outlasts it: error | warn
     sync_every_steps: int = 16  # the host checks the guard and signals at least this often
     sample_every_images: int = 0
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle on the left", "a small blue square",
@@ -149,7 +150,7 @@ class TrainerConfig:
         for key, allowed in (("precision", ("auto", "fp32", "bf16")), ("device", ("auto", "cpu", "cuda")),
                              ("init_mode", ("weights", "full")), ("wandb", ("disabled", "offline", "online")),
                              ("attention_backend", ("auto", *ATTENTION_BACKENDS)), ("compile_mode", COMPILE_MODES),
-                             ("flops_accounting", FLOP_ACCOUNTINGS)):
+                             ("flops_accounting", FLOP_ACCOUNTINGS), ("plan_check", ("error", "warn"))):
             if getattr(self, key) not in allowed:
                 out.append(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
         if self.sync_every_steps < 1 or self.max_nonfinite < 1:
@@ -278,7 +279,8 @@ RELAUNCH_KEYS = (
     "trainer.compile", "trainer.compile_mode", "trainer.attention_backend", "trainer.activation_checkpointing",
     "trainer.threads", "trainer.log_every_images", "trainer.ckpt_every_images", "trainer.keep_checkpoints",
     "trainer.save_initial_checkpoint", "trainer.resume", "trainer.init_from", "trainer.init_mode",
-    "trainer.max_nonfinite", "trainer.sync_every_steps", "trainer.sample_every_images", "trainer.sample_prompts",
+    "trainer.max_nonfinite", "trainer.plan_check", "trainer.sync_every_steps", "trainer.sample_every_images",
+    "trainer.sample_prompts",
     "trainer.sample_seed", "trainer.price_per_device_hour", "trainer.wandb", "trainer.progress", "sampler",
     "data.num_workers")
 

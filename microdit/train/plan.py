@@ -120,6 +120,33 @@ def resolve(cfg: TrainConfig, caption_len: int | None = None, peak_flops: float 
     return out
 
 
+def plan_problems(stages: list[Stage]) -> list[str]:
+    """What a sized plan would silently waste, one message per stage and problem: an EMA whose
+    start lies at or beyond the stage's end (it never starts: the stage's end would be evaluated
+    on raw weights), or a warm-up longer than the stage."""
+    out = []
+    for s in stages:
+        if s.images is None:
+            continue
+        if s.ema.decay > 0 and s.ema.start_images >= s.images:
+            out.append(f"stages.{s.name}: ema.start_images={s.ema.start_images} is not before the stage's end "
+                       f"({s.images} images): its EMA never starts")
+        if s.config.warmup_images > s.images:
+            out.append(f"stages.{s.name}: warmup_images={s.config.warmup_images} is longer than the stage "
+                       f"({s.images} images)")
+    return out
+
+
+def check_plan(stages: list[Stage], mode: str, say=print) -> None:
+    """Refuse (``mode`` ``error``: one line with every problem) or report (``warn``: a line each
+    through ``say``) the :func:`plan_problems` of ``stages``."""
+    problems = plan_problems(stages)
+    if problems and mode == "error":
+        raise ValueError("; ".join(problems) + " (trainer.plan_check=warn runs it anyway)")
+    for problem in problems:
+        say(f"[train] warning: {problem}")
+
+
 def stage_at(stages: list[Stage], index: int) -> Stage:
     """The stage a checkpoint taken at stage ``index`` belongs to: a checkpoint written after the
     last stage finished (index == number of stages) holds that last stage's network."""

@@ -41,7 +41,7 @@ from microdit.train.ema import EMA
 from microdit.train.guard import DeferredSignals, NonFiniteError, NonFiniteGuard
 from microdit.train.logging import LogWindow, StatsFile, WandbSink, training_plot
 from microdit.train.optim import build_optimizer, set_lr
-from microdit.train.plan import Stage, budget_flops, prepare_synthetic, resolve, stage_at
+from microdit.train.plan import Stage, budget_flops, check_plan, prepare_synthetic, resolve, stage_at
 from microdit.train.schedule import lr_factor
 from microdit.train.step import AutocastNet, DistributedOps, draw_step, step_generator, train_step
 
@@ -87,6 +87,7 @@ class Trainer:
             self.acc.wait_for_everyone()
         caption_len, self.encoders = check_stage_data(resolve(cfg))
         self.stages = resolve(cfg, caption_len, self.peak_flops)
+        check_plan(self.stages, t.plan_check, self.acc.print)
 
         random.seed(t.seed)  # the same on every process, before the model draws its initialisation
         np.random.seed(t.seed % 2**32)

@@ -5,10 +5,11 @@ import argparse
 
 import pytest
 
-from microdit.cli import bench, cpu_ablation, data, results, sample
+from microdit.cli import bench, cpu_ablation, data, plan, results, sample
 from microdit.cli import eval as eval_cli
 
 COMMANDS = {"microdit-bench": bench.main, "microdit-cpu-ablation": cpu_ablation.main, "microdit-data": data.main,
+            "microdit-plan": plan.main,
             "microdit-eval": eval_cli.main, "microdit-results": results.main, "microdit-sample": sample.main}
 
 

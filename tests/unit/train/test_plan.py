@@ -3,9 +3,11 @@ resolved once, as the trainer, the GPU plan and checkpoint loading read them."""
 
 import pytest
 
+from microdit.encoders import caption_length
 from microdit.masking import MaskConfig
+from microdit.pipeline import CONF_DIR
 from microdit.train.flops import flops_per_image
-from microdit.train.plan import budget_flops, resolve, stage_at
+from microdit.train.plan import budget_flops, check_plan, plan_problems, resolve, stage_at
 
 from train_helpers import compose_config
 
@@ -64,3 +66,42 @@ def test_stage_of_a_checkpoint():
     stages = resolve(compose_config(TWO))
     assert stage_at(stages, 0).name == "pretrain" and stage_at(stages, 1).name == "hires"
     assert stage_at(stages, 2).name == "hires"  # written after the last stage ended
+
+
+def test_a_stage_whose_ema_never_starts_or_whose_warmup_outlasts_it_is_named():
+    cfg = compose_config(["trainer.batch_size=8", "stages.pretrain.images=80", "stages.pretrain.ema.decay=0.9",
+                          "stages.pretrain.ema.start_images=80", "stages.pretrain.warmup_images=96"])
+    stages = resolve(cfg, caption_len=32)
+    assert plan_problems(stages) == [
+        "stages.pretrain: ema.start_images=80 is not before the stage's end (80 images): its EMA never starts",
+        "stages.pretrain: warmup_images=96 is longer than the stage (80 images)"]
+    with pytest.raises(ValueError, match=r"its EMA never starts; .* \(trainer.plan_check=warn runs it anyway\)"):
+        check_plan(stages, "error")
+    said = []
+    check_plan(stages, "warn", said.append)
+    assert len(said) == 2 and said[0].startswith("[train] warning: stages.pretrain: ema.start_images")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+                         + sorted(f"protocol={p.stem}" for p in (CONF_DIR / "protocol").glob("*.yaml")))
+def test_no_experiment_or_protocol_wastes_its_ema_or_warmup(name):
+    """Every shipped config sized as it would train (its text encoder's caption length): no stage
+    whose EMA never starts (it would be evaluated on raw weights) or whose warm-up outlasts it."""
+    cfg = compose_config([name if "=" in name else f"experiment={name}"])
+    stages = resolve(cfg, caption_length(cfg.encoder.text_encoder), peak_flops=989e12)
+    assert plan_problems(stages) == []
+
+
+def test_the_ablation_protocols_decay_their_lr_as_the_paper_does():
+    for protocol in ("ablation", "ablation_oob"):
+        stage = resolve(compose_config([f"protocol={protocol}"]))[0]
+        assert (stage.config.schedule, stage.config.min_lr_fraction) == ("cosine", 0.33)
+        assert stage.config.warmup_images == 2500 * 2048 and stage.model.mixer_depth == 4
+
+
+def test_table1_runs_naive_masking_and_maskdit_sits_at_deferreds_compute():
+    assert resolve(compose_config(["experiment=table1_width_scaling"]))[0].model.mixer_depth == 0
+    for ratio in (0.0, 0.25, 0.5, 0.75, 0.875):
+        deferred, maskdit = (resolve(compose_config([f"experiment={e}", f"stages.pretrain.mask.ratio={ratio}"]), 77)[0]
+                             for e in ("fig6_deferred", "fig6_maskdit"))
+        assert abs(maskdit.flops_per_image / deferred.flops_per_image - 1) < 0.05, ratio
