@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from microdit import run as runs
 from microdit.eval.metrics import check_names
 from microdit.train.config import TrainConfig, summarize_changes, to_train_config, validate
-from microdit.train.plan import prepare_synthetic, resolve
+from microdit.train.plan import check_plan, prepare_synthetic, resolve
 
 CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
 RESULTS = "results.csv"
@@ -43,12 +43,16 @@ RESULTS = "results.csv"
 class JobEval:
     """How each run of a job is evaluated: on ``held_out_samples`` samples of a held-out split of
     its dataset (``FOLDER-eval``, built with the next seed), ``num_samples`` generated samples
-    each, with ``metrics`` of the registry, the probe trained ``probe_steps`` steps; with
-    ``evaluate_stages`` every stage end, not only the run's end."""
+    each, with ``metrics`` of the registry; the probe is trained ``probe_steps`` steps on
+    ``probe_samples`` images of its own split (``FOLDER-probe``), which no generator saw. Each
+    training seed s is evaluated with its own noise and its own draw of prompts (seed s), so the
+    spread across seeds includes the evaluation's. With ``evaluate_stages`` every stage end is
+    evaluated, not only the run's end."""
 
     held_out_samples: int = 1000
     num_samples: int = 300
     probe_steps: int = 1000
+    probe_samples: int = 5000
     metrics: list[str] = field(default_factory=lambda: ["probe"])
     evaluate_stages: bool = False
 
@@ -56,11 +60,16 @@ class JobEval:
 @dataclass
 class JobReport:
     """Where the runs and the results land (``out``: ``results.csv``, ``results.md``,
-    ``results.png``) and which evaluation columns the table shows (e.g. ``probe_fd``,
-    ``probe_acc.colour``)."""
+    ``results.png``), which evaluation columns the table shows (e.g. ``probe_fd``,
+    ``probe_acc.colour``) and the job's planned ``contrasts`` (``"ARM vs ARM"``, arms by
+    ``trainer.name``), tested on those columns with the equivalence ``margins`` given per column.
+    The table also has a row of the shuffled-prompt chance and one of real-vs-real at the same
+    sample count."""
 
     out: str = "runs/cpu"
     columns: list[str] = field(default_factory=lambda: ["probe_fd", "probe_acc_mean"])
+    contrasts: list[str] = field(default_factory=list)
+    margins: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +91,7 @@ class JobConfig:
             out.append(f"experiments must be a non-empty list of 'NAME [KEY=VALUE ...]', got {self.experiments}")
         if not self.seeds or any(s < 0 for s in self.seeds):
             out.append(f"seeds must be a non-empty list of non-negative integers, got {self.seeds}")
-        for name in ("held_out_samples", "num_samples", "probe_steps"):
+        for name in ("held_out_samples", "num_samples", "probe_steps", "probe_samples"):
             if getattr(self.eval, name) < 1:
                 out.append(f"eval.{name} must be a positive integer, got {getattr(self.eval, name)}")
         try:
@@ -91,6 +100,13 @@ class JobConfig:
             out.append(str(err))
         if not self.report.columns:
             out.append("report.columns must name at least one evaluation column")
+        for contrast in self.report.contrasts:
+            if len(contrast.split(" vs ")) != 2:
+                out.append(f"report.contrasts: expected 'ARM vs ARM' (trainer.name of two runs), got {contrast!r}")
+        unknown = sorted(set(self.report.margins) - set(self.report.columns))
+        if unknown:
+            out.append(f"report.margins: {unknown} are not report.columns {self.report.columns}")
+
         return out
 
 
@@ -147,6 +163,16 @@ def _expand(overrides: list[str]) -> list[list[str]]:
         else:
             choices.append([f"{key}={override.get_value_element_as_str()}"])
     return [list(point) for point in itertools.product(*choices)]
+
+
+def validate_run(cfg: TrainConfig) -> None:
+    """Everything checked before a run starts, without its data: the config (:func:`validate`)
+    and, with the caption length its text encoder gives, the sized plan (an EMA that never starts,
+    a warm-up longer than its stage: refused unless ``trainer.plan_check=warn``)."""
+    from microdit.encoders import caption_length
+
+    validate(cfg)
+    check_plan(resolve(cfg, caption_length(cfg.encoder.text_encoder)), cfg.trainer.plan_check, say=lambda line: None)
 
 
 def sweep_points(overrides: list[str]) -> list[list[str]]:
@@ -209,7 +235,7 @@ def job_configs(job: JobConfig, out: Path, extra: list[str] | None = None) -> li
                          *job.overrides, *own, *(extra or [])]
             try:
                 cfg = compose_config(overrides)
-                validate(cfg)
+                validate_run(cfg)
             except ValueError as err:
                 raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
             run = Path(cfg.trainer.run_dir) / cfg.trainer.name
@@ -218,6 +244,10 @@ def job_configs(job: JobConfig, out: Path, extra: list[str] | None = None) -> li
                 raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); its "
                                  f"results are not this job's: pass another --out, or delete {run} to train it again")
             configs.append(cfg)
+    names = {c.trainer.name for c in configs}
+    arms = sorted({arm for c in job.report.contrasts for arm in c.split(" vs ")} - names)
+    if arms:
+        raise ValueError(f"report.contrasts name {arms}, which no run of the job is called (runs: {sorted(names)})")
     return configs
 
 
@@ -262,7 +292,9 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
             print(f"[job] dataset {data.resolve()} (held-out split: {first.held_out} beside it)", file=sys.stderr)
         build_synthetic_dataset(first.dataset.held_out(job.eval.held_out_samples), progress=True)
         if "probe" in job.eval.metrics:
-            dataset_probe(data, steps=job.eval.probe_steps)
+            probe_split = first.dataset.probe_split(job.eval.probe_samples)
+            build_synthetic_dataset(probe_split, progress=True)
+            dataset_probe(probe_split.folder, steps=job.eval.probe_steps)
 
 
 def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
@@ -270,31 +302,59 @@ def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
     from microdit.eval import EvalSettings, evaluate
     from microdit.train.trainer import train
 
-    settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,
-                            metrics=list(job.eval.metrics))
     for i, cfg in enumerate(configs, 1):
         run = Path(cfg.trainer.run_dir) / cfg.trainer.name
         print(f"[job] run {i}/{len(configs)}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
         if not (run / "summary.json").is_file():
             train(cfg)
-        eval_set = Path(resolve(cfg)[0].held_out)
-        evaluate(run, eval_set, settings, name="heldout")
+        first = resolve(cfg)[0]
+        seed = cfg.trainer.seed  # this seed's own noise (seeds 1e6 * s + i) and prompt draw
+        settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,
+                                metrics=list(job.eval.metrics), seed=1_000_000 * seed, prompt_seed=seed)
+        probe = first.dataset.probe_split(job.eval.probe_samples).folder
+        evaluate(run, first.held_out, settings, name="heldout", probe_dataset=probe)
         if job.eval.evaluate_stages:
             for name, images, _ in stage_ends(run)[:-1]:
-                evaluate(run / "checkpoints" / f"{images:012d}", eval_set, settings, name=f"heldout@{name}")
+                evaluate(run / "checkpoints" / f"{images:012d}", first.held_out, settings, name=f"heldout@{name}",
+                         probe_dataset=probe)
+
+
+# The columns a reference row reads instead of a metric's: the real-vs-real floor and the chance.
+REFERENCE_ROWS = {"real vs real (same n)": {"probe_fd": "probe_fd_real", "probe_kid": "probe_kid_real"},
+                  "chance (shuffled prompts)": {"probe_acc": "probe_chance", "probe_acc_mean": "probe_chance_mean"}}
+
+
+def reference_rows(rows: list[dict], metrics: list[str]) -> list[dict]:
+    """Rows to read the arms against, from every run's evaluation: real-vs-real (another real set
+    of the same size against the reference) and the shuffled-prompt chance, per stage end."""
+    out = []
+    for label, swap in REFERENCE_ROWS.items():
+        for r in rows:
+            ref = {"trainer.name": label, "after": r["after"]}
+            for metric in metrics:
+                short = metric.removeprefix("eval.heldout.")
+                head, _, rest = short.partition(".")
+                source = swap.get(short) or (f"{swap[head]}.{rest}" if head in swap and rest else None)
+                if source is not None:
+                    ref[metric] = r.get(f"eval.heldout.{source}")
+            out.append(ref)
+    return out
 
 
 def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[dict], str]:
     """The job's rows (one per run and evaluated stage end) and markdown table; writes
     ``results.csv``, ``results.md`` and the plot ``results.png`` under ``out``."""
-    from microdit.eval.results import bar_plot, collect, markdown_table, write_csv
+    from microdit.eval.results import bar_plot, collect, contrast_table, markdown_table, write_csv
 
     done = {str(Path(c.trainer.run_dir) / c.trainer.name) for c in configs}
     order = list(dict.fromkeys(c.trainer.name for c in configs))
     rows = [r for row in collect([out]) if row["run_dir"] in done for r in stage_rows(row, Path(row["run_dir"]))]
     rows.sort(key=lambda r: (order.index(r["trainer.name"]), r["cost.images"], r["trainer.seed"]))
     metrics = [f"eval.heldout.{c}" for c in job.report.columns] + ["cost.images", "cost.flops"]
-    table = markdown_table(rows, ["trainer.name", "after"], metrics, sort=False)
+    table = markdown_table(rows + reference_rows(rows, metrics), ["trainer.name", "after"], metrics, sort=False,
+                           pairs=not job.report.contrasts)
+    if job.report.contrasts:
+        table += "\n\n" + contrast_table(rows, job.report.contrasts, metrics[:-2], job.report.margins)
     write_csv(rows, out / RESULTS)
     (out / "results.md").write_text(table + "\n")
     plotted = [f"eval.heldout.{c}" for c in job.report.columns[:2]]

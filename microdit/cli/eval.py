@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {','.join(METRICS)} (default: %(default)s)")
     add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: %(default)s)")
+    p.add_argument("--prompt-seed", type=int, default=0,
+                   help="the order the evaluation set's prompts are drawn in (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=64,
                    help="samples per generation batch (default: %(default)s)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{args.dataset}: {extractor.name} statistics of {stats.count} images cached")
             return
         settings = EvalSettings(num_samples=args.num_samples, sampler_overrides=sampler_overrides(args),
-                                seed=args.seed, batch_size=args.batch_size, use_ema=not args.no_ema,
+                                seed=args.seed, prompt_seed=args.prompt_seed, batch_size=args.batch_size,
+                                use_ema=not args.no_ema,
                                 metrics=metrics, clip_fid_model=args.clip_fid_model,
                                 clip_score_model=args.clip_score_model, inception_weights=args.inception_weights,
                                 probe_steps=args.probe_steps)

@@ -16,8 +16,8 @@ import hydra
 from omegaconf import DictConfig
 
 from microdit.data import DataError
-from microdit.pipeline import CONF_DIR, compose_config, sweep_points
-from microdit.train.config import to_train_config, validate
+from microdit.pipeline import CONF_DIR, compose_config, sweep_points, validate_run
+from microdit.train.config import to_train_config
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -100,7 +100,7 @@ def cli() -> None:
             points = sweep_points(args.overrides) if args.multirun else [args.overrides]
             for point in points:
                 where = f" (sweep point {' '.join(point)})" if args.multirun else ""
-                validate(compose_config(point))
+                validate_run(compose_config(point))
         except ValueError as err:
             print(f"microdit-train: error{where}: {' '.join(str(err).split())}", file=sys.stderr)
             raise SystemExit(2) from None

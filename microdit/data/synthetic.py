@@ -202,3 +202,8 @@ class SyntheticRecipe:
         """Its held-out split: ``samples`` images drawn with the next seed into ``FOLDER-eval``."""
         return dataclasses.replace(self, folder=self.folder + "-eval", samples=samples, seed=self.seed + 1)
 
+    def probe_split(self, samples: int) -> SyntheticRecipe:
+        """A split for the probe that no generator trains or is evaluated on: ``samples`` images
+        drawn with the seed after the held-out split's into ``FOLDER-probe``."""
+        return dataclasses.replace(self, folder=self.folder + "-probe", samples=samples, seed=self.seed + 2)
+

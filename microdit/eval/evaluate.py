@@ -34,12 +34,17 @@ METRICS_FILE = "metrics.json"
 @dataclass
 class EvalSettings:
     """What to generate and measure. ``sampler`` None: the run's own sampler config (the one its
-    training grids used); ``sampler_overrides`` change single fields of it (e.g. ``{"steps": 50}``)."""
+    training grids used); ``sampler_overrides`` change single fields of it (e.g. ``{"steps": 50}``).
+    Sample i starts from the noise of ``seed + i``; the prompts are the first ``num_samples`` of
+    the evaluation set in the order drawn with ``prompt_seed`` (evaluating each training seed with
+    its own ``seed`` and ``prompt_seed`` puts the evaluation's own noise into the spread across
+    seeds, so a confidence interval over seeds covers it)."""
 
     num_samples: int = 1000
     sampler: SamplerConfig | None = None
     sampler_overrides: dict = field(default_factory=dict)
     seed: int = 0
+    prompt_seed: int = 0
     batch_size: int = 64
     use_ema: bool = True
     metrics: list[str] = field(default_factory=lambda: ["probe"])
@@ -104,13 +109,17 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
         if problems:
             raise DataError(f"probe dataset {probe_data} does not fit the model: {'; '.join(problems)}: the probe "
                             "needs data of the model's autoencoder and resolution")
-    reference, labels, (texts, masks, captions) = read_dataset(eval_dataset, settings.num_samples)
-    count = len(reference)
+    real, real_labels, (real_texts, real_masks, real_captions) = read_dataset(
+        eval_dataset, 2 * settings.num_samples, seed=settings.prompt_seed)  # prompts, then the real-vs-real twin
+    count = min(settings.num_samples, len(real))
+    reference, labels, texts, masks, captions = (real[:count], real_labels[:count], real_texts[:count],
+                                                 real_masks[:count], real_captions[:count])
     sampler = (settings.sampler or loaded.config.sampler).with_overrides(**settings.sampler_overrides)
     use_mask = loaded.config.data.use_text_mask
     churn = f"-churn{sampler.churn:g}" if sampler.churn else ""
     tag = (f"{name}-{loaded.nimg:012d}-{'ema' if loaded.ema else 'raw'}-{sampler.solver}{sampler.steps}"
-           f"-cfg{sampler.cfg_scale:g}{churn}-seed{settings.seed}")
+           f"-cfg{sampler.cfg_scale:g}{churn}-seed{settings.seed}"
+           + (f"-prompts{settings.prompt_seed}" if settings.prompt_seed else ""))
 
     def latents_fn(lo: int, hi: int) -> torch.Tensor:
         return generate(loaded.model, texts[lo:hi], list(range(settings.seed + lo, settings.seed + hi)),
@@ -120,12 +129,13 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
     if generated is None:
         return None
     inputs = EvalInputs(generated, reference, labels, captions, eval_dataset, probe_data, manifest.autoencoder,
-                        settings, device)
+                        settings, device, real_twin=real[count:2 * count])
     metrics: dict = {}
     for metric in settings.metrics:
         metrics.update(METRICS[metric].compute(inputs))
     entry = {"name": name, "checkpoint": str(loaded.checkpoint), "nimg": loaded.nimg, "ema": loaded.ema,
              "eval_dataset": str(eval_dataset), "num_samples": count, "seed": settings.seed,
+             "prompt_seed": settings.prompt_seed,
              "sampler": asdict(sampler),
              "settings": asdict(settings), "metrics": metrics, "time": time.time()}
     record_metrics(run_dir, entry)
@@ -152,7 +162,8 @@ def record_metrics(run_dir: str | Path, entry: dict) -> None:
     so none is lost. A damaged metrics.json is kept aside as ``metrics.json.damaged-<time>``
     (named in a warning), never overwritten."""
     def key(e: dict) -> tuple:
-        return e["name"], e["nimg"], e["ema"], json.dumps(e["sampler"], sort_keys=True), e["num_samples"], e["seed"]
+        return (e["name"], e["nimg"], e["ema"], json.dumps(e["sampler"], sort_keys=True), e["num_samples"], e["seed"],
+                e.get("prompt_seed", 0))
 
     path = Path(run_dir) / METRICS_FILE
     with acquire(path.with_name(f".{METRICS_FILE}.lock"), str(path), wait=True):

@@ -141,13 +141,15 @@ def reference_stats(folder: str | Path, extractor, limit: int = 50000, device="c
 class EvalInputs:
     """What a metric reads, computed once however many metrics read it: the generated latents
     (N, C, h, w), the evaluation set's reference latents (M, C, h, w) with the prompts' ``labels``
-    and ``captions``, the images of both (decoded with the dataset's ``autoencoder``), feature
-    extractors by name, and the trained probe. ``settings`` is the evaluation's
-    :class:`~microdit.eval.evaluate.EvalSettings`."""
+    and ``captions``, other real latents of the set (``real_twin``, for real-vs-real floors), the
+    images of both (decoded with the dataset's ``autoencoder``), feature extractors by name, and
+    the trained probe. ``settings`` is the evaluation's :class:`~microdit.eval.evaluate.EvalSettings`."""
 
     def __init__(self, generated: torch.Tensor, reference: torch.Tensor, labels: list[dict], captions: list[str],
-                 eval_dataset: str | Path, probe_dataset: str | Path, autoencoder: str, settings, device="cpu"):
+                 eval_dataset: str | Path, probe_dataset: str | Path, autoencoder: str, settings, device="cpu",
+                 real_twin: torch.Tensor | None = None):
         self.generated, self.reference, self.labels, self.captions = generated, reference, labels, captions
+        self.real_twin = real_twin
         self.eval_dataset, self.probe_dataset, self.autoencoder = eval_dataset, probe_dataset, autoencoder
         self.settings, self.device = settings, device
 
@@ -199,7 +201,8 @@ EXTRACTORS: dict[str, Callable] = {
 def _probe(inputs: EvalInputs) -> dict:
     from microdit.eval.probe import probe_metrics
 
-    out = probe_metrics(inputs.probe, inputs.generated, inputs.labels, inputs.reference)
+    out = probe_metrics(inputs.probe, inputs.generated, inputs.labels, inputs.reference, inputs.real_twin,
+                        inputs.settings.seed)
     return {**out, "probe_heldout_acc": inputs.probe.heldout_accuracy}
 
 
@@ -214,9 +217,12 @@ def _clip_score(inputs: EvalInputs) -> dict:
     return {"clip_score": float(clip.clip_score(inputs.images, inputs.captions).mean())}
 
 
-register(Metric("probe", "offline probe: Fréchet distance in its features (probe_fd) and the fraction of samples "
-                "whose attributes match the prompt (probe_acc.*, probe_acc_mean); not FID", "probe", _probe,
-                {"probe_fd": LOWER, "probe_acc_mean": HIGHER, "probe_acc": HIGHER}, offline=True))
+register(Metric("probe", "offline probe: Fréchet distance and KID in its features (probe_fd, probe_kid; their "
+                "real-vs-real floor probe_fd_real, probe_kid_real), the fraction of samples whose attributes "
+                "match the prompt (probe_acc.*, probe_acc_mean) and the same against shuffled prompts "
+                "(probe_chance.*); not FID", "probe", _probe,
+                {"probe_fd": LOWER, "probe_kid": LOWER, "probe_acc_mean": HIGHER, "probe_acc": HIGHER},
+                offline=True))
 register(Metric("fid", "FID: Fréchet distance in InceptionV3 pool features against the evaluation set's statistics",
                 "inception", lambda inputs: {"fid": _frechet("inception")(inputs)}, {"fid": LOWER}, stats=True))
 register(Metric("clip_fid", "Clip-FID: Fréchet distance in CLIP image features", "clip_fid",

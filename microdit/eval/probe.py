@@ -187,12 +187,50 @@ def dataset_probe(folder: str | Path, steps: int = 2000, limit: int = 20000) -> 
     return probe
 
 
-def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dict], reference: torch.Tensor) -> dict:
-    """``probe_fd`` (generated vs reference latents in probe features) and ``probe_acc`` per attribute."""
+def distinct_attributes(labels: list[dict], names: list[str]) -> list[str]:
+    """``names`` without the attributes that duplicate an earlier one: an attribute whose values
+    are in one-to-one correspondence with an earlier attribute's over ``labels`` (the synthetic
+    dataset's ``class`` is its ``shape`` by index) measures the same thing twice."""
+    kept = []
+    for name in names:
+        values = [lab.get(name) for lab in labels]
+        if not any(len(set(zip(values, (lab.get(k) for lab in labels), strict=True))) == len(set(values))
+                   == len({lab.get(k) for lab in labels}) for k in kept):
+            kept.append(name)
+    return kept
+
+
+def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dict], reference: torch.Tensor,
+                  real_twin: torch.Tensor | None = None, seed: int = 0) -> dict:
+    """The probe's reading of generated latents (N, C, h, w) for prompts with ``prompt_labels``
+    against the evaluation set's real latents of the same prompts (``reference``):
+
+    - ``probe_fd``: Fréchet distance in probe features; ``probe_kid``: KID there (unbiased at
+      small N); with ``real_twin`` (other real latents of the set, as many as there are
+      references) the same two between real and real, ``probe_fd_real`` / ``probe_kid_real``: the
+      floor a generator is measured against at this sample count;
+    - ``probe_acc.<attribute>``: the fraction of samples whose predicted attribute is the prompt's;
+      ``probe_acc_mean`` over the distinct attributes (:func:`distinct_attributes`; of a named
+      attribute and its integer code, such as ``shape`` and ``class``, the name counts);
+    - ``probe_chance.<attribute>`` / ``probe_chance_mean``: the same accuracies against the
+      prompts shuffled (seeded by ``seed``): chance for these samples and this prompt
+      distribution, measured rather than assumed to be 1 / number of values."""
     from microdit.eval.frechet import FeatureStats, frechet_distance
+    from microdit.eval.metrics import kernel_inception_distance
 
     gen_features, _ = probe.predict(generated)
     ref_features, _ = probe.predict(reference)
     acc = probe.accuracy(generated, prompt_labels)
-    return {"probe_fd": frechet_distance(FeatureStats.of(gen_features), FeatureStats.of(ref_features)),
-            "probe_acc": acc, "probe_acc_mean": float(np.mean(list(acc.values())))}
+    order = torch.randperm(len(prompt_labels), generator=torch.Generator().manual_seed(seed)).tolist()
+    chance = probe.accuracy(generated, [prompt_labels[i] for i in order])
+    named_first = sorted(acc, key=lambda k: (not isinstance(prompt_labels[0].get(k), str), k))  # shape before class
+    distinct = distinct_attributes(prompt_labels, named_first)
+    out = {"probe_fd": frechet_distance(FeatureStats.of(gen_features), FeatureStats.of(ref_features)),
+           "probe_kid": kernel_inception_distance(gen_features, ref_features)[0],
+           "probe_acc": acc, "probe_acc_mean": float(np.mean([acc[k] for k in distinct])),
+           "probe_chance": chance, "probe_chance_mean": float(np.mean([chance[k] for k in distinct]))}
+    if real_twin is not None and len(real_twin) >= 2:
+        twin_features, _ = probe.predict(real_twin)
+        out["probe_fd_real"] = frechet_distance(FeatureStats.of(twin_features), FeatureStats.of(ref_features))
+        out["probe_kid_real"] = kernel_inception_distance(twin_features, ref_features)[0]
+    return out

@@ -13,7 +13,16 @@ from pathlib import Path
 import yaml
 
 from microdit.eval.evaluate import read_metrics
-from microdit.eval.stats import CONFIDENCE, is_number, numbers, significant_differences, summarize
+from microdit.eval.stats import (
+    ALPHA,
+    CONFIDENCE,
+    holm,
+    is_number,
+    numbers,
+    paired_contrast,
+    significant_differences,
+    summarize,
+)
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -91,16 +100,21 @@ def _groups(rows: list[dict], group_by: list[str], sort: bool) -> list[tuple[tup
     return sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]) if sort else list(groups.items())
 
 
-def markdown_table(rows: list[dict], group_by: list[str], metrics: list[str], sort: bool = True) -> str:
+def markdown_table(rows: list[dict], group_by: list[str], metrics: list[str], sort: bool = True,
+                   pairs: bool = True) -> str:
     """Markdown table: one line per distinct value of ``group_by`` (sorted, or in first-seen order);
     each metric as mean ± 95% CI (Student t) over the rows of the group (e.g. seeds) with n, or
-    "(one seed)"; below it, the pairs of lines whose difference is significant (Welch's t-test,
-    Holm-corrected per metric, p < 0.05)."""
+    "(one seed)"; below it (with ``pairs``, for exploration) the pairs of lines whose difference
+    is significant (Welch's t-test, Holm-corrected per metric, p < 0.05). A study declares its
+    comparisons instead: :func:`contrast_table`."""
     items = _groups(rows, group_by, sort)
     lines = ["| " + " | ".join(group_by + metrics + ["runs"]) + " |", "|" + "---|" * (len(group_by) + len(metrics) + 1)]
     for key, members in items:
         cells = [str(v) for v in key] + [str(summarize([m.get(metric) for m in members]) or "–") for metric in metrics]
         lines.append("| " + " | ".join(cells + [str(len(members))]) + " |")
+    if not pairs:
+        lines.append(f"\nMean ± {CONFIDENCE:.0%} confidence interval (Student t) over the runs of each line.")
+        return "\n".join(lines)
     notes = []
     for metric in metrics:
         values = {" / ".join(map(str, key)) or "all": [m.get(metric) for m in members] for key, members in items}
@@ -184,3 +198,39 @@ def select(rows: list[dict], *groups: str) -> list[dict]:
     """Rows of the runs whose ``trainer.group`` (the sweep key every experiment sets) is one of
     ``groups``, e.g. ``select(rows, "fig4", "fig4-cpu")``."""
     return [r for r in rows if r.get("trainer.group") in groups]
+
+
+def contrast_table(rows: list[dict], contrasts: list[str], metrics: list[str], margins: dict | None = None,
+                   arm: str = "trainer.name", stage: str = "after", pair: str = "trainer.seed") -> str:
+    """Markdown table of planned contrasts ``"A vs B"`` (values of column ``arm``), each at every
+    value of ``stage`` both arms have, for each of ``metrics``: the paired difference B − A (runs
+    paired by ``pair``, the seed) with its 95% CI and n, the effect size dz, the paired-t p and its
+    Holm-adjusted value over every test of this table (the declared family: these contrasts ×
+    these metrics, nothing else), and with a ``margins[metric]`` the TOST equivalence p."""
+    margins = margins or {}
+    tests = []
+    for contrast in contrasts:
+        a, sep, b = contrast.partition(" vs ")
+        if not sep:
+            raise ValueError(f"contrast {contrast!r}: expected 'ARM vs ARM'")
+        for after in dict.fromkeys(r.get(stage) for r in rows if r.get(arm) == a):
+            for metric in metrics:
+                side = {name: {r.get(pair): r.get(metric) for r in rows if r.get(arm) == name and r.get(stage) == after}
+                        for name in (a, b)}
+                short = metric.removeprefix("eval.heldout.")
+                result = paired_contrast(side[a], side[b], margins.get(short))
+                if result is not None:
+                    tests.append((contrast, after, short, result))
+    adjusted = holm([t[3].p for t in tests if t[3].p is not None])
+    lines = [f"| contrast | {stage} | metric | Δ (B − A), 95% CI | dz | p | p (Holm) | equivalence (TOST) |",
+             "|---|---|---|---|---|---|---|---|"]
+    it = iter(adjusted)
+    for contrast, after, metric, r in tests:
+        holm_p = next(it) if r.p is not None else None
+        tost = "–" if r.margin is None or r.tost_p is None else f"±{r.margin:g}: p = {r.tost_p:.2g}"
+        lines.append(f"| {contrast} | {after} | {metric} | {r.delta} | {'–' if r.dz is None else f'{r.dz:.2f}'} | "
+                     f"{'–' if r.p is None else f'{r.p:.2g}'} | {'–' if holm_p is None else f'{holm_p:.2g}'} | "
+                     f"{tost} |")
+    lines.append(f"\nPlanned contrasts only; Holm over the {len(adjusted)} tests of this table. Runs are paired by "
+                 f"{pair}. Equivalence is claimed only where TOST gives p < {ALPHA} at the stated margin.")
+    return "\n".join(lines)

@@ -1,5 +1,7 @@
-"""Uncertainty of results across seeds: mean with a Student-t 95% confidence interval, and which
-pairwise differences within a table are significant (Welch's t-test, Holm-corrected per metric).
+"""Uncertainty of results across seeds: mean with a Student-t 95% confidence interval; which
+pairwise differences within a table are significant (Welch's t-test, Holm-corrected per metric),
+for exploration; and planned contrasts (:func:`paired_contrast`: a difference declared before the
+runs, paired by seed, with its CI, effect size, p and an equivalence test), which a study reports.
 
 A value from one run is reported as such ("one seed"): it has no interval.
 """
@@ -94,3 +96,40 @@ def significant_differences(groups: dict[str, list], alpha: float = ALPHA) -> li
             lo, hi = (a, b) if summarize(groups[a]).mean < summarize(groups[b]).mean else (b, a)
             out.append((lo, hi, p))
     return out
+
+
+@dataclass(frozen=True)
+class PairedContrast:
+    """A planned contrast of one metric between arms ``a`` and ``b``: the per-seed differences
+    b − a (runs paired by seed: same prompts, same evaluation noise), their mean with its
+    ``CONFIDENCE`` interval (``delta``), the effect size ``dz`` (mean / sd of the differences),
+    the two-sided paired-t ``p`` and, with an equivalence ``margin``, the TOST p-value
+    (``tost_p`` < alpha: the difference lies within ± margin)."""
+
+    delta: Summary
+    dz: float | None
+    p: float | None
+    margin: float | None
+    tost_p: float | None
+
+
+def paired_contrast(a: dict, b: dict, margin: float | None = None) -> PairedContrast | None:
+    """The contrast b − a over the keys (seeds) present in both with numbers; None without any."""
+    diffs = [float(b[k]) - float(a[k]) for k in a if k in b and is_number(a[k]) and is_number(b[k])]
+    if not diffs:
+        return None
+    delta = summarize(diffs)
+    n = len(diffs)
+    if n < 2:
+        return PairedContrast(delta, None, None, margin, None)
+    sd = math.sqrt(sum((d - delta.mean) ** 2 for d in diffs) / (n - 1))
+    if sd == 0:
+        return PairedContrast(delta, None, None, margin, None)
+    from scipy import stats
+
+    se = sd / math.sqrt(n)
+    p = float(2 * stats.t.sf(abs(delta.mean) / se, n - 1))
+    tost = None
+    if margin is not None:  # Schuirmann's two one-sided tests against -margin and +margin
+        tost = float(max(stats.t.sf((delta.mean + margin) / se, n - 1), stats.t.cdf((delta.mean - margin) / se, n - 1)))
+    return PairedContrast(delta, delta.mean / sd, p, margin, tost)

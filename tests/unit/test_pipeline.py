@@ -1,6 +1,8 @@
 """The experiment language as a library: jobs are Hydra configs (composed, inherited, overridden
 and validated like any other), and a job runs end to end from a Python call."""
 
+import json
+
 import pytest
 import yaml
 
@@ -58,12 +60,20 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
     """What a notebook does: compose a job, run it, read the rows; a rerun reuses everything."""
     monkeypatch.chdir(tmp_path)
     job = compose_job("main", ["seeds=[0]", "eval.num_samples=8", "eval.held_out_samples=64", "eval.probe_steps=5",
-                               "report.columns=[probe_fd,probe_acc.shape]"])
+                               "report.columns=[probe_fd,probe_acc.colour,probe_acc.shape]"])
     small = ["trainer.budget_flops=2e10", "data.prepare_samples=256", "trainer.progress=false",
              "stages.pretrain.warmup_images=0", "trainer.threads=1"]
     rows, table = run_job(job, out=tmp_path / "out", extra=small)
     assert [r["trainer.name"] for r in rows] == ["cpu-naive75", "cpu-deferred75"]
     assert all(isinstance(r["eval.heldout.probe_fd"], float) for r in rows)
     assert "| cpu-naive75 | pretrain |" in table and (tmp_path / "out" / "results.csv").is_file()
+    assert "| chance (shuffled prompts) | pretrain |" in table and "| real vs real (same n) | pretrain |" in table
+    assert "| cpu-naive75 vs cpu-deferred75 | pretrain | probe_acc.shape |" in table  # the planned contrast
+    assert (tmp_path / "data" / "synthetic-probe" / "probe").is_dir()  # the probe's own split
+    two_seeds = compose_job("main", ["seeds=[0,1]"])
+    assert {(c.trainer.seed, c.trainer.name) for c in job_configs(two_seeds, tmp_path / "x", small)} == {
+        (s, n) for s in (0, 1) for n in ("cpu-naive75", "cpu-deferred75")}
+    entry = json.loads((tmp_path / "out" / "seed0" / "cpu-naive75" / "metrics.json").read_text())["entries"][0]
+    assert (entry["seed"], entry["prompt_seed"]) == (0, 0)  # seed s: noise seeds 1e6 * s + i, prompts drawn with s
     again, _ = run_job(job, out=tmp_path / "out", extra=small)
     assert [r["eval.heldout.probe_fd"] for r in again] == [r["eval.heldout.probe_fd"] for r in rows]

@@ -72,3 +72,33 @@ def test_dataset_probe_is_cached_per_training_length(synthetic, tmp_path):
     longer = dataset_probe(folder, steps=40, limit=300)  # another length: trained, not the cached one
     assert probe_path(folder, 40).is_file() and path.is_file()
     assert not torch.allclose(longer.predict(x)[0], probe.predict(x)[0])
+
+
+def test_distinct_attributes_leave_out_a_renamed_copy():
+    from microdit.eval.probe import distinct_attributes
+
+    labels = [{"class": i % 3, "shape": "abc"[i % 3], "colour": "xy"[i % 2]} for i in range(12)]
+    assert distinct_attributes(labels, ["class", "colour", "shape"]) == ["class", "colour"]
+    labels[0]["shape"] = "b"  # no longer one-to-one with class: a different attribute
+    assert distinct_attributes(labels, ["class", "colour", "shape"]) == ["class", "colour", "shape"]
+
+
+def test_shuffled_chance_and_real_floor(synthetic):
+    """On real held-out latents the probe reads the prompts far above the shuffled-prompt chance,
+    and real vs real at the same n is a small distance: the rows a table reads its arms against."""
+    from microdit.data.reader import read_dataset
+    from microdit.eval.probe import dataset_probe, probe_metrics
+
+    probe = dataset_probe(synthetic / "train", steps=150)
+    latents, labels, _ = read_dataset(synthetic / "eval", 300)
+    real, twin = latents[:150], latents[150:]
+    out = probe_metrics(probe, real, labels[:150], real, twin, seed=3)
+    assert out["probe_acc"]["colour"] > out["probe_chance"]["colour"] + 0.3
+    assert set(out["probe_chance"]) == set(out["probe_acc"]) and "class" in out["probe_acc"]
+    mean_over = [k for k in out["probe_acc"] if k != "class"]  # class duplicates shape
+    assert out["probe_acc_mean"] == pytest.approx(sum(out["probe_acc"][k] for k in mean_over) / len(mean_over))
+    assert out["probe_fd"] == pytest.approx(0, abs=1e-6) and out["probe_fd_real"] > 0  # same set: zero
+    noisy = probe_metrics(probe, real + 2 * torch.randn_like(real), labels[:150], real, twin, seed=3)
+    assert noisy["probe_fd"] > out["probe_fd_real"] and noisy["probe_kid"] > out["probe_kid_real"]
+    again = probe_metrics(probe, real, labels[:150], real, twin, seed=4)
+    assert again["probe_acc"] == out["probe_acc"]  # only the shuffle depends on the seed

@@ -37,3 +37,36 @@ def test_significant_pairs_are_ordered_and_corrected():
     found = {(lo, hi) for lo, hi, _ in significant_differences(groups)}
     assert found == {("a", "b"), ("a", "c")}  # b and c overlap
     assert significant_differences({"a": [1.0], "b": [9.0]}) == []  # one seed each: nothing to flag
+
+
+def test_paired_contrast_against_scipy():
+    from scipy import stats as sp
+
+    from microdit.eval.stats import paired_contrast
+
+    a = {0: 10.0, 1: 12.0, 2: 11.0, 3: 13.5}
+    b = {0: 12.5, 1: 13.0, 2: 14.0, 3: 15.0, 9: 99.0}  # seed 9 has no partner: left out
+    c = paired_contrast(a, b, margin=5.0)
+    diffs = [2.5, 1.0, 3.0, 1.5]
+    assert c.delta.n == 4 and c.delta.mean == pytest.approx(2.0)
+    assert c.p == pytest.approx(sp.ttest_rel([b[k] for k in range(4)], [a[k] for k in range(4)]).pvalue)
+    assert c.dz == pytest.approx(2.0 / sp.tstd(diffs))
+    lower = sp.ttest_1samp(diffs, -5.0, alternative="greater").pvalue  # TOST: both one-sided tests reject
+    upper = sp.ttest_1samp(diffs, 5.0, alternative="less").pvalue
+    assert c.tost_p == pytest.approx(max(lower, upper)) and c.tost_p < 0.05
+    assert paired_contrast(a, b, margin=0.5).tost_p > 0.05  # a 2-point difference is not within ±0.5
+    assert paired_contrast({0: 1.0}, {1: 2.0}) is None and paired_contrast({0: 1.0}, {0: 2.0}).p is None
+
+
+def test_contrast_table_corrects_over_its_declared_family_only():
+    from microdit.eval.results import contrast_table
+
+    rows = [{"trainer.name": arm, "after": "pretrain", "trainer.seed": s, "m": v + 0.1 * s, "k": 1.0 + s}
+            for arm, v in (("A", 1.0), ("B", 2.0), ("C", 5.0)) for s in range(3)]
+    rows[4]["m"] += 0.05  # B's seed 1: the differences vary
+    table = contrast_table(rows, ["A vs B"], ["m", "k"], {"m": 2.0})
+    assert "| A vs B | pretrain | m | 1.017 ± 0.072 (n=3) |" in table and "±2: p = 0.00014" in table
+    assert "Holm over the 1 tests" in table  # k does not vary between the paired runs: no test
+    assert "vs C" not in table and "C vs" not in table  # an undeclared arm is not tested
+    with pytest.raises(ValueError, match="expected 'ARM vs ARM'"):
+        contrast_table(rows, ["A and B"], ["m"])
