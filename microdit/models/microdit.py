@@ -104,17 +104,19 @@ def _rename_legacy_ffn_keys(state_dict: dict, prefix: str, *args) -> None:
 
 
 class MaskDiTDecoder(nn.Module):
-    """MaskDiT's decoder (Zheng et al. 2023) after the backbone: the kept tokens are projected to
-    the decoder width Dd and put back in place with a learned mask token at every masked
-    position, the decoder's fixed 2-D position embedding is added to **every** token (the same
-    with or without masking, so sampling runs the function that was trained), and
-    ``decoder_depth`` dense DiT blocks run on all T tokens (caption context projected to Dd too);
-    the result is projected back to D for the shared final layer."""
+    """MaskDiT's decoder (Zheng et al. 2023) after the backbone: the kept tokens enter through a
+    timestep-conditioned layer (LayerNorm, adaLN shift and scale from the conditioning c, Linear to
+    the decoder width Dd: the final layer's shape, as MaskDiT's decoder entry is modulated), are
+    put back in place with a learned mask token at every masked position, the decoder's fixed 2-D
+    position embedding is added to **every** token (the same with or without masking, so sampling
+    runs the function that was trained), and ``decoder_depth`` dense DiT blocks run on all T tokens
+    (caption context projected to Dd too); the result is projected back to D for the shared final
+    layer."""
 
     def __init__(self, cfg: MicroDiTConfig, make_block) -> None:
         super().__init__()
         eps, dim = cfg.norm_eps, cfg.decoder_width
-        self.x_in = _projection(cfg.width, dim, eps)
+        self.x_in = FinalLayer(cfg.width, dim, eps)  # modulated entry, at any width (never the identity)
         self.y_in = _projection(cfg.width, dim, eps)
         self.x_out = _projection(dim, cfg.width, eps)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -123,7 +125,7 @@ class MaskDiTDecoder(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor | None,
                 keep_ids: torch.Tensor | None, pos: torch.Tensor, recompute: bool = False) -> torch.Tensor:
         """x (N, K, D) kept tokens (K = T without keep_ids), pos (T, Dd) -> (N, T, D)."""
-        x = self.x_in(x)  # (N, K, Dd)
+        x = self.x_in(x, c)  # (N, K, Dd)
         if keep_ids is not None:
             full = self.mask_token.to(x.dtype).expand(x.shape[0], pos.shape[0], -1)  # (N, T, Dd)
             x = full.scatter(1, keep_ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)  # (N, T, Dd)
@@ -190,6 +192,8 @@ class MicroDiT(nn.Module):
             for block in self.decoder.blocks:
                 block.init_weights(0.02, out_std=0.02 / math.sqrt(2 * self.cfg.depth))
             nn.init.normal_(self.decoder.mask_token, std=0.02)
+            nn.init.zeros_(self.decoder.x_in.ada_ln[1].weight)  # the entry's modulation starts as the identity
+            nn.init.zeros_(self.decoder.x_in.ada_ln[1].bias)
         for layer in (self.final.ada_ln[1], self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

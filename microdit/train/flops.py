@@ -94,8 +94,9 @@ def flops_per_image(cfg: MicroDiTConfig, grid: tuple[int, int], caption_len: int
     out_tokens = k
     if cfg.decoder_depth > 0:  # the MaskDiT decoder runs on all tokens and is counted with the backbone
         dd = cfg.decoder_width
-        if dd != d:  # x_in on kept tokens, y_in on the caption, x_out on all tokens
-            backbone += 2 * k * d * dd + 2 * n * d * dd + 2 * t * dd * d
+        backbone += 2 * d * 2 * d + 2 * k * d * dd  # the modulated entry: adaLN (per image), Linear on kept tokens
+        if dd != d:  # y_in on the caption, x_out on all tokens
+            backbone += 2 * n * d * dd + 2 * t * dd * d
         backbone += sum(_block_flops(cfg, dd, spec, t, n) for spec in cfg.decoder_specs())
         out_tokens = t
     final = 2 * d * 2 * d + 2 * out_tokens * d * p * p * cfg.in_channels

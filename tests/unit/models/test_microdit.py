@@ -352,3 +352,14 @@ def test_checkpoints_with_the_dense_ffn_names_before_timm_still_load():
         again.load_state_dict(legacy)  # strict
         assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(),
                                                        strict=True))
+
+
+def test_the_maskdit_decoder_entry_is_timestep_conditioned_at_any_width():
+    model = build_model("nano", decoder_depth=1, decoder_width=128, mixer_depth=0)  # decoder at the network's width
+    entry = model.decoder.x_in
+    assert entry.linear.in_features == entry.linear.out_features == 128  # not the identity at equal widths
+    assert torch.count_nonzero(entry.ada_ln[1].weight) == 0  # modulation starts as the identity
+    torch.nn.init.normal_(entry.ada_ln[1].weight)
+    x = torch.randn(2, 16, 128)
+    c1, c2 = torch.randn(2, 128), torch.randn(2, 128)
+    assert not torch.allclose(entry(x, c1), entry(x, c2))  # the noise level reaches the decoder's input
