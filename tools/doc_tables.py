@@ -1,0 +1,97 @@
+"""Regenerate the result tables of the docs from committed CSVs, or check that they match.
+
+    python tools/doc_tables.py           # rewrite every generated table in place
+    python tools/doc_tables.py --check   # exit 1 naming each table whose text differs from its CSV
+
+A table in ``README.md`` or ``experiments/README.md`` between ``<!-- table: NAME -->`` and
+``<!-- /table -->`` is the output of ``TABLES[NAME]`` on its CSV (``tests/fixtures/masking_study.csv``
+holds the CPU masking study's runs, made by ``tests/fixtures/make_study_results.py`` from the
+jobs' results.csv): mean ± 95% CI over the seeds with n, as ``microdit-results`` prints them. The
+tests run ``--check``, so a table can not drift from its data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from microdit.eval.results import read_csv
+from microdit.eval.stats import summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "experiments" / "README.md"]
+STUDY = ROOT / "tests" / "fixtures" / "masking_study.csv"
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+ACCURACIES = ("colour", "shape", "position")
+
+
+def _arm(name: str) -> tuple[str, str]:
+    """("compared at", "variant") of a study run's trainer.name."""
+    at = "equal images" if name.endswith("-eqimg") else "equal FLOPs"
+    variant = name.replace("t256-", "").replace("cpu-", "").replace("-eqimg", "")
+    return at, {"none": "none", "naive75": "naive 75%", "deferred75": "deferred 75%"}[variant]
+
+
+def study_table(job: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
+    """One line per arm and evaluated stage of ``job``: images and GFLOPs to that stage's end,
+    ``probe_fd`` and the accuracies, each as mean ± 95% CI over the seeds (n)."""
+    rows = [r for r in read_csv(STUDY) if r["job"] == job]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((*_arm(r["trainer.name"]), r["after"]), []).append(r)
+    head = ["compared at", "variant", "after", "images", "GFLOPs", "probe_fd", *accuracies]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (at, variant, after), members in groups.items():
+        images = summarize([m["cost.images"] for m in members]).mean
+        gflops = summarize([m["cost.flops"] for m in members]).mean / 1e9
+        cells = [at, variant, after, f"{images / 1000:.1f}k", f"{gflops:,.0f}",
+                 str(summarize([m["eval.heldout.probe_fd"] for m in members]))]
+        cells += [str(summarize([m.get(f"eval.heldout.probe_acc.{a}") for m in members]) or "–") for a in accuracies]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {
+    "study-64": lambda: study_table("study"),
+    "study-t256": lambda: study_table("study-t256"),
+    "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
+}
+
+
+def render(text: str, where: Path) -> str:
+    """``text`` with every generated table replaced by its current output."""
+    def table(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise SystemExit(f"{where}: unknown generated table {name!r}; known: {sorted(TABLES)}")
+        return match.group(1) + TABLES[name]() + match.group(4)
+
+    return BLOCK.sub(table, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: rewrite the docs' generated tables, or with ``--check`` report the stale ones."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if a table differs from its CSV")
+    args = parser.parse_args(argv)
+    stale = []
+    for doc in DOCS:
+        text = doc.read_text()
+        new = render(text, doc)
+        if new != text:
+            stale += [f"{doc.relative_to(ROOT)}: {m['name']}" for m, n in zip(BLOCK.finditer(text),
+                                                                                 BLOCK.finditer(new), strict=True)
+                      if m["body"] != n["body"]]
+            if not args.check:
+                doc.write_text(new)
+    if stale and args.check:
+        print("tables that differ from their CSV (run python tools/doc_tables.py): " + ", ".join(stale),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
