@@ -14,7 +14,7 @@ import argparse
 import difflib
 from pathlib import Path
 
-from microdit.eval.results import collect, markdown_table, plot, write_csv
+from microdit.eval.results import collect, contrast_table, markdown_table, plot, write_csv
 from microdit.train.logging import training_plot
 
 
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: none, one line)")
     parser.add_argument("--metrics", default="", help="comma-separated columns to aggregate into a table "
                         "(default: none, no table)")
+    parser.add_argument("--contrasts", action="append", default=[], metavar="'A vs B'",
+                        help="a planned contrast between two values of the first --group-by key (repeatable): "
+                             "the table then reports these only, paired by seed, instead of every pair")
+    parser.add_argument("--margin", action="append", default=[], metavar="METRIC=M",
+                        help="equivalence margin of a --metrics column for the contrasts' TOST (repeatable)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--plot", action="append", default=[], help="X:Y columns; repeatable; PNG next to --out")
     parser.add_argument("--plot-group", help="one line per value of this column (default: one line)")
@@ -69,7 +74,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"microdit-results: error: --out {args.out} cannot be written: {err.strerror}") from None
     print(f"{len(rows)} runs -> {args.out}")
     if args.metrics:
-        table = markdown_table(rows, [k for k in args.group_by.split(",") if k], args.metrics.split(","))
+        group_by, metrics = [k for k in args.group_by.split(",") if k], args.metrics.split(",")
+        table = markdown_table(rows, group_by, metrics, pairs=not args.contrasts)
+        if args.contrasts:
+            try:
+                margins = {k: float(v) for k, _, v in (m.partition("=") for m in args.margin)}
+                table += "\n\n" + contrast_table(rows, args.contrasts, metrics, margins, arm=group_by[0],
+                                                  stage=group_by[1] if len(group_by) > 1 else "after")
+            except (ValueError, IndexError):
+                raise SystemExit("microdit-results: error: --contrasts needs --group-by ARM[,STAGE] and 'A vs B' "
+                                 "values of ARM; --margin needs METRIC=NUMBER") from None
         print(table)
         if args.markdown:
             args.markdown.write_text(table + "\n")

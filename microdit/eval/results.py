@@ -218,7 +218,7 @@ def contrast_table(rows: list[dict], contrasts: list[str], metrics: list[str], m
                 side = {name: {r.get(pair): r.get(metric) for r in rows if r.get(arm) == name and r.get(stage) == after}
                         for name in (a, b)}
                 short = metric.removeprefix("eval.heldout.")
-                result = paired_contrast(side[a], side[b], margins.get(short))
+                result = paired_contrast(side[a], side[b], margins.get(short, margins.get(metric)))
                 if result is not None:
                     tests.append((contrast, after, short, result))
     adjusted = holm([t[3].p for t in tests if t[3].p is not None])
@@ -228,7 +228,7 @@ def contrast_table(rows: list[dict], contrasts: list[str], metrics: list[str], m
     for contrast, after, metric, r in tests:
         holm_p = next(it) if r.p is not None else None
         tost = "–" if r.margin is None or r.tost_p is None else f"±{r.margin:g}: p = {r.tost_p:.2g}"
-        lines.append(f"| {contrast} | {after} | {metric} | {r.delta} | {'–' if r.dz is None else f'{r.dz:.2f}'} | "
+        lines.append(f"| {contrast} | {'–' if after is None else after} | {metric} | {r.delta} | {'–' if r.dz is None else f'{r.dz:.2f}'} | "
                      f"{'–' if r.p is None else f'{r.p:.2g}'} | {'–' if holm_p is None else f'{holm_p:.2g}'} | "
                      f"{tost} |")
     lines.append(f"\nPlanned contrasts only; Holm over the {len(adjusted)} tests of this table. Runs are paired by "
