@@ -228,7 +228,8 @@ def contrast_table(rows: list[dict], contrasts: list[str], metrics: list[str], m
     for contrast, after, metric, r in tests:
         holm_p = next(it) if r.p is not None else None
         tost = "–" if r.margin is None or r.tost_p is None else f"±{r.margin:g}: p = {r.tost_p:.2g}"
-        lines.append(f"| {contrast} | {'–' if after is None else after} | {metric} | {r.delta} | {'–' if r.dz is None else f'{r.dz:.2f}'} | "
+        where = "–" if after is None else after
+        lines.append(f"| {contrast} | {where} | {metric} | {r.delta} | {'–' if r.dz is None else f'{r.dz:.2f}'} | "
                      f"{'–' if r.p is None else f'{r.p:.2g}'} | {'–' if holm_p is None else f'{holm_p:.2g}'} | "
                      f"{tost} |")
     lines.append(f"\nPlanned contrasts only; Holm over the {len(adjusted)} tests of this table. Runs are paired by "
