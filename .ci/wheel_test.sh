@@ -16,7 +16,8 @@ cd "$work"
 "$work/venv/bin/microdit-train" --cfg job experiment=cpu_masking_naive75 > job.yaml
 grep -q "mixer_depth: 0" job.yaml
 "$work/venv/bin/microdit-train" trainer.run_dir="$work/runs" trainer.name=wheel "data.folders=[$repo/tests/fixtures/latents]" \
-  data.prepare=none model.overrides.caption_dim=32 stages.pretrain.images=16 trainer.batch_size=8 \
+  data.prepare=none model.overrides.caption_dim=32 stages.pretrain.images=16 stages.pretrain.warmup_images=0 \
+  trainer.batch_size=8 \
   trainer.progress=false trainer.wandb=disabled
 test -f "$work/runs/wheel/summary.json"
 "$work/venv/bin/python" -c "from microdit.eval.results import load_paper_numbers; assert load_paper_numbers()['table2']"

@@ -315,7 +315,8 @@ def test_resolution_stage(tmp_path, data):
 
 
 def test_multirun_sweep_names_one_run_per_point(tmp_path, data):
-    overrides = base_overrides(tmp_path, data, "sweep", ["stages.pretrain.mask.ratio=0.5", "stages.pretrain.images=16"])
+    overrides = base_overrides(tmp_path, data, "sweep", ["stages.pretrain.mask.ratio=0.5", "stages.pretrain.images=16",
+                                                         "stages.pretrain.warmup_images=0"])
     result = run_train(["-m", *overrides, "model.overrides.mixer_depth=0,1"])
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir() and p.name.startswith("sweep"))
     assert len(runs) == 2, result.stdout
