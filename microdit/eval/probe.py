@@ -110,15 +110,19 @@ class Probe:
                 preds[k].append(head(f).argmax(dim=1))
         return torch.cat(feats), {k: torch.cat(v) for k, v in preds.items()}
 
-    def accuracy(self, latents: torch.Tensor, labels: list[dict]) -> dict[str, float]:
-        """Per-attribute fraction of samples whose predicted attribute equals their label."""
+    def hits(self, latents: torch.Tensor, labels: list[dict]) -> dict[str, torch.Tensor]:
+        """Per attribute, whether each sample that has it was predicted right (bool, its samples)."""
         _, preds = self.predict(latents)
         out = {}
         for k, target in self.targets(labels).items():
             valid = target >= 0
             if valid.any():
-                out[k] = float((preds[k][valid] == target[valid]).float().mean())
+                out[k] = preds[k][valid] == target[valid]
         return out
+
+    def accuracy(self, latents: torch.Tensor, labels: list[dict]) -> dict[str, float]:
+        """Per-attribute fraction of samples whose predicted attribute equals their label."""
+        return {k: float(v.float().mean()) for k, v in self.hits(latents, labels).items()}
 
     def save(self, path: Path) -> None:
         """Write the probe (state dict + vocabulary + held-out accuracy)."""
@@ -200,6 +204,19 @@ def distinct_attributes(labels: list[dict], names: list[str]) -> list[str]:
     return kept
 
 
+def bootstrap_interval(hits: dict[str, torch.Tensor], seed: int = 0, resamples: int = 1000,
+                       confidence: float = 0.95) -> tuple[dict[str, float], dict[str, float]]:
+    """Percentile bootstrap over the samples (prompts) of each attribute's accuracy: (low, high)
+    bounds of its ``confidence`` interval, from ``resamples`` draws with replacement."""
+    g = torch.Generator().manual_seed(seed)
+    low, high = {}, {}
+    for k, h in hits.items():
+        draws = h.float()[torch.randint(0, len(h), (resamples, len(h)), generator=g)].mean(dim=1)  # (resamples,)
+        tail = (1 - confidence) / 2
+        low[k], high[k] = float(draws.quantile(tail)), float(draws.quantile(1 - tail))
+    return low, high
+
+
 def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dict], reference: torch.Tensor,
                   real_twin: torch.Tensor | None = None, seed: int = 0) -> dict:
     """The probe's reading of generated latents (N, C, h, w) for prompts with ``prompt_labels``
@@ -209,7 +226,9 @@ def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dic
       small N); with ``real_twin`` (other real latents of the set, as many as there are
       references) the same two between real and real, ``probe_fd_real`` / ``probe_kid_real``: the
       floor a generator is measured against at this sample count;
-    - ``probe_acc.<attribute>``: the fraction of samples whose predicted attribute is the prompt's;
+    - ``probe_acc.<attribute>``: the fraction of samples whose predicted attribute is the prompt's,
+      with its 95% bootstrap interval over the prompts (``probe_acc_low`` / ``probe_acc_high``:
+      the evaluation's own uncertainty, for one seed);
       ``probe_acc_mean`` over the distinct attributes (:func:`distinct_attributes`; of a named
       attribute and its integer code, such as ``shape`` and ``class``, the name counts);
     - ``probe_chance.<attribute>`` / ``probe_chance_mean``: the same accuracies against the
@@ -220,7 +239,9 @@ def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dic
 
     gen_features, _ = probe.predict(generated)
     ref_features, _ = probe.predict(reference)
-    acc = probe.accuracy(generated, prompt_labels)
+    hits = probe.hits(generated, prompt_labels)
+    acc = {k: float(v.float().mean()) for k, v in hits.items()}
+    low, high = bootstrap_interval(hits, seed)
     order = torch.randperm(len(prompt_labels), generator=torch.Generator().manual_seed(seed)).tolist()
     chance = probe.accuracy(generated, [prompt_labels[i] for i in order])
     named_first = sorted(acc, key=lambda k: (not isinstance(prompt_labels[0].get(k), str), k))  # shape before class
@@ -228,6 +249,7 @@ def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dic
     out = {"probe_fd": frechet_distance(FeatureStats.of(gen_features), FeatureStats.of(ref_features)),
            "probe_kid": kernel_inception_distance(gen_features, ref_features)[0],
            "probe_acc": acc, "probe_acc_mean": float(np.mean([acc[k] for k in distinct])),
+           "probe_acc_low": low, "probe_acc_high": high,
            "probe_chance": chance, "probe_chance_mean": float(np.mean([chance[k] for k in distinct]))}
     if real_twin is not None and len(real_twin) >= 2:
         twin_features, _ = probe.predict(real_twin)

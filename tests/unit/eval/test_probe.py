@@ -102,3 +102,13 @@ def test_shuffled_chance_and_real_floor(synthetic):
     assert noisy["probe_fd"] > out["probe_fd_real"] and noisy["probe_kid"] > out["probe_kid_real"]
     again = probe_metrics(probe, real, labels[:150], real, twin, seed=4)
     assert again["probe_acc"] == out["probe_acc"]  # only the shuffle depends on the seed
+
+
+def test_bootstrap_interval_over_prompts():
+    from microdit.eval.probe import bootstrap_interval
+
+    hits = {"colour": torch.tensor([True] * 60 + [False] * 40), "shape": torch.ones(50, dtype=torch.bool)}
+    low, high = bootstrap_interval(hits, seed=0)
+    assert low["colour"] < 0.6 < high["colour"] and high["colour"] - low["colour"] == pytest.approx(0.19, abs=0.04)
+    assert low["shape"] == high["shape"] == 1.0  # every prompt right: no spread to resample
+    assert bootstrap_interval(hits, seed=0) == (low, high)  # seeded
