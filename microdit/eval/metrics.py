@@ -29,7 +29,7 @@ from microdit.data.images import to_uint8
 from microdit.data.reader import read_dataset
 from microdit.encoders import load_autoencoder
 from microdit.eval.features import ClipModel, InceptionFeatures
-from microdit.eval.frechet import FeatureStats, frechet_distance
+from microdit.eval.frechet import FeatureStats, frechet_distance, kernel_inception_distance
 
 LOWER, HIGHER = "lower", "higher"
 
@@ -229,30 +229,6 @@ register(Metric("clip_fid", "Clip-FID: Fréchet distance in CLIP image features"
                 lambda inputs: {"clip_fid": _frechet("clip_fid")(inputs)}, {"clip_fid": LOWER}, stats=True))
 register(Metric("clip_score", "CLIP score: 100 x cosine of each image's and its caption's CLIP features",
                 "clip_score", _clip_score, {"clip_score": HIGHER}))
-
-
-def kernel_inception_distance(generated: torch.Tensor, reference: torch.Tensor, subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """KID (Bińkowski et al. 2018, "Demystifying MMD GANs", Eq. 4): the unbiased estimate of the
-    squared MMD between two feature sets (N, F) and (M, F) under the cubic polynomial kernel
-    k(x, y) = (x·y / F + 1)^3, averaged over ``subsets`` random subsets of
-    m = min(``subset_size``, N, M) from each set; (mean, standard deviation over the subsets).
-    Unlike a Fréchet distance it has no bias at small N, so it compares runs evaluated on a few
-    hundred samples; values near 0 (also slightly negative) mean "indistinguishable"."""
-    x_all, y_all = (np.asarray(f.detach().cpu() if isinstance(f, torch.Tensor) else f, dtype=np.float64)
-                    for f in (generated, reference))
-    m, dim = min(subset_size, len(x_all), len(y_all)), x_all.shape[1]
-    if m < 2:
-        raise ValueError(f"KID needs at least 2 samples in each set, got {len(x_all)} and {len(y_all)}")
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(subsets):
-        x = x_all[rng.choice(len(x_all), m, replace=False)]  # (m, F)
-        y = y_all[rng.choice(len(y_all), m, replace=False)]  # (m, F)
-        k_xx, k_yy, k_xy = ((a @ b.T / dim + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))  # (m, m) each
-        within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-        values.append(within - 2 * k_xy.sum() / (m * m))
-    return float(np.mean(values)), float(np.std(values))
 
 
 def _kid(inputs: EvalInputs) -> dict:

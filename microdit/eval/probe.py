@@ -234,8 +234,7 @@ def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dic
     - ``probe_chance.<attribute>`` / ``probe_chance_mean``: the same accuracies against the
       prompts shuffled (seeded by ``seed``): chance for these samples and this prompt
       distribution, measured rather than assumed to be 1 / number of values."""
-    from microdit.eval.frechet import FeatureStats, frechet_distance
-    from microdit.eval.metrics import kernel_inception_distance
+    from microdit.eval.frechet import FeatureStats, frechet_distance, kernel_inception_distance
 
     gen_features, _ = probe.predict(generated)
     ref_features, _ = probe.predict(reference)

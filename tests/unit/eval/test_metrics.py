@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from microdit.eval.frechet import kernel_inception_distance
 from microdit.eval.metrics import (
     HIGHER,
     LOWER,
@@ -13,7 +14,6 @@ from microdit.eval.metrics import (
     Metric,
     check_names,
     direction,
-    kernel_inception_distance,
     quality_columns,
     register,
 )
