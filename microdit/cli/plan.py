@@ -7,7 +7,9 @@ dollars at a stated MFU and price (:mod:`microdit.perf.cost_plan`). Nothing is t
     microdit-plan --json -m experiment=fig4_mask_ratio > fig4-plan.json
 
 The overrides and sweeps are microdit-train's: ``-m`` crosses the command line's sweeps with each
-experiment's own ``hydra.sweeper.params``, and every point is composed and validated.
+experiment's own ``hydra.sweeper.params``, and every point is composed and validated. (Hydra's
+launcher applies an experiment's own sweep only when the experiment is not itself swept: to run
+the points planned for ``-m experiment=a,b``, launch ``-m experiment=a`` and ``-m experiment=b``.)
 """
 
 from __future__ import annotations
