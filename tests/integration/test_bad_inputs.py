@@ -645,7 +645,7 @@ def test_converter_refuses_a_pickle(tmp_path):
     result = subprocess.run([sys.executable, str(script), "--preset", "MicroDiT_Tiny_2", str(crafted),
                              str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=120)
     msg = one_line(result.stderr)
-    assert result.returncode != 0 and "weights_only=False" not in result.stderr
+    assert result.returncode != 0 and "weights_only" not in result.stderr  # no advice to load it unsafely
     record("converter: a pickle that runs code", msg, str(crafted), "would run code when loaded: refused")
     assert not (tmp_path / "out.pt").exists()
 
