@@ -106,7 +106,6 @@ class JobConfig:
         unknown = sorted(set(self.report.margins) - set(self.report.columns))
         if unknown:
             out.append(f"report.margins: {unknown} are not report.columns {self.report.columns}")
-
         return out
 
 
@@ -192,7 +191,6 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
     """The job ``spec`` (a name in conf/job, or a YAML file with a job's keys) with Hydra
     ``overrides`` of its fields (``seeds=[0,1]``, ``eval.num_samples=100``), validated: one-line
     errors naming the key or file."""
-    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides or [])
@@ -210,7 +208,7 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
         else:
             node = _compose("jobs", [f"job={spec}", *overrides])
         job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), node))
-    except (HydraException, OmegaConfBaseException) as err:
+    except OmegaConfBaseException as err:  # a job file's keys or values (Hydra's errors: _compose)
         raise ValueError(f"job {spec}: {config_error(err)}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"job {spec}: not a readable YAML job file ({err})") from None
@@ -276,23 +274,30 @@ def stage_rows(row: dict, run: Path) -> list[dict]:
     return out
 
 
+def _splits(cfg: TrainConfig, job: JobConfig):
+    """(first stage, its held-out split, its probe split) of a run of ``job``: the run is
+    evaluated on the first stage's data, its probe trained on a split of that data no run saw."""
+    first = resolve(cfg)[0]
+    return first, first.dataset.held_out(job.eval.held_out_samples), first.dataset.probe_split(job.eval.probe_samples)
+
+
 def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
-    """Each dataset of the job's runs once: every stage's synthetic dataset, the held-out split of
-    the first stage's and its probe."""
+    """Each dataset of the job's runs once: every stage's synthetic dataset, then once per
+    dataset its held-out split, its probe split and the probe."""
     from microdit.data.encode import build_synthetic_dataset
     from microdit.eval.probe import dataset_probe
 
-    shown = set()
+    done = set()
     for cfg in configs:
         prepare_synthetic(cfg)
-        first = resolve(cfg)[0]
-        data = Path(first.dataset.folder)
-        if data.resolve() not in shown:  # a relative folder resolves against the working directory
-            shown.add(data.resolve())
-            print(f"[job] dataset {data.resolve()} (held-out split: {first.held_out} beside it)", file=sys.stderr)
-        build_synthetic_dataset(first.dataset.held_out(job.eval.held_out_samples), progress=True)
+        first, held_out, probe_split = _splits(cfg, job)
+        data = Path(first.dataset.folder).resolve()  # a relative folder resolves against the working directory
+        if data in done:
+            continue
+        done.add(data)
+        print(f"[job] dataset {data} (held-out split: {first.held_out} beside it)", file=sys.stderr)
+        build_synthetic_dataset(held_out, progress=True)
         if "probe" in job.eval.metrics:
-            probe_split = first.dataset.probe_split(job.eval.probe_samples)
             build_synthetic_dataset(probe_split, progress=True)
             dataset_probe(probe_split.folder, steps=job.eval.probe_steps)
 
@@ -307,16 +312,15 @@ def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
         print(f"[job] run {i}/{len(configs)}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
         if not (run / "summary.json").is_file():
             train(cfg)
-        first = resolve(cfg)[0]
+        _, held_out, probe_split = _splits(cfg, job)
         seed = cfg.trainer.seed  # this seed's own noise (seeds 1e6 * s + i) and prompt draw
         settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,
                                 metrics=list(job.eval.metrics), seed=1_000_000 * seed, prompt_seed=seed)
-        probe = first.dataset.probe_split(job.eval.probe_samples).folder
-        evaluate(run, first.held_out, settings, name="heldout", probe_dataset=probe)
+        evaluate(run, held_out.folder, settings, name="heldout", probe_dataset=probe_split.folder)
         if job.eval.evaluate_stages:
             for name, images, _ in stage_ends(run)[:-1]:
-                evaluate(run / "checkpoints" / f"{images:012d}", first.held_out, settings, name=f"heldout@{name}",
-                         probe_dataset=probe)
+                evaluate(run / "checkpoints" / f"{images:012d}", held_out.folder, settings, name=f"heldout@{name}",
+                         probe_dataset=probe_split.folder)
 
 
 # The columns a reference row reads instead of a metric's: the real-vs-real floor and the chance.
@@ -350,11 +354,12 @@ def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[
     order = list(dict.fromkeys(c.trainer.name for c in configs))
     rows = [r for row in collect([out]) if row["run_dir"] in done for r in stage_rows(row, Path(row["run_dir"]))]
     rows.sort(key=lambda r: (order.index(r["trainer.name"]), r["cost.images"], r["trainer.seed"]))
-    metrics = [f"eval.heldout.{c}" for c in job.report.columns] + ["cost.images", "cost.flops"]
-    table = markdown_table(rows + reference_rows(rows, metrics), ["trainer.name", "after"], metrics, sort=False,
+    columns = [f"eval.heldout.{c}" for c in job.report.columns]
+    metrics = columns + ["cost.images", "cost.flops"]
+    table = markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"], metrics, sort=False,
                            pairs=not job.report.contrasts)
     if job.report.contrasts:
-        table += "\n\n" + contrast_table(rows, job.report.contrasts, metrics[:-2], job.report.margins)
+        table += "\n\n" + contrast_table(rows, job.report.contrasts, columns, job.report.margins)
     write_csv(rows, out / RESULTS)
     (out / "results.md").write_text(table + "\n")
     plotted = [f"eval.heldout.{c}" for c in job.report.columns[:2]]
