@@ -163,20 +163,25 @@ class EvalInputs:
         """uint8 (M, 3, H, W): the evaluation set's samples for the same prompts, decoded."""
         return decode(self.reference, self.autoencoder, device=self.device)
 
-    @functools.cache  # noqa: B019  (one EvalInputs per evaluation: its cache dies with it)
+    def _once(self, key: tuple, make: Callable):
+        """``make()`` the first time ``key`` is asked for on this instance (the memo dies with it,
+        unlike functools.cache, which would keep every evaluation's tensors alive)."""
+        memo = self.__dict__.setdefault("_memo", {})
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
     def extractor(self, name: str):
         """The feature network ``name`` of :data:`EXTRACTORS`, built once."""
-        return EXTRACTORS[name](self.settings, self.device)
+        return self._once(("extractor", name), lambda: EXTRACTORS[name](self.settings, self.device))
 
-    @functools.cache  # noqa: B019
     def features(self, name: str) -> torch.Tensor:
         """(N, F): the generated images in feature space ``name``."""
-        return self.extractor(name)(self.images)
+        return self._once(("features", name), lambda: self.extractor(name)(self.images))
 
-    @functools.cache  # noqa: B019
     def reference_features(self, name: str) -> torch.Tensor:
         """(M, F): the reference images of the same prompts in feature space ``name``."""
-        return self.extractor(name)(self.reference_images)
+        return self._once(("reference", name), lambda: self.extractor(name)(self.reference_images))
 
     def reference_stats(self, name: str) -> FeatureStats:
         """Cached statistics of the evaluation set in feature space ``name`` (all its images, at
