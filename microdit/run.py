@@ -1,6 +1,7 @@
 """A trained run as its readers see it: the checkpoint folder format, the network of a run,
 checkpoint or export with its config and the encoders its data was encoded with, the one check
-that a dataset or text encoder fits a network, and prompts -> images with a loaded model.
+that a dataset or text encoder fits a network (the trainer applies it to its stages' data too:
+:func:`check_stage_data`), and prompts -> images with a loaded model.
 
 The trainer writes runs (:mod:`microdit.train.checkpoint` holds the write side); its sample grids,
 ``microdit-sample`` and ``microdit-eval`` read them through this module. A run folder holds
@@ -246,8 +247,7 @@ class PromptSampler:
         """Refuse (one line) a text encoder whose tokens do not fit ``model``."""
         problems = fit_problems(model, caption_dim=self.text.dim)
         if problems:
-            raise ValueError(f"text encoder {self.text.name} gives {self.text.dim}-d tokens, the model expects "
-                             f"caption_dim {model.caption_dim}")
+            raise ValueError(f"text encoder {self.text.name} does not fit the model: {'; '.join(problems)}")
 
     @torch.no_grad()
     def __call__(self, model: MicroDiT, prompts: list[str], seeds: list[int], edm: EDMConfig, sampler: SamplerConfig,
