@@ -88,7 +88,7 @@ def commit(tmp: Path, state: dict, meta: dict, keep: int, config_yaml: str | Non
             (tmp / CONFIG).write_text(config_yaml)
         (tmp / META).write_text(json.dumps(meta, indent=2))
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
-        failed(tmp, err)
+        abandon(tmp, err)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -100,7 +100,7 @@ def commit(tmp: Path, state: dict, meta: dict, keep: int, config_yaml: str | Non
     return final
 
 
-def failed(tmp: Path, err: Exception) -> None:
+def abandon(tmp: Path, err: Exception) -> None:
     """Remove the unfinished checkpoint folder ``tmp`` and raise one clear error about it."""
     shutil.rmtree(tmp, ignore_errors=True)
     latest_good = max(list_checkpoints(tmp.parent), default=None)
@@ -122,7 +122,7 @@ def save_rng(path: Path) -> None:
     try:
         torch.save(state, path)
     except (OSError, RuntimeError) as err:
-        failed(path.parent, err)
+        abandon(path.parent, err)
 
 
 def load_rng(path: Path) -> None:

@@ -211,7 +211,7 @@ class Trainer:
                 try:
                     net.save_pretrained(tmp, meta["encoders"] | {WEIGHTS_KEY: weights})
                 except (OSError, RuntimeError) as err:
-                    ckpt.failed(tmp, err)
+                    ckpt.abandon(tmp, err)
             final = ckpt.commit(tmp, state, meta, self.cfg.trainer.keep_checkpoints, self.config_yaml)
         self.acc.wait_for_everyone()
         self.meter.restart_clock()
