@@ -17,8 +17,9 @@ import re
 import sys
 from pathlib import Path
 
-from microdit.eval.results import read_csv
+from microdit.eval.results import contrast_table, read_csv
 from microdit.eval.stats import summarize
+from microdit.pipeline import compose_job
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "experiments" / "README.md"]
@@ -53,10 +54,22 @@ def study_table(job: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
     return "\n".join(lines) + "\n"
 
 
+def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
+    """The planned contrasts the job file ``spec`` declares (``report.contrasts``, its margins), on
+    ``job``'s rows: paired by seed, Holm over this table's tests (``microdit.eval.results.contrast_table``)."""
+    report = compose_job(spec).report
+    metrics = ["eval.heldout.probe_fd", *(f"eval.heldout.probe_acc.{a}" for a in accuracies)]
+    return contrast_table([r for r in read_csv(STUDY) if r["job"] == job], report.contrasts, metrics,
+                          dict(report.margins)) + "\n"
+
+
 TABLES = {
     "study-64": lambda: study_table("study"),
     "study-t256": lambda: study_table("study-t256"),
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
+    "contrasts-64": lambda: study_contrasts("study", "masking_study"),
+    "contrasts-t256": lambda: study_contrasts("study-t256", "masking_study_t256"),
+    "contrasts-one-object": lambda: study_contrasts("study-one-object", "masking_study_one_object", ("colour", "shape")),
 }
 
 

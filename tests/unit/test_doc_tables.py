@@ -28,3 +28,18 @@ def test_a_hand_edited_table_is_caught(tmp_path, monkeypatch):
     assert tables.main(["--check"]) == 1
     assert tables.main([]) == 0 and doc.read_text() == text  # regenerated from the CSV
     assert "<!-- table: study-t256 -->" in text
+
+
+def test_no_result_is_typed_by_hand_outside_the_generated_tables():
+    """A result in the docs (a mean ± CI, a p-value) sits in a generated table, never in prose."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("doc_tables", SCRIPT)
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    typed = re.compile(r"\d ± \d|\bp = 0\.0|\bp < 0\.0\d")
+    for doc in tables.DOCS:
+        prose = tables.BLOCK.sub("", doc.read_text())
+        hits = [line for line in prose.splitlines() if typed.search(line)]
+        assert not hits, f"{doc.name}: results typed outside a generated table: {hits}"
