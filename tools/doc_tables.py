@@ -69,7 +69,8 @@ TABLES = {
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
     "contrasts-64": lambda: study_contrasts("study", "masking_study"),
     "contrasts-t256": lambda: study_contrasts("study-t256", "masking_study_t256"),
-    "contrasts-one-object": lambda: study_contrasts("study-one-object", "masking_study_one_object", ("colour", "shape")),
+    "contrasts-one-object": lambda: study_contrasts("study-one-object", "masking_study_one_object",
+                                                    ("colour", "shape")),
 }
 
 
