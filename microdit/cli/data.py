@@ -2,6 +2,7 @@
 
     microdit-data synthetic OUT --num-samples 20000 --size 32
     microdit-data cifar-captions OUT --from-folder ROOT | --from-dump DIR | --from-torchvision ROOT
+    microdit-data prepare cc12m|sa1b|jdb|diffdb|textcaps|coco2014 OUT [--small] [--from RAW_DIR]
     microdit-data encode IMAGES_DIR LATENTS_DIR --autoencoder pixel:2 --text-encoder offline:128:32
     microdit-data inspect DIR [--grid grid.png]
     microdit-data verify DIR
@@ -19,9 +20,12 @@ import torch
 from microdit.cli.options import positive_int
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
-from microdit.data.images import IMAGE_EXTS, decode_image, save_grid, to_uint8
+from microdit.data.encode import Share
+from microdit.data.images import IMAGE_EXTS, decode_image, resize_center_crop, save_grid, to_uint8
+from microdit.data.prepare import SMALL, Rules, download, prepare_dataset
 from microdit.data.reader import LatentBatches
 from microdit.data.shards import iter_shard
+from microdit.data.sources import SOURCES
 from microdit.data.synthetic import SCENES, SHAPES, synthetic_samples, synthetic_source
 from microdit.encoders import EncoderConfig, load_autoencoder, load_text_encoder
 from microdit.launch import local_device
@@ -61,13 +65,32 @@ def cmd_cifar_captions(args: argparse.Namespace) -> None:
     print(f"wrote {manifest.samples} samples to {args.out}; filter counts: {dict(keep.counts)}")
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Download a source (unless --from) and build its image shards by the paper's rules."""
+    source = SOURCES[args.source]
+    fraction = SMALL if args.small else args.fraction
+    raw = args.from_dir
+    if raw is None:
+        raw = args.raw_dir or args.out.with_name(args.out.name + "-raw")
+        download(source, raw, fraction, args.num_proc, {"links": args.links})
+    rules = Rules.of(source, args.min_side, args.max_side, args.nsfw_threshold)
+    manifest = prepare_dataset(source, raw, args.out, rules, fraction if args.from_dir else 1.0, args.num_proc)
+    print(f"{args.out}: {manifest.samples} images in {len(manifest.shards)} shard(s) from {args.source} "
+          f"({manifest.counts}); licence: {manifest.licence}")
+
+
 def cmd_encode(args: argparse.Namespace) -> None:
     """Encode an image dataset into latents."""
     device = local_device(args.device)
     autoencoder, text = load_autoencoder(args.autoencoder), load_text_encoder(args.text_encoder)
+    share = Share.from_env()
     manifest = encode_dataset(args.src, args.dst, autoencoder, text, args.batch_size, args.seed, device,
-                              args.skip_bad_samples)
-    print(f"{args.dst}: {manifest.samples} samples, latents {manifest.latent_shape}, text {manifest.text_shape}")
+                              args.skip_bad_samples, resolutions=args.resolutions, share=share)
+    where = args.dst if args.resolutions is None else ", ".join(str(args.dst / f"{r}px") for r in args.resolutions)
+    waiting = "" if manifest.complete else ": its shards done, other ranks still encoding"
+    rank = "" if share.world == 1 else f" (rank {share.rank} of {share.world}{waiting})"
+    print(f"{where}: {manifest.samples} samples, latents {manifest.latent_shape} at the first resolution, text "
+          f"{manifest.text_shape}{rank}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -82,7 +105,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         samples = []
         for key, members in iter_shard(Path(args.dir) / manifest.shards[0].name):
             ext = next(e for e in IMAGE_EXTS if e in members)
-            samples.append((key, np.array(decode_image(members[ext], key)), members["txt"].decode()))
+            image = decode_image(members[ext], key)
+            if manifest.image_size is None:  # images of their own sizes (prepare): cropped to one for the grid
+                image = resize_center_crop(image, 128)
+            samples.append((key, np.array(image), members["txt"].decode()))
             if len(samples) == args.num_samples:
                 break
         images = torch.from_numpy(np.stack([s[1] for s in samples])).permute(0, 3, 1, 2)  # (N, 3, H, W)
@@ -134,6 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-side", type=positive_int, default=256,
                    help="images with a shorter side are skipped (default: %(default)s)")
     p.set_defaults(func=cmd_cifar_captions)
+    p = sub.add_parser("prepare", help="download one of the paper's datasets and build its image shards by the "
+                       "paper's filter and resize rules (resumable)",
+                       description="Sources and their layouts: see microdit.data.sources. Without --from, the files "
+                       "are downloaded first into --raw-dir (default OUT-raw), in the source's own layout.")
+    p.add_argument("source", choices=sorted(SOURCES), help="which dataset")
+    p.add_argument("out", type=Path, help="output folder of the image shards (new, or a partial prepare to resume)")
+    p.add_argument("--from", dest="from_dir", type=Path,
+                   help="build from files already downloaded in the source's own layout (no network)")
+    p.add_argument("--raw-dir", type=Path, help="where downloads go (default: OUT-raw)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--fraction", type=float, default=1.0,
+                      help="the first fraction of the source's archives (default: %(default)s)")
+    size.add_argument("--small", action="store_true", help=f"the ~{SMALL:.0%} partition, for debugging")
+    p.add_argument("--num-proc", type=positive_int, default=1,
+                   help="parallel downloads and units processed at once (default: %(default)s)")
+    p.add_argument("--min-side", type=int, help="drop images whose short side is below this (paper: 256; coco2014: "
+                   "0, keep every image)")
+    p.add_argument("--max-side", type=int, help="resize the short side to this when larger (paper: 512; 0: keep "
+                   "sizes; coco2014: 0)")
+    p.add_argument("--nsfw-threshold", type=float, help="drop DiffusionDB samples whose image or prompt NSFW score is "
+                   "above this (the reference's 0.2)")
+    p.add_argument("--links", type=Path, help="sa1b: the file_name/cdn_link list of the SA-1B download page")
+    p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("encode", help="encode image shards into latent shards (resumable)")
     p.add_argument("src", type=Path, help="image dataset folder (shards + manifest.json)")
     p.add_argument("dst", type=Path, help="output folder of the latent shards (empty, or a partial encode to resume)")
@@ -150,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device (default: %(default)s)")
     p.add_argument("--skip-bad-samples", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--resolutions", type=positive_int, nargs="+",
+                   help="encode at these pixel sizes in one pass, into DST/<R>px each (images resized on the short "
+                   "side, centre-cropped); needed for datasets from `prepare` (paper: 256 512)")
     p.set_defaults(func=cmd_encode)
     p = sub.add_parser("inspect", help="show a dataset's manifest and a few samples")
     p.add_argument("dir", type=Path, help="image or latent dataset folder")
@@ -171,3 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     except (DataError, ValueError, OSError) as err:
         print(f"microdit-data {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -8,23 +8,63 @@ shards and never leaves a half-written shard under its final name.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from microdit.data.cache import dataset_cache
-from microdit.data.images import IMAGE_EXTS, decode_image, from_uint8
+from microdit.data.images import IMAGE_EXTS, decode_image, from_uint8, resize_center_crop
 from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest, sha256_of
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.data.synthetic import SHAPES, SyntheticRecipe, synthetic_samples, synthetic_source
 from microdit.encoders import Autoencoder, TextEncoder
+from microdit.files import remove_stale_tmps, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress as progress_bar
 
 
-def _read_image_shard(path: Path, skip_bad: bool, counts: dict) -> list[tuple[str, np.ndarray, str, bytes]]:
+@dataclass(frozen=True)
+class Share:
+    """Which share of a dataset's shards this process encodes: shard i belongs to rank i % world.
+    Each rank writes and resumes its shards alone (its own part manifest and lock); the last rank to
+    finish merges the parts into ``manifest.json``."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> Share:
+        """The share a launcher gives this process: ``RANK``/``WORLD_SIZE`` (torchrun, accelerate
+        launch), else a SLURM array task (``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN`` of
+        ``SLURM_ARRAY_TASK_COUNT``), else the whole dataset."""
+        env = os.environ if env is None else env
+        try:
+            if "RANK" in env and "WORLD_SIZE" in env:
+                share = cls(int(env["RANK"]), int(env["WORLD_SIZE"]))
+            elif "SLURM_ARRAY_TASK_COUNT" in env:
+                share = cls(int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
+                            int(env["SLURM_ARRAY_TASK_COUNT"]))
+            else:
+                share = cls()
+        except (KeyError, ValueError) as err:
+            raise DataError(f"the launcher's rank variables are not integers ({err})") from None
+        if not 0 <= share.rank < share.world:
+            raise DataError(f"rank {share.rank} is not in 0..{share.world - 1}")
+        return share
+
+    @property
+    def part(self) -> str:
+        """The file name of this rank's part manifest (``manifest.json`` itself for one process)."""
+        return "manifest.json" if self.world == 1 else f".part-{self.rank}-of-{self.world}.json"
+
+
+def _read_image_shard(path: Path, skip_bad: bool, counts: dict) -> list[tuple[str, Image.Image, str, bytes]]:
     samples = []
     for key, members in iter_shard(path):
         where = f"shard {path}: sample {key!r}"
@@ -32,7 +72,7 @@ def _read_image_shard(path: Path, skip_bad: bool, counts: dict) -> list[tuple[st
             ext = next((e for e in IMAGE_EXTS if e in members), None)
             if ext is None or "txt" not in members:
                 raise DataError(f"{where} lacks an image ({'/'.join(IMAGE_EXTS)}) or a .txt caption")
-            image = np.asarray(decode_image(members[ext], where))
+            image = decode_image(members[ext], where)
             samples.append((key, image, members["txt"].decode("utf-8"), members.get("json", b"{}")))
         except (DataError, UnicodeDecodeError) as err:
             if not skip_bad:
@@ -41,95 +81,177 @@ def _read_image_shard(path: Path, skip_bad: bool, counts: dict) -> list[tuple[st
     return samples
 
 
-def _start_manifest(src: Manifest, dst: Path, autoencoder: Autoencoder, text: TextEncoder,
-                    src_folder: Path) -> Manifest:
-    h, w = src.image_size
+@dataclass
+class _Output:
+    """One latent dataset an encode writes: at ``resolution`` (None: the images' own size) in ``folder``."""
+
+    resolution: int | None
+    folder: Path
+    manifest: Manifest
+
+
+def _start_manifest(src: Manifest, dst: Path, autoencoder: Autoencoder, text: TextEncoder, src_folder: Path,
+                    resolution: int | None, share: Share) -> Manifest:
+    if resolution is None and src.image_size is None:
+        raise DataError(f"{src_folder}: its images keep their own sizes (microdit-data prepare): give the "
+                        "resolutions to encode at (--resolutions 256 512)")
+    h, w = (resolution, resolution) if resolution else src.image_size
     fresh = Manifest(kind="latents", image_size=[h, w], label_names=src.label_names,
                      autoencoder=autoencoder.name, latent_shape=list(autoencoder.latent_shape(h, w)),
                      latent_scale=autoencoder.scale, text_encoder=text.name, text_shape=[text.length, text.dim],
-                     source=str(src_folder), complete=False)
-    if (dst / "manifest.json").exists():
-        old = load_manifest(dst)
+                     source=str(src_folder), licence=src.licence, complete=False)
+    for name in dict.fromkeys(["manifest.json", share.part]):
+        if not (dst / name).exists():
+            continue
+        old = load_manifest(dst, check_total=False) if name == "manifest.json" else _load_part(dst / name)
         same = {k: getattr(old, k) for k in ("autoencoder", "latent_shape", "text_encoder", "text_shape", "source")}
         want = {k: getattr(fresh, k) for k in same}
         if same != want:
             raise DataError(f"{dst} already holds a different encoding ({same}); expected {want}: "
                             "choose another output folder")
-        fresh.shards, fresh.samples, fresh.complete = old.shards, old.samples, old.complete
+        if name == "manifest.json" and old.complete:
+            return old
+        if name == share.part:
+            fresh.shards, fresh.samples = old.shards, old.samples
     return fresh
+
+
+def _load_part(path: Path) -> Manifest:
+    import json
+
+    try:
+        return Manifest.from_dict(json.loads(path.read_text()), str(path), check_total=False)
+    except ValueError as err:
+        raise DataError(f"{path}: unreadable part manifest ({err}); delete it to re-encode that rank's "
+                        "shards") from None
 
 
 def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: Autoencoder, text: TextEncoder,
                    batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
-                   skip_bad_samples: bool = False, progress: bool = True) -> Manifest:
-    """Encode every image shard of ``src_folder`` into a latent shard in ``dst_folder``.
+                   skip_bad_samples: bool = False, progress: bool = True, resolutions: list[int] | None = None,
+                   share: Share = Share()) -> Manifest:
+    """Encode every image shard of ``src_folder`` into a latent shard in ``dst_folder``; with
+    ``resolutions``, into one latent dataset per resolution in one pass (``DST/256px``,
+    ``DST/512px``: each image resized on its short side and centre-cropped square, its caption
+    encoded once), of which the first one's manifest is returned.
 
-    One process at a time encodes ``dst_folder`` (a lock file ``.NAME.lock`` beside it,
-    :mod:`microdit.locks`): a process that finds another encoding it waits, then finds the
-    dataset complete and returns it untouched, as for any complete dataset of the same encoding.
+    With a ``share`` of a multi-process launch, this process encodes only shard i with i % world
+    == rank, writes and resumes them alone, and the last rank to finish merges the manifests; the
+    latents are those one process writes (each shard's noise is seeded by its index alone).
+    One process per share encodes ``dst_folder`` at a time (a lock file beside it,
+    :mod:`microdit.locks`): a process that finds another encoding it waits, then finds its shards
+    done and returns, as for any complete dataset of the same encoding.
     """
     src_folder, dst = Path(src_folder), Path(dst_folder)
     src = load_manifest(src_folder)
     if src.kind != "images":
         raise DataError(f"{src_folder}: expected an image dataset to encode, found kind {src.kind!r}")
+    if resolutions is not None and (not resolutions or any(r < 1 for r in resolutions)):
+        raise DataError(f"resolutions must be positive pixel sizes, got {resolutions}")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with acquire(dst.parent / f".{dst.name}.lock", f"the encoding of {dst}", wait=True):
-        if dst.is_dir() and any(dst.iterdir()) and not (dst / "manifest.json").is_file():
-            raise DataError(f"{dst} holds files but no manifest.json (not an encode to resume): encode into a new "
-                            "or empty folder; nothing was changed")
-        dst.mkdir(exist_ok=True)
-        manifest = _start_manifest(src, dst, autoencoder, text, src_folder)
-        if manifest.complete:
-            return manifest
-        for leftover in dst.glob(".*.tmp"):  # shards of encodes killed mid-shard (nobody else writes here now)
-            leftover.unlink(missing_ok=True)
-        return _encode(src, src_folder, dst, manifest, autoencoder, text, batch_size, seed, device,
-                       skip_bad_samples, progress)
+    lock = f".{dst.name}.lock" if share.world == 1 else f".{dst.name}.rank-{share.rank}-of-{share.world}.lock"
+    with acquire(dst.parent / lock, f"the encoding of {dst} (rank {share.rank} of {share.world})", wait=True):
+        folders = [(None, dst)] if resolutions is None else [(r, dst / f"{r}px") for r in resolutions]
+        outputs = []
+        for resolution, folder in folders:
+            if folder.is_dir() and any(folder.iterdir()) and not any(folder.glob("manifest.json")) \
+                    and not any(folder.glob(".part-*.json")):
+                raise DataError(f"{folder} holds files but no manifest.json (not an encode to resume): encode into "
+                                "a new or empty folder; nothing was changed")
+            folder.mkdir(parents=True, exist_ok=True)
+            manifest = _start_manifest(src, folder, autoencoder, text, src_folder, resolution, share)
+            outputs.append(_Output(resolution, folder, manifest))
+        todo = [o for o in outputs if not o.manifest.complete]
+        if todo:
+            _encode(src, src_folder, todo, autoencoder, text, batch_size, seed, device, skip_bad_samples,
+                    progress and f"encode {dst.name}", share)
+        return outputs[0].manifest
 
 
-def _encode(src: Manifest, src_folder: Path, dst: Path, manifest: Manifest, autoencoder: Autoencoder,
-            text: TextEncoder, batch_size: int, seed: int, device: str | torch.device, skip_bad_samples: bool,
-            progress: bool) -> Manifest:
-    done = {s.name for s in manifest.shards if (dst / s.name).is_file()}
-    manifest.shards = [s for s in manifest.shards if s.name in done]
-    save_manifest(dst, manifest)  # from the start: an encode killed in its first shard can be resumed
+def _encode(src: Manifest, src_folder: Path, outputs: list[_Output], autoencoder: Autoencoder, text: TextEncoder,
+            batch_size: int, seed: int, device: str | torch.device, skip_bad_samples: bool, progress: str | bool,
+            share: Share) -> None:
+    for out in outputs:
+        remove_stale_tmps(out.folder)  # shards of encodes killed mid-shard on this host (other ranks' live ones stay)
+        done = {s.name for s in out.manifest.shards if (out.folder / s.name).is_file()}
+        out.manifest.shards = [s for s in out.manifest.shards if s.name in done]
+        save_manifest_as(out.folder, share.part, out.manifest)  # from the start: a killed first shard resumes
     counts = {"bad_samples": 0}
     autoencoder.to(device)
     text.to(device)
-    todo = [(i, s) for i, s in enumerate(src.shards) if s.name.replace("images-", "latents-") not in done]
-    bar = progress_bar(total=sum(s.samples for _, s in todo), desc=f"encode {dst.name}", unit="img", enabled=progress)
+    mine = [(i, s) for i, s in enumerate(src.shards) if i % share.world == share.rank]
+    names = lambda out: {s.name for s in out.manifest.shards}  # noqa: E731
+    todo = [(i, s) for i, s in mine if any(_latent_name(s.name) not in names(o) for o in outputs)]
+    who = "" if share.world == 1 else f" rank {share.rank}/{share.world}"
+    bar = progress_bar(total=sum(s.samples for _, s in todo), desc=f"{progress}{who}", unit="img",
+                       enabled=bool(progress))
     for shard_index, info in todo:
         shard = src_folder / info.name
         if shard.stat().st_size != info.bytes:
             raise DataError(f"shard {shard} has {shard.stat().st_size} bytes, the manifest says {info.bytes}: "
                             "truncated or replaced")
         samples = _read_image_shard(shard, skip_bad_samples, counts)
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + shard_index)  # per shard: resumable
-        with ShardWriter(dst / info.name.replace("images-", "latents-")) as writer:
+        pending = [o for o in outputs if _latent_name(info.name) not in names(o)]
+        generators = [torch.Generator(device=device).manual_seed(seed * 1_000_003 + shard_index) for _ in pending]
+        writers = [ShardWriter(o.folder / _latent_name(info.name)) for o in pending]
+        try:
             for start in range(0, len(samples), batch_size):
                 batch = samples[start:start + batch_size]
-                images = from_uint8(torch.from_numpy(np.stack([s[1] for s in batch])).permute(0, 3, 1, 2))
-                images = images.to(device)  # (B, 3, H, W) in [-1, 1]
-                latents = autoencoder.encode(images, generator=generator).cpu().numpy()
                 emb, mask = text.encode([s[2] for s in batch])
                 emb, mask = emb.cpu().numpy(), mask.cpu().numpy()
-                for i, (key, _, caption, labels) in enumerate(batch):
-                    writer.write(key, {"latent.npy": npy_bytes(latents[i].astype(np.float16)),
-                                       "text.npy": npy_bytes(emb[i].astype(np.float16)),
-                                       "mask.npy": npy_bytes(mask[i]),
-                                       "txt": caption.encode(), "json": labels})
+                for out, writer, generator in zip(pending, writers, generators, strict=True):
+                    pixels = [np.asarray(s[1] if out.resolution is None else resize_center_crop(s[1], out.resolution))
+                              for s in batch]
+                    images = from_uint8(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)).to(device)
+                    latents = autoencoder.encode(images, generator=generator).cpu().numpy()
+                    for i, (key, _, caption, labels) in enumerate(batch):
+                        writer.write(key, {"latent.npy": npy_bytes(latents[i].astype(np.float16)),
+                                           "text.npy": npy_bytes(emb[i].astype(np.float16)),
+                                           "mask.npy": npy_bytes(mask[i]), "txt": caption.encode(), "json": labels})
                 bar.update(len(batch))
-            manifest.shards.append(writer.close())
-        manifest.samples = sum(s.samples for s in manifest.shards)
-        save_manifest(dst, manifest)
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
+        for out, writer in zip(pending, writers, strict=True):
+            out.manifest.shards.append(writer.close())
+            out.manifest.samples = sum(s.samples for s in out.manifest.shards)
+            save_manifest_as(out.folder, share.part, out.manifest)
     bar.close()
     if counts["bad_samples"]:
         print(f"[encode] skipped {counts['bad_samples']} bad sample(s)")
-    manifest.complete = True
-    manifest.shards.sort(key=lambda s: s.name)
-    manifest.samples = sum(s.samples for s in manifest.shards)
-    save_manifest(dst, manifest)
-    return manifest
+    for out in outputs:
+        out.manifest.shards.sort(key=lambda s: s.name)
+        out.manifest.complete = True
+        save_manifest_as(out.folder, share.part, out.manifest)
+        if share.world > 1:
+            out.manifest = _merge_parts(out.folder, out.manifest, share.world, len(src.shards))
+
+
+def _latent_name(image_shard: str) -> str:
+    return image_shard.replace("images-", "latents-", 1)
+
+
+def save_manifest_as(folder: Path, name: str, manifest: Manifest) -> None:
+    """Write ``manifest`` to ``folder/name`` atomically."""
+    write_atomic(folder / name, manifest.to_json().encode())
+
+
+def _merge_parts(folder: Path, mine: Manifest, world: int, expected: int) -> Manifest:
+    """``manifest.json`` from every rank's complete part, once all are complete (else ``mine``, incomplete
+    as a whole: the last rank to finish merges)."""
+    parts = [_load_part(folder / Share(r, world).part) if (folder / Share(r, world).part).is_file() else None
+             for r in range(world)]
+    if any(p is None or not p.complete for p in parts):
+        return dataclasses.replace(mine, complete=False)  # this rank's shards are done, the dataset is not
+    merged = dataclasses.replace(mine, shards=sorted((s for p in parts for s in p.shards), key=lambda s: s.name))
+    merged.samples = sum(s.samples for s in merged.shards)
+    if len(merged.shards) != expected:
+        raise DataError(f"{folder}: the ranks' parts list {len(merged.shards)} shards, the images have {expected}: "
+                        "a part is stale (written with another number of ranks?); delete the .part-*.json files "
+                        "whose shards are missing and rerun")
+    save_manifest(folder, merged)
+    return merged
 
 
 VERIFIED = ".verified.json"

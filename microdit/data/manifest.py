@@ -2,6 +2,7 @@
 
 Two kinds of dataset share the format:
 - ``images``: image + caption shards (``KEY.png|jpg``, ``KEY.txt``, ``KEY.json``), the input of encoding;
+  ``image_size`` is null when the images keep their own sizes (``microdit-data prepare``);
 - ``latents``: training shards (``KEY.latent.npy`` fp16, ``KEY.text.npy`` fp16, ``KEY.mask.npy``,
   ``KEY.txt``, ``KEY.json``), what the trainer reads.
 """
@@ -49,6 +50,9 @@ class Manifest:
     text_encoder: str | None = None
     text_shape: list[int] | None = None  # [L, Dy]
     source: str | None = None  # where the samples came from (builder, source folder, ...)
+    licence: str | None = None  # the source's licence terms (prepared datasets)
+    counts: dict[str, int] = field(default_factory=dict)  # images seen, kept and dropped by reason (prepare)
+    empty_units: list[str] = field(default_factory=list)  # source units of which nothing was kept (prepare)
     complete: bool = True
 
     def to_json(self) -> str:

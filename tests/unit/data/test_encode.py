@@ -118,3 +118,78 @@ def test_encoding_a_complete_dataset_again_leaves_it_untouched(images, tmp_path,
     again = encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
     assert again.complete and again.samples == 30
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "lat").iterdir()} == before
+
+
+def _shard_hashes(folder):
+    return {s.name: s.sha256 for s in load_manifest(folder).shards}
+
+
+def test_ranks_encode_exactly_what_one_process_encodes(images, tmp_path, encoders):
+    from microdit.data.encode import Share
+
+    one = encode_dataset(images, tmp_path / "one", *encoders, progress=False, resolutions=[16, 8])
+    first = encode_dataset(images, tmp_path / "two", *encoders, progress=False, resolutions=[16, 8], share=Share(1, 2))
+    assert not first.complete and not (tmp_path / "two" / "16px" / "manifest.json").exists()  # rank 0 still to come
+    assert sorted(p.name for p in (tmp_path / "two" / "16px").glob("latents-*")) == ["latents-00001.tar"]
+    merged = encode_dataset(images, tmp_path / "two", *encoders, progress=False, resolutions=[16, 8], share=Share(0, 2))
+    assert merged.complete and merged.samples == one.samples == 30
+    for res in ("16px", "8px"):
+        assert _shard_hashes(tmp_path / "two" / res) == _shard_hashes(tmp_path / "one" / res)  # byte for byte
+        verify_dataset(tmp_path / "two" / res)
+    assert load_manifest(tmp_path / "one" / "8px").latent_shape == [12, 4, 4]
+    assert load_manifest(tmp_path / "one" / "16px").latent_shape == [12, 8, 8]
+
+
+def test_a_killed_rank_resumes_its_own_shards_only(images, tmp_path, encoders, monkeypatch):
+    import microdit.data.encode as enc
+    from microdit.data.encode import Share
+
+    reference = encode_dataset(images, tmp_path / "ref", *encoders, progress=False)
+    original, reads = enc._read_image_shard, []
+
+    def dies_on_its_second_shard(path, *args):
+        reads.append(path.name)
+        if len(reads) == 2:
+            raise KeyboardInterrupt
+        return original(path, *args)
+
+    monkeypatch.setattr(enc, "_read_image_shard", dies_on_its_second_shard)
+    with pytest.raises(KeyboardInterrupt):  # rank 0 of 2 owns shards 0 and 2
+        encode_dataset(images, tmp_path / "lat", *encoders, progress=False, share=Share(0, 2))
+    assert reads == ["images-00000.tar", "images-00002.tar"]
+    done = tmp_path / "lat" / "latents-00000.tar"
+    mtime = done.stat().st_mtime_ns
+    monkeypatch.setattr(enc, "_read_image_shard", original)
+    encode_dataset(images, tmp_path / "lat", *encoders, progress=False, share=Share(1, 2))
+    resumed = encode_dataset(images, tmp_path / "lat", *encoders, progress=False, share=Share(0, 2))
+    assert done.stat().st_mtime_ns == mtime and resumed.complete
+    assert _shard_hashes(tmp_path / "lat") == _shard_hashes(tmp_path / "ref") and reference.samples == 30
+
+
+def test_torchrun_ranks_count_their_own_share(images, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "microdit.cli.data", "encode", str(images), str(tmp_path / "lat"), "--autoencoder", "pixel:2",
+           "--text-encoder", "offline:32:16", "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    finals = re.findall(r"encode lat rank (\d)/2: 100%.*?\| ?([\d.]+)/([\d.]+)", result.stderr)
+    assert sorted((r, float(total)) for r, _, total in finals) == [("0", 20.0), ("1", 10.0)]  # shards 0, 2 | 1
+    data_main(["encode", str(images), str(tmp_path / "solo"), "--autoencoder", "pixel:2", "--text-encoder",
+               "offline:32:16", "--device", "cpu"])
+    assert _shard_hashes(tmp_path / "lat") == _shard_hashes(tmp_path / "solo")
+
+
+def test_images_of_their_own_sizes_need_resolutions(tmp_path, encoders):
+    from microdit.data.manifest import save_manifest
+
+    data_main(["synthetic", str(tmp_path / "img"), "--num", "4", "--size", "16"])
+    manifest = load_manifest(tmp_path / "img")
+    manifest.image_size = None  # as microdit-data prepare writes it
+    save_manifest(tmp_path / "img", manifest)
+    with pytest.raises(DataError, match="--resolutions"):
+        encode_dataset(tmp_path / "img", tmp_path / "lat", *encoders, progress=False)
+    assert encode_dataset(tmp_path / "img", tmp_path / "lat", *encoders, progress=False, resolutions=[8]).complete
