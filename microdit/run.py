@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from microdit.data import DataError, Manifest, load_manifest, verify_dataset
+from microdit.data.remote import dataset_manifest, is_remote
 from microdit.diffusion import EDMConfig, SamplerConfig, generate
 from microdit.encoders import load_autoencoder, load_text_encoder
 from microdit.models import MicroDiT, MicroDiTConfig
@@ -203,7 +204,7 @@ def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
     lengths, encoders = set(), []
     for stage in stages:
         for i, folder in enumerate(stage.data.folders):
-            if not (Path(folder) / "manifest.json").is_file():
+            if not is_remote(folder) and not (Path(folder) / "manifest.json").is_file():
                 raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
                                 "(or set data.prepare=synthetic for the synthetic dataset)")
             manifest = verify_dataset(folder, count_samples=False)  # sizes and sha256 (then cached)
@@ -225,7 +226,7 @@ def encoder_names(loaded: LoadedModel, text_encoder: str | None = None,
     text, ae = text_encoder or recorded.get("text_encoder"), autoencoder or recorded.get("autoencoder")
     if not (text and ae):
         try:
-            manifest = load_manifest(loaded.config.data.folders[0])
+            manifest = dataset_manifest(loaded.config.data.folders[0])
         except DataError as err:
             raise DataError(f"{err} (the run's data.folders[0], relative to the current directory; the model "
                             "records no encoders: give --text-encoder and --autoencoder)") from None

@@ -261,9 +261,15 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
     """Check every shard of a dataset against its manifest: present, size, sha256 and (with
     ``count_samples``) the number of samples in it. A successful check leaves ``.verified.json``
     (the manifest's sha256, each shard's size and mtime): while they hold, a later check only stats
-    the shards (the trainer checks every dataset at start; the first time hashes it)."""
+    the shards (the trainer checks every dataset at start; the first time hashes it). A dataset
+    behind a URL (:mod:`microdit.data.remote`) has its manifest read; each shard is checked when
+    the shard cache fetches it."""
     import json
 
+    from microdit.data.remote import is_remote, load_remote_manifest
+
+    if is_remote(folder):
+        return load_remote_manifest(folder, check_total=not count_samples)
     folder = Path(folder)
     manifest = load_manifest(folder, check_total=not count_samples)  # counted: the wrong shard is named below
     manifest_bytes = (folder / "manifest.json").read_bytes()  # small: hashed on every check, so an edit is seen

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from microdit.data.manifest import DataError, Manifest, load_manifest
+from microdit.data.manifest import DataError, Manifest
+from microdit.data.remote import DEFAULT_LIMIT_GB, ShardCache, dataset_manifest, file_url, is_remote
 from microdit.data.shards import load_npy
 from microdit.data.synthetic import SCENES
 
@@ -53,6 +54,9 @@ class DataConfig:
     ``prepare_scene`` (``mixed``: every attribute varies; ``one_object``: one large object in the
     middle of a white background, where the named shape is learned at CPU budgets; see
     :mod:`microdit.data.synthetic`). A folder built with another seed or scene is refused.
+    A folder may be a URL (``https://``, ``s3://``, ``gs://``, ``pipe:``; :mod:`microdit.data.remote`),
+    whose shards are fetched into ``cache_dir`` (None: ``$MICRODIT_SHARD_CACHE`` or
+    ``~/.cache/microdit/shards``), at most ``cache_gb`` GB, the shards read longest ago evicted first.
     """
 
     folders: list[str] = field(default_factory=lambda: ["data/synthetic"])
@@ -68,6 +72,8 @@ class DataConfig:
     prepare_size: int = 32
     prepare_seed: int = 0
     prepare_scene: str = "mixed"
+    cache_dir: str | None = None
+    cache_gb: float = DEFAULT_LIMIT_GB
 
     def problems(self) -> list[str]:
         """One message per invalid field (empty when valid)."""
@@ -86,6 +92,8 @@ class DataConfig:
             out.append(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.prepare not in PREPARE:
             out.append(f"prepare must be one of {PREPARE}, got {self.prepare!r}")
+        if self.cache_gb <= 0:
+            out.append(f"cache_gb must be positive, got {self.cache_gb}")
         if self.prepare_scene not in SCENES:
             out.append(f"prepare_scene must be one of {SCENES}, got {self.prepare_scene!r}")
         return out
@@ -93,7 +101,7 @@ class DataConfig:
 
 @dataclass
 class _Source:
-    folder: Path
+    folder: str  # a path, or the URL of a remote dataset
     manifest: Manifest
     offsets: np.ndarray  # (S + 1,) cumulative sample counts of the shards
 
@@ -171,7 +179,7 @@ class LatentBatches(IterableDataset):
     def __init__(self, folders: str | Path | list, batch_size: int, weights: list[float] | None = None,
                  seed: int = 0, shuffle: str = "global", shuffle_buffer: int = 1000, caption_dropout: float = 0.0,
                  rank: int = 0, world_size: int = 1, accum: int = 1, start_batch: int = 0,
-                 skip_bad_samples: bool = False) -> None:
+                 skip_bad_samples: bool = False, cache: ShardCache | None = None) -> None:
         super().__init__()
         folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
         if not folders:
@@ -187,13 +195,14 @@ class LatentBatches(IterableDataset):
             raise DataError(f"need batch_size >= 1, accum >= 1 and 0 <= rank < world_size, got {batch_size}, "
                             f"{accum}, {rank}, {world_size}")
         self.sources = []
+        self.cache = cache or ShardCache()
         for folder in folders:
-            manifest = load_manifest(folder)
+            manifest = dataset_manifest(folder)
             if manifest.kind != "latents" or not manifest.complete or manifest.samples == 0:
                 raise DataError(f"{folder}: not a complete, non-empty latent dataset (kind {manifest.kind!r}, "
                                 f"complete {manifest.complete}, {manifest.samples} samples)")
             offsets = np.concatenate([[0], np.cumsum([s.samples for s in manifest.shards])])
-            self.sources.append(_Source(Path(folder), manifest, offsets))
+            self.sources.append(_Source(str(folder), manifest, offsets))
         first = self.sources[0].manifest
         for src in self.sources[1:]:
             if (src.manifest.latent_shape, src.manifest.text_shape) != (first.latent_shape, first.text_shape):
@@ -216,7 +225,7 @@ class LatentBatches(IterableDataset):
         ``batch_size`` (global batch = batch_size x world_size x accum), from global batch
         ``start_batch`` on."""
         return cls(cfg.folders, batch_size, cfg.weights, seed, cfg.shuffle, cfg.shuffle_buffer, cfg.caption_dropout,
-                   rank, world_size, accum, start_batch, cfg.skip_bad_samples)
+                   rank, world_size, accum, start_batch, cfg.skip_bad_samples, ShardCache(cfg.cache_dir, cfg.cache_gb))
 
     @property
     def manifest(self) -> Manifest:
@@ -275,9 +284,10 @@ class LatentBatches(IterableDataset):
         src = self.sources[s]
         shard = int(np.searchsorted(src.offsets, index, side="right") - 1)
         info = src.manifest.shards[shard]
-        path = src.folder / info.name
+        remote = is_remote(src.folder)
+        path = self.cache.local(src.folder, info) if remote else Path(src.folder) / info.name
         key, members = self._index.sample(path, index - int(src.offsets[shard]), info.samples)
-        where = f"shard {path}: sample {key!r}"
+        where = f"shard {file_url(src.folder, info.name) if remote else path}: sample {key!r}"
         try:
             return self._decode(members, where, src.manifest) | {"key": key}
         except DataError:
@@ -351,7 +361,7 @@ def read_dataset(folder: str | Path, limit: int | None = None,
                  seed: int = 0) -> tuple[torch.Tensor, list[dict], list]:
     """Up to ``limit`` samples of a latent dataset in a fixed (seeded) order, all in memory:
     latents (N, C, h, w), labels, and [caption embeddings (N, L, Dy), masks (N, L), captions]."""
-    manifest = load_manifest(folder)
+    manifest = dataset_manifest(folder)
     n = manifest.samples if limit is None else min(limit, manifest.samples)
     reader = LatentBatches(folder, batch_size=min(n, 1024), seed=seed)
     latents, labels, texts, masks, captions = [], [], [], [], []

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from microdit.train.plan import prepare_synthetic
 from microdit.train.trainer import NonFiniteError, Trainer, train
 
 from conftest import FIXTURE_DIR
-from train_helpers import base_overrides, compose_config, run_train, stats
+from train_helpers import base_overrides, compose_config, popen_train, run_train, stats, wait_for_rows
 
 pytestmark = pytest.mark.slow
 
@@ -92,30 +91,13 @@ def test_two_stage_run_end_to_end(tmp_path, data):
     assert not torch.equal(state["ema"]["final.linear.weight"], state["model"]["final.linear.weight"])
 
 
-def _wait_for_rows(run: Path, nimg: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    start = time.time()
-    while time.time() - start < timeout:
-        if (run / "stats.jsonl").exists() and any(r["nimg"] >= nimg for r in stats(run)):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early: {proc.stderr.read()}")
-        time.sleep(0.05)
-    raise AssertionError("run made no progress")
-
-
-def _popen(overrides):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "microdit.cli.train", *overrides], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def test_kill_9_then_resume_is_bit_exact(tmp_path, data):
     reference = base_overrides(tmp_path, data, "ref")
     run_train(reference)
     killed = base_overrides(tmp_path, data, "killed") + ["trainer.ckpt_every_images=24"]
-    proc = _popen(killed)
+    proc = popen_train(killed)
     run = tmp_path / "runs" / "killed"
-    _wait_for_rows(run, 40, proc)
+    wait_for_rows(run, 40, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert runs.latest(run) is not None and stats(run)[-1]["nimg"] < 96
@@ -133,9 +115,9 @@ def test_kill_9_before_the_first_checkpoint_then_rerun_has_each_row_once(tmp_pat
     reference = base_overrides(tmp_path, data, "ref")
     run_train(reference)
     killed = base_overrides(tmp_path, data, "early")  # no checkpoint before the stage end at 64 images
-    proc = _popen(killed)
+    proc = popen_train(killed)
     run = tmp_path / "runs" / "early"
-    _wait_for_rows(run, 24, proc)
+    wait_for_rows(run, 24, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert runs.latest(run) is None
@@ -149,9 +131,9 @@ def test_kill_9_before_the_first_checkpoint_then_rerun_has_each_row_once(tmp_pat
 
 def test_sigterm_leaves_a_checkpoint(tmp_path, data):
     overrides = base_overrides(tmp_path, data, "term")
-    proc = _popen(overrides)
+    proc = popen_train(overrides)
     run = tmp_path / "runs" / "term"
-    _wait_for_rows(run, 16, proc)
+    wait_for_rows(run, 16, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM

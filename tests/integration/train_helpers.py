@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from microdit.pipeline import compose_config  # noqa: F401  (re-exported for the tests)
@@ -40,3 +41,22 @@ def run_train(overrides: list[str], nproc: int = 1, check: bool = True, **popen)
 def stats(run: Path) -> list[dict]:
     """Rows of a run's stats.jsonl."""
     return [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
+
+
+def wait_for_rows(run: Path, nimg: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the run has logged ``nimg`` images (it must still be running)."""
+    start = time.time()
+    while time.time() - start < timeout:
+        if (run / "stats.jsonl").exists() and any(r["nimg"] >= nimg for r in stats(run)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("run made no progress")
+
+
+def popen_train(overrides: list[str]) -> subprocess.Popen:
+    """Start microdit-train in the background (one process, one thread)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "microdit.cli.train", *overrides], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
