@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from microdit.data import DataError, Manifest, load_manifest, verify_dataset
+from microdit.data import DataError, Manifest, verify_dataset
 from microdit.data.remote import dataset_manifest, is_remote
 from microdit.diffusion import EDMConfig, SamplerConfig, generate
 from microdit.encoders import load_autoencoder, load_text_encoder
