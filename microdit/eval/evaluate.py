@@ -87,8 +87,10 @@ def _load_chunk(path: Path) -> torch.Tensor:
 
 def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSettings, name: str | None = None,
              probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
-             world: int = 1) -> dict | None:
-    """Generate and measure; rank 0 returns the metrics entry (also written to metrics.json)."""
+             world: int = 1, reference_dataset: str | Path | None = None) -> dict | None:
+    """Generate and measure; rank 0 returns the metrics entry (also written to metrics.json).
+    ``reference_dataset``: the images the reference statistics of FID and Clip-FID are taken from
+    (default: the evaluation set itself)."""
     check_names(settings.metrics)
     name = name or Path(eval_dataset).name
     if not name or "/" in name or name in (".", ".."):
@@ -129,12 +131,13 @@ def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSet
     if generated is None:
         return None
     inputs = EvalInputs(generated, reference, labels, captions, eval_dataset, probe_data, manifest.autoencoder,
-                        settings, device, real_twin=real[count:2 * count])
+                        settings, device, real_twin=real[count:2 * count], reference_dataset=reference_dataset)
     metrics: dict = {}
     for metric in settings.metrics:
         metrics.update(METRICS[metric].compute(inputs))
     entry = {"name": name, "checkpoint": str(loaded.checkpoint), "nimg": loaded.nimg, "ema": loaded.ema,
-             "eval_dataset": str(eval_dataset), "num_samples": count, "seed": settings.seed,
+             "eval_dataset": str(eval_dataset), "reference_dataset": str(reference_dataset or eval_dataset),
+             "num_samples": count, "seed": settings.seed,
              "prompt_seed": settings.prompt_seed,
              "sampler": asdict(sampler),
              "settings": asdict(settings), "metrics": metrics, "time": time.time()}

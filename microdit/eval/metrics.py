@@ -100,30 +100,47 @@ def quality_columns(rows: list[dict]) -> list[str]:
     return []
 
 
-def decode(latents: torch.Tensor, autoencoder: str, batch: int = 64, device="cpu") -> torch.Tensor:
-    """Latents -> uint8 images with the dataset's autoencoder."""
-    ae = load_autoencoder(autoencoder).to(device)
+CHUNK = 256  # images decoded and measured at a time: a 30k-sample evaluation never holds all its images
+
+
+def decode(latents: torch.Tensor, autoencoder, batch: int = 64, device="cpu") -> torch.Tensor:
+    """Latents -> uint8 images with ``autoencoder`` (a loaded one, or the dataset's name of it)."""
+    ae = load_autoencoder(autoencoder).to(device) if isinstance(autoencoder, str) else autoencoder
     return torch.cat([to_uint8(ae.decode(latents[i:i + batch].to(device)).cpu())
                       for i in range(0, len(latents), batch)])
 
 
-def dataset_images(folder: str | Path, limit: int, device="cpu") -> torch.Tensor:
-    """uint8 images of a dataset: read from an image dataset, decoded from a latent one."""
+def iter_dataset_images(folder: str | Path, limit: int, device="cpu", chunk: int = CHUNK):
+    """uint8 images (n, 3, H, W) of a dataset, ``chunk`` at a time, ``limit`` in all: read from an
+    image dataset (whose images must share one size), decoded from a latent one."""
     manifest = load_manifest(folder)
     if manifest.kind == "images":
         from microdit.data.images import IMAGE_EXTS, decode_image
         from microdit.data.shards import iter_shard
 
-        images = []
+        images, seen = [], 0
         for info in manifest.shards:
             for key, members in iter_shard(Path(folder) / info.name):
                 ext = next(e for e in IMAGE_EXTS if e in members)
                 images.append(torch.from_numpy(np.array(decode_image(members[ext], key))).permute(2, 0, 1))
-                if len(images) == limit:
-                    return torch.stack(images)
-        return torch.stack(images)
+                seen += 1
+                if len(images) == chunk or seen == limit:
+                    yield torch.stack(images)
+                    images = []
+                if seen == limit:
+                    return
+        if images:
+            yield torch.stack(images)
+        return
     latents, _, _ = read_dataset(folder, limit)
-    return decode(latents, manifest.autoencoder, device=device)
+    ae = load_autoencoder(manifest.autoencoder).to(device)
+    for i in range(0, len(latents), chunk):
+        yield decode(latents[i:i + chunk], ae, device=device)
+
+
+def dataset_images(folder: str | Path, limit: int, device="cpu") -> torch.Tensor:
+    """uint8 images of a dataset: read from an image dataset, decoded from a latent one."""
+    return torch.cat(list(iter_dataset_images(folder, limit, device)))
 
 
 def reference_stats(folder: str | Path, extractor, limit: int = 50000, device="cpu") -> FeatureStats:
@@ -133,7 +150,7 @@ def reference_stats(folder: str | Path, extractor, limit: int = 50000, device="c
     path = dataset_cache(folder, f"eval_stats/{extractor.name}-{n}.npz")
     if path.is_file():
         return FeatureStats.load(path)
-    stats = FeatureStats.of(extractor(dataset_images(folder, n, device)))
+    stats = FeatureStats.of(torch.cat([extractor(chunk) for chunk in iter_dataset_images(folder, n, device)]))
     stats.save(path)
     return stats
 
@@ -141,27 +158,20 @@ def reference_stats(folder: str | Path, extractor, limit: int = 50000, device="c
 class EvalInputs:
     """What a metric reads, computed once however many metrics read it: the generated latents
     (N, C, h, w), the evaluation set's reference latents (M, C, h, w) with the prompts' ``labels``
-    and ``captions``, other real latents of the set (``real_twin``, for real-vs-real floors), the
-    images of both (decoded with the dataset's ``autoencoder``), feature extractors by name, and
-    the trained probe. ``settings`` is the evaluation's :class:`~microdit.eval.evaluate.EvalSettings`."""
+    and ``captions``, other real latents of the set (``real_twin``, for real-vs-real floors), their
+    images (decoded with the dataset's ``autoencoder``, ``CHUNK`` at a time), feature extractors by
+    name, and the trained probe. ``settings`` is the evaluation's
+    :class:`~microdit.eval.evaluate.EvalSettings`; reference statistics are those of
+    ``reference_dataset`` (default: the evaluation set; e.g. COCO's real images, not their latents)."""
 
     def __init__(self, generated: torch.Tensor, reference: torch.Tensor, labels: list[dict], captions: list[str],
                  eval_dataset: str | Path, probe_dataset: str | Path, autoencoder: str, settings, device="cpu",
-                 real_twin: torch.Tensor | None = None):
+                 real_twin: torch.Tensor | None = None, reference_dataset: str | Path | None = None):
         self.generated, self.reference, self.labels, self.captions = generated, reference, labels, captions
         self.real_twin = real_twin
         self.eval_dataset, self.probe_dataset, self.autoencoder = eval_dataset, probe_dataset, autoencoder
+        self.reference_dataset = reference_dataset or eval_dataset
         self.settings, self.device = settings, device
-
-    @functools.cached_property
-    def images(self) -> torch.Tensor:
-        """uint8 (N, 3, H, W): the generated samples decoded."""
-        return decode(self.generated, self.autoencoder, device=self.device)
-
-    @functools.cached_property
-    def reference_images(self) -> torch.Tensor:
-        """uint8 (M, 3, H, W): the evaluation set's samples for the same prompts, decoded."""
-        return decode(self.reference, self.autoencoder, device=self.device)
 
     def _once(self, key: tuple, make: Callable):
         """``make()`` the first time ``key`` is asked for on this instance (the memo dies with it,
@@ -171,22 +181,30 @@ class EvalInputs:
             memo[key] = make()
         return memo[key]
 
+    def chunks(self, latents: torch.Tensor):
+        """(start, uint8 images) of ``latents`` decoded ``CHUNK`` at a time."""
+        ae = self._once(("autoencoder",), lambda: load_autoencoder(self.autoencoder).to(self.device))
+        for start in range(0, len(latents), CHUNK):
+            yield start, decode(latents[start:start + CHUNK], ae, device=self.device)
+
     def extractor(self, name: str):
         """The feature network ``name`` of :data:`EXTRACTORS`, built once."""
         return self._once(("extractor", name), lambda: EXTRACTORS[name](self.settings, self.device))
 
     def features(self, name: str) -> torch.Tensor:
         """(N, F): the generated images in feature space ``name``."""
-        return self._once(("features", name), lambda: self.extractor(name)(self.images))
+        return self._once(("features", name), lambda: torch.cat(
+            [self.extractor(name)(images) for _, images in self.chunks(self.generated)]))
 
     def reference_features(self, name: str) -> torch.Tensor:
         """(M, F): the reference images of the same prompts in feature space ``name``."""
-        return self._once(("reference", name), lambda: self.extractor(name)(self.reference_images))
+        return self._once(("reference", name), lambda: torch.cat(
+            [self.extractor(name)(images) for _, images in self.chunks(self.reference)]))
 
     def reference_stats(self, name: str) -> FeatureStats:
-        """Cached statistics of the evaluation set in feature space ``name`` (all its images, at
+        """Cached statistics of the reference dataset in feature space ``name`` (all its images, at
         most 50,000; :func:`reference_stats`)."""
-        return reference_stats(self.eval_dataset, self.extractor(name), device=self.device)
+        return reference_stats(self.reference_dataset, self.extractor(name), device=self.device)
 
     @functools.cached_property
     def probe(self):
@@ -219,7 +237,9 @@ def _frechet(features: str) -> Callable[[EvalInputs], float]:
 
 def _clip_score(inputs: EvalInputs) -> dict:
     clip = inputs.extractor("clip_score")
-    return {"clip_score": float(clip.clip_score(inputs.images, inputs.captions).mean())}
+    scores = [clip.clip_score(images, inputs.captions[start:start + len(images)])
+              for start, images in inputs.chunks(inputs.generated)]
+    return {"clip_score": float(torch.cat(scores).mean())}
 
 
 register(Metric("probe", "offline probe: Fréchet distance and KID in its features (probe_fd, probe_kid; their "

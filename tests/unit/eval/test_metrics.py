@@ -77,9 +77,8 @@ def test_kid_metric_reads_each_feature_set_once(monkeypatch):
     monkeypatch.setitem(__import__("microdit.eval.metrics", fromlist=["EXTRACTORS"]).EXTRACTORS, "inception",
                         lambda settings, device: calls.append("built") or Stub())
     g = torch.Generator().manual_seed(0)
-    inputs = EvalInputs(None, None, [], [], "unused", "unused", "pixel", settings=None)
-    inputs.images = torch.randint(0, 256, (30, 3, 8, 8), generator=g, dtype=torch.uint8)
-    inputs.reference_images = torch.randint(0, 256, (30, 3, 8, 8), generator=g, dtype=torch.uint8)
+    generated, reference = (torch.rand(30, 3, 8, 8, generator=g) * 2 - 1 for _ in range(2))  # pixel-space latents
+    inputs = EvalInputs(generated, reference, [], [], "unused", "unused", "pixel", settings=None)
     first = METRICS["kid"].compute(inputs)
     assert set(first) == {"kid", "kid_std"} and METRICS["kid"].compute(inputs) == first
     assert calls == ["built"]  # one network, its features computed once per set
