@@ -3,6 +3,7 @@
     microdit-eval run runs/my-run --dataset data/synthetic-eval --num-samples 1000 --metrics probe
     microdit-eval run runs/my-run --dataset data/cc-eval --metrics fid,clip_fid,clip_score,probe --device cuda
     microdit-eval stats data/cc-eval-images --metrics fid,clip_fid   # cache reference statistics
+    microdit-eval coco runs/xl-final --coco data/coco2014 --device cuda   # COCO-30K FID and CLIP score (Table 3)
     torchrun --nproc_per_node 8 -m microdit.cli.eval run ...   # generation split over the processes
 """
 
@@ -16,6 +17,7 @@ import torch
 
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
 from microdit.data import DataError
+from microdit.eval import coco
 from microdit.eval.evaluate import EvalSettings, evaluate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import EXTRACTORS, METRICS, check_names, reference_stats, stats_metrics
@@ -24,7 +26,7 @@ from microdit.run import CheckpointError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``microdit-eval`` (sub-commands ``run`` and ``stats``)."""
+    """The command line of ``microdit-eval`` (sub-commands ``run``, ``coco`` and ``stats``)."""
     parser = argparse.ArgumentParser(prog="microdit-eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the order the evaluation set's prompts are drawn in (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=64,
                    help="samples per generation batch (default: %(default)s)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--clip-fid-model", default=CLIP_FID_MODEL,
+                   help="open_clip model of clip_fid (default: %(default)s)")
+    p.add_argument("--clip-score-model", default=CLIP_SCORE_MODEL,
+                   help="open_clip model of clip_score (default: %(default)s)")
+    p.add_argument("--inception-weights", help="local InceptionV3 weights (default: torch-fidelity downloads them)")
+    p.add_argument("--device", default=device, help="device (default: %(default)s)")
+    p = sub.add_parser("coco", help="COCO-30K: FID and CLIP score on 30k COCO 2014 validation captions, as the "
+                       "paper's Table 3 (microdit.eval.coco)")
+    p.add_argument("run", type=Path, help="run folder (latest checkpoint), checkpoint folder or converted checkpoint")
+    p.add_argument("--coco", type=Path, required=True, help="prepared COCO 2014 validation images "
+                   "(microdit-data prepare coco2014 DIR)")
+    p.add_argument("--captions", type=positive_int, default=coco.CAPTIONS,
+                   help="captions drawn, one per image (default: %(default)s)")
+    p.add_argument("--coco-seed", type=int, default=coco.SEED, help="seed of that draw (default: %(default)s)")
+    p.add_argument("--resolution", type=positive_int, help="pixels (default: the model's own resolution)")
+    p.add_argument("--name", default="coco30k", help="name of this evaluation (default: %(default)s)")
+    p.add_argument("--metrics", default="fid,clip_score", help="comma-separated (default: %(default)s)")
+    add_sampler_options(p)
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per batch (default: %(default)s)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     p.add_argument("--clip-fid-model", default=CLIP_FID_MODEL,
                    help="open_clip model of clip_fid (default: %(default)s)")
@@ -79,15 +102,20 @@ def main(argv: list[str] | None = None) -> None:
                 stats = reference_stats(args.dataset, extractor, args.num_samples, device)
                 print(f"{args.dataset}: {extractor.name} statistics of {stats.count} images cached")
             return
-        settings = EvalSettings(num_samples=args.num_samples, sampler_overrides=sampler_overrides(args),
-                                seed=args.seed, prompt_seed=args.prompt_seed, batch_size=args.batch_size,
-                                use_ema=not args.no_ema,
-                                metrics=metrics, clip_fid_model=args.clip_fid_model,
+        settings = EvalSettings(num_samples=getattr(args, "num_samples", coco.CAPTIONS),
+                                sampler_overrides=sampler_overrides(args), seed=args.seed,
+                                prompt_seed=getattr(args, "prompt_seed", 0), batch_size=args.batch_size,
+                                use_ema=not args.no_ema, metrics=metrics, clip_fid_model=args.clip_fid_model,
                                 clip_score_model=args.clip_score_model, inception_weights=args.inception_weights,
-                                probe_steps=args.probe_steps)
+                                probe_steps=getattr(args, "probe_steps", EvalSettings.probe_steps))
         info = adopt_launcher_env()  # torchrun, accelerate, submitit or srun: rank r generates chunks r, r + world, ...
-        entry = evaluate(args.run, args.dataset, settings, args.name, args.probe_dataset,
-                         local_device(args.device, info), info.rank, info.world_size)
+        device = local_device(args.device, info)
+        if args.command == "coco":
+            entry = coco.evaluate_coco(args.run, args.coco, settings, args.captions, args.coco_seed, args.resolution,
+                                       args.name, device, info.rank, info.world_size)
+        else:
+            entry = evaluate(args.run, args.dataset, settings, args.name, args.probe_dataset, device, info.rank,
+                             info.world_size)
     except (DataError, ValueError, FileNotFoundError, CheckpointError) as err:
         raise SystemExit(f"microdit-eval: error: {err}") from None
     if entry is not None:

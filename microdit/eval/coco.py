@@ -1,0 +1,123 @@
+"""COCO-30K: zero-shot FID and CLIP score on MS-COCO 2014 validation captions (the paper's Table 3).
+
+The paper reports FID-30K and CLIP score of its final models on COCO: 30,000 captions of the 2014
+validation split, generated zero-shot (the model never trained on COCO). This module builds that
+evaluation set once per resolution and text encoder, then hands it to :func:`evaluate`:
+
+1. **Captions** (:func:`coco30k_pairs`): from the 40,504 validation images (``microdit-data prepare
+   coco2014``, every image kept at its own size, all five captions in its ``json``), 30,000 images
+   drawn without replacement with a fixed seed (0), and for each one of its captions drawn with the
+   same generator: one (image, caption) pair per image, a pure function of (seed, the prepared set).
+2. **Real images** (``DIR-coco30k-sSEED-RRRpx-images``): those images resized on their short side
+   to the generation resolution with PIL's antialiased bicubic filter and centre-cropped (clean
+   resizing, as clean-fid recommends; never a second, aliasing resize). The FID reference
+   statistics are computed on them (torch-fidelity's InceptionV3, cached beside them).
+3. **Prompts** (``...-latents-<encoders>``): the pairs encoded with the run's own autoencoder and
+   text encoder (``microdit-data encode``), so the caption embeddings are the ones the run was
+   trained with.
+4. **Generation and metrics** (:func:`evaluate`): one sample per caption from the noise of
+   ``seed + i``, split over the processes of a ``torchrun`` launch, at ``SAMPLER`` (the reference
+   implementation's sampling defaults: 30 steps, classifier-free guidance 5; the paper does not
+   state its FID-30K sampler), then ``fid`` against the real images' statistics and ``clip_score``
+   (100 x cosine of CLIP image and caption features; ``--clip-score-model``).
+
+Weights a user needs (all downloaded on first use and cached by their libraries): the run's
+autoencoder and text encoder, torch-fidelity's InceptionV3 (``~/.cache/torch/hub``; or
+``--inception-weights``) and the CLIP-score model (open_clip, ``~/.cache/huggingface``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from microdit.data import DataError, encode_dataset, load_manifest, write_image_dataset
+from microdit.data.images import decode_image, resize_center_crop
+from microdit.data.shards import iter_shard
+
+CAPTIONS = 30000
+SEED = 0
+SAMPLER = {"steps": 30, "cfg_scale": 5.0}
+
+
+def coco30k_pairs(coco: str | Path, count: int = CAPTIONS, seed: int = SEED) -> list[tuple[str, str, int]]:
+    """(sample key, caption, shard index) of the ``count`` drawn pairs of a prepared coco2014 dataset,
+    in key order."""
+    manifest = load_manifest(coco)
+    if manifest.kind != "images" or not (manifest.source or "").startswith("coco2014"):
+        raise DataError(f"{coco}: not a prepared coco2014 image dataset (microdit-data prepare coco2014 DIR); its "
+                        f"source is {manifest.source!r}")
+    images = []
+    for shard_index, info in enumerate(manifest.shards):
+        for key, members in iter_shard(Path(coco) / info.name):
+            captions = json.loads(members.get("json", b"{}")).get("captions") or [members["txt"].decode()]
+            images.append((key, captions, shard_index))
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.permutation(len(images))[:min(count, len(images))])
+    picks = rng.integers(0, 1 << 30, size=len(chosen))
+    return [(images[i][0], images[i][1][picks[n] % len(images[i][1])], images[i][2]) for n, i in enumerate(chosen)]
+
+
+def coco30k_dataset(coco: str | Path, resolution: int, autoencoder, text, count: int = CAPTIONS,
+                    seed: int = SEED, progress: bool = True) -> tuple[Path, Path]:
+    """(real images, prompt latents) of COCO-30K at ``resolution`` for these encoders, built beside
+    ``coco`` when missing (resumable; concurrent builders wait for one another)."""
+    coco = Path(coco)
+    base = coco.with_name(f"{coco.name}-coco30k-s{seed}-n{count}-{resolution}px")
+    images = base.with_name(base.name + "-images")
+    if not (images / "manifest.json").is_file():
+        pairs = coco30k_pairs(coco, count, seed)
+        manifest = load_manifest(coco)
+        wanted: dict[int, dict[str, str]] = {}
+        for key, caption, shard in pairs:
+            wanted.setdefault(shard, {})[key] = caption
+
+        def samples():
+            for shard, keys in sorted(wanted.items()):
+                for key, members in iter_shard(coco / manifest.shards[shard].name):
+                    if key in keys:
+                        image = resize_center_crop(decode_image(members["jpg"], f"{coco}: {key}"), resolution)
+                        yield key, image, keys[key], json.loads(members.get("json", b"{}"))
+
+        try:
+            write_image_dataset(images, samples(), resolution, [],
+                                f"coco30k(seed {seed}, {len(pairs)} pairs of {coco})")
+        except DataError:
+            if not (images / "manifest.json").is_file():
+                raise  # not a builder that got there first
+    latents = base.with_name(f"{base.name}-{_slug(autoencoder.name)}-{_slug(text.name)}")
+    encode_dataset(images, latents, autoencoder, text, progress=progress)
+    return images, latents
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def evaluate_coco(checkpoint: str | Path, coco: str | Path, settings, count: int = CAPTIONS, seed: int = SEED,
+                  resolution: int | None = None, name: str = "coco30k", device="cpu", rank: int = 0,
+                  world: int = 1) -> dict | None:
+    """COCO-30K of a trained run or converted checkpoint: the evaluation set at ``resolution`` (None:
+    the model's own, its latent size times its autoencoder's downsampling) for the run's encoders,
+    then :func:`~microdit.eval.evaluate.evaluate` with the real images as FID reference. The sampler
+    is ``SAMPLER`` where ``settings.sampler_overrides`` leaves a field open. Rank 0 returns the
+    metrics entry."""
+    import dataclasses
+
+    from microdit.encoders import load_autoencoder, load_text_encoder
+    from microdit.eval.evaluate import evaluate
+    from microdit.run import encoder_names, load_model
+
+    loaded = load_model(checkpoint, settings.use_ema, "cpu")
+    text_name, ae_name = encoder_names(loaded)
+    autoencoder, text = load_autoencoder(ae_name), load_text_encoder(text_name)
+    size = resolution or loaded.model.cfg.input_size[0] * autoencoder.downsample
+    del loaded
+    images, latents = coco30k_dataset(coco, size, autoencoder.to(device), text.to(device), count, seed,
+                                      progress=rank == 0)
+    settings = dataclasses.replace(settings, num_samples=min(count, load_manifest(latents).samples),
+                                   sampler_overrides={**SAMPLER, **settings.sampler_overrides})
+    return evaluate(checkpoint, latents, settings, name, device=device, rank=rank, world=world,
+                    reference_dataset=images)

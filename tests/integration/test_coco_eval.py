@@ -1,0 +1,97 @@
+"""microdit-eval coco end to end on the COCO fixture: the caption draw, the real-image reference,
+FID and CLIP score with random-init networks of the real architectures, and the Table 3 notebook."""
+
+import importlib.util
+import json
+
+import nbformat
+import pytest
+import torch
+from nbclient import NotebookClient
+
+from microdit.cli.data import main as data_main
+from microdit.cli.eval import main as eval_main
+from microdit.cli.results import main as results_main
+from microdit.data import load_manifest
+from microdit.eval.coco import coco30k_pairs
+from microdit.eval.features import InceptionFeatures
+from microdit.eval.frechet import FeatureStats, frechet_distance
+from microdit.eval.metrics import dataset_images, decode
+from microdit.train.trainer import train
+
+from conftest import FIXTURE_DIR
+from train_helpers import base_overrides, compose_config
+
+pytestmark = pytest.mark.slow
+ROOT = FIXTURE_DIR.parents[1]
+spec = importlib.util.spec_from_file_location("make_source_fixtures", FIXTURE_DIR / "make_source_fixtures.py")
+fixtures = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fixtures)
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coco")
+    fixtures.main(root / "raw", ["coco2014"])
+    data_main(["prepare", "coco2014", str(root / "coco2014"), "--from", str(root / "raw" / "coco2014")])
+    return root / "coco2014"
+
+
+def _random_inception(path):
+    """InceptionV3 of torch-fidelity's architecture with random (He-initialised) weights, whose
+    features vary with the image (its own default init gives ~0 features)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    load, fetch = fe.FeatureExtractorInceptionV3.load_state_dict, fe.load_state_dict_from_url
+    fe.FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, strict=True: None
+    fe.load_state_dict_from_url = lambda *a, **k: {}
+    try:
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    finally:
+        fe.FeatureExtractorInceptionV3.load_state_dict, fe.load_state_dict_from_url = load, fetch
+    generator = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(v.shape, generator=generator) * (2 / max(1, v[0].numel())) ** 0.5
+                 if k.endswith("conv.weight") or k.endswith("fc.weight") else v) for k, v in net.state_dict().items()}
+    torch.save(state, path)
+    return str(path)
+
+
+def test_the_caption_draw_is_fixed_one_caption_per_image(coco):
+    pairs = coco30k_pairs(coco, count=4, seed=0)
+    assert pairs == coco30k_pairs(coco, count=4, seed=0) and pairs != coco30k_pairs(coco, count=4, seed=1)
+    assert len({key for key, _, _ in pairs}) == 4 and len(coco30k_pairs(coco)) == load_manifest(coco).samples == 6
+    assert all(caption.startswith("A teal disc") for _, caption, _ in pairs)
+
+
+def test_microdit_eval_coco_end_to_end(coco, tmp_path, capsys, monkeypatch):
+    data_main(["synthetic", str(tmp_path / "images"), "--num-samples", "64", "--size", "32"])
+    data_main(["encode", str(tmp_path / "images"), str(tmp_path / "data"), "--device", "cpu"])
+    train(compose_config(base_overrides(tmp_path, tmp_path / "data", "tiny")))
+    run = tmp_path / "runs" / "tiny"
+    weights = _random_inception(tmp_path / "inception.pt")
+    eval_main(["coco", str(run), "--coco", str(coco), "--inception-weights", weights, "--clip-score-model",
+               "ViT-B-32", "--steps", "2", "--batch-size", "4", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert '"fid"' in out and '"clip_score"' in out  # printed as well as recorded
+    entry = json.loads((run / "metrics.json").read_text())["entries"][-1]
+    assert entry["name"] == "coco30k" and entry["num_samples"] == 6
+    assert entry["sampler"]["steps"] == 2 and entry["sampler"]["cfg_scale"] == 5.0  # the protocol's CFG kept
+    assert set(entry["metrics"]) == {"fid", "clip_score"}
+    real = entry["reference_dataset"]
+    assert real.endswith("-32px-images") and load_manifest(real).image_size == [32, 32]  # nano: 16 latents x 2
+
+    # FID recomputed independently: the generated chunks decoded, the real images read, one extractor
+    chunks = sorted((run / "eval").glob("coco30k-*/chunk-*.pt"))
+    generated = decode(torch.cat([torch.load(c, weights_only=True).float() for c in chunks]), "pixel:2")
+    extractor = InceptionFeatures(weights)
+    reference = FeatureStats.of(extractor(dataset_images(real, 6)))
+    oracle = frechet_distance(FeatureStats.of(extractor(generated)), reference)
+    assert entry["metrics"]["fid"] == pytest.approx(oracle, rel=1e-6) and oracle > 0
+
+    results_main([str(tmp_path / "runs"), "--out", str(tmp_path / "results.csv")])
+    monkeypatch.setenv("MICRODIT_RESULTS", str(tmp_path / "results.csv"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    book = nbformat.read(ROOT / "notebooks" / "table3_coco.ipynb", as_version=4)
+    NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "".join(str(o.get("data", {}).get("text/markdown", "")) for c in book.cells for o in c.get("outputs", []))
+    assert "1 runs with a `coco30k` evaluation" in text and "| tiny |" in text and "12.7" in text
