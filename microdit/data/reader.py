@@ -34,6 +34,7 @@ from microdit.data.shards import load_npy
 from microdit.data.synthetic import SCENES
 
 SHUFFLES = ("global", "buffer")
+MIXES = ("weights", "samples")
 PREPARE = ("none", "synthetic")
 BLOCK = 1 << 14  # positions per block of mixture draws
 MEMBERS = ("latent.npy", "text.npy", "mask.npy", "txt", "json")
@@ -43,7 +44,9 @@ MEMBERS = ("latent.npy", "text.npy", "mask.npy", "txt", "json")
 class DataConfig:
     """The latent datasets a run reads and how (:meth:`LatentBatches.from_config`).
 
-    ``folders`` are mixed with ``weights`` (None: equal); ``shuffle`` is ``global`` or ``buffer``
+    ``folders`` are mixed with ``weights`` (None: equal), or with ``mix="samples"`` in proportion to
+    their sample counts (every image of the union equally often: the paper's one stream over its
+    five training sets, Sec. 3.4); ``shuffle`` is ``global`` or ``buffer``
     (webdataset order, ``shuffle_buffer`` samples); ``caption_dropout`` replaces a caption by the
     all-zero embedding (the unconditional input of classifier-free guidance; the paper uses 0.1);
     ``use_text_mask`` masks caption padding in attention (the reference implementation attends
@@ -61,6 +64,7 @@ class DataConfig:
 
     folders: list[str] = field(default_factory=lambda: ["data/synthetic"])
     weights: list[float] | None = None
+    mix: str = "weights"
     shuffle: str = "global"
     shuffle_buffer: int = 1000
     caption_dropout: float = 0.1
@@ -84,6 +88,10 @@ class DataConfig:
                                          or sum(self.weights) <= 0):
             out.append(f"weights must be {len(self.folders)} non-negative numbers (one per folder) with a positive "
                        f"sum, got {self.weights}")
+        if self.mix not in MIXES:
+            out.append(f"mix must be one of {MIXES}, got {self.mix!r}")
+        if self.mix == "samples" and self.weights is not None:
+            out.append("weights and mix=samples exclude each other: give one")
         if self.shuffle not in SHUFFLES:
             out.append(f"shuffle must be one of {SHUFFLES}, got {self.shuffle!r}")
         if self.shuffle_buffer < 1 or self.num_workers < 0:
@@ -179,7 +187,7 @@ class LatentBatches(IterableDataset):
     def __init__(self, folders: str | Path | list, batch_size: int, weights: list[float] | None = None,
                  seed: int = 0, shuffle: str = "global", shuffle_buffer: int = 1000, caption_dropout: float = 0.0,
                  rank: int = 0, world_size: int = 1, accum: int = 1, start_batch: int = 0,
-                 skip_bad_samples: bool = False, cache: ShardCache | None = None) -> None:
+                 skip_bad_samples: bool = False, cache: ShardCache | None = None, mix: str = "weights") -> None:
         super().__init__()
         folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
         if not folders:
@@ -209,6 +217,10 @@ class LatentBatches(IterableDataset):
                 raise DataError(f"cannot mix {src.folder} (latents {src.manifest.latent_shape}, text "
                                 f"{src.manifest.text_shape}) with {self.sources[0].folder} (latents "
                                 f"{first.latent_shape}, text {first.text_shape})")
+        if mix == "samples":
+            weights = [float(src.manifest.samples) for src in self.sources]
+        elif mix != "weights":
+            raise DataError(f"mix must be one of {MIXES}, got {mix!r}")
         self.weights = np.asarray(weights, dtype=np.float64) / sum(weights)
         self.batch_size, self.seed, self.shuffle, self.shuffle_buffer = batch_size, seed, shuffle, shuffle_buffer
         self.caption_dropout, self.rank, self.world_size, self.accum = caption_dropout, rank, world_size, accum
@@ -225,7 +237,8 @@ class LatentBatches(IterableDataset):
         ``batch_size`` (global batch = batch_size x world_size x accum), from global batch
         ``start_batch`` on."""
         return cls(cfg.folders, batch_size, cfg.weights, seed, cfg.shuffle, cfg.shuffle_buffer, cfg.caption_dropout,
-                   rank, world_size, accum, start_batch, cfg.skip_bad_samples, ShardCache(cfg.cache_dir, cfg.cache_gb))
+                   rank, world_size, accum, start_batch, cfg.skip_bad_samples, ShardCache(cfg.cache_dir, cfg.cache_gb),
+                   cfg.mix)
 
     @property
     def manifest(self) -> Manifest:

@@ -176,6 +176,30 @@ def test_accumulation_slices_cover_the_global_batch():
     assert [(b["batch_index"], b["accum_index"]) for b in stream] == [(1, 0), (1, 1), (2, 0), (2, 1)]
 
 
+def test_mixing_by_sample_counts_weighs_each_dataset_by_its_size(tmp_path):
+    from microdit.cli.data import main as data_main
+    from microdit.data import encode_dataset
+    from microdit.encoders import load_autoencoder, load_text_encoder
+
+    folders = []
+    for name, n in (("big", 30), ("small", 10)):
+        data_main(["synthetic", str(tmp_path / f"{name}-img"), "--num-samples", str(n), "--size", "16",
+                   "--seed", str(n)])
+        encode_dataset(tmp_path / f"{name}-img", tmp_path / name, load_autoencoder("pixel:2"),
+                       load_text_encoder("offline:32:16"), progress=False)
+        folders.append(tmp_path / name)
+    by_size = LatentBatches(folders, 8, mix="samples", seed=1)
+    assert by_size._positions(0, 5000) == LatentBatches(folders, 8, weights=[30, 10], seed=1)._positions(0, 5000)
+    counts = np.bincount([s for s, _ in by_size._positions(0, 20_000)], minlength=2)
+    assert abs(counts[0] / 20_000 - 0.75) < 0.015
+    cfg = DataConfig(folders=[str(f) for f in folders], mix="samples")
+    assert cfg.problems() == [] and LatentBatches.from_config(cfg, 8, seed=1)._positions(0, 50) == \
+        by_size._positions(0, 50)
+    assert DataConfig(folders=["a"], weights=[1.0], mix="samples").problems() == [
+        "weights and mix=samples exclude each other: give one"]
+    assert "mix must be one of" in DataConfig(mix="size").problems()[0]
+
+
 def test_reader_from_its_config():
     cfg = DataConfig(folders=[str(FIXTURE)], shuffle="buffer", shuffle_buffer=5, caption_dropout=0.3)
     assert cfg.problems() == []
