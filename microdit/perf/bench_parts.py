@@ -62,6 +62,46 @@ def bench_reader(num: int, caption_dim: int, batch: int = 32, batches: int = 60)
     return {"samples": num, "build_and_encode_s": build_s, "samples_per_s": rates}
 
 
+SDXL_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                latent_channels=4, norm_num_groups=32, sample_size=1024, scaling_factor=0.13025)  # SDXL's VAE
+
+
+def bench_encode(cases: list[tuple[str, str, list[int]]], images: int = 32, batch: int = 16,
+                 device: str = "cpu") -> list[dict]:
+    """``microdit-data encode`` images/s on this device, per (autoencoder, text encoder,
+    resolutions) case, end to end (image shards read and decoded, encoders, latent shards
+    written; all resolutions in one pass). ``sdxl-random`` is the SDXL VAE's architecture with
+    random weights (the encode cost of ``sdxl`` without its download). A multi-rank encode runs one
+    such process per device, each on its own shards: N devices encode N x this rate."""
+    from microdit.data import encode_dataset, write_image_dataset
+    from microdit.data.synthetic import SHAPES, synthetic_samples
+    from microdit.encoders import DiffusersAutoencoder, load_autoencoder, load_text_encoder
+
+    out = []
+    for ae_name, text_name, resolutions in cases:
+        if ae_name == "sdxl-random":
+            from diffusers import AutoencoderKL
+
+            torch.manual_seed(0)
+            autoencoder = DiffusersAutoencoder(AutoencoderKL(**SDXL_VAE), "sdxl-random", 0.13025)
+        else:
+            autoencoder = load_autoencoder(ae_name)
+        text = load_text_encoder(text_name)
+        with tempfile.TemporaryDirectory() as tmp:
+            size = max(resolutions)
+            write_image_dataset(Path(tmp) / "img", synthetic_samples(0, images, size), size, list(SHAPES), "bench")
+            encode_dataset(Path(tmp) / "img", Path(tmp) / "warm", autoencoder, text, batch, device=device,
+                           progress=False, resolutions=resolutions)  # first batches: allocation, kernels
+            start = time.perf_counter()
+            encode_dataset(Path(tmp) / "img", Path(tmp) / "lat", autoencoder, text, batch, device=device,
+                           progress=False, resolutions=resolutions)
+            seconds = time.perf_counter() - start
+        out.append({"autoencoder": ae_name, "text_encoder": text_name, "resolutions": resolutions, "images": images,
+                    "device": device, "seconds": seconds, "images_per_s": images / seconds})
+    return out
+
+
 def bench_sampler(preset: str, steps: list[int], images: int = 8, device: str = "cpu") -> dict:
     """Heun sampling images/s by step count, with CFG batched (one 2N pass) and as two N passes."""
     dev = torch.device(device)

@@ -18,9 +18,14 @@ from microdit.devices import H100
 from microdit.masking import MaskConfig
 from microdit.models import preset_config
 from microdit.perf.bench_moe import bench_moe
-from microdit.perf.bench_parts import bench_attention, bench_reader, bench_sampler
+from microdit.perf.bench_parts import bench_attention, bench_encode, bench_reader, bench_sampler
 from microdit.perf.bench_step import DEVICE_PLAN, StepCase, bench_steps, roofline_check
 from microdit.perf.timing import cpu_device_model
+
+ENCODE_CASES = {  # (autoencoder, text encoder, resolutions encoded in one pass) measured per device
+    "cpu": [("pixel:2", "offline:128:32", [32, 64]), ("sdxl-random", "offline:1024:77", [256])],
+    "cuda": [("sdxl", "openclip:ViT-H-14-378-quickgelu:dfn5b", [256, 512])],  # the paper's encoders (downloads)
+}
 
 
 def run_all(quick: bool, device: str = "cpu", compile: bool = True, results: dict | None = None) -> dict:
@@ -58,6 +63,7 @@ def run_all(quick: bool, device: str = "cpu", compile: bool = True, results: dic
     results["moe"] = [bench_moe(t, repeats=3 if quick else 5, device=device) for t in sizes]
     results["reader"] = bench_reader(2000 if quick else 10000, preset_config(presets[-1]).caption_dim)
     results["sampler"] = bench_sampler(presets[0], [10] if quick else [10, 30], device=device)
+    results["encode"] = bench_encode(ENCODE_CASES[dev.type], images=8 if quick else 32, device=device)
     if compile:  # last: inductor leaves compile workers behind that disturb later measurements on a small CPU
         base = StepCase(presets[-1], batch=batch, caption_len=length, device=device)
         pair = [base, base.variant(compile=True)]
@@ -157,4 +163,10 @@ def summary_markdown(r: dict) -> str:
               "|---|---|---|"]
     lines += [f"| {n} | {v['cfg_batched']:.1f} | {v['cfg_two_passes']:.1f} |"
               for n, v in r["sampler"]["by_steps"].items()]
+    if "encode" in r:
+        lines += ["", "## Encode (microdit-data encode on one device; N ranks: N x this)", "",
+                  "| autoencoder | text encoder | resolutions (one pass) | images | images/s |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {e['autoencoder']} | {e['text_encoder']} | {', '.join(map(str, e['resolutions']))} | "
+                  f"{e['images']} | {e['images_per_s']:.1f} |" for e in r["encode"]]
     return "\n".join(lines) + "\n"

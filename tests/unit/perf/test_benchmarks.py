@@ -9,7 +9,7 @@ from microdit.cli.bench import main as bench_main
 from microdit.masking import MaskConfig
 from microdit.nn import ExpertChoiceMoE
 from microdit.perf.bench_moe import bench_moe, gather_routing, moe_flops, one_hot_moe, one_hot_routing
-from microdit.perf.bench_parts import bench_attention, bench_sampler
+from microdit.perf.bench_parts import bench_attention, bench_encode, bench_sampler
 from microdit.perf.bench_step import StepCase, bench_steps
 from microdit.perf.benchmarks import summary_markdown, targets
 
@@ -61,6 +61,8 @@ def test_bench_report(tmp_path):
     assert any(not torch.equal(w, p) for w, p in zip(weights, base.model.parameters(), strict=True))
     sampler = bench_sampler("nano", [2], images=2)
     assert set(sampler["by_steps"][2]) == {"cfg_batched", "cfg_two_passes"}
+    encode = bench_encode([("pixel:2", "offline:32:8", [16, 8])], images=4, batch=2)
+    assert encode[0]["images"] == 4 and encode[0]["images_per_s"] == pytest.approx(4 / encode[0]["seconds"])
     case = {"gather": {"time_s": 1.0, "peak_mib": 2.0, "saved_mib": 1.0},
             "one_hot": {"time_s": 2.0, "peak_mib": 4.0, "saved_mib": 2.0}, "speedup": 2.0}
     moe = {"tokens": 8, "dim": 16, "layer": case, "routing": case, "speedup_bound": 1.1}
@@ -69,9 +71,11 @@ def test_bench_report(tmp_path):
                                             "time_ratio": 0.5, "flop_ratio": 0.45}],
                                "attention": {"shape": {}, "ms": {"math": 1.0, "efficient": None}},
                                "moe": [moe], "reader": {"samples": 10, "build_and_encode_s": 1.0,
-                                                        "samples_per_s": {0: 100.0}}, "sampler": sampler})
+                                                        "samples_per_s": {0: 100.0}}, "sampler": sampler,
+                               "encode": encode})
     assert "| nano | 0.75 | random | eager |" in report and "2.00x" in report
     assert "| efficient | unavailable |" in report and "| eager + checkpointing |" in report
+    assert "| pixel:2 | offline:32:8 | 16, 8 | 4 |" in report
 
 
 def test_targets_are_judged_from_the_measurements():
