@@ -207,7 +207,10 @@ def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
             if not is_remote(folder) and not (Path(folder) / "manifest.json").is_file():
                 raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
                                 "(or set data.prepare=synthetic for the synthetic dataset)")
-            manifest = verify_dataset(folder, count_samples=False)  # sizes and sha256 (then cached)
+            try:  # sizes and sha256 (then cached); seen at the resolution the stage reads
+                manifest = verify_dataset(folder, count_samples=False).at(stage.data.resolution)
+            except DataError as err:
+                raise DataError(f"{err} (stage {stage.name!r}, dataset {folder})") from None
             check_fits_model(manifest, folder, stage.model)
             lengths.add(manifest.text_shape[0])
             if i == 0:

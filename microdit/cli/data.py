@@ -86,11 +86,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
     share = Share.from_env()
     manifest = encode_dataset(args.src, args.dst, autoencoder, text, args.batch_size, args.seed, device,
                               args.skip_bad_samples, resolutions=args.resolutions, share=share)
-    where = args.dst if args.resolutions is None else ", ".join(str(args.dst / f"{r}px") for r in args.resolutions)
     waiting = "" if manifest.complete else ": its shards done, other ranks still encoding"
     rank = "" if share.world == 1 else f" (rank {share.rank} of {share.world}{waiting})"
-    print(f"{where}: {manifest.samples} samples, latents {manifest.latent_shape} at the first resolution, text "
-          f"{manifest.text_shape}{rank}")
+    shapes = manifest.resolutions or {"": manifest.latent_shape}
+    latents = ", ".join(f"{list(v)}{f' at {k} px' if k else ''}" for k, v in shapes.items())
+    print(f"{args.dst}: {manifest.samples} samples, latents {latents}, text {manifest.text_shape}{rank}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -200,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device (default: %(default)s)")
     p.add_argument("--skip-bad-samples", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--resolutions", type=positive_int, nargs="+",
-                   help="encode at these pixel sizes in one pass, into DST/<R>px each (images resized on the short "
-                   "side, centre-cropped); needed for datasets from `prepare` (paper: 256 512)")
+                   help="encode at these pixel sizes in one pass, each sample holding the latents of every one "
+                   "(images resized on the short side, centre-cropped) and one caption embedding; a stage picks its "
+                   "resolution (data.resolution, stages.NAME.resolution); needed for datasets from `prepare` "
+                   "(paper: 256 512)")
     p.set_defaults(func=cmd_encode)
     p = sub.add_parser("inspect", help="show a dataset's manifest and a few samples")
     p.add_argument("dir", type=Path, help="image or latent dataset folder")

@@ -81,31 +81,23 @@ def _read_image_shard(path: Path, skip_bad: bool, counts: dict) -> list[tuple[st
     return samples
 
 
-@dataclass
-class _Output:
-    """One latent dataset an encode writes: at ``resolution`` (None: the images' own size) in ``folder``."""
-
-    resolution: int | None
-    folder: Path
-    manifest: Manifest
-
-
 def _start_manifest(src: Manifest, dst: Path, autoencoder: Autoencoder, text: TextEncoder, src_folder: Path,
-                    resolution: int | None, share: Share) -> Manifest:
-    if resolution is None and src.image_size is None:
+                    resolutions: list[int] | None, share: Share) -> Manifest:
+    if resolutions is None and src.image_size is None:
         raise DataError(f"{src_folder}: its images keep their own sizes (microdit-data prepare): give the "
                         "resolutions to encode at (--resolutions 256 512)")
-    h, w = (resolution, resolution) if resolution else src.image_size
+    h, w = (resolutions[0], resolutions[0]) if resolutions else src.image_size
     fresh = Manifest(kind="latents", image_size=[h, w], label_names=src.label_names,
                      autoencoder=autoencoder.name, latent_shape=list(autoencoder.latent_shape(h, w)),
                      latent_scale=autoencoder.scale, text_encoder=text.name, text_shape=[text.length, text.dim],
-                     source=str(src_folder), licence=src.licence, complete=False)
+                     source=str(src_folder), licence=src.licence, complete=False,
+                     resolutions={str(r): list(autoencoder.latent_shape(r, r)) for r in resolutions or []})
     for name in dict.fromkeys(["manifest.json", share.part]):
         if not (dst / name).exists():
             continue
         old = load_manifest(dst, check_total=False) if name == "manifest.json" else _load_part(dst / name)
-        same = {k: getattr(old, k) for k in ("autoencoder", "latent_shape", "text_encoder", "text_shape", "source")}
-        want = {k: getattr(fresh, k) for k in same}
+        keys = ("autoencoder", "latent_shape", "resolutions", "text_encoder", "text_shape", "source")
+        same, want = ({k: getattr(m, k) for k in keys} for m in (old, fresh))
         if same != want:
             raise DataError(f"{dst} already holds a different encoding ({same}); expected {want}: "
                             "choose another output folder")
@@ -130,10 +122,14 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
                    batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
                    skip_bad_samples: bool = False, progress: bool = True, resolutions: list[int] | None = None,
                    share: Share = Share()) -> Manifest:
-    """Encode every image shard of ``src_folder`` into a latent shard in ``dst_folder``; with
-    ``resolutions``, into one latent dataset per resolution in one pass (``DST/256px``,
-    ``DST/512px``: each image resized on its short side and centre-cropped square, its caption
-    encoded once), of which the first one's manifest is returned.
+    """Encode every image shard of ``src_folder`` into a latent shard in ``dst_folder``. With
+    ``resolutions`` (pixels), every sample holds the latents of each resolution in one pass
+    (``KEY.latent_256.npy``, ``KEY.latent_512.npy``: the image resized on its short side and
+    centre-cropped square for each) beside one copy of its caption embedding; the manifest's
+    ``resolutions`` maps each to its latent shape, and a stage reads the one it names
+    (``data.resolution``, ``stages.NAME.resolution``). One embedding for all resolutions halves the
+    disk a two-resolution set takes (77 x 1024 fp16 caption embeddings are 154 KB a sample, the
+    256 and 512 px SDXL latents 8 and 32 KB).
 
     With a ``share`` of a multi-process launch, this process encodes only shard i with i % world
     == rank, writes and resumes them alone, and the last rank to finish merges the manifests; the
@@ -146,42 +142,36 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
     src = load_manifest(src_folder)
     if src.kind != "images":
         raise DataError(f"{src_folder}: expected an image dataset to encode, found kind {src.kind!r}")
-    if resolutions is not None and (not resolutions or any(r < 1 for r in resolutions)):
-        raise DataError(f"resolutions must be positive pixel sizes, got {resolutions}")
+    if resolutions is not None and (not resolutions or any(r < 1 for r in resolutions)
+                                    or len(set(resolutions)) != len(resolutions)):
+        raise DataError(f"resolutions must be distinct positive pixel sizes, got {resolutions}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     lock = f".{dst.name}.lock" if share.world == 1 else f".{dst.name}.rank-{share.rank}-of-{share.world}.lock"
     with acquire(dst.parent / lock, f"the encoding of {dst} (rank {share.rank} of {share.world})", wait=True):
-        folders = [(None, dst)] if resolutions is None else [(r, dst / f"{r}px") for r in resolutions]
-        outputs = []
-        for resolution, folder in folders:
-            if folder.is_dir() and any(folder.iterdir()) and not any(folder.glob("manifest.json")) \
-                    and not any(folder.glob(".part-*.json")):
-                raise DataError(f"{folder} holds files but no manifest.json (not an encode to resume): encode into "
-                                "a new or empty folder; nothing was changed")
-            folder.mkdir(parents=True, exist_ok=True)
-            manifest = _start_manifest(src, folder, autoencoder, text, src_folder, resolution, share)
-            outputs.append(_Output(resolution, folder, manifest))
-        todo = [o for o in outputs if not o.manifest.complete]
-        if todo:
-            _encode(src, src_folder, todo, autoencoder, text, batch_size, seed, device, skip_bad_samples,
-                    progress and f"encode {dst.name}", share)
-        return outputs[0].manifest
+        if dst.is_dir() and any(dst.iterdir()) and not (dst / "manifest.json").is_file() \
+                and not any(dst.glob(".part-*.json")):
+            raise DataError(f"{dst} holds files but no manifest.json (not an encode to resume): encode into a new "
+                            "or empty folder; nothing was changed")
+        dst.mkdir(exist_ok=True)
+        manifest = _start_manifest(src, dst, autoencoder, text, src_folder, resolutions, share)
+        if manifest.complete:
+            return manifest
+        return _encode(src, src_folder, dst, manifest, autoencoder, text, batch_size, seed, device,
+                       skip_bad_samples, progress and f"encode {dst.name}", share, resolutions)
 
 
-def _encode(src: Manifest, src_folder: Path, outputs: list[_Output], autoencoder: Autoencoder, text: TextEncoder,
-            batch_size: int, seed: int, device: str | torch.device, skip_bad_samples: bool, progress: str | bool,
-            share: Share) -> None:
-    for out in outputs:
-        remove_stale_tmps(out.folder)  # shards of encodes killed mid-shard on this host (other ranks' live ones stay)
-        done = {s.name for s in out.manifest.shards if (out.folder / s.name).is_file()}
-        out.manifest.shards = [s for s in out.manifest.shards if s.name in done]
-        save_manifest_as(out.folder, share.part, out.manifest)  # from the start: a killed first shard resumes
+def _encode(src: Manifest, src_folder: Path, dst: Path, manifest: Manifest, autoencoder: Autoencoder,
+            text: TextEncoder, batch_size: int, seed: int, device: str | torch.device, skip_bad_samples: bool,
+            progress: str | bool, share: Share, resolutions: list[int] | None) -> Manifest:
+    remove_stale_tmps(dst)  # shards of encodes killed mid-shard on this host (other ranks' live ones stay)
+    done = {s.name for s in manifest.shards if (dst / s.name).is_file()}
+    manifest.shards = [s for s in manifest.shards if s.name in done]
+    save_manifest_as(dst, share.part, manifest)  # from the start: an encode killed in its first shard resumes
     counts = {"bad_samples": 0}
     autoencoder.to(device)
     text.to(device)
-    mine = [(i, s) for i, s in enumerate(src.shards) if i % share.world == share.rank]
-    names = lambda out: {s.name for s in out.manifest.shards}  # noqa: E731
-    todo = [(i, s) for i, s in mine if any(_latent_name(s.name) not in names(o) for o in outputs)]
+    todo = [(i, s) for i, s in enumerate(src.shards)
+            if i % share.world == share.rank and _latent_name(s.name) not in done]
     who = "" if share.world == 1 else f" rank {share.rank}/{share.world}"
     bar = progress_bar(total=sum(s.samples for _, s in todo), desc=f"{progress}{who}", unit="img",
                        enabled=bool(progress))
@@ -191,41 +181,36 @@ def _encode(src: Manifest, src_folder: Path, outputs: list[_Output], autoencoder
             raise DataError(f"shard {shard} has {shard.stat().st_size} bytes, the manifest says {info.bytes}: "
                             "truncated or replaced")
         samples = _read_image_shard(shard, skip_bad_samples, counts)
-        pending = [o for o in outputs if _latent_name(info.name) not in names(o)]
-        generators = [torch.Generator(device=device).manual_seed(seed * 1_000_003 + shard_index) for _ in pending]
-        writers = [ShardWriter(o.folder / _latent_name(info.name)) for o in pending]
-        try:
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + shard_index)  # per shard: resumable
+        with ShardWriter(dst / _latent_name(info.name)) as writer:
             for start in range(0, len(samples), batch_size):
                 batch = samples[start:start + batch_size]
                 emb, mask = text.encode([s[2] for s in batch])
                 emb, mask = emb.cpu().numpy(), mask.cpu().numpy()
-                for out, writer, generator in zip(pending, writers, generators, strict=True):
-                    pixels = [np.asarray(s[1] if out.resolution is None else resize_center_crop(s[1], out.resolution))
+                latents = {}
+                for resolution in resolutions or [None]:
+                    pixels = [np.asarray(s[1] if resolution is None else resize_center_crop(s[1], resolution))
                               for s in batch]
                     images = from_uint8(torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)).to(device)
-                    latents = autoencoder.encode(images, generator=generator).cpu().numpy()
-                    for i, (key, _, caption, labels) in enumerate(batch):
-                        writer.write(key, {"latent.npy": npy_bytes(latents[i].astype(np.float16)),
-                                           "text.npy": npy_bytes(emb[i].astype(np.float16)),
-                                           "mask.npy": npy_bytes(mask[i]), "txt": caption.encode(), "json": labels})
+                    member = "latent.npy" if resolution is None else f"latent_{resolution}.npy"
+                    latents[member] = autoencoder.encode(images, generator=generator).cpu().numpy()
+                for i, (key, _, caption, labels) in enumerate(batch):
+                    writer.write(key, {**{m: npy_bytes(x[i].astype(np.float16)) for m, x in latents.items()},
+                                       "text.npy": npy_bytes(emb[i].astype(np.float16)),
+                                       "mask.npy": npy_bytes(mask[i]), "txt": caption.encode(), "json": labels})
                 bar.update(len(batch))
-        except BaseException:
-            for writer in writers:
-                writer.abort()
-            raise
-        for out, writer in zip(pending, writers, strict=True):
-            out.manifest.shards.append(writer.close())
-            out.manifest.samples = sum(s.samples for s in out.manifest.shards)
-            save_manifest_as(out.folder, share.part, out.manifest)
+            manifest.shards.append(writer.close())
+        manifest.samples = sum(s.samples for s in manifest.shards)
+        save_manifest_as(dst, share.part, manifest)
     bar.close()
     if counts["bad_samples"]:
         print(f"[encode] skipped {counts['bad_samples']} bad sample(s)")
-    for out in outputs:
-        out.manifest.shards.sort(key=lambda s: s.name)
-        out.manifest.complete = True
-        save_manifest_as(out.folder, share.part, out.manifest)
-        if share.world > 1:
-            out.manifest = _merge_parts(out.folder, out.manifest, share.world, len(src.shards))
+    manifest.shards.sort(key=lambda s: s.name)
+    manifest.complete = True
+    save_manifest_as(dst, share.part, manifest)
+    if share.world > 1:
+        return _merge_parts(dst, manifest, share.world, len(src.shards))
+    return manifest
 
 
 def _latent_name(image_shard: str) -> str:

@@ -45,7 +45,7 @@ class Manifest:
     image_size: list[int] | None = None  # [H, W] of images (images) or of the source images (latents)
     label_names: list[str] = field(default_factory=list)  # class names, index = label["class"]
     autoencoder: str | None = None
-    latent_shape: list[int] | None = None  # [C, h, w]
+    latent_shape: list[int] | None = None  # [C, h, w] (of the first resolution when there are several)
     latent_scale: float | None = None
     text_encoder: str | None = None
     text_shape: list[int] | None = None  # [L, Dy]
@@ -53,6 +53,7 @@ class Manifest:
     licence: str | None = None  # the source's licence terms (prepared datasets)
     counts: dict[str, int] = field(default_factory=dict)  # images seen, kept and dropped by reason (prepare)
     empty_units: list[str] = field(default_factory=list)  # source units of which nothing was kept (prepare)
+    resolutions: dict[str, list[int]] = field(default_factory=dict)  # pixels -> [C, h, w]: latent_<px>.npy members
     complete: bool = True
 
     def to_json(self) -> str:
@@ -90,6 +91,27 @@ class Manifest:
         return manifest
 
 
+    def at(self, resolution: int | None) -> Manifest:
+        """This manifest as a reader of ``resolution`` sees it: the latent shape and image size of
+        that resolution of a multi-resolution dataset (None: its first; a single-resolution dataset
+        is itself at None or at its own image size)."""
+        if not self.resolutions:
+            if resolution is None or self.image_size == [resolution, resolution]:
+                return self
+            raise DataError(f"the dataset holds latents of {self.image_size} px images only, not {resolution} px "
+                            "(encode with --resolutions to hold several)")
+        key = str(resolution) if resolution is not None else next(iter(self.resolutions))
+        if key not in self.resolutions:
+            raise DataError(f"the dataset holds resolutions {sorted(self.resolutions, key=int)} px, not {key}")
+        return dataclasses.replace(self, latent_shape=list(self.resolutions[key]), image_size=[int(key), int(key)])
+
+    def latent_member(self, resolution: int | None) -> str:
+        """The tar member holding a sample's latents at ``resolution``."""
+        if not self.resolutions:
+            return "latent.npy"
+        return f"latent_{resolution if resolution is not None else next(iter(self.resolutions))}.npy"
+
+
 def _is_int(value, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -102,6 +124,10 @@ def _field_problems(m: Manifest) -> list[str]:
         if value is not None and not (isinstance(value, list) and len(value) == length
                                       and all(_is_int(v, 1) for v in value)):
             out.append(f"{name} must be a list of {length} positive integers, got {value!r}")
+    if not isinstance(m.resolutions, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, list) and len(v) == 3 and all(_is_int(x, 1) for x in v)
+            for k, v in m.resolutions.items()):
+        out.append(f"resolutions must map pixel sizes (\"256\") to latent shapes [C, h, w], got {m.resolutions!r}")
     if not _is_int(m.samples):
         out.append(f"samples must be a non-negative integer, got {m.samples!r}")
     for i, shard in enumerate(m.shards):

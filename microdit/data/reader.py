@@ -37,7 +37,7 @@ SHUFFLES = ("global", "buffer")
 MIXES = ("weights", "samples")
 PREPARE = ("none", "synthetic")
 BLOCK = 1 << 14  # positions per block of mixture draws
-MEMBERS = ("latent.npy", "text.npy", "mask.npy", "txt", "json")
+MEMBERS = ("text.npy", "mask.npy", "txt", "json")  # and the latents of the resolution read
 
 
 @dataclass
@@ -60,6 +60,8 @@ class DataConfig:
     A folder may be a URL (``https://``, ``s3://``, ``gs://``, ``pipe:``; :mod:`microdit.data.remote`),
     whose shards are fetched into ``cache_dir`` (None: ``$MICRODIT_SHARD_CACHE`` or
     ``~/.cache/microdit/shards``), at most ``cache_gb`` GB, the shards read longest ago evicted first.
+    ``resolution`` (pixels) picks the latents of that resolution from datasets encoded at several
+    (``microdit-data encode --resolutions 256 512``; None: their first).
     """
 
     folders: list[str] = field(default_factory=lambda: ["data/synthetic"])
@@ -78,6 +80,7 @@ class DataConfig:
     prepare_scene: str = "mixed"
     cache_dir: str | None = None
     cache_gb: float = DEFAULT_LIMIT_GB
+    resolution: int | None = None
 
     def problems(self) -> list[str]:
         """One message per invalid field (empty when valid)."""
@@ -100,6 +103,8 @@ class DataConfig:
             out.append(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.prepare not in PREPARE:
             out.append(f"prepare must be one of {PREPARE}, got {self.prepare!r}")
+        if self.resolution is not None and self.resolution < 1:
+            out.append(f"resolution must be a positive number of pixels, got {self.resolution}")
         if self.cache_gb <= 0:
             out.append(f"cache_gb must be positive, got {self.cache_gb}")
         if self.prepare_scene not in SCENES:
@@ -110,8 +115,9 @@ class DataConfig:
 @dataclass
 class _Source:
     folder: str  # a path, or the URL of a remote dataset
-    manifest: Manifest
+    manifest: Manifest  # as seen at the resolution read (Manifest.at)
     offsets: np.ndarray  # (S + 1,) cumulative sample counts of the shards
+    latent: str  # the tar member of the latents read
 
 
 class _ShardIndex:
@@ -187,7 +193,8 @@ class LatentBatches(IterableDataset):
     def __init__(self, folders: str | Path | list, batch_size: int, weights: list[float] | None = None,
                  seed: int = 0, shuffle: str = "global", shuffle_buffer: int = 1000, caption_dropout: float = 0.0,
                  rank: int = 0, world_size: int = 1, accum: int = 1, start_batch: int = 0,
-                 skip_bad_samples: bool = False, cache: ShardCache | None = None, mix: str = "weights") -> None:
+                 skip_bad_samples: bool = False, cache: ShardCache | None = None, mix: str = "weights",
+                 resolution: int | None = None) -> None:
         super().__init__()
         folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
         if not folders:
@@ -210,7 +217,11 @@ class LatentBatches(IterableDataset):
                 raise DataError(f"{folder}: not a complete, non-empty latent dataset (kind {manifest.kind!r}, "
                                 f"complete {manifest.complete}, {manifest.samples} samples)")
             offsets = np.concatenate([[0], np.cumsum([s.samples for s in manifest.shards])])
-            self.sources.append(_Source(str(folder), manifest, offsets))
+            try:
+                seen = manifest.at(resolution)
+            except DataError as err:
+                raise DataError(f"{folder}: {err}") from None
+            self.sources.append(_Source(str(folder), seen, offsets, manifest.latent_member(resolution)))
         first = self.sources[0].manifest
         for src in self.sources[1:]:
             if (src.manifest.latent_shape, src.manifest.text_shape) != (first.latent_shape, first.text_shape):
@@ -238,7 +249,7 @@ class LatentBatches(IterableDataset):
         ``start_batch`` on."""
         return cls(cfg.folders, batch_size, cfg.weights, seed, cfg.shuffle, cfg.shuffle_buffer, cfg.caption_dropout,
                    rank, world_size, accum, start_batch, cfg.skip_bad_samples, ShardCache(cfg.cache_dir, cfg.cache_gb),
-                   cfg.mix)
+                   cfg.mix, cfg.resolution)
 
     @property
     def manifest(self) -> Manifest:
@@ -302,7 +313,7 @@ class LatentBatches(IterableDataset):
         key, members = self._index.sample(path, index - int(src.offsets[shard]), info.samples)
         where = f"shard {file_url(src.folder, info.name) if remote else path}: sample {key!r}"
         try:
-            return self._decode(members, where, src.manifest) | {"key": key}
+            return self._decode(members, where, src.manifest, src.latent) | {"key": key}
         except DataError:
             if not self.skip_bad_samples:
                 raise
@@ -310,11 +321,11 @@ class LatentBatches(IterableDataset):
             return None
 
     @staticmethod
-    def _decode(members: dict[str, bytes], where: str, manifest: Manifest) -> dict:
-        missing = [m for m in MEMBERS if m not in members]
+    def _decode(members: dict[str, bytes], where: str, manifest: Manifest, latent_member: str) -> dict:
+        missing = [m for m in (latent_member, *MEMBERS) if m not in members]
         if missing:
             raise DataError(f"{where} lacks {missing}")
-        latent = load_npy(members["latent.npy"], f"{where} latent")
+        latent = load_npy(members[latent_member], f"{where} latent")
         text = load_npy(members["text.npy"], f"{where} text")
         mask = load_npy(members["mask.npy"], f"{where} mask")
         for name, array, shape, kinds in (("latent", latent, manifest.latent_shape, "f"),
@@ -370,13 +381,13 @@ def make_loader(dataset: LatentBatches, num_workers: int = 0, pin_memory: bool =
                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
 
 
-def read_dataset(folder: str | Path, limit: int | None = None,
-                 seed: int = 0) -> tuple[torch.Tensor, list[dict], list]:
+def read_dataset(folder: str | Path, limit: int | None = None, seed: int = 0,
+                 resolution: int | None = None) -> tuple[torch.Tensor, list[dict], list]:
     """Up to ``limit`` samples of a latent dataset in a fixed (seeded) order, all in memory:
     latents (N, C, h, w), labels, and [caption embeddings (N, L, Dy), masks (N, L), captions]."""
     manifest = dataset_manifest(folder)
     n = manifest.samples if limit is None else min(limit, manifest.samples)
-    reader = LatentBatches(folder, batch_size=min(n, 1024), seed=seed)
+    reader = LatentBatches(folder, batch_size=min(n, 1024), seed=seed, resolution=resolution)
     latents, labels, texts, masks, captions = [], [], [], [], []
     j = 0
     while sum(len(x) for x in latents) < n:

@@ -60,7 +60,8 @@ class StageConfig:
     P_mean: Optional[float] = None  # None: diffusion.P_mean
     P_std: Optional[float] = None  # None: diffusion.P_std
     ema: EMAConfig = field(default_factory=EMAConfig)
-    data_folders: Optional[list[str]] = None  # None: data.folders (another resolution = another dataset)
+    data_folders: Optional[list[str]] = None  # None: data.folders
+    resolution: Optional[int] = None  # pixels: the latents this stage reads from multi-resolution datasets
     input_size: Optional[list[int]] = None  # new latent size for this stage (resolution change)
     pos_interp_scale: Optional[float] = None
     reset_optimizer: bool = False  # a fresh AdamW state at this stage's start (the reference does at 512 px)

@@ -108,7 +108,8 @@ def resolve(cfg: TrainConfig, caption_len: int | None = None, peak_flops: float 
         d = cfg.diffusion
         edm = dataclasses.replace(d, P_mean=d.P_mean if sc.P_mean is None else sc.P_mean,
                                   P_std=d.P_std if sc.P_std is None else sc.P_std)
-        data = dataclasses.replace(cfg.data, folders=list(sc.data_folders or cfg.data.folders))
+        data = dataclasses.replace(cfg.data, folders=list(sc.data_folders or cfg.data.folders),
+                                   resolution=sc.resolution if sc.resolution is not None else cfg.data.resolution)
         stage = Stage(index, name, sc, model, edm, sc.mask, sc.lr if sc.lr is not None else cfg.optim.lr, sc.ema,
                       cfg.sampler, data, _recipe(cfg, sc, data))
         if caption_len is not None:

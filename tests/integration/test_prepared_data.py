@@ -1,5 +1,5 @@
 """From each source's raw fixture to a trained nano run: prepare --from, a two-resolution encode, and
-one run whose first stage reads the low-resolution latents and whose second the high-resolution ones."""
+one run whose first stage reads the dataset's 32-px latents and whose second its 64-px ones."""
 
 import importlib.util
 import json
@@ -25,11 +25,11 @@ def test_a_nano_run_trains_on_each_prepared_source_at_two_resolutions(source, tm
     data_main(["prepare", source, str(tmp_path / "images"), "--from", str(tmp_path / "raw" / source)])
     data_main(["encode", str(tmp_path / "images"), str(tmp_path / "latents"), "--resolutions", "32", "64",
                "--device", "cpu"])
-    low, high = tmp_path / "latents" / "32px", tmp_path / "latents" / "64px"
-    assert load_manifest(low).latent_shape == [12, 16, 16] and load_manifest(high).latent_shape == [12, 32, 32]
-    stages = ["+stages={pretrain: {images: 16, warmup_images: 0}, hires: {images: 8, warmup_images: 0, "
-              f"data_folders: [{high}], input_size: [32, 32], pos_interp_scale: 2.0}}}}"]
-    train(compose_config(base_overrides(tmp_path, low, source, stages)))
+    latents = tmp_path / "latents"
+    assert load_manifest(latents).resolutions == {"32": [12, 16, 16], "64": [12, 32, 32]}
+    stages = ["data.resolution=32", "+stages={pretrain: {images: 16, warmup_images: 0}, hires: {images: 8, "
+              "warmup_images: 0, resolution: 64, input_size: [32, 32], pos_interp_scale: 2.0}}"]
+    train(compose_config(base_overrides(tmp_path, latents, source, stages)))
     run = tmp_path / "runs" / source
     info = json.loads((run / "run_info.json").read_text())
     assert [(s["name"], s["images"]) for s in info["stages"]] == [("pretrain", 16), ("hires", 8)]

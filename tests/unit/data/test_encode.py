@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from microdit.cli.data import main as data_main
@@ -129,15 +130,21 @@ def test_ranks_encode_exactly_what_one_process_encodes(images, tmp_path, encoder
 
     one = encode_dataset(images, tmp_path / "one", *encoders, progress=False, resolutions=[16, 8])
     first = encode_dataset(images, tmp_path / "two", *encoders, progress=False, resolutions=[16, 8], share=Share(1, 2))
-    assert not first.complete and not (tmp_path / "two" / "16px" / "manifest.json").exists()  # rank 0 still to come
-    assert sorted(p.name for p in (tmp_path / "two" / "16px").glob("latents-*")) == ["latents-00001.tar"]
+    assert not first.complete and not (tmp_path / "two" / "manifest.json").exists()  # rank 0 still to come
+    assert sorted(p.name for p in (tmp_path / "two").glob("latents-*")) == ["latents-00001.tar"]
     merged = encode_dataset(images, tmp_path / "two", *encoders, progress=False, resolutions=[16, 8], share=Share(0, 2))
     assert merged.complete and merged.samples == one.samples == 30
-    for res in ("16px", "8px"):
-        assert _shard_hashes(tmp_path / "two" / res) == _shard_hashes(tmp_path / "one" / res)  # byte for byte
-        verify_dataset(tmp_path / "two" / res)
-    assert load_manifest(tmp_path / "one" / "8px").latent_shape == [12, 4, 4]
-    assert load_manifest(tmp_path / "one" / "16px").latent_shape == [12, 8, 8]
+    assert _shard_hashes(tmp_path / "two") == _shard_hashes(tmp_path / "one")  # byte for byte
+    verify_dataset(tmp_path / "two")
+    assert one.resolutions == {"16": [12, 8, 8], "8": [12, 4, 4]} and one.latent_shape == [12, 8, 8]
+    key, members = next(iter_shard(tmp_path / "one" / "latents-00000.tar"))
+    assert {"latent_16.npy", "latent_8.npy", "text.npy"} <= set(members) and "latent.npy" not in members
+    low = LatentBatches(tmp_path / "one", 30, resolution=8).batch(0)
+    high = LatentBatches(tmp_path / "one", 30, resolution=16).batch(0)
+    assert low["key"] == high["key"] and low["latent"].shape == (30, 12, 4, 4) and high["latent"].shape[-1] == 8
+    assert torch.equal(low["text"], high["text"])  # one caption embedding for both resolutions
+    with pytest.raises(DataError, match=r"holds resolutions \['8', '16'\] px, not 32"):
+        LatentBatches(tmp_path / "one", 4, resolution=32)
 
 
 def test_a_killed_rank_resumes_its_own_shards_only(images, tmp_path, encoders, monkeypatch):

@@ -114,8 +114,8 @@ def test_paper_recipe_is_the_paper_table():
     assert [s.config.ema.decay for s in stages] == [0.0, 0.0, 0.99975, 0.9975]
     assert cfg.model.build_config().width == 1024 and cfg.trainer.batch_size == 2048
     assert stages[2].model.input_size == [64, 64] and stages[2].model.pos_interp_scale == 2.0
-    assert stages[0].model.input_size == [32, 32] and stages[2].data.folders[0] == "data/sa1b-latents/512px"
-    assert len(stages[2].data.folders) == 5 and stages[0].data.mix == "samples"
+    assert stages[0].model.input_size == [32, 32] and stages[2].data.resolution == 512
+    assert len(stages[2].data.folders) == 5 and stages[0].data.mix == "samples" and stages[0].data.resolution == 256
 
 
 @pytest.mark.parametrize("path", sorted((CONF_DIR / "experiment").glob("*_cpu.yaml"))
