@@ -42,7 +42,8 @@ class Share:
     def from_env(cls, env: dict | None = None) -> Share:
         """The share a launcher gives this process: ``RANK``/``WORLD_SIZE`` (torchrun, accelerate
         launch), else a SLURM array task (``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN`` of
-        ``SLURM_ARRAY_TASK_COUNT``), else the whole dataset."""
+        ``SLURM_ARRAY_TASK_COUNT``), else a task of ``srun -n N`` (``SLURM_PROCID`` of
+        ``SLURM_NTASKS``), else the whole dataset."""
         env = os.environ if env is None else env
         try:
             if "RANK" in env and "WORLD_SIZE" in env:
@@ -50,6 +51,8 @@ class Share:
             elif "SLURM_ARRAY_TASK_COUNT" in env:
                 share = cls(int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
                             int(env["SLURM_ARRAY_TASK_COUNT"]))
+            elif int(env.get("SLURM_NTASKS", 1)) > 1:
+                share = cls(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]))
             else:
                 share = cls()
         except (KeyError, ValueError) as err:

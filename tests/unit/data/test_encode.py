@@ -200,3 +200,18 @@ def test_images_of_their_own_sizes_need_resolutions(tmp_path, encoders):
     with pytest.raises(DataError, match="--resolutions"):
         encode_dataset(tmp_path / "img", tmp_path / "lat", *encoders, progress=False)
     assert encode_dataset(tmp_path / "img", tmp_path / "lat", *encoders, progress=False, resolutions=[8]).complete
+
+
+def test_each_launcher_gives_its_share():
+    from microdit.data.encode import Share
+
+    assert Share.from_env({}) == Share(0, 1)
+    assert Share.from_env({"RANK": "1", "WORLD_SIZE": "2", "SLURM_NTASKS": "4", "SLURM_PROCID": "3"}) == Share(1, 2)
+    array = {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert Share.from_env(array) == Share(2, 4)
+    assert Share.from_env({"SLURM_NTASKS": "8", "SLURM_PROCID": "5"}) == Share(5, 8)
+    assert Share.from_env({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == Share(0, 1)
+    assert Share(0, 1).part == "manifest.json" and Share(1, 3).part == ".part-1-of-3.json"
+    for bad in ({"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "2", "WORLD_SIZE": "2"}):
+        with pytest.raises(DataError, match="rank"):
+            Share.from_env(bad)
