@@ -25,6 +25,22 @@ from microdit.launch import adopt_launcher_env, local_device
 from microdit.run import CheckpointError
 
 
+def _generation_options(p: argparse.ArgumentParser, device: str) -> None:
+    """The options of an evaluation that generates: sampler, noise seed, batch, weights, the feature
+    networks, device."""
+    add_sampler_options(p)
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="samples per generation batch (default: %(default)s)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--clip-fid-model", default=CLIP_FID_MODEL,
+                   help="open_clip model of clip_fid (default: %(default)s)")
+    p.add_argument("--clip-score-model", default=CLIP_SCORE_MODEL,
+                   help="open_clip model of clip_score (default: %(default)s)")
+    p.add_argument("--inception-weights", help="local InceptionV3 weights (default: torch-fidelity downloads them)")
+    p.add_argument("--device", default=device, help="device (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``microdit-eval`` (sub-commands ``run``, ``coco`` and ``stats``)."""
     parser = argparse.ArgumentParser(prog="microdit-eval", description=__doc__,
@@ -43,19 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples to generate (the first N prompts of the dataset; default: %(default)s)")
     p.add_argument("--metrics", default="probe",
                    help=f"comma-separated, from {','.join(METRICS)} (default: %(default)s)")
-    add_sampler_options(p)
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: %(default)s)")
     p.add_argument("--prompt-seed", type=int, default=0,
                    help="the order the evaluation set's prompts are drawn in (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=64,
-                   help="samples per generation batch (default: %(default)s)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    p.add_argument("--clip-fid-model", default=CLIP_FID_MODEL,
-                   help="open_clip model of clip_fid (default: %(default)s)")
-    p.add_argument("--clip-score-model", default=CLIP_SCORE_MODEL,
-                   help="open_clip model of clip_score (default: %(default)s)")
-    p.add_argument("--inception-weights", help="local InceptionV3 weights (default: torch-fidelity downloads them)")
-    p.add_argument("--device", default=device, help="device (default: %(default)s)")
+    _generation_options(p, device)
     p = sub.add_parser("coco", help="COCO-30K: FID and CLIP score on 30k COCO 2014 validation captions, as the "
                        "paper's Table 3 (microdit.eval.coco)")
     p.add_argument("run", type=Path, help="run folder (latest checkpoint), checkpoint folder or converted checkpoint")
@@ -67,16 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=positive_int, help="pixels (default: the model's own resolution)")
     p.add_argument("--name", default="coco30k", help="name of this evaluation (default: %(default)s)")
     p.add_argument("--metrics", default="fid,clip_score", help="comma-separated (default: %(default)s)")
-    add_sampler_options(p)
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per batch (default: %(default)s)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
-    p.add_argument("--clip-fid-model", default=CLIP_FID_MODEL,
-                   help="open_clip model of clip_fid (default: %(default)s)")
-    p.add_argument("--clip-score-model", default=CLIP_SCORE_MODEL,
-                   help="open_clip model of clip_score (default: %(default)s)")
-    p.add_argument("--inception-weights", help="local InceptionV3 weights (default: torch-fidelity downloads them)")
-    p.add_argument("--device", default=device, help="device (default: %(default)s)")
+    _generation_options(p, device)
     p = sub.add_parser("stats", help="cache reference feature statistics of a dataset")
     p.add_argument("dataset", type=Path, help="image or latent dataset folder")
     p.add_argument("--metrics", required=True, help=f"comma-separated, from {','.join(stats_metrics())}")

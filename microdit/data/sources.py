@@ -267,15 +267,21 @@ def _textcaps_images(raw: Path) -> list[tuple[str, str, list[str]]]:
     return [(i, name, caps) for i, (name, caps) in sorted(images.items())]
 
 
-def _textcaps_units(raw: Path) -> list[str]:
-    return _chunks(_textcaps_images(raw))
+def _listed(images: Callable[[Path], list[tuple]], folder: str, archive: str, key: Callable[[object], str]):
+    """(units, read) of a source that is one list of (image id, file name, captions), read in chunks
+    of ``CHUNK`` images from ``folder/`` or else the zip ``archive``; the first caption is the
+    sample's, all of them go into its metadata."""
+    def units(raw: Path) -> list[str]:
+        return _chunks(images(raw))
 
+    def read(raw: Path, unit: str) -> Iterator[RawSample]:
+        fetch = _image_reader(raw, folder, archive)
+        start = int(unit) * CHUNK
+        for image_id, name, captions in images(raw)[start:start + CHUNK]:
+            yield RawSample(key(image_id), fetch(name) or b"", captions[0] if captions else "",
+                            {"image_id": image_id, "captions": captions})
 
-def _textcaps_read(raw: Path, unit: str) -> Iterator[RawSample]:
-    read = _image_reader(raw, "train_images", "train_val_images.zip")
-    start = int(unit) * CHUNK
-    for image_id, name, captions in _textcaps_images(raw)[start:start + CHUNK]:
-        yield RawSample(_key(image_id), read(name) or b"", captions[0], {"image_id": image_id, "captions": captions})
+    return units, read
 
 
 def _textcaps_files(fraction: float, _: dict) -> list[Download]:
@@ -304,18 +310,6 @@ def _coco_images(raw: Path) -> list[tuple[int, str, list[str]]]:
     return [(im["id"], im["file_name"], captions.get(im["id"], [])) for im in images]
 
 
-def _coco_units(raw: Path) -> list[str]:
-    return _chunks(_coco_images(raw))
-
-
-def _coco_read(raw: Path, unit: str) -> Iterator[RawSample]:
-    read = _image_reader(raw, "val2014", "val2014.zip")
-    start = int(unit) * CHUNK
-    for image_id, name, captions in _coco_images(raw)[start:start + CHUNK]:
-        yield RawSample(f"coco_{image_id:012d}", read(name) or b"", captions[0] if captions else "",
-                        {"image_id": image_id, "captions": captions})
-
-
 def _coco_files(fraction: float, _: dict) -> list[Download]:
     base = "http://images.cocodataset.org"
     return [Download("annotations_trainval2014.zip", url=f"{base}/annotations/annotations_trainval2014.zip"),
@@ -335,9 +329,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("diffdb", "DiffusionDB large (poloclub/diffusiondb)", "CC0 1.0 (images and prompts)", 14000,
            _diffdb_units, _diffdb_read, _diffdb_files),
     Source("textcaps", "TextCaps 0.1 (train + val)",
-           "annotations CC BY 4.0; images from Open Images, CC BY 2.0 per image", 1, _textcaps_units,
-           _textcaps_read, _textcaps_files),
+           "annotations CC BY 4.0; images from Open Images, CC BY 2.0 per image", 1,
+           *_listed(_textcaps_images, "train_images", "train_val_images.zip", _key), _textcaps_files),
     Source("coco2014", "MS-COCO 2014 validation (the paper's evaluation set)",
            "annotations CC BY 4.0 (COCO Consortium); images under the Flickr terms of use of each image", 1,
-           _coco_units, _coco_read, _coco_files, min_side=0, max_side=0),
+           *_listed(_coco_images, "val2014", "val2014.zip", lambda i: f"coco_{i:012d}"), _coco_files,
+           min_side=0, max_side=0),
 )}
