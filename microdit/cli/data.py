@@ -140,26 +140,8 @@ def _image_dataset_parser(sub, name: str, help_text: str, size: int) -> argparse
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``microdit-data``."""
-    parser = argparse.ArgumentParser(prog="microdit-data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = _image_dataset_parser(sub, "synthetic", "write the synthetic captioned dataset as image shards", 32)
-    p.add_argument("--num-samples", type=positive_int, default=20000, help="number of samples (default: %(default)s)")
-    p.add_argument("--scene", choices=SCENES, default="mixed", help="mixed: every attribute varies; one_object: one "
-                   "large object in the middle of a white background (default: %(default)s)")
-    p.set_defaults(func=cmd_synthetic)
-    p = _image_dataset_parser(sub, "cifar-captions", "build cifar-captions image shards", 256)
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--from-folder", type=Path, help="ROOT/<class>/*.jpg|png")
-    group.add_argument("--from-dump", type=Path, help="img2dataset output: webdataset .tar or .parquet files")
-    group.add_argument("--from-torchvision", type=Path, help="download CIFAR-10 into this folder (online)")
-    p.add_argument("--captions-file", type=Path, help="JSON {'<class>/<file>': caption} for --from-folder")
-    p.add_argument("--test", action="store_true", help="CIFAR-10 test split instead of train")
-    p.add_argument("--min-side", type=positive_int, default=256,
-                   help="images with a shorter side are skipped (default: %(default)s)")
-    p.set_defaults(func=cmd_cifar_captions)
+def _prepare_parser(sub) -> None:
+    """The ``prepare`` sub-command."""
     p = sub.add_parser("prepare", help="download one of the paper's datasets and build its image shards by the "
                        "paper's filter and resize rules (resumable)",
                        description="Sources and their layouts: see microdit.data.sources. Without --from, the files "
@@ -183,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "above this (the reference's 0.2)")
     p.add_argument("--links", type=Path, help="sa1b: the file_name/cdn_link list of the SA-1B download page")
     p.set_defaults(func=cmd_prepare)
+
+
+def _encode_parser(sub) -> None:
+    """The ``encode`` sub-command."""
     p = sub.add_parser("encode", help="encode image shards into latent shards (resumable)")
     p.add_argument("src", type=Path, help="image dataset folder (shards + manifest.json)")
     p.add_argument("dst", type=Path, help="output folder of the latent shards (empty, or a partial encode to resume)")
@@ -205,6 +191,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "resolution (data.resolution, stages.NAME.resolution); needed for datasets from `prepare` "
                    "(paper: 256 512)")
     p.set_defaults(func=cmd_encode)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``microdit-data``."""
+    parser = argparse.ArgumentParser(prog="microdit-data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = _image_dataset_parser(sub, "synthetic", "write the synthetic captioned dataset as image shards", 32)
+    p.add_argument("--num-samples", type=positive_int, default=20000, help="number of samples (default: %(default)s)")
+    p.add_argument("--scene", choices=SCENES, default="mixed", help="mixed: every attribute varies; one_object: one "
+                   "large object in the middle of a white background (default: %(default)s)")
+    p.set_defaults(func=cmd_synthetic)
+    p = _image_dataset_parser(sub, "cifar-captions", "build cifar-captions image shards", 256)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--from-folder", type=Path, help="ROOT/<class>/*.jpg|png")
+    group.add_argument("--from-dump", type=Path, help="img2dataset output: webdataset .tar or .parquet files")
+    group.add_argument("--from-torchvision", type=Path, help="download CIFAR-10 into this folder (online)")
+    p.add_argument("--captions-file", type=Path, help="JSON {'<class>/<file>': caption} for --from-folder")
+    p.add_argument("--test", action="store_true", help="CIFAR-10 test split instead of train")
+    p.add_argument("--min-side", type=positive_int, default=256,
+                   help="images with a shorter side are skipped (default: %(default)s)")
+    p.set_defaults(func=cmd_cifar_captions)
+    _prepare_parser(sub)
+    _encode_parser(sub)
     p = sub.add_parser("inspect", help="show a dataset's manifest and a few samples")
     p.add_argument("dir", type=Path, help="image or latent dataset folder")
     p.add_argument("--num-samples", type=positive_int, default=8, help="samples to show (default: %(default)s)")

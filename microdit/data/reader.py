@@ -57,11 +57,9 @@ class DataConfig:
     ``prepare_scene`` (``mixed``: every attribute varies; ``one_object``: one large object in the
     middle of a white background, where the named shape is learned at CPU budgets; see
     :mod:`microdit.data.synthetic`). A folder built with another seed or scene is refused.
-    A folder may be a URL (``https://``, ``s3://``, ``gs://``, ``pipe:``; :mod:`microdit.data.remote`),
-    whose shards are fetched into ``cache_dir`` (None: ``$MICRODIT_SHARD_CACHE`` or
-    ``~/.cache/microdit/shards``), at most ``cache_gb`` GB, the shards read longest ago evicted first.
-    ``resolution`` (pixels) picks the latents of that resolution from datasets encoded at several
-    (``microdit-data encode --resolutions 256 512``; None: their first).
+    A folder may be a URL (:mod:`microdit.data.remote`), its shards cached in ``cache_dir`` (None:
+    ``$MICRODIT_SHARD_CACHE`` or ``~/.cache/microdit/shards``), ``cache_gb`` GB at most. ``resolution``
+    (pixels) picks those latents of datasets encoded at several (None: their first).
     """
 
     folders: list[str] = field(default_factory=lambda: ["data/synthetic"])
@@ -91,10 +89,9 @@ class DataConfig:
                                          or sum(self.weights) <= 0):
             out.append(f"weights must be {len(self.folders)} non-negative numbers (one per folder) with a positive "
                        f"sum, got {self.weights}")
-        if self.mix not in MIXES:
-            out.append(f"mix must be one of {MIXES}, got {self.mix!r}")
-        if self.mix == "samples" and self.weights is not None:
-            out.append("weights and mix=samples exclude each other: give one")
+        if self.mix not in MIXES or (self.mix == "samples" and self.weights is not None):
+            out.append(f"mix must be one of {MIXES}, and weights only go with mix=weights; got mix={self.mix!r}, "
+                       f"weights={self.weights}")
         if self.shuffle not in SHUFFLES:
             out.append(f"shuffle must be one of {SHUFFLES}, got {self.shuffle!r}")
         if self.shuffle_buffer < 1 or self.num_workers < 0:

@@ -156,6 +156,13 @@ def summary_markdown(r: dict) -> str:
                              f"{p['gather']['peak_mib']:.0f} | {p['one_hot']['peak_mib']:.0f} | "
                              f"{p['gather']['saved_mib']:.1f} / {p['one_hot']['saved_mib']:.1f} | "
                              f"{m['speedup_bound']:.2f}x |")
+    lines += _parts_markdown(r)
+    return "\n".join(lines) + "\n"
+
+
+def _parts_markdown(r: dict) -> list[str]:
+    """The report's lines for the reader, the sampler and encoding."""
+    lines = []
     rd = r["reader"]
     lines += ["", "## Reader", "", f"{rd['samples']} samples built + encoded in {rd['build_and_encode_s']:.1f} s; "
               + ", ".join(f"{w} workers: {v:.0f} samples/s" for w, v in rd["samples_per_s"].items()), "",
@@ -169,4 +176,4 @@ def summary_markdown(r: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {e['autoencoder']} | {e['text_encoder']} | {', '.join(map(str, e['resolutions']))} | "
                   f"{e['images']} | {e['images_per_s']:.1f} |" for e in r["encode"]]
-    return "\n".join(lines) + "\n"
+    return lines
