@@ -70,6 +70,7 @@ class JobReport:
     columns: list[str] = field(default_factory=lambda: ["probe_fd", "probe_acc_mean"])
     contrasts: list[str] = field(default_factory=list)
     margins: dict[str, float] = field(default_factory=dict)
+    sample_grid: bool = False  # also samples.png: a row per arm, the same held-out prompts and noise
 
 
 @dataclass
@@ -368,6 +369,42 @@ def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[
     return rows, table
 
 
+GRID_PROMPTS = 8
+
+
+def sample_grid(configs: list[TrainConfig], job: JobConfig, out: Path) -> Path:
+    """``out/samples.png``: a row per arm (its first seed's run), the same ``GRID_PROMPTS`` held-out
+    prompts from the same noise in every row, and ``out/samples.md`` naming the rows and prompts."""
+    from PIL import Image, ImageDraw
+
+    from microdit.data.reader import read_dataset
+    from microdit.run import PromptSampler, encoder_names, load_model
+
+    arms = list({c.trainer.name: c for c in reversed(configs)}.values())[::-1]  # each arm's first seed
+    _, held_out, _ = _splits(arms[0], job)
+    prompts = read_dataset(held_out.folder, GRID_PROMPTS)[2][2]
+    rows = []
+    for cfg in arms:
+        loaded = load_model(Path(cfg.trainer.run_dir) / cfg.trainer.name)
+        draw = PromptSampler(*encoder_names(loaded))
+        rows.append(draw(loaded.model, prompts, list(range(len(prompts))), loaded.config.diffusion,
+                         loaded.config.sampler, loaded.config.data.use_text_mask))
+    scale, label = 3, 150
+    h, w = rows[0].shape[2] * scale, rows[0].shape[3] * scale
+    grid = Image.new("RGB", (label + w * len(prompts), h * len(rows)), "white")
+    text = ImageDraw.Draw(grid)
+    for r, (cfg, images) in enumerate(zip(arms, rows, strict=True)):
+        text.text((4, r * h + h // 2 - 6), cfg.trainer.name, fill="black")
+        for c, image in enumerate(images):
+            tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((w, h), Image.Resampling.NEAREST)
+            grid.paste(tile, (label + c * w, r * h))
+    grid.save(out / "samples.png")
+    (out / "samples.md").write_text("![samples](samples.png)\n\nRows: " + ", ".join(c.trainer.name for c in arms)
+                                    + f" (seed {arms[0].trainer.seed} of each; image i from noise seed i). Columns, "
+                                    "left to right:\n\n" + "".join(f"{i + 1}. {p}\n" for i, p in enumerate(prompts)))
+    return out / "samples.png"
+
+
 def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | None = None) -> tuple[list[dict], str]:
     """Train what is missing, evaluate what is not cached, and return (rows, markdown table) of
     ``job`` (results under ``out``, default ``job.report.out``; ``extra`` overrides every run)."""
@@ -377,4 +414,7 @@ def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | No
           file=sys.stderr)
     prepare_data(configs, job)
     train_and_evaluate(configs, job)
-    return report(configs, job, out)
+    result = report(configs, job, out)
+    if job.report.sample_grid:
+        sample_grid(configs, job, out)
+    return result

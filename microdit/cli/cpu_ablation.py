@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None
     out = Path(job.report.out)
     print(table)
+    grid = f", prompts -> images per arm {out / 'samples.png'} ({out / 'samples.md'})" if job.report.sample_grid else ""
     print(f"\n[job] results: {out / RESULTS} (one row per run and evaluated stage), {out / 'results.md'}, "
-          f"plot {out / 'results.png'}")
+          f"plot {out / 'results.png'}{grid}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,23 @@ def test_a_job_inherits_another_and_says_only_what_differs():
     assert "experiments" not in yaml.safe_load(text)  # the five cells are written once
 
 
+def test_the_main_jobs_equal_steps_arm_takes_deferreds_steps(tmp_path):
+    from microdit.train.plan import resolve
+
+    configs = {c.trainer.name: c for c in job_configs(compose_job("main", ["seeds=[0]"]), tmp_path)}
+    plans = {name: resolve(cfg, caption_len=32)[0] for name, cfg in configs.items()}  # minilm:32 captions
+    deferred, eqsteps = plans["cpu-deferred75"], plans["cpu-naive75-eqsteps"]
+    assert eqsteps.steps == deferred.steps and eqsteps.images == deferred.images  # the paper's protocol
+    flops = {name: plan.images * plan.flops_per_image for name, plan in plans.items()}
+    assert abs(flops["cpu-naive75"] / flops["cpu-deferred75"] - 1) < 0.01  # naive75 and deferred75: equal FLOPs
+    study = {c.trainer.name: resolve(c, caption_len=32)[0]
+             for c in job_configs(compose_job("images_vs_steps", ["seeds=[0]"]), tmp_path / "ivs")}
+    assert study["cpu-naive75-eqsteps"].steps == study["cpu-deferred75"].steps  # as its comments say
+    assert abs(study["cpu-naive75-b13"].steps / study["cpu-deferred75"].steps - 1) < 0.03
+    assert abs(study["cpu-deferred75-b5"].steps / study["cpu-naive75"].steps - 1) < 0.05
+    assert abs(study["cpu-naive75-b13"].images / study["cpu-naive75"].images - 1) < 0.01
+
+
 def test_job_overrides_and_bad_values():
     job = compose_job("main", ["seeds=[4]", "eval.num_samples=7", "report.out=elsewhere"])
     assert job.seeds == [4] and job.eval.num_samples == 7 and job.report.out == "elsewhere"
@@ -61,18 +78,21 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     job = compose_job("main", ["seeds=[0]", "eval.num_samples=8", "eval.held_out_samples=64", "eval.probe_steps=5",
                                "report.columns=[probe_fd,probe_acc.colour,probe_acc.shape]"])
+    job.experiments[2] = job.experiments[2].replace("steps=1416", "steps=2")  # a test-sized equal-steps arm
     small = ["trainer.budget_flops=2e10", "data.prepare_samples=256", "trainer.progress=false",
              "stages.pretrain.warmup_images=0", "trainer.threads=1"]
     rows, table = run_job(job, out=tmp_path / "out", extra=small)
-    assert [r["trainer.name"] for r in rows] == ["cpu-naive75", "cpu-deferred75"]
+    assert [r["trainer.name"] for r in rows] == ["cpu-naive75", "cpu-deferred75", "cpu-naive75-eqsteps"]
+    assert (tmp_path / "out" / "samples.png").is_file() and "cpu-naive75-eqsteps" in (
+        tmp_path / "out" / "samples.md").read_text()
     assert all(isinstance(r["eval.heldout.probe_fd"], float) for r in rows)
     assert "| cpu-naive75 | pretrain |" in table and (tmp_path / "out" / "results.csv").is_file()
     assert "| chance (shuffled prompts) | pretrain |" in table and "| real vs real (same n) | pretrain |" in table
     assert "| cpu-naive75 vs cpu-deferred75 | pretrain | probe_acc.shape |" in table  # the planned contrast
-    assert (tmp_path / "data" / "synthetic-probe" / "probe").is_dir()  # the probe's own split
+    assert (tmp_path / "data" / "synthetic-minilm-one-object-probe" / "probe").is_dir()  # the probe's own split
     two_seeds = compose_job("main", ["seeds=[0,1]"])
     assert {(c.trainer.seed, c.trainer.name) for c in job_configs(two_seeds, tmp_path / "x", small)} == {
-        (s, n) for s in (0, 1) for n in ("cpu-naive75", "cpu-deferred75")}
+        (s, n) for s in (0, 1) for n in ("cpu-naive75", "cpu-deferred75", "cpu-naive75-eqsteps")}
     entry = json.loads((tmp_path / "out" / "seed0" / "cpu-naive75" / "metrics.json").read_text())["entries"][0]
     assert (entry["seed"], entry["prompt_seed"]) == (0, 0)  # seed s: noise seeds 1e6 * s + i, prompts drawn with s
     again, _ = run_job(job, out=tmp_path / "out", extra=small)
