@@ -78,7 +78,7 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     job = compose_job("main", ["seeds=[0]", "eval.num_samples=8", "eval.held_out_samples=64", "eval.probe_steps=5",
                                "report.columns=[probe_fd,probe_acc.colour,probe_acc.shape]"])
-    job.experiments[2] = job.experiments[2].replace("steps=1416", "steps=2")  # a test-sized equal-steps arm
+    job.experiments[2] = job.experiments[2].replace("steps=944", "steps=2")  # a test-sized equal-steps arm
     small = ["trainer.budget_flops=2e10", "data.prepare_samples=256", "trainer.progress=false",
              "stages.pretrain.warmup_images=0", "trainer.threads=1"]
     rows, table = run_job(job, out=tmp_path / "out", extra=small)
