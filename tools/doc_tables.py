@@ -6,8 +6,9 @@
 A table in ``README.md`` or ``experiments/README.md`` between ``<!-- table: NAME -->`` and
 ``<!-- /table -->`` is the output of ``TABLES[NAME]`` on its CSV (``tests/fixtures/masking_study.csv``
 holds the CPU masking study's runs, made by ``tests/fixtures/make_study_results.py`` from the
-jobs' results.csv): mean ± 95% CI over the seeds with n, as ``microdit-results`` prints them. The
-tests run ``--check``, so a table can not drift from its data.
+jobs' results.csv; ``tests/fixtures/main_job.csv`` the main job's, made by
+``tests/fixtures/make_main_job_results.py``): mean ± 95% CI over the seeds with n, as
+``microdit-results`` prints them. The tests run ``--check``, so a table can not drift from its data.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from microdit.pipeline import compose_job
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "experiments" / "README.md"]
 STUDY = ROOT / "tests" / "fixtures" / "masking_study.csv"
+MAIN_JOB = ROOT / "tests" / "fixtures" / "main_job.csv"
 BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 ACCURACIES = ("colour", "shape", "position")
 
@@ -63,7 +65,22 @@ def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIE
                           dict(report.margins)) + "\n"
 
 
+def main_job_table() -> str:
+    """The main job's table as ``microdit-cpu-ablation`` prints it: a row per arm (mean ± 95% CI
+    over the seeds), the real-vs-real and shuffled-prompt chance rows, then its planned contrasts."""
+    from microdit.eval.results import markdown_table
+    from microdit.pipeline import reference_rows
+
+    job = compose_job("main")
+    rows = read_csv(MAIN_JOB)
+    columns = [f"eval.heldout.{c}" for c in job.report.columns]
+    table = markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"],
+                           columns + ["cost.images", "cost.flops"], sort=False, pairs=False)
+    return table + "\n\n" + contrast_table(rows, job.report.contrasts, columns, dict(job.report.margins)) + "\n"
+
+
 TABLES = {
+    "main-job": main_job_table,
     "study-64": lambda: study_table("study"),
     "study-t256": lambda: study_table("study-t256"),
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
