@@ -6,8 +6,8 @@
 A table in ``README.md`` or ``experiments/README.md`` between ``<!-- table: NAME -->`` and
 ``<!-- /table -->`` is the output of ``TABLES[NAME]`` on its CSV (``tests/fixtures/masking_study.csv``
 holds the CPU masking study's runs, made by ``tests/fixtures/make_study_results.py`` from the
-jobs' results.csv; ``tests/fixtures/main_job.csv`` the main job's, made by
-``tests/fixtures/make_main_job_results.py``): mean ± 95% CI over the seeds with n, as
+jobs' results.csv; ``tests/fixtures/JOB_job.csv`` a job's, made by
+``tests/fixtures/make_job_results.py``): mean ± 95% CI over the seeds with n, as
 ``microdit-results`` prints them. The tests run ``--check``, so a table can not drift from its data.
 """
 
@@ -25,7 +25,7 @@ from microdit.pipeline import compose_job
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "experiments" / "README.md"]
 STUDY = ROOT / "tests" / "fixtures" / "masking_study.csv"
-MAIN_JOB = ROOT / "tests" / "fixtures" / "main_job.csv"
+FIXTURES = ROOT / "tests" / "fixtures"
 BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 ACCURACIES = ("colour", "shape", "position")
 
@@ -65,14 +65,15 @@ def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIE
                           dict(report.margins)) + "\n"
 
 
-def main_job_table() -> str:
-    """The main job's table as ``microdit-cpu-ablation`` prints it: a row per arm (mean ± 95% CI
-    over the seeds), the real-vs-real and shuffled-prompt chance rows, then its planned contrasts."""
+def job_table(name: str) -> str:
+    """Job ``name``'s table as ``microdit-cpu-ablation`` prints it, from ``tests/fixtures/NAME_job.csv``:
+    a row per arm (mean ± 95% CI over the seeds), the real-vs-real and shuffled-prompt chance rows,
+    then its planned contrasts."""
     from microdit.eval.results import markdown_table
     from microdit.pipeline import reference_rows
 
-    job = compose_job("main")
-    rows = read_csv(MAIN_JOB)
+    job = compose_job(name)
+    rows = read_csv(FIXTURES / f"{name}_job.csv")
     columns = [f"eval.heldout.{c}" for c in job.report.columns]
     table = markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"],
                            columns + ["cost.images", "cost.flops"], sort=False, pairs=False)
@@ -80,7 +81,8 @@ def main_job_table() -> str:
 
 
 TABLES = {
-    "main-job": main_job_table,
+    "main-job": lambda: job_table("main"),
+    "images-vs-steps": lambda: job_table("images_vs_steps"),
     "study-64": lambda: study_table("study"),
     "study-t256": lambda: study_table("study-t256"),
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
