@@ -204,6 +204,8 @@ def prepare_dataset(source: Source, raw: str | Path, out: str | Path, rules: Rul
         raise DataError(f"{raw}: no {source.name} files found in its layout (see `microdit-data prepare --help`)")
     units = units[:max(1, math.ceil(len(units) * fraction))]
     described = _describe(source, raw.resolve(), rules)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a folder: prepare into a new or empty folder; nothing was changed")
     out.mkdir(parents=True, exist_ok=True)
     if (out / "manifest.json").is_file():
         manifest = load_manifest(out)

@@ -82,7 +82,15 @@ def fetch(url: str, dest: Path | None = None) -> bytes | None:
     except DataError:
         raise
     except Exception as err:  # curl / gsutil exits, network errors: their types vary by backend
-        raise DataError(f"could not read {url} ({type(err).__name__}: {err})") from None
+        import re
+
+        detail = " ".join(str(err).split())
+        code = re.search(r"\['(curl|gsutil)'.*exit (\d+)", detail)
+        if code:  # webdataset's gopen: the command's exit status (curl: 7 no connection, 22 an HTTP error)
+            detail = f"{code[1]} exited with status {code[2]}"
+        elif len(detail) > 160:
+            detail = "..." + detail[-160:]
+        raise DataError(f"could not read {url} ({detail})") from None
     return None
 
 
@@ -91,8 +99,9 @@ def load_remote_manifest(folder: str, check_total: bool = True) -> Manifest:
     import json
 
     url = file_url(folder, "manifest.json")
+    data = fetch(url)
     try:
-        values = json.loads(fetch(url))
+        values = json.loads(data)
     except ValueError as err:
         raise DataError(f"{url}: not valid JSON ({err})") from None
     if not isinstance(values, dict):

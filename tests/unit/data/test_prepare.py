@@ -125,11 +125,16 @@ def test_bad_inputs_end_in_one_line(raw, tmp_path, capsys):
         (["prepare", "cc12m", str(tmp_path / "a"), "--from", str(tmp_path / "nowhere")], "does not exist"),
         (["prepare", "jdb", str(tmp_path / "b"), "--from", str(raw / "cc12m")], "no jdb files found"),
         (["prepare", "sa1b", str(tmp_path / "c")], "--links"),
+        (["prepare", "cc12m", str(raw / "cc12m" / "cc12m-train-0000.tar"), "--from", str(raw / "cc12m")],
+         "is a file, not a folder"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             data_main(argv)
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own error: usage, then the one line
+        data_main(["prepare", "cc12m", str(tmp_path / "d"), "--fraction", "1.5"])
+    assert exit_info.value.code == 2 and "expected a fraction in (0, 1]" in capsys.readouterr().err.splitlines()[-1]
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit):
