@@ -123,7 +123,13 @@ def download(source: Source, raw: str | Path, fraction: float = 1.0, num_proc: i
         import tarfile
 
         with tarfile.open(raw / "SA1B_caption.tar.gz") as tar:
-            tar.extractall(raw / "captions", filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.12, and 3.10.12 / 3.11.4 on
+                tar.extractall(raw / "captions", filter="data")
+            else:  # older patch releases: refuse members that would land outside the folder
+                root = (raw / "captions").resolve()
+                if any(not (root / m.name).resolve().is_relative_to(root) or m.issym() or m.islnk() for m in tar):
+                    raise DataError(f"{raw / 'SA1B_caption.tar.gz'}: a member points outside its folder; refused")
+                tar.extractall(root)
 
 
 def _fit(data: bytes, rules: Rules) -> tuple[bytes | None, str]:

@@ -183,3 +183,45 @@ def test_http_downloads_retry_then_name_the_url(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"captions_val2014|annotations_trainval2014.zip: download failed after 5"):
         prep.download(SOURCES["coco2014"], tmp_path / "coco")
     assert calls.count(calls[0]) == prep.RETRIES
+
+
+def test_sa1b_downloads_its_links_and_captions_then_prepares(raw, tmp_path, monkeypatch):
+    """The whole download path with the network replaced: Meta's link list over HTTP (requests), the
+    LLaVA captions from the Hub (a tar.gz, extracted safely), then the build from what arrived."""
+    import tarfile
+
+    import requests
+
+    source = raw / "sa1b"
+    packed = tmp_path / "SA1B_caption.tar.gz"
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(source / "captions", arcname="captions-release")
+
+    def fake_hub(repo_id, filename, repo_type, local_dir):
+        assert (repo_id, filename) == ("PixArt-alpha/SAM-LLaVA-Captions10M", "SA1B_caption.tar.gz")
+        (Path(local_dir) / filename).write_bytes(packed.read_bytes())
+
+    class Response:
+        def __init__(self, url):
+            self.data, self.status_code = (source / url.rsplit("/", 1)[-1]).read_bytes(), 200
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def raise_for_status(self):
+            pass
+
+        def iter_content(self, size):
+            yield self.data
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_hub)
+    monkeypatch.setattr(requests, "get", lambda url, **kw: Response(url))
+    links = tmp_path / "links.txt"
+    links.write_text("file_name\tcdn_link\n" + "".join(f"sa_{i:06d}.tar\thttps://cdn.example/sa_{i:06d}.tar\n"
+                                                       for i in range(2)))
+    data_main(["prepare", "sa1b", str(tmp_path / "sa1b"), "--links", str(links)])
+    assert load_manifest(tmp_path / "sa1b").counts == dict(sorted(EXPECTED["sa1b"].items()))
+    assert (tmp_path / "sa1b-raw" / "captions" / "captions-release").is_dir()
