@@ -1,30 +1,22 @@
-"""Experiments as a library: one experiment language for every job, from one run to a CPU study.
+"""Jobs: lists of experiments trained for several seeds, evaluated and reported together.
 
-- :func:`compose_config`: the :class:`~microdit.train.config.TrainConfig` that ``microdit-train
-  OVERRIDES`` runs (``conf/train.yaml`` composed with Hydra; unknown keys and bad values are
-  refused by the schema, one line with Hydra's reason: :func:`config_error`).
-- :func:`sweep_points`: the override list of every run of ``microdit-train -m OVERRIDES`` (the
-  command line's sweeps crossed with the experiment's own ``hydra.sweeper.params``), found with
-  Hydra's public override parser, so every point is validated before any job starts.
-- A **job** (``conf/job/NAME.yaml``, composed onto :class:`JobConfig` from ``conf/jobs.yaml``)
-  is a list of experiments (each ``"NAME [KEY=VALUE ...]"``), trained for every seed of ``seeds``
-  with ``overrides`` for every run, an ``eval:`` section (held-out split, generated samples,
-  metrics, probe length, whether every stage end is evaluated) and a ``report:`` section (where
-  results land, the table's columns). :func:`run_job` trains what is missing, evaluates what is
-  not cached and returns the table; ``microdit-cpu-ablation`` is its command line, and a notebook
-  calls it the same way::
+A **job** (``conf/job/NAME.yaml``, composed onto :class:`JobConfig` from ``conf/jobs.yaml``) is a
+list of experiments (each ``"NAME [KEY=VALUE ...]"``, in the experiment language of
+:mod:`microdit.experiment`), trained for every seed of ``seeds`` with ``overrides`` for every run,
+an ``eval:`` section (held-out split, generated samples, metrics, probe length, whether every stage
+end is evaluated) and a ``report:`` section (where results land, the table's columns, the planned
+contrasts). :func:`run_job` trains what is missing, evaluates what is not cached and returns the
+table; ``microdit-cpu-ablation`` is its command line, and a notebook calls it the same way::
 
-      from microdit.pipeline import compose_job, run_job
-      rows, table = run_job(compose_job("main", ["seeds=[0]", "eval.num_samples=50"]))
+    from microdit.pipeline import compose_job, run_job
+    rows, table = run_job(compose_job("main", ["seeds=[0]", "eval.num_samples=50"]))
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -32,10 +24,10 @@ from omegaconf import OmegaConf
 
 from microdit import run as runs
 from microdit.eval.metrics import check_names
-from microdit.train.config import TrainConfig, summarize_changes, to_train_config, validate
-from microdit.train.plan import check_plan, prepare_synthetic, resolve
+from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
+from microdit.train.config import TrainConfig, summarize_changes
+from microdit.train.plan import prepare_synthetic, resolve
 
-CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
 RESULTS = "results.csv"
 
 
@@ -110,82 +102,7 @@ class JobConfig:
         return out
 
 
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 ConfigStore.instance().store(name="job_schema", node=JobConfig)
-
-
-def config_error(err: Exception) -> str:
-    """One line for a Hydra or OmegaConf error: its message and, where Hydra wraps the reason
-    (``Key 'bogus' not in 'TrainerConfig'``, ``Value 'abc' could not be converted to Integer``),
-    that reason. Hydra's advice to append a key (``+key=...``) is left out: the schema refuses
-    unknown keys either way."""
-    head = [line for line in str(err).splitlines() if line.strip() and not line.startswith("To append")]
-    cause = err.__cause__
-    reason = str(cause).splitlines()[0] if cause is not None and str(cause) else ""
-    text = " ".join(" ".join(head).split())
-    return f"{text} ({reason})" if reason and reason not in text else text
-
-
-def _compose(config_name: str, overrides: list[str], hydra_config: bool = False):
-    """``conf/CONFIG_NAME.yaml`` composed with ``overrides``; a Hydra or OmegaConf error becomes
-    a ValueError of one line (:func:`config_error`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose(config_name, overrides=overrides, return_hydra_config=hydra_config)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ValueError(config_error(err)) from None
-
-
-def compose_config(overrides: list[str]) -> TrainConfig:
-    """The TrainConfig that ``microdit-train OVERRIDES`` would run (for programs and notebooks)."""
-    return to_train_config(_compose("train", overrides))
-
-
-def _expand(overrides: list[str]) -> list[list[str]]:
-    """The cartesian product of the sweeps among ``overrides`` (``a=1,2 b=x`` -> two lists), in
-    Hydra's order (the last sweep varies fastest), through Hydra's public override parser."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:
-        raise ValueError(config_error(err)) from None
-    choices = []
-    for override in parsed:
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
-        else:
-            choices.append([f"{key}={override.get_value_element_as_str()}"])
-    return [list(point) for point in itertools.product(*choices)]
-
-
-def validate_run(cfg: TrainConfig) -> None:
-    """Everything checked before a run starts, without its data: the config (:func:`validate`)
-    and, with the caption length its text encoder gives, the sized plan (an EMA that never starts,
-    a warm-up longer than its stage: refused unless ``trainer.plan_check=warn``)."""
-    from microdit.encoders import caption_length
-
-    validate(cfg)
-    check_plan(resolve(cfg, caption_length(cfg.encoder.text_encoder)), cfg.trainer.plan_check, say=lambda line: None)
-
-
-def sweep_points(overrides: list[str]) -> list[list[str]]:
-    """The override list of every run that ``microdit-train -m OVERRIDES`` launches: the command
-    line's sweeps (``a=1,2``) crossed with the ``hydra.sweeper.params`` of the config each command
-    line point composes (an experiment's own sweep), the command line winning on a shared key."""
-    points = []
-    for point in _expand(overrides):
-        params = _compose("train", point, hydra_config=True).hydra.sweeper.get("params") or {}
-        given = {o.split("=", 1)[0] for o in point}
-        swept = [f"{key}={value}" for key, value in params.items() if key not in given]
-        points += _expand(swept + point) if swept else [point]
-    return points
 
 
 def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
@@ -207,7 +124,7 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
             node = OmegaConf.merge(OmegaConf.structured(JobConfig), OmegaConf.load(path),
                                    OmegaConf.from_dotlist(overrides))
         else:
-            node = _compose("jobs", [f"job={spec}", *overrides])
+            node = compose_named("jobs", [f"job={spec}", *overrides])
         job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), node))
     except OmegaConfBaseException as err:  # a job file's keys or values (Hydra's errors: _compose)
         raise ValueError(f"job {spec}: {config_error(err)}") from None

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from microdit.experiment import compose_config
 from microdit.perf.benchmarks import run_all, summary_markdown
 from microdit.perf.gpu_plan import gpu_plan, gpu_plan_markdown
-from microdit.pipeline import compose_config
 from microdit.train.config import validate
 
 

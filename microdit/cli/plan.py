@@ -18,8 +18,8 @@ import argparse
 import json
 
 from microdit.cli.options import positive_float, positive_int
+from microdit.experiment import sweep_points
 from microdit.perf.cost_plan import PAPER_MFU, PRICE, cost_plan, cost_plan_markdown
-from microdit.pipeline import sweep_points
 
 
 def main(argv: list[str] | None = None) -> None:

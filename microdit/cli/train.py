@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from microdit.data import DataError
-from microdit.pipeline import CONF_DIR, compose_config, sweep_points, validate_run
+from microdit.experiment import CONF_DIR, compose_config, sweep_points, validate_run
 from microdit.train.config import to_train_config
 
 

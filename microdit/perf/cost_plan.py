@@ -16,7 +16,7 @@ import dataclasses
 
 from microdit.devices import H100
 from microdit.encoders import caption_length
-from microdit.pipeline import compose_config
+from microdit.experiment import compose_config
 from microdit.train.config import validate
 from microdit.train.plan import plan_problems, resolve
 

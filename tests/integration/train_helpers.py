@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from microdit.pipeline import compose_config  # noqa: F401  (re-exported for the tests)
+from microdit.experiment import compose_config  # noqa: F401  (re-exported for the tests)
 
 # The default protocol's stage 'pretrain' shortened and masked at 0.5, then an unmasked 'finetune' stage.
 TWO_STAGES = "+stages={pretrain: {mask: {ratio: 0.5}, images: 64, lr: 0.001, warmup_images: 16}," \

@@ -26,7 +26,8 @@ LAYERS = [
     ["microdit.run"],  # a trained run as its readers see it
     ["microdit.train"],  # the trainer, its step and the checkpoint writer
     ["microdit.eval"],
-    ["microdit.pipeline"],
+    ["microdit.experiment"],  # the experiment language: compose a config, a sweep's points
+    ["microdit.pipeline"],  # jobs
     ["microdit.perf"],
     ["microdit.cli"],
 ]

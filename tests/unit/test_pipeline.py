@@ -6,7 +6,8 @@ import json
 import pytest
 import yaml
 
-from microdit.pipeline import CONF_DIR, JobConfig, compose_job, job_configs, run_job
+from microdit.experiment import CONF_DIR
+from microdit.pipeline import JobConfig, compose_job, job_configs, run_job
 
 JOBS = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
 

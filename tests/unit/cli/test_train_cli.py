@@ -6,7 +6,7 @@ import math
 
 from hydra import compose, initialize_config_dir
 
-from microdit.pipeline import CONF_DIR, sweep_points
+from microdit.experiment import CONF_DIR, sweep_points
 
 
 def as_dicts(points: list[list[str]]) -> list[dict[str, str]]:

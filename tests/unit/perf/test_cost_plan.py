@@ -6,8 +6,8 @@ import pytest
 
 from microdit.cli import plan as plan_cli
 from microdit.eval.results import load_paper_numbers
+from microdit.experiment import sweep_points
 from microdit.perf.cost_plan import cost_plan
-from microdit.pipeline import sweep_points
 
 
 def plan_json(argv, capsys) -> dict:

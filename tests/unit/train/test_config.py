@@ -4,7 +4,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from microdit.pipeline import CONF_DIR
+from microdit.experiment import CONF_DIR
 from microdit.run import run_config
 from microdit.train.config import StageConfig, TrainConfig, problems, run_changes, summarize_changes
 from microdit.train.plan import resolve

@@ -65,7 +65,7 @@ def test_the_paper_recipe_costs_table_2s_published_stage_totals():
     """Table 2 of the paper: 1.47e20 / 4.53e19 / 1.18e20 / 3.48e19 FLOPs per phase, 3.45e20 in all
     (three significant figures), against the meter in the paper's accounting on protocol paper."""
     from microdit.eval.results import load_paper_numbers
-    from microdit.pipeline import compose_config
+    from microdit.experiment import compose_config
     from microdit.train.plan import resolve
 
     table2 = load_paper_numbers()["table2"]

@@ -4,8 +4,8 @@ resolved once, as the trainer, the GPU plan and checkpoint loading read them."""
 import pytest
 
 from microdit.encoders import caption_length
+from microdit.experiment import CONF_DIR
 from microdit.masking import MaskConfig
-from microdit.pipeline import CONF_DIR
 from microdit.train.flops import flops_per_image
 from microdit.train.plan import budget_flops, check_plan, plan_problems, resolve, stage_at
 

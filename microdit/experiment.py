@@ -1,0 +1,101 @@
+"""The experiment language: what ``microdit-train OVERRIDES`` runs, composed with Hydra.
+
+- :func:`compose_config`: the :class:`~microdit.train.config.TrainConfig` that ``microdit-train
+  OVERRIDES`` runs (``conf/train.yaml`` composed with Hydra; unknown keys and bad values are
+  refused by the schema, one line with Hydra's reason: :func:`config_error`).
+- :func:`sweep_points`: the override list of every run of ``microdit-train -m OVERRIDES`` (the
+  command line's sweeps crossed with the experiment's own ``hydra.sweeper.params``), found with
+  Hydra's public override parser, so every point is validated before any job starts.
+- :func:`validate_run`: everything checked before a run starts, without its data.
+
+Jobs, lists of such runs trained and evaluated together, are :mod:`microdit.pipeline`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from importlib import resources
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+
+from microdit.train.config import TrainConfig, to_train_config, validate
+from microdit.train.plan import check_plan, resolve
+
+CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def config_error(err: Exception) -> str:
+    """One line for a Hydra or OmegaConf error: its message and, where Hydra wraps the reason
+    (``Key 'bogus' not in 'TrainerConfig'``, ``Value 'abc' could not be converted to Integer``),
+    that reason. Hydra's advice to append a key (``+key=...``) is left out: the schema refuses
+    unknown keys either way."""
+    head = [line for line in str(err).splitlines() if line.strip() and not line.startswith("To append")]
+    cause = err.__cause__
+    reason = str(cause).splitlines()[0] if cause is not None and str(cause) else ""
+    text = " ".join(" ".join(head).split())
+    return f"{text} ({reason})" if reason and reason not in text else text
+
+
+def compose_named(config_name: str, overrides: list[str], hydra_config: bool = False):
+    """``conf/CONFIG_NAME.yaml`` composed with ``overrides``; a Hydra or OmegaConf error becomes
+    a ValueError of one line (:func:`config_error`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose(config_name, overrides=overrides, return_hydra_config=hydra_config)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ValueError(config_error(err)) from None
+
+
+def compose_config(overrides: list[str]) -> TrainConfig:
+    """The TrainConfig that ``microdit-train OVERRIDES`` would run (for programs and notebooks)."""
+    return to_train_config(compose_named("train", overrides))
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """The cartesian product of the sweeps among ``overrides`` (``a=1,2 b=x`` -> two lists), in
+    Hydra's order (the last sweep varies fastest), through Hydra's public override parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise ValueError(config_error(err)) from None
+    choices = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([f"{key}={override.get_value_element_as_str()}"])
+    return [list(point) for point in itertools.product(*choices)]
+
+
+def validate_run(cfg: TrainConfig) -> None:
+    """Everything checked before a run starts, without its data: the config (:func:`validate`)
+    and, with the caption length its text encoder gives, the sized plan (an EMA that never starts,
+    a warm-up longer than its stage: refused unless ``trainer.plan_check=warn``)."""
+    from microdit.encoders import caption_length
+
+    validate(cfg)
+    check_plan(resolve(cfg, caption_length(cfg.encoder.text_encoder)), cfg.trainer.plan_check, say=lambda line: None)
+
+
+def sweep_points(overrides: list[str]) -> list[list[str]]:
+    """The override list of every run that ``microdit-train -m OVERRIDES`` launches: the command
+    line's sweeps (``a=1,2``) crossed with the ``hydra.sweeper.params`` of the config each command
+    line point composes (an experiment's own sweep), the command line winning on a shared key."""
+    points = []
+    for point in _expand(overrides):
+        params = compose_named("train", point, hydra_config=True).hydra.sweeper.get("params") or {}
+        given = {o.split("=", 1)[0] for o in point}
+        swept = [f"{key}={value}" for key, value in params.items() if key not in given]
+        points += _expand(swept + point) if swept else [point]
+    return points
