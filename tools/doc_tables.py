@@ -67,22 +67,28 @@ def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIE
 
 def job_table(name: str) -> str:
     """Job ``name``'s table as ``microdit-cpu-ablation`` prints it, from ``tests/fixtures/NAME_job.csv``:
-    a row per arm (mean ± 95% CI over the seeds), the real-vs-real and shuffled-prompt chance rows,
-    then its planned contrasts."""
+    a row per arm (mean ± 95% CI over the seeds), the real-vs-real and shuffled-prompt chance rows."""
     from microdit.eval.results import markdown_table
     from microdit.pipeline import reference_rows
 
-    job = compose_job(name)
-    rows = read_csv(FIXTURES / f"{name}_job.csv")
+    job, rows = compose_job(name), read_csv(FIXTURES / f"{name}_job.csv")
     columns = [f"eval.heldout.{c}" for c in job.report.columns]
-    table = markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"],
-                           columns + ["cost.images", "cost.flops"], sort=False, pairs=False)
-    return table + "\n\n" + contrast_table(rows, job.report.contrasts, columns, dict(job.report.margins)) + "\n"
+    return markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"],
+                          columns + ["cost.images", "cost.flops"], sort=False, pairs=False) + "\n"
+
+
+def job_contrasts(name: str) -> str:
+    """Job ``name``'s planned contrasts as it prints them, from ``tests/fixtures/NAME_job.csv``."""
+    job = compose_job(name)
+    columns = [f"eval.heldout.{c}" for c in job.report.columns]
+    return contrast_table(read_csv(FIXTURES / f"{name}_job.csv"), job.report.contrasts, columns,
+                          dict(job.report.margins)) + "\n"
 
 
 TABLES = {
     "main-job": lambda: job_table("main"),
-    "images-vs-steps": lambda: job_table("images_vs_steps"),
+    "main-job-contrasts": lambda: job_contrasts("main"),
+    "images-vs-steps": lambda: job_table("images_vs_steps") + "\n" + job_contrasts("images_vs_steps"),
     "study-64": lambda: study_table("study"),
     "study-t256": lambda: study_table("study-t256"),
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
