@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microdit.cli.options import positive_int
+from microdit.cli.options import fraction, positive_int
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
 from microdit.data.encode import Share
@@ -140,17 +140,6 @@ def _image_dataset_parser(sub, name: str, help_text: str, size: int) -> argparse
     return p
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a share in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
-    return value
-
-
 def _prepare_parser(sub) -> None:
     """The ``prepare`` sub-command."""
     p = sub.add_parser("prepare", help="download one of the paper's datasets and build its image shards by the "
@@ -163,7 +152,7 @@ def _prepare_parser(sub) -> None:
                    help="build from files already downloaded in the source's own layout (no network)")
     p.add_argument("--raw-dir", type=Path, help="where downloads go (default: OUT-raw)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=_fraction, default=1.0,
+    size.add_argument("--fraction", type=fraction, default=1.0,
                       help="the first fraction of the source's archives (default: %(default)s)")
     size.add_argument("--small", action="store_true", help=f"the ~{SMALL:.0%} partition, for debugging")
     p.add_argument("--num-proc", type=positive_int, default=1,
