@@ -15,6 +15,7 @@ table; ``microdit-cpu-ablation`` is its command line, and a notebook calls it th
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +70,18 @@ class JobReport:
 class JobConfig:
     """A job: ``experiments`` (each a name in conf/experiment, optionally followed by Hydra
     overrides of that run only: ``"cpu_masking_none protocol=cpu_study"``) for every seed of
-    ``seeds``, with ``overrides`` for every run; its ``eval`` and ``report`` sections."""
+    ``seeds``, with ``overrides`` for every run; its ``eval`` and ``report`` sections.
+
+    With ``budgets`` (FLOPs) every experiment is an *arm* trained at each budget
+    (``trainer.budget_flops``), its runs named ``ARM-TAG`` (``cpu-naive75-3e12``: :func:`budget_tag`);
+    the largest budget's runs use ``largest_budget_seeds`` where given (more seeds where a
+    crossing would be decided). The report's contrasts then name arms and are tested at every
+    budget, and the trend of each contrast's gap with compute is fitted (:mod:`microdit.eval.trend`)."""
 
     experiments: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
+    budgets: list[float] = field(default_factory=list)
+    largest_budget_seeds: list[int] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     eval: JobEval = field(default_factory=JobEval)
     report: JobReport = field(default_factory=JobReport)
@@ -84,6 +93,12 @@ class JobConfig:
             out.append(f"experiments must be a non-empty list of 'NAME [KEY=VALUE ...]', got {self.experiments}")
         if not self.seeds or any(s < 0 for s in self.seeds):
             out.append(f"seeds must be a non-empty list of non-negative integers, got {self.seeds}")
+        if any(s < 0 for s in self.largest_budget_seeds):
+            out.append(f"largest_budget_seeds must be non-negative integers, got {self.largest_budget_seeds}")
+        if self.largest_budget_seeds and not self.budgets:
+            out.append("largest_budget_seeds needs budgets (a list of FLOP budgets)")
+        if any(not b > 0 for b in self.budgets) or len(set(self.budgets)) != len(self.budgets):
+            out.append(f"budgets must be distinct positive FLOP counts, got {self.budgets}")
         for name in ("held_out_samples", "num_samples", "probe_steps", "probe_samples"):
             if getattr(self.eval, name) < 1:
                 out.append(f"eval.{name} must be a positive integer, got {getattr(self.eval, name)}")
@@ -138,33 +153,64 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
     return job
 
 
+def budget_tag(flops: float) -> str:
+    """A FLOP budget as a run-name suffix: 3e12, 1.2e13."""
+    exponent = math.floor(math.log10(flops) + 1e-9)
+    return f"{round(flops / 10**exponent, 3):g}e{exponent}"
+
+
+def arm_of(cfg: TrainConfig, job: JobConfig) -> tuple[str, float | None]:
+    """(arm, budget) of a run: its name without the budget suffix in a job with ``budgets``."""
+    if not job.budgets:
+        return cfg.trainer.name, None
+    return cfg.trainer.name.removesuffix("-" + budget_tag(cfg.trainer.budget_flops)), cfg.trainer.budget_flops
+
+
+def _run_points(job: JobConfig) -> list[tuple[float | None, list[int]]]:
+    """(budget or None, seeds) of each point an experiment of ``job`` is trained at."""
+    if not job.budgets:
+        return [(None, job.seeds)]
+    largest = max(job.budgets)
+    return [(b, job.largest_budget_seeds if b == largest and job.largest_budget_seeds else job.seeds)
+            for b in job.budgets]
+
+
 def job_configs(job: JobConfig, out: Path, extra: list[str] | None = None) -> list[TrainConfig]:
-    """The resolved and validated config of every run of ``job``, experiment-major, then seed
-    (the runs of seed ``s`` live in ``out/seed<s>/<trainer.name>``), with ``extra`` overrides for
-    every run: a bad experiment or override stops the job before anything trains, and so does a
-    run folder that was written with another config (its results would not be this job's)."""
+    """The resolved and validated config of every run of ``job``, experiment-major, then budget,
+    then seed (the runs of seed ``s`` live in ``out/seed<s>/<trainer.name>``), with ``extra``
+    overrides for every run: a bad experiment or override stops the job before anything trains, and
+    so does a run folder that was written with another config (its results would not be this job's)."""
     configs = []
     for entry in job.experiments:
         name, *own = entry.split()
-        for seed in job.seeds:
-            overrides = [f"experiment={name}", f"trainer.seed={seed}", f"trainer.run_dir={out / f'seed{seed}'}",
-                         *job.overrides, *own, *(extra or [])]
-            try:
-                cfg = compose_config(overrides)
-                validate_run(cfg)
-            except ValueError as err:
-                raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
-            run = Path(cfg.trainer.run_dir) / cfg.trainer.name
-            changes = runs.saved_config_changes(run, cfg)
-            if changes:
-                raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); its "
-                                 f"results are not this job's: pass another --out, or delete {run} to train it again")
-            configs.append(cfg)
-    names = {c.trainer.name for c in configs}
+        for budget, seeds in _run_points(job):
+            for seed in seeds:
+                configs.append(_run_config(job, entry, name, own, budget, seed, out, extra))
+    names = {arm_of(c, job)[0] for c in configs}
     arms = sorted({arm for c in job.report.contrasts for arm in c.split(" vs ")} - names)
     if arms:
         raise ValueError(f"report.contrasts name {arms}, which no run of the job is called (runs: {sorted(names)})")
     return configs
+
+
+def _run_config(job: JobConfig, entry: str, name: str, own: list[str], budget: float | None, seed: int, out: Path,
+                extra: list[str] | None) -> TrainConfig:
+    at = [] if budget is None else [f"trainer.budget_flops={budget}"]
+    overrides = [f"experiment={name}", f"trainer.seed={seed}", f"trainer.run_dir={out / f'seed{seed}'}",
+                 *job.overrides, *own, *at, *(extra or [])]
+    try:
+        cfg = compose_config(overrides)
+        if budget is not None:
+            cfg.trainer.name = f"{cfg.trainer.name}-{budget_tag(cfg.trainer.budget_flops)}"
+        validate_run(cfg)
+    except ValueError as err:
+        raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
+    run = Path(cfg.trainer.run_dir) / cfg.trainer.name
+    changes = runs.saved_config_changes(run, cfg)
+    if changes:
+        raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); its "
+                         f"results are not this job's: pass another --out, or delete {run} to train it again")
+    return cfg
 
 
 def stage_ends(run: Path) -> list[tuple[str, int, float]]:
@@ -266,23 +312,32 @@ def reference_rows(rows: list[dict], metrics: list[str]) -> list[dict]:
 def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[dict], str]:
     """The job's rows (one per run and evaluated stage end) and markdown table; writes
     ``results.csv``, ``results.md`` and the plot ``results.png`` under ``out``."""
-    from microdit.eval.results import bar_plot, collect, contrast_table, markdown_table, write_csv
+    from microdit.eval.results import bar_plot, collect, contrast_table, markdown_table, plot, trend_table, write_csv
 
-    done = {str(Path(c.trainer.run_dir) / c.trainer.name) for c in configs}
+    done = {str(Path(c.trainer.run_dir) / c.trainer.name): arm_of(c, job) for c in configs}
     order = list(dict.fromkeys(c.trainer.name for c in configs))
     rows = [r for row in collect([out]) if row["run_dir"] in done for r in stage_rows(row, Path(row["run_dir"]))]
+    if job.budgets:
+        for r in rows:
+            r["arm"], r["budget"] = done[r["run_dir"]]
     rows.sort(key=lambda r: (order.index(r["trainer.name"]), r["cost.images"], r["trainer.seed"]))
     columns = [f"eval.heldout.{c}" for c in job.report.columns]
     metrics = columns + ["cost.images", "cost.flops"]
     table = markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"], metrics, sort=False,
                            pairs=not job.report.contrasts)
-    if job.report.contrasts:
+    if job.report.contrasts and job.budgets:
+        table += "\n\n" + contrast_table(rows, job.report.contrasts, columns, job.report.margins, arm="arm",
+                                          stage="budget")
+        table += "\n\n" + trend_table(rows, job.report.contrasts, columns)
+    elif job.report.contrasts:
         table += "\n\n" + contrast_table(rows, job.report.contrasts, columns, job.report.margins)
     write_csv(rows, out / RESULTS)
     (out / "results.md").write_text(table + "\n")
-    plotted = [f"eval.heldout.{c}" for c in job.report.columns[:2]]
-    bar_plot([{**r, "run": f"{r['trainer.name']} ({r['after']})"} for r in rows], "run", plotted,
-             out / "results.png")
+    if job.budgets:
+        plot(rows, "cost.flops", columns[0], out / "results.png", group_by="arm", log_x=True)
+    else:
+        bar_plot([{**r, "run": f"{r['trainer.name']} ({r['after']})"} for r in rows], "run", columns[:2],
+                 out / "results.png")
     return rows, table
 
 
@@ -327,8 +382,9 @@ def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | No
     ``job`` (results under ``out``, default ``job.report.out``; ``extra`` overrides every run)."""
     out = Path(out or job.report.out)
     configs = job_configs(job, out, extra)
-    print(f"[job] {len(job.experiments)} experiments x {len(job.seeds)} seeds = {len(configs)} runs under {out}",
-          file=sys.stderr)
+    points = (f"{len(job.seeds)} seeds" if not job.budgets else "(" + ", ".join(
+        f"{len(seeds)} seeds at {budget_tag(budget)}" for budget, seeds in _run_points(job)) + " FLOPs)")
+    print(f"[job] {len(job.experiments)} experiments x {points} = {len(configs)} runs under {out}", file=sys.stderr)
     prepare_data(configs, job)
     train_and_evaluate(configs, job)
     result = report(configs, job, out)

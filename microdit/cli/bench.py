@@ -1,4 +1,5 @@
-"""``microdit-bench``: training-step throughput and MFU (eager and compiled), attention backends,
+"""``microdit-bench``: training-step throughput and MFU (eager and compiled), the eight CPU cases
+against their kernel-sum bounds, attention backends,
 MoE vs one-hot, masking efficiency, reader and sampler throughput; writes ``bench.json`` and
 ``bench.md``.
 

@@ -129,10 +129,12 @@ def markdown_table(rows: list[dict], group_by: list[str], metrics: list[str], so
     return "\n".join(lines + notes)
 
 
-def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | list[str] | None = None) -> None:
+def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | list[str] | None = None,
+         log_x: bool = False) -> None:
     """Save a PNG of metric ``y`` against ``x`` (one line per value of the ``group_by`` column or
-    columns): the mean over the runs at each point (e.g. seeds) with its 95% confidence interval as
-    error bars (points of one run have none); runs without ``y`` are not drawn."""
+    columns; ``x`` on a log axis with ``log_x``): the mean over the runs at each point (e.g. seeds)
+    with its 95% confidence interval as error bars (points of one run have none); runs without
+    ``y`` are not drawn."""
     keys = [group_by] if isinstance(group_by, str) else list(group_by or [])
     import matplotlib
 
@@ -150,6 +152,8 @@ def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | lis
         stats = [summarize(points[v]) for v in xs]
         ax.errorbar(xs, [s.mean for s in stats], yerr=[s.half_width or 0.0 for s in stats], marker="o", capsize=3,
                     label=str(label))
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} (mean, 95% CI)")
     ax.grid(alpha=0.3)
@@ -198,6 +202,33 @@ def select(rows: list[dict], *groups: str) -> list[dict]:
     """Rows of the runs whose ``trainer.group`` (the sweep key every experiment sets) is one of
     ``groups``, e.g. ``select(rows, "fig4", "fig4-cpu")``."""
     return [r for r in rows if r.get("trainer.group") in groups]
+
+
+def trend_table(rows: list[dict], contrasts: list[str], metrics: list[str], arm: str = "arm",
+                budget: str = "budget") -> str:
+    """Markdown table of how each contrast's paired gap B − A moves with compute
+    (:func:`microdit.eval.trend.gap_trend`: least squares over every seed's difference against
+    log10 FLOPs), per metric: the slope per 10x compute with its CI and p, the fitted gap at the
+    smallest and largest budget, and where the fitted gap crosses zero, with Fieller's interval."""
+    from microdit.eval.trend import describe, gap_trend, paired_gaps
+
+    lines = ["| contrast | metric | n | gap per 10x FLOPs (95% CI) | p (slope) | fitted gap: smallest → largest budget "
+             "| zero crossing |", "|---|---|---|---|---|---|---|"]
+    for contrast in contrasts:
+        a, _, b = contrast.partition(" vs ")
+        for metric in metrics:
+            points = paired_gaps(rows, a, b, metric, budget=budget, arm=arm)
+            fit = gap_trend(points)
+            if fit is None:
+                continue
+            low, high = min(x for x, _ in points), max(x for x, _ in points)
+            lo, hi = fit.slope_ci
+            lines.append(f"| {contrast} | {metric.removeprefix('eval.heldout.')} | {fit.n} | {fit.slope:.3g} "
+                         f"[{lo:.3g}, {hi:.3g}] | {fit.slope_p:.2g} | {fit.gap_at(low):.3g} → {fit.gap_at(high):.3g} "
+                         f"| {describe(fit, low, high)} |")
+    lines.append("\nGap = B − A per seed (paired), fitted linearly against log10 FLOPs over every seed's difference; "
+                 "intervals are 95% (t, n − 2 df); the crossing's interval is Fieller's.")
+    return "\n".join(lines)
 
 
 def contrast_table(rows: list[dict], contrasts: list[str], metrics: list[str], margins: dict | None = None,

@@ -2,7 +2,8 @@
 :mod:`~microdit.perf.bench_moe`, :mod:`~microdit.perf.bench_parts`) and judges them against the
 project's targets. The measurements: training-step throughput and MFU against the device's
 measured matmul peak (eager and torch.compile), attention backends, the MoE layer and its routing
-against the reference's one-hot formulation, masking efficiency, reader and sampler throughput.
+against the reference's one-hot formulation, masking efficiency, the eight CPU cases (nano and micro,
+ratio 0 and 0.75, training and sampling) against their kernel-sum bounds, reader and sampler throughput.
 
 The training step measured is the trainer's: EDM loss (bf16 autocast on CUDA), backward, gradient
 clipping, the device-side non-finite guard and fused AdamW. Numbers belong in reports, never in
@@ -17,6 +18,7 @@ import torch
 from microdit.devices import H100
 from microdit.masking import MaskConfig
 from microdit.models import preset_config
+from microdit.perf.bench_bound import bench_bounds, bounds_markdown
 from microdit.perf.bench_moe import bench_moe
 from microdit.perf.bench_parts import bench_attention, bench_encode, bench_reader, bench_sampler
 from microdit.perf.bench_step import DEVICE_PLAN, StepCase, bench_steps, roofline_check
@@ -58,6 +60,8 @@ def run_all(quick: bool, device: str = "cpu", compile: bool = True, results: dic
                 results["masking"].append({"preset": preset, "mask_ratio": ratio, "strategy": strategy,
                                            "time_ratio": r["step_s"] / base["step_s"],
                                            "flop_ratio": r["flops_per_step"] / base["flops_per_step"]})
+    if dev.type == "cpu":  # kernels replayed and timed on the host clock: CPU only
+        results["bounds"] = bench_bounds(presets, batch, length, repeats=5 if quick else 9, compile=compile)
     results["attention"] = bench_attention(device)
     sizes = (64, 256) if quick else (64, 128, 256, 512, 1024)
     results["moe"] = [bench_moe(t, repeats=3 if quick else 5, device=device) for t in sizes]
@@ -91,6 +95,11 @@ def targets(r: dict) -> list[dict]:
                         "note": "time ratio / FLOP ratio, goal within 0.85-1.15"})
     moe = next(m for m in r["moe"] if m["tokens"] == 256)
     bound = f"bound from FLOPs: {moe['speedup_bound']:.2f}x" if "speedup_bound" in moe else ""
+    for b in r.get("bounds", {}).get("rows", []):
+        over = b["eager_s"] / b["bound_s"]
+        out.append({"target": f"{b['preset']} {b['kind']} step at ratio {b['mask_ratio']} within 15% of its "
+                              "kernel-sum bound", "value": over, "goal": 1.15, "met": over <= 1.15,
+                    "note": "eager time / bound"})
     out.append({"target": "MoE >= 3x faster than one-hot at T = 256", "value": moe["layer"]["speedup"], "goal": 3.0,
                 "met": moe["layer"]["speedup"] >= 3.0, "note": bound})
     out.append({"target": "MoE >= 4x less peak memory than one-hot at T = 256", "value": moe["layer"]["peak_ratio"],
@@ -156,6 +165,8 @@ def summary_markdown(r: dict) -> str:
                              f"{p['gather']['peak_mib']:.0f} | {p['one_hot']['peak_mib']:.0f} | "
                              f"{p['gather']['saved_mib']:.1f} / {p['one_hot']['saved_mib']:.1f} | "
                              f"{m['speedup_bound']:.2f}x |")
+    if "bounds" in r:
+        lines += bounds_markdown(r["bounds"])
     lines += _parts_markdown(r)
     return "\n".join(lines) + "\n"
 

@@ -46,20 +46,50 @@ class Op:
     bytes: float
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """Shape, strides and dtype of a recorded tensor: enough to make a real one to replay a call on."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    @staticmethod
+    def of(value):
+        if isinstance(value, torch.Tensor):
+            return TensorSpec(tuple(value.shape), tuple(value.stride()), value.dtype)
+        return value
+
+
+def record_calls(fn) -> list[tuple]:
+    """Every aten call ``fn()`` makes, in order, as ``(function, args, kwargs)`` with tensors as
+    :class:`TensorSpec` (on real tensors: the calls an eager step really makes, backward included)."""
+    recorder = _Recorder(calls=True)
+    with recorder:
+        fn()
+    return recorder.calls
+
+
 def _nbytes(values) -> int:
     return sum(v.numel() * v.element_size() for v in torch.utils._pytree.tree_leaves(values)
                if isinstance(v, torch.Tensor))
 
 
 class _Recorder(TorchDispatchMode):
-    def __init__(self) -> None:
+    """Records every operation's cost; with ``calls``, also each call (aten function, arguments
+    with tensors as :class:`TensorSpec`), so that it can be replayed alone (:mod:`microdit.perf.kernels`)."""
+
+    def __init__(self, calls: bool = False) -> None:
         super().__init__()
         self.ops: list[Op] = []
         self.views = 0
+        self.calls: list | None = [] if calls else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if self.calls is not None:
+            self.calls.append((func, *torch.utils._pytree.tree_map(TensorSpec.of, (args, kwargs))))
         packet = func.overloadpacket
         name = packet.__name__
         if name in VIEWS:

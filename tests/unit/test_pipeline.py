@@ -17,7 +17,9 @@ def test_every_job_composes_and_its_runs_validate(name, tmp_path):
     job = compose_job(name)
     assert isinstance(job, JobConfig) and job.problems() == []
     configs = job_configs(job, tmp_path)
-    assert len(configs) == len(job.experiments) * len(job.seeds)
+    per_experiment = len(job.seeds) * max(len(job.budgets), 1) + (
+        len(job.largest_budget_seeds) - len(job.seeds) if job.largest_budget_seeds else 0)
+    assert len(configs) == len(job.experiments) * per_experiment
     assert [c.trainer.seed for c in configs[:len(job.seeds)]] == job.seeds
     assert all(str(c.trainer.run_dir).startswith(str(tmp_path / "seed")) for c in configs)
 
@@ -46,6 +48,26 @@ def test_the_main_jobs_equal_steps_arm_takes_deferreds_steps(tmp_path):
     assert abs(study["cpu-naive75-b13"].steps / study["cpu-deferred75"].steps - 1) < 0.03
     assert abs(study["cpu-deferred75-b5"].steps / study["cpu-naive75"].steps - 1) < 0.05
     assert abs(study["cpu-naive75-b13"].images / study["cpu-naive75"].images - 1) < 0.01
+
+
+def test_a_budget_job_trains_each_arm_at_each_budget(tmp_path):
+    from microdit.pipeline import arm_of, budget_tag
+
+    assert [budget_tag(b) for b in (5e11, 1e12, 1.2e13, 2.5e12, 3e12 + 1)] == ["5e11", "1e12", "1.2e13", "2.5e12",
+                                                                                "3e12"]
+    job = compose_job("crossover", ["budgets=[1e12,4e12]", "seeds=[0,1]", "largest_budget_seeds=[0,1,2]"])
+    configs = job_configs(job, tmp_path)
+    got = [(c.trainer.name, c.trainer.budget_flops, c.trainer.seed) for c in configs if "naive" in c.trainer.name]
+    assert got == [("xo64-naive75-1e12", 1e12, 0), ("xo64-naive75-1e12", 1e12, 1),
+                   ("xo64-naive75-4e12", 4e12, 0), ("xo64-naive75-4e12", 4e12, 1), ("xo64-naive75-4e12", 4e12, 2)]
+    assert {arm_of(c, job) for c in configs} == {(a, b) for a in ("xo64-naive75", "xo64-deferred75", "xo64-none")
+                                                 for b in (1e12, 4e12)}
+    for overrides, message in ((["budgets=[1e12,1e12]"], "budgets must be distinct positive FLOP counts"),
+                               (["budgets=[0]"], "budgets must be distinct positive FLOP counts"),
+                               (["budgets=[]"], "largest_budget_seeds needs budgets"),
+                               (["largest_budget_seeds=[-1]"], "largest_budget_seeds must be non-negative")):
+        with pytest.raises(ValueError, match=r"^job crossover: .*" + message):
+            compose_job("crossover", overrides)
 
 
 def test_job_overrides_and_bad_values():

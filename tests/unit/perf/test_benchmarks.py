@@ -119,3 +119,47 @@ def test_a_failing_section_keeps_what_was_measured_before_it(tmp_path, monkeypat
     assert json.loads((tmp_path / "bench.partial.json").read_text()) == {"steps": [{"preset": "nano", "step_s": 0.5}]}
     assert not (tmp_path / "bench.json").exists()
     assert "bench.partial.json" in capsys.readouterr().err
+
+
+def test_the_kernel_bound_replays_every_call_a_step_makes():
+    from microdit.perf.kernels import _real, kernel_bound, replay_time
+    from microdit.perf.roofline import TensorSpec, record_calls
+
+    a, b, c = torch.randn(4, 3), torch.randn(3, 5), torch.randn(5)
+    calls = record_calls(lambda: a @ b + c)
+    assert [f.overloadpacket.__name__ for f, _, _ in calls] == ["mm", "add"]
+    assert calls[0][1] == (TensorSpec((4, 3), (3, 1), torch.float32), TensorSpec((3, 5), (5, 1), torch.float32))
+    replayed = replay_time(calls * 3, repeats=1)
+    assert (replayed["calls"], replayed["distinct"], set(replayed["by_name"])) == (6, 2, {"mm", "add"})
+    assert replayed["seconds"] == pytest.approx(sum(replayed["by_name"].values())) and replayed["failed"] == []
+    strided = _real(TensorSpec((2, 3), (1, 2), torch.float32), torch.device("cpu"))
+    assert strided.shape == (2, 3) and strided.stride() == (1, 2)
+    assert not _real(TensorSpec((4,), (1,), torch.int64), torch.device("cpu")).any()  # indices stay in range
+    step = StepCase("nano", MaskConfig(0.75), batch=2)
+    bound = kernel_bound(step, repeats=1)
+    names = set(bound["by_name"])
+    assert bound["failed"] == [] and bound["calls"] > 500 and bound["seconds"] > 0
+    assert {"mm", "_fused_adamw_", "gather"} <= names  # forward, backward, the optimiser and the mask's gather
+
+
+def test_the_eight_cases_report(tmp_path):
+    from microdit.perf.bench_bound import bench_bounds, bounds_markdown, sample_network
+
+    assert sample_network("nano", 0.75).mixer_depth == 0 and sample_network("nano", 0.0).mixer_depth == 1
+    result = bench_bounds(presets=("nano",), batch=2, repeats=1, compile=False)
+    rows = result["rows"]
+    assert [(r["kind"], r["mask_ratio"]) for r in rows] == [("train", 0.0), ("sample", 0.0), ("train", 0.75),
+                                                            ("sample", 0.75)]
+    assert all(r["bound_s"] > 0 and r["eager_s"] > 0 for r in rows)
+    assert rows[2]["flops_per_step"] < rows[0]["flops_per_step"]  # masking removes FLOPs
+    assert rows[3]["flops_per_step"] < rows[1]["flops_per_step"]  # the naive network has no mixer
+    assert "roofline_s" in rows[0] and "roofline_s" not in rows[1]
+    text = "\n".join(bounds_markdown(result))
+    assert "| nano | train | 0.75 |" in text and "| nano | sample | 0.0 |" in text
+    met = targets({"steps": [], "masking": [], "bounds": result,
+                   "moe": [{"tokens": 256, "layer": {"speedup": 3.5, "peak_ratio": 5.0}, "speedup_bound": 1.1}],
+                   "reader": {"samples_per_s": {0: 1.0}}} | {"steps": [
+                       {"preset": "nano", "mask_ratio": m, "strategy": "random", "images_per_s": 1.0, "mfu": 0.5,
+                        "flops_per_step": 1.0} for m in (0.0, 0.75)]})
+    judged = [t for t in met if "kernel-sum bound" in t["target"]]
+    assert len(judged) == 4 and all(t["met"] == (t["value"] <= 1.15) for t in judged)

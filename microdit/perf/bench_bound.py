@@ -1,0 +1,129 @@
+"""The eight cases a CPU study spends its time in, each against its bounds: nano and micro, mask
+ratio 0 and 0.75, a training step and a sampling step, timed eager (today's path) and compiled
+side by side, against the kernel-sum bound (:mod:`microdit.perf.kernels`: the step's own kernels
+timed alone) and the roofline model (:mod:`microdit.perf.roofline` at this device's measured
+figures), with the share of the measured matmul peak.
+
+Sampling never masks. Its "ratio 0.75" case is one denoiser evaluation of the naive-masking arm's
+network (no patch-mixer: what the naive arm samples with); its ratio-0 case is the patch-mixer
+network, which the unmasked and the deferred arms share. A sampling step is one guided evaluation
+(conditional and unconditional halves in one batch of 2 x images), as every Heun stage runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+import torch
+
+from microdit.diffusion import EDMConfig
+from microdit.diffusion.samplers import guided_denoiser
+from microdit.masking import MaskConfig
+from microdit.models import MicroDiT, preset_config
+from microdit.models.config import MicroDiTConfig
+from microdit.perf.bench_step import StepCase
+from microdit.perf.kernels import kernel_bound
+from microdit.perf.roofline import step_time, trace_step
+from microdit.perf.timing import PeakProbe, cpu_device_model, median_time
+from microdit.train.flops import flops_per_image
+
+RATIOS = (0.0, 0.75)
+
+
+def sample_network(preset: str, ratio: float) -> MicroDiTConfig:
+    """The network a sampling case evaluates: the preset, without its patch-mixer for the naive arm."""
+    cfg = preset_config(preset)
+    return dataclasses.replace(cfg, mixer_depth=0) if ratio > 0 else cfg
+
+
+class SampleCase:
+    """One guided denoiser evaluation of ``images`` images (a batch of 2 x images), as the
+    sampler calls it at every Heun stage; ``compile`` wraps the network in torch.compile."""
+
+    def __init__(self, preset: str, ratio: float, images: int = 32, caption_len: int = 8, compile: bool = False,
+                 model: MicroDiT | None = None) -> None:
+        torch.manual_seed(0)
+        self.model = model if model is not None else MicroDiT(sample_network(preset, ratio)).eval()
+        cfg = self.model.cfg
+        y = torch.randn(images, caption_len, cfg.caption_dim)
+        net = torch.compile(self.model) if compile else self.model
+        self.denoiser = guided_denoiser(net, y, EDMConfig().sigma_data, 2.0, torch.zeros_like(y))
+        self.x = torch.randn(images, cfg.in_channels, *cfg.input_size)
+        self.sigma = torch.tensor(1.0, dtype=torch.float64)
+        self.info = {"preset": preset, "kind": "sample", "mask_ratio": ratio, "batch": images,
+                     "caption_len": caption_len, "compiled": compile,
+                     "flops_per_step": 2 * images * flops_per_image(cfg, cfg.base_grid, caption_len).forward}
+
+    def variant(self, compile: bool) -> SampleCase:
+        return SampleCase(self.info["preset"], self.info["mask_ratio"], self.info["batch"], self.info["caption_len"],
+                          compile, self.model)
+
+    def __call__(self) -> None:
+        with torch.no_grad():
+            self.denoiser(self.x, self.sigma)
+
+
+def _train_case(preset: str, ratio: float, batch: int, caption_len: int) -> StepCase:
+    return StepCase(preset, MaskConfig(ratio), batch=batch, caption_len=caption_len)
+
+
+def bench_bounds(presets=("nano", "micro"), batch: int = 32, caption_len: int = 8, repeats: int = 7,
+                 compile: bool = True) -> dict:
+    """Every case eager and (with ``compile``) compiled, timed round-robin between matmul probes,
+    with its kernel-sum bound and roofline prediction (measured at the end, alone)."""
+    pairs = []
+    for preset in presets:
+        for ratio in RATIOS:
+            train = _train_case(preset, ratio, batch, caption_len)
+            pairs.append([train] + ([train.variant(MaskConfig(ratio), compile=True)] if compile else []))
+            sample = SampleCase(preset, ratio, batch, caption_len)
+            pairs.append([sample] + ([sample.variant(compile=True)] if compile else []))
+    probe = PeakProbe()
+    first = [[median_time(case, 1, 0) for case in pair] for pair in pairs]  # compiling, if any
+    times, peaks = [[[] for _ in pair] for pair in pairs], []
+    for _ in range(repeats):
+        peaks.append(probe())
+        for pair, slot in zip(pairs, times, strict=True):
+            for case, bucket in zip(pair, slot, strict=True):
+                bucket.append(median_time(case, 1, 0))
+    peak = statistics.median(peaks)
+    device = cpu_device_model()
+    rows = []
+    for pair, slot, firsts in zip(pairs, times, first, strict=True):
+        base = pair[0]
+        info = {**base.info, "kind": base.info.get("kind", "train")}
+        cfg = base.model.cfg
+        sample = info["kind"] == "sample"
+        bound = kernel_bound(base)
+        row = {"preset": info["preset"], "kind": info["kind"], "mask_ratio": info["mask_ratio"], "batch": batch,
+               "flops_per_step": info["flops_per_step"], "bound_s": bound["seconds"],
+               "bound_top": sorted(bound["by_name"].items(), key=lambda kv: -kv[1])[:4],
+               "eager_s": statistics.median(slot[0])}
+        if not sample:
+            ops, views = trace_step(cfg, batch, caption_len, MaskConfig(info["mask_ratio"]))
+            row["roofline_s"] = step_time(ops, views, device)["seconds"]
+        if len(pair) > 1:
+            row["compiled_s"], row["compile_first_s"] = statistics.median(slot[1]), firsts[1]
+        rows.append(row)
+    return {"matmul_peak_flop_per_s": peak, "threads": torch.get_num_threads(), "rows": rows,
+            "device": vars(device)}
+
+
+def bounds_markdown(b: dict) -> list[str]:
+    """The report's lines for :func:`bench_bounds`."""
+    peak = b["matmul_peak_flop_per_s"]
+    lines = ["", f"## The eight CPU cases against their bounds ({b['threads']} threads, matmul peak "
+                 f"{peak / 1e9:.0f} GFLOP/s)", "",
+             "Bound: the step's own kernels timed alone (the kernel-sum bound); roofline: the model at this CPU's "
+             "figures (training steps only). Eager / bound is how far the eager step is from its kernels.", "",
+             "| preset | step | mask | eager ms | compiled ms | bound ms | eager / bound | roofline ms | "
+             "eager % of peak | largest kernels in the bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in b["rows"]:
+        compiled = f"{r['compiled_s'] * 1000:.1f}" if "compiled_s" in r else "–"
+        roofline = f"{r['roofline_s'] * 1000:.1f}" if "roofline_s" in r else "–"
+        top = ", ".join(f"{name} {s * 1000:.1f}" for name, s in r["bound_top"])
+        lines.append(f"| {r['preset']} | {r['kind']} | {r['mask_ratio']} | {r['eager_s'] * 1000:.1f} | {compiled} | "
+                     f"{r['bound_s'] * 1000:.1f} | {r['eager_s'] / r['bound_s']:.2f} | {roofline} | "
+                     f"{r['flops_per_step'] / r['eager_s'] / peak:.0%} | {top} |")
+    return lines
