@@ -15,7 +15,6 @@ table; ``microdit-cpu-ablation`` is its command line, and a notebook calls it th
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from omegaconf import OmegaConf
 
 from microdit import run as runs
 from microdit.eval.metrics import check_names
+from microdit.eval.results import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
 from microdit.train.config import TrainConfig, summarize_changes
 from microdit.train.plan import prepare_synthetic, resolve
@@ -151,12 +151,6 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
     if problems:
         raise ValueError(f"job {spec}: " + "; ".join(problems))
     return job
-
-
-def budget_tag(flops: float) -> str:
-    """A FLOP budget as a run-name suffix: 3e12, 1.2e13."""
-    exponent = math.floor(math.log10(flops) + 1e-9)
-    return f"{round(flops / 10**exponent, 3):g}e{exponent}"
 
 
 def arm_of(cfg: TrainConfig, job: JobConfig) -> tuple[str, float | None]:

@@ -85,10 +85,24 @@ def job_contrasts(name: str) -> str:
                           dict(job.report.margins)) + "\n"
 
 
+def crossover_table(name: str) -> str:
+    """Crossover job ``name`` from ``tests/fixtures/NAME_job.csv``: named-shape accuracy per arm and
+    budget against the shuffled-prompt chance, probe_fd likewise, and the trend of each planned
+    contrast's gap with compute and its zero crossing (``microdit.eval.results.trend_table``)."""
+    from microdit.eval.results import budget_table, trend_table
+
+    rows, shape = read_csv(FIXTURES / f"{name}_job.csv"), "eval.heldout.probe_acc.shape"
+    return (budget_table(rows, shape, chance="eval.heldout.probe_chance.shape") + "\n\n"
+            + budget_table(rows, "eval.heldout.probe_fd") + "\n\n"
+            + trend_table(rows, compose_job(name).report.contrasts, [shape, "eval.heldout.probe_fd"]) + "\n")
+
+
 TABLES = {
     "main-job": lambda: job_table("main"),
     "main-job-contrasts": lambda: job_contrasts("main"),
     "images-vs-steps": lambda: job_table("images_vs_steps") + "\n" + job_contrasts("images_vs_steps"),
+    "crossover-64": lambda: crossover_table("crossover"),
+    "crossover-t256": lambda: crossover_table("crossover_t256"),
     "study-64": lambda: study_table("study"),
     "study-t256": lambda: study_table("study-t256"),
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +24,12 @@ from microdit.eval.stats import (
     significant_differences,
     summarize,
 )
+
+
+def budget_tag(flops: float) -> str:
+    """A FLOP budget written short, as in run names and table heads: 5e11, 1.2e13."""
+    exponent = math.floor(math.log10(flops) + 1e-9)
+    return f"{round(flops / 10**exponent, 3):g}e{exponent}"
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -202,6 +209,25 @@ def select(rows: list[dict], *groups: str) -> list[dict]:
     """Rows of the runs whose ``trainer.group`` (the sweep key every experiment sets) is one of
     ``groups``, e.g. ``select(rows, "fig4", "fig4-cpu")``."""
     return [r for r in rows if r.get("trainer.group") in groups]
+
+
+def budget_table(rows: list[dict], metric: str, arm: str = "arm", budget: str = "budget",
+                 chance: str | None = None) -> str:
+    """Markdown grid of one metric: a line per arm, a column per budget (FLOPs), each cell the mean
+    ± 95% CI over the seeds (n); with ``chance`` (a column of the same rows, e.g. the shuffled-prompt
+    accuracy) a last line of that column per budget, over every arm's runs."""
+    budgets = sorted({r[budget] for r in rows if is_number(r.get(budget))})
+    arms = list(dict.fromkeys(r[arm] for r in rows if r.get(arm) is not None))
+    head = " | ".join(f"{budget_tag(b)} FLOPs" for b in budgets)
+    lines = [f"| {metric.removeprefix('eval.heldout.')} | {head} |", "|---|" + "---|" * len(budgets)]
+    for name in arms:
+        cells = [str(summarize([r.get(metric) for r in rows if r[arm] == name and r[budget] == b]) or "–")
+                 for b in budgets]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if chance is not None:
+        cells = [str(summarize([r.get(chance) for r in rows if r[budget] == b]) or "–") for b in budgets]
+        lines.append("| chance (shuffled prompts, all arms) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def trend_table(rows: list[dict], contrasts: list[str], metrics: list[str], arm: str = "arm",
