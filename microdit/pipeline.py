@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
@@ -70,7 +71,9 @@ class JobReport:
 class JobConfig:
     """A job: ``experiments`` (each a name in conf/experiment, optionally followed by Hydra
     overrides of that run only: ``"cpu_masking_none protocol=cpu_study"``) for every seed of
-    ``seeds``, with ``overrides`` for every run; its ``eval`` and ``report`` sections.
+    ``seeds``, with ``overrides`` for every run; its ``eval`` and ``report`` sections. ``workers``
+    runs train and evaluate at once, each process with its share of the threads: on a small CPU
+    two one-thread processes get through small steps faster than one two-thread process.
 
     With ``budgets`` (FLOPs) every experiment is an *arm* trained at each budget
     (``trainer.budget_flops``), its runs named ``ARM-TAG`` (``cpu-naive75-3e12``: :func:`budget_tag`);
@@ -80,6 +83,7 @@ class JobConfig:
 
     experiments: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
+    workers: int = 1
     budgets: list[float] = field(default_factory=list)
     largest_budget_seeds: list[int] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
@@ -93,6 +97,8 @@ class JobConfig:
             out.append(f"experiments must be a non-empty list of 'NAME [KEY=VALUE ...]', got {self.experiments}")
         if not self.seeds or any(s < 0 for s in self.seeds):
             out.append(f"seeds must be a non-empty list of non-negative integers, got {self.seeds}")
+        if self.workers < 1:
+            out.append(f"workers must be a positive integer, got {self.workers}")
         if any(s < 0 for s in self.largest_budget_seeds):
             out.append(f"largest_budget_seeds must be non-negative integers, got {self.largest_budget_seeds}")
         if self.largest_budget_seeds and not self.budgets:
@@ -261,24 +267,59 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
 
 
 def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
-    """Train each run that has not finished, then evaluate it (cached evaluations are kept)."""
+    """Train each run that has not finished, then evaluate it (cached evaluations are kept); with
+    ``job.workers`` > 1, that many processes take the runs from one queue, each with its share of
+    this process's threads (:func:`_worker`)."""
+    if job.workers == 1:
+        for i, cfg in enumerate(configs):
+            _train_and_evaluate_one(cfg, job, f"run {i + 1}/{len(configs)}")
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    for i in range(len(configs)):
+        queue.put(i)
+    for _ in range(job.workers):
+        queue.put(None)
+    threads = max(1, torch.get_num_threads() // job.workers)
+    print(f"[job] {job.workers} workers, {threads} thread(s) each", file=sys.stderr)
+    workers = [context.Process(target=_worker, args=(queue, configs, job, threads, k)) for k in range(job.workers)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    failed = [k for k, w in enumerate(workers) if w.exitcode != 0]
+    if failed:
+        raise ValueError(f"job worker(s) {failed} failed (the error is printed above); finished runs and "
+                         "evaluations are kept: run the job again to continue")
+
+
+def _worker(queue, configs: list[TrainConfig], job: JobConfig, threads: int, index: int) -> None:
+    """One worker process of :func:`train_and_evaluate`: runs from ``queue`` until its None."""
+    torch.set_num_threads(threads)
+    while (i := queue.get()) is not None:
+        _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)} (worker {index})")
+
+
+def _train_and_evaluate_one(cfg: TrainConfig, job: JobConfig, label: str) -> None:
+    """Train one run of ``job`` unless it finished, then evaluate it (cached evaluations are kept)."""
     from microdit.eval import EvalSettings, evaluate
     from microdit.train.trainer import train
 
-    for i, cfg in enumerate(configs, 1):
-        run = Path(cfg.trainer.run_dir) / cfg.trainer.name
-        print(f"[job] run {i}/{len(configs)}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
-        if not (run / "summary.json").is_file():
-            train(cfg)
-        _, held_out, probe_split = _splits(cfg, job)
-        seed = cfg.trainer.seed  # this seed's own noise (seeds 1e6 * s + i) and prompt draw
-        settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,
-                                metrics=list(job.eval.metrics), seed=1_000_000 * seed, prompt_seed=seed)
-        evaluate(run, held_out.folder, settings, name="heldout", probe_dataset=probe_split.folder)
-        if job.eval.evaluate_stages:
-            for name, images, _ in stage_ends(run)[:-1]:
-                evaluate(run / "checkpoints" / f"{images:012d}", held_out.folder, settings, name=f"heldout@{name}",
-                         probe_dataset=probe_split.folder)
+    run = Path(cfg.trainer.run_dir) / cfg.trainer.name
+    print(f"[job] {label}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
+    if not (run / "summary.json").is_file():
+        train(cfg)
+    _, held_out, probe_split = _splits(cfg, job)
+    seed = cfg.trainer.seed  # this seed's own noise (seeds 1e6 * s + i) and prompt draw
+    settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,
+                            metrics=list(job.eval.metrics), seed=1_000_000 * seed, prompt_seed=seed)
+    evaluate(run, held_out.folder, settings, name="heldout", probe_dataset=probe_split.folder)
+    if job.eval.evaluate_stages:
+        for name, images, _ in stage_ends(run)[:-1]:
+            evaluate(run / "checkpoints" / f"{images:012d}", held_out.folder, settings, name=f"heldout@{name}",
+                     probe_dataset=probe_split.folder)
 
 
 # The columns a reference row reads instead of a metric's: the real-vs-real floor and the chance.

@@ -5,6 +5,7 @@ dataset, then one table with every number as mean ± 95% confidence interval ove
     microdit-cpu-ablation                                  # the main job (the README's command)
     microdit-cpu-ablation --job masking_study              # the CPU masking study (≈ 60 min)
     microdit-cpu-ablation --job main seeds=[0] eval.num_samples=50 report.out=runs/quick
+    microdit-cpu-ablation --job crossover --workers 2      # two one-thread processes share the runs
 
 Jobs are Hydra configs composed and validated like every other config (their schema and the
 library behind this command: :mod:`microdit.pipeline`); trailing ``KEY=VALUE`` arguments
@@ -36,6 +37,7 @@ def job_overrides(args: argparse.Namespace) -> list[str]:
     out += [f"eval.num_samples={args.num_samples}"] if args.num_samples else []
     out += [f"eval.probe_steps={args.probe_steps}"] if args.probe_steps else []
     out += [f"report.out={args.out}"] if args.out else []
+    out += [f"workers={args.workers}"] if args.workers else []
     return out + list(args.job_overrides)
 
 
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", type=positive_int, help="generated samples per evaluation (default: the job's "
                         "eval.num_samples)")
     parser.add_argument("--probe-steps", type=positive_int, help="training steps of the probe (default: the job's)")
+    parser.add_argument("--workers", type=positive_int, help="runs trained and evaluated at once, each process with "
+                        "its share of the threads (default: the job's workers)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for every run (repeatable, e.g. sampler.steps=20)")
     parser.add_argument("job_overrides", nargs="*", metavar="JOB_KEY=VALUE",

@@ -121,3 +121,27 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
     assert (entry["seed"], entry["prompt_seed"]) == (0, 0)  # seed s: noise seeds 1e6 * s + i, prompts drawn with s
     again, _ = run_job(job, out=tmp_path / "out", extra=small)
     assert [r["eval.heldout.probe_fd"] for r in again] == [r["eval.heldout.probe_fd"] for r in rows]
+
+
+@pytest.mark.slow
+def test_workers_share_a_jobs_runs_and_compute_what_one_process_does(tmp_path, monkeypatch):
+    """Two worker processes (one thread each) train and evaluate the runs one process would, with
+    the same numbers as one process at one thread; the parent reports them all."""
+    monkeypatch.chdir(tmp_path)
+    small = ["trainer.budget_flops=1e10", "data.prepare_samples=128", "trainer.progress=false",
+             "stages.pretrain.warmup_images=0", "trainer.threads=1"]
+    fields = ["seeds=[0]", "eval.num_samples=4", "eval.held_out_samples=32", "eval.probe_steps=2",
+              "eval.probe_samples=64", "report.sample_grid=false", "report.contrasts=[]"]
+    jobs = [compose_job("main", [*fields, "workers=2"]), compose_job("main", fields)]
+    for job in jobs:
+        job.experiments = job.experiments[:2]  # naive75 and deferred75
+    parallel, _ = run_job(jobs[0], out=tmp_path / "two", extra=small)
+    serial, _ = run_job(jobs[1], out=tmp_path / "one", extra=small)
+    assert [r["trainer.name"] for r in parallel] == ["cpu-naive75", "cpu-deferred75"]
+    for a, b in zip(parallel, serial, strict=True):
+        assert a["eval.heldout.probe_fd"] == b["eval.heldout.probe_fd"]
+        summaries = [json.loads((tmp_path / out / "seed0" / a["trainer.name"] / "summary.json").read_text())
+                     for out in ("two", "one")]
+        assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        compose_job("main", ["workers=0"])
