@@ -68,8 +68,8 @@ def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIE
 def job_table(name: str) -> str:
     """Job ``name``'s table as ``microdit-cpu-ablation`` prints it, from ``tests/fixtures/NAME_job.csv``:
     a row per arm (mean ± 95% CI over the seeds), the real-vs-real and shuffled-prompt chance rows."""
+    from microdit.eval.job_rows import reference_rows
     from microdit.eval.results import markdown_table
-    from microdit.pipeline import reference_rows
 
     job, rows = compose_job(name), read_csv(FIXTURES / f"{name}_job.csv")
     columns = [f"eval.heldout.{c}" for c in job.report.columns]
