@@ -97,12 +97,33 @@ def crossover_table(name: str) -> str:
             + trend_table(rows, compose_job(name).report.contrasts, [shape, "eval.heldout.probe_fd"]) + "\n")
 
 
+def crossover_summary() -> str:
+    """One generated sentence per scene and contrast: the shape-accuracy gap's slope per 10x
+    compute with its CI, its fitted value at the smallest and largest budget, and the crossing."""
+    from microdit.eval.trend import describe, gap_trend, paired_gaps
+
+    lines = []
+    for name, scene in (("crossover", "64 tokens"), ("crossover_t256", "256 tokens")):
+        rows = read_csv(FIXTURES / f"{name}_job.csv")
+        for contrast in compose_job(name).report.contrasts:
+            a, _, b = contrast.partition(" vs ")
+            points = paired_gaps(rows, a, b, "eval.heldout.probe_acc.shape")
+            fit = gap_trend(points)
+            low, high = min(x for x, _ in points), max(x for x, _ in points)
+            lines.append(f"- {scene}, shape accuracy {b} − {a}: {fit.gap_at(low):+.3f} at 10^{low:.1f} FLOPs → "
+                         f"{fit.gap_at(high):+.3f} at 10^{high:.1f} (fitted; {fit.slope:+.3f} per 10x compute, "
+                         f"95% CI [{fit.slope_ci[0]:+.3f}, {fit.slope_ci[1]:+.3f}], n = {fit.n} seeds x budgets); "
+                         f"{describe(fit, low, high)}.")
+    return "\n".join(lines) + "\n"
+
+
 TABLES = {
     "main-job": lambda: job_table("main"),
     "main-job-contrasts": lambda: job_contrasts("main"),
     "images-vs-steps": lambda: job_table("images_vs_steps") + "\n" + job_contrasts("images_vs_steps"),
     "crossover-64": lambda: crossover_table("crossover"),
     "crossover-t256": lambda: crossover_table("crossover_t256"),
+    "crossover-summary": crossover_summary,
     "study-64": lambda: study_table("study"),
     "study-t256": lambda: study_table("study-t256"),
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),

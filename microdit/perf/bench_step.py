@@ -131,3 +131,43 @@ def roofline_check(steps: list[dict], caption_len: int, device: DeviceModel) -> 
         rows.append({"preset": s["preset"], "mask_ratio": s["mask_ratio"], "strategy": s["strategy"],
                      "predicted_s": predicted, "measured_s": s["step_s"], "ratio": predicted / s["step_s"]})
     return {"device": vars(device), "rows": rows}
+
+
+def _timed_steps(preset: str, ratio: float, batch: int, steps: int, threads: int, start, queue) -> None:
+    """A worker of :func:`bench_workers`: ``steps`` training steps at ``threads`` threads, timed
+    from a common start (every worker warmed up); puts the elapsed seconds on ``queue``."""
+    import time
+
+    torch.set_num_threads(threads)
+    case = StepCase(preset, MaskConfig(ratio), batch=batch)
+    for _ in range(3):
+        case()
+    start.wait()  # a barrier: every worker has compiled its kernels and warmed its caches
+    begin = time.perf_counter()
+    for _ in range(steps):
+        case()
+    queue.put(time.perf_counter() - begin)
+
+
+def bench_workers(preset: str = "nano", ratio: float = 0.75, batch: int = 8, steps: int = 40) -> dict:
+    """Images/s of a study's training step (batch 8, as protocol cpu_prompt) in one process with
+    every thread against the same number of one-thread processes stepping at once (a job's
+    ``workers``): each process times ``steps`` steps from a common start; the aggregate is the
+    images all of them trained over the longest one's time."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    threads = torch.get_num_threads()
+    out = {"preset": preset, "mask_ratio": ratio, "batch": batch, "steps": steps, "threads": threads}
+    for name, processes, each in (("one_process", 1, threads), ("workers", threads, 1)):
+        start, queue = context.Barrier(processes), context.Queue()
+        workers = [context.Process(target=_timed_steps, args=(preset, ratio, batch, steps, each, start, queue))
+                   for _ in range(processes)]
+        for w in workers:
+            w.start()
+        seconds = max(queue.get() for _ in workers)
+        for w in workers:
+            w.join()
+        out[name] = {"processes": processes, "threads_each": each, "images_per_s": processes * steps * batch / seconds}
+    out["speedup"] = out["workers"]["images_per_s"] / out["one_process"]["images_per_s"]
+    return out

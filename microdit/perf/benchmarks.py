@@ -21,7 +21,7 @@ from microdit.models import preset_config
 from microdit.perf.bench_bound import bench_bounds, bounds_markdown
 from microdit.perf.bench_moe import bench_moe
 from microdit.perf.bench_parts import bench_attention, bench_encode, bench_reader, bench_sampler
-from microdit.perf.bench_step import DEVICE_PLAN, StepCase, bench_steps, roofline_check
+from microdit.perf.bench_step import DEVICE_PLAN, StepCase, bench_steps, bench_workers, roofline_check
 from microdit.perf.timing import cpu_device_model
 
 ENCODE_CASES = {  # (autoencoder, text encoder, resolutions encoded in one pass) measured per device
@@ -62,6 +62,7 @@ def run_all(quick: bool, device: str = "cpu", compile: bool = True, results: dic
                                            "flop_ratio": r["flops_per_step"] / base["flops_per_step"]})
     if dev.type == "cpu":  # kernels replayed and timed on the host clock: CPU only
         results["bounds"] = bench_bounds(presets, batch, length, repeats=5 if quick else 9, compile=compile)
+        results["workers"] = bench_workers(steps=20 if quick else 60)
     results["attention"] = bench_attention(device)
     sizes = (64, 256) if quick else (64, 128, 256, 512, 1024)
     results["moe"] = [bench_moe(t, repeats=3 if quick else 5, device=device) for t in sizes]
@@ -167,6 +168,14 @@ def summary_markdown(r: dict) -> str:
                              f"{m['speedup_bound']:.2f}x |")
     if "bounds" in r:
         lines += bounds_markdown(r["bounds"])
+    if "workers" in r:
+        w = r["workers"]
+        lines += ["", f"## A study's step in one process or in workers ({w['preset']}, ratio {w['mask_ratio']}, "
+                      f"batch {w['batch']})", "", "| processes x threads | images/s (all processes) |", "|---|---|",
+                  *(f"| {w[k]['processes']} x {w[k]['threads_each']} | {w[k]['images_per_s']:.0f} |"
+                    for k in ("one_process", "workers")), "",
+                  f"Workers ({w['workers']['processes']} one-thread processes, a job's `workers`) train "
+                  f"{w['speedup']:.2f}x the images per second of one {w['threads']}-thread process."]
     lines += _parts_markdown(r)
     return "\n".join(lines) + "\n"
 

@@ -163,3 +163,13 @@ def test_the_eight_cases_report(tmp_path):
                         "flops_per_step": 1.0} for m in (0.0, 0.75)]})
     judged = [t for t in met if "kernel-sum bound" in t["target"]]
     assert len(judged) == 4 and all(t["met"] == (t["value"] <= 1.15) for t in judged)
+
+
+def test_workers_bench_counts_every_processes_images():
+    from microdit.perf.bench_step import bench_workers
+
+    out = bench_workers(batch=2, steps=2)
+    threads = torch.get_num_threads()
+    assert out["one_process"]["processes"] == 1 and out["one_process"]["threads_each"] == threads
+    assert out["workers"]["processes"] == threads and out["workers"]["threads_each"] == 1
+    assert out["speedup"] == pytest.approx(out["workers"]["images_per_s"] / out["one_process"]["images_per_s"])
