@@ -72,8 +72,9 @@ class JobConfig:
     """A job: ``experiments`` (each a name in conf/experiment, optionally followed by Hydra
     overrides of that run only: ``"cpu_masking_none protocol=cpu_study"``) for every seed of
     ``seeds``, with ``overrides`` for every run; its ``eval`` and ``report`` sections. ``workers``
-    runs train and evaluate at once, each process with its share of the threads: on a small CPU
-    two one-thread processes get through small steps faster than one two-thread process.
+    runs train and evaluate at once (0: one per thread torch has), each process with its share of
+    the threads: on a small CPU two one-thread processes get through small steps faster than one
+    two-thread process (``microdit-bench`` measures both).
 
     With ``budgets`` (FLOPs) every experiment is an *arm* trained at each budget
     (``trainer.budget_flops``), its runs named ``ARM-TAG`` (``cpu-naive75-3e12``: :func:`budget_tag`);
@@ -97,8 +98,8 @@ class JobConfig:
             out.append(f"experiments must be a non-empty list of 'NAME [KEY=VALUE ...]', got {self.experiments}")
         if not self.seeds or any(s < 0 for s in self.seeds):
             out.append(f"seeds must be a non-empty list of non-negative integers, got {self.seeds}")
-        if self.workers < 1:
-            out.append(f"workers must be a positive integer, got {self.workers}")
+        if self.workers < 0:
+            out.append(f"workers must be a positive integer or 0 (one per thread), got {self.workers}")
         if any(s < 0 for s in self.largest_budget_seeds):
             out.append(f"largest_budget_seeds must be non-negative integers, got {self.largest_budget_seeds}")
         if self.largest_budget_seeds and not self.budgets:
@@ -243,9 +244,10 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
 
 def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
     """Train each run that has not finished, then evaluate it (cached evaluations are kept); with
-    ``job.workers`` > 1, that many processes take the runs from one queue, each with its share of
-    this process's threads (:func:`_worker`)."""
-    if job.workers == 1:
+    ``job.workers`` > 1 (0: one per thread of this process, at most one per run), that many
+    processes take the runs from one queue, each with its share of the threads (:func:`_worker`)."""
+    count = min(job.workers or torch.get_num_threads(), len(configs))
+    if count <= 1:
         for i, cfg in enumerate(configs):
             _train_and_evaluate_one(cfg, job, f"run {i + 1}/{len(configs)}")
         return
@@ -255,11 +257,11 @@ def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
     queue = context.Queue()
     for i in range(len(configs)):
         queue.put(i)
-    for _ in range(job.workers):
+    for _ in range(count):
         queue.put(None)
-    threads = max(1, torch.get_num_threads() // job.workers)
-    print(f"[job] {job.workers} workers, {threads} thread(s) each", file=sys.stderr)
-    workers = [context.Process(target=_worker, args=(queue, configs, job, threads, k)) for k in range(job.workers)]
+    threads = max(1, torch.get_num_threads() // count)
+    print(f"[job] {count} workers, {threads} thread(s) each", file=sys.stderr)
+    workers = [context.Process(target=_worker, args=(queue, configs, job, threads, k)) for k in range(count)]
     for w in workers:
         w.start()
     for w in workers:

@@ -37,7 +37,7 @@ def job_overrides(args: argparse.Namespace) -> list[str]:
     out += [f"eval.num_samples={args.num_samples}"] if args.num_samples else []
     out += [f"eval.probe_steps={args.probe_steps}"] if args.probe_steps else []
     out += [f"report.out={args.out}"] if args.out else []
-    out += [f"workers={args.workers}"] if args.workers else []
+    out += [f"workers={args.workers}"] if args.workers is not None else []
     return out + list(args.job_overrides)
 
 
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", type=positive_int, help="generated samples per evaluation (default: the job's "
                         "eval.num_samples)")
     parser.add_argument("--probe-steps", type=positive_int, help="training steps of the probe (default: the job's)")
-    parser.add_argument("--workers", type=positive_int, help="runs trained and evaluated at once, each process with "
-                        "its share of the threads (default: the job's workers)")
+    parser.add_argument("--workers", type=int, help="runs trained and evaluated at once, each process with its "
+                        "share of the threads; 0: one per thread (default: the job's workers)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for every run (repeatable, e.g. sampler.steps=20)")
     parser.add_argument("job_overrides", nargs="*", metavar="JOB_KEY=VALUE",

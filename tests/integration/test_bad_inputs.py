@@ -509,8 +509,8 @@ def test_unknown_cpu_job(capsys):
     record("`microdit-cpu-ablation` unknown job", msg, "unknown job 'nope'", "main")
     msg = cli_error(cpu_ablation.main, ["eval.num_sample=3"], capsys)
     record("`microdit-cpu-ablation` a mistyped job key", msg, "job main", "Key 'num_sample' not in 'JobEval'")
-    msg = cli_error(cpu_ablation.main, ["--workers", "0"], capsys)
-    record("`microdit-cpu-ablation` --workers 0", msg, "--workers", "0")
+    msg = cli_error(cpu_ablation.main, ["--workers", "-2"], capsys)
+    record("`microdit-cpu-ablation` --workers -2", msg, "workers must be a positive integer or 0", "-2")
     msg = cli_error(cpu_ablation.main, ["--job", "crossover", "budgets=[1e12,-1e12]"], capsys)
     record("`microdit-cpu-ablation` a negative budget", msg, "job crossover", "budgets must be distinct positive")
 

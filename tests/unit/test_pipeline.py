@@ -143,5 +143,5 @@ def test_workers_share_a_jobs_runs_and_compute_what_one_process_does(tmp_path, m
         summaries = [json.loads((tmp_path / out / "seed0" / a["trainer.name"] / "summary.json").read_text())
                      for out in ("two", "one")]
         assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
-    with pytest.raises(ValueError, match="workers must be a positive integer"):
-        compose_job("main", ["workers=0"])
+    with pytest.raises(ValueError, match="workers must be a positive integer or 0"):
+        compose_job("main", ["workers=-1"])
