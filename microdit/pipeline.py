@@ -245,7 +245,8 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
 def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
     """Train each run that has not finished, then evaluate it (cached evaluations are kept); with
     ``job.workers`` > 1 (0: one per thread of this process, at most one per run), that many
-    processes take the runs from one queue, each with its share of the threads (:func:`_worker`)."""
+    processes take the runs from one queue, largest FLOP budget first, each with its share of the
+    threads (:func:`_worker`)."""
     count = min(job.workers or torch.get_num_threads(), len(configs))
     if count <= 1:
         for i, cfg in enumerate(configs):
@@ -255,7 +256,8 @@ def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    for i in range(len(configs)):
+    # Largest budgets first, so that no worker is left with a long run after the others end.
+    for i in sorted(range(len(configs)), key=lambda i: -(configs[i].trainer.budget_flops or 0.0)):
         queue.put(i)
     for _ in range(count):
         queue.put(None)

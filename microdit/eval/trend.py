@@ -95,13 +95,18 @@ def gap_trend(points: list[tuple[float, float]]) -> GapTrend | None:
                     None if beta == 0 else -alpha / beta, interval, kind)
 
 
+def flops(log10_flops: float) -> str:
+    """A budget given as log10 FLOPs, written as FLOPs to 3 significant figures (``5.01e12``)."""
+    return f"{10**log10_flops:.3g}".replace("e+", "e")
+
+
 def describe(trend: GapTrend, low: float, high: float) -> str:
     """One sentence on the crossing, against the studied range [low, high] of log10 FLOPs."""
-    where = f"10^{trend.cross_log10:.2f} FLOPs" if trend.cross_log10 is not None else "nowhere (flat fit)"
+    where = f"{flops(trend.cross_log10)} FLOPs" if trend.cross_log10 is not None else "nowhere (flat fit)"
     if trend.cross_kind == "bounded":
         lo, hi = trend.cross_interval
         inside = "inside" if low <= trend.cross_log10 <= high else "outside"
-        return (f"the fitted gap crosses zero at {where} ({inside} the studied 10^{low:.2f}–10^{high:.2f}), "
-                f"{CONFIDENCE:.0%} interval 10^{lo:.2f}–10^{hi:.2f}")
+        return (f"the fitted gap crosses zero at {where} ({inside} the studied {flops(low)}–{flops(high)}), "
+                f"{CONFIDENCE:.0%} interval {flops(lo)}–{flops(hi)}")
     return (f"the fitted gap would cross zero at {where}, but its slope is not distinguishable from 0 "
             f"(p = {trend.slope_p:.2g}): no bounded crossing budget at {CONFIDENCE:.0%}")
