@@ -100,7 +100,8 @@ def crossover_table(name: str) -> str:
 def crossover_summary() -> str:
     """One generated sentence per scene and contrast: the shape-accuracy gap's slope per 10x
     compute with its CI, its fitted value at the smallest and largest budget, and the crossing."""
-    from microdit.eval.trend import describe, flops, gap_trend, paired_gaps
+    from microdit.eval.results import budget_tag
+    from microdit.eval.trend import describe, gap_trend, paired_gaps
 
     lines = []
     for name, scene in (("crossover", "64 tokens"), ("crossover_t256", "256 tokens")):
@@ -110,8 +111,9 @@ def crossover_summary() -> str:
             points = paired_gaps(rows, a, b, "eval.heldout.probe_acc.shape")
             fit = gap_trend(points)
             low, high = min(x for x, _ in points), max(x for x, _ in points)
-            lines.append(f"- {scene}, shape accuracy {b} − {a}: {fit.gap_at(low):+.3f} at {flops(low)} FLOPs → "
-                         f"{fit.gap_at(high):+.3f} at {flops(high)} (fitted; {fit.slope:+.3f} per 10x compute, "
+            at_low, at_high = budget_tag(10**low), budget_tag(10**high)
+            lines.append(f"- {scene}, shape accuracy {b} − {a}: {fit.gap_at(low):+.3f} at {at_low} FLOPs → "
+                         f"{fit.gap_at(high):+.3f} at {at_high} (fitted; {fit.slope:+.3f} per 10x compute, "
                          f"95% CI [{fit.slope_ci[0]:+.3f}, {fit.slope_ci[1]:+.3f}], n = {fit.n} seeds x budgets); "
                          f"{describe(fit, low, high)}.")
     return "\n".join(lines) + "\n"

@@ -95,18 +95,19 @@ def gap_trend(points: list[tuple[float, float]]) -> GapTrend | None:
                     None if beta == 0 else -alpha / beta, interval, kind)
 
 
-def flops(log10_flops: float) -> str:
-    """A budget given as log10 FLOPs, written as FLOPs to 3 significant figures (``5.01e12``)."""
-    return f"{10**log10_flops:.3g}".replace("e+", "e")
-
-
 def describe(trend: GapTrend, low: float, high: float) -> str:
-    """One sentence on the crossing, against the studied range [low, high] of log10 FLOPs."""
-    where = f"{flops(trend.cross_log10)} FLOPs" if trend.cross_log10 is not None else "nowhere (flat fit)"
+    """One sentence on the crossing, against the studied range [low, high] of log10 FLOPs (budgets
+    written as in run names: :func:`microdit.eval.results.budget_tag`)."""
+    from microdit.eval.results import budget_tag
+
+    def at(log10_flops: float) -> str:
+        return budget_tag(10**log10_flops)
+
+    where = f"{at(trend.cross_log10)} FLOPs" if trend.cross_log10 is not None else "nowhere (flat fit)"
     if trend.cross_kind == "bounded":
         lo, hi = trend.cross_interval
         inside = "inside" if low <= trend.cross_log10 <= high else "outside"
-        return (f"the fitted gap crosses zero at {where} ({inside} the studied {flops(low)}–{flops(high)}), "
-                f"{CONFIDENCE:.0%} interval {flops(lo)}–{flops(hi)}")
+        return (f"the fitted gap crosses zero at {where} ({inside} the studied {at(low)}–{at(high)}), "
+                f"{CONFIDENCE:.0%} interval {at(lo)}–{at(hi)}")
     return (f"the fitted gap would cross zero at {where}, but its slope is not distinguishable from 0 "
             f"(p = {trend.slope_p:.2g}): no bounded crossing budget at {CONFIDENCE:.0%}")

@@ -171,3 +171,13 @@ def bench_workers(preset: str = "nano", ratio: float = 0.75, batch: int = 8, ste
         out[name] = {"processes": processes, "threads_each": each, "images_per_s": processes * steps * batch / seconds}
     out["speedup"] = out["workers"]["images_per_s"] / out["one_process"]["images_per_s"]
     return out
+
+
+def workers_markdown(w: dict) -> list[str]:
+    """The report's lines for :func:`bench_workers`' result."""
+    return ["", f"## A study's step in one process or in workers ({w['preset']}, ratio {w['mask_ratio']}, "
+                f"batch {w['batch']})", "", "| processes x threads | images/s (all processes) |", "|---|---|",
+            *(f"| {w[k]['processes']} x {w[k]['threads_each']} | {w[k]['images_per_s']:.0f} |"
+              for k in ("one_process", "workers")), "",
+            f"Workers ({w['workers']['processes']} one-thread processes, a job's `workers`) train "
+            f"{w['speedup']:.2f}x the images per second of one {w['threads']}-thread process."]

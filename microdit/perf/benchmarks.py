@@ -21,7 +21,7 @@ from microdit.models import preset_config
 from microdit.perf.bench_bound import bench_bounds, bounds_markdown
 from microdit.perf.bench_moe import bench_moe
 from microdit.perf.bench_parts import bench_attention, bench_encode, bench_reader, bench_sampler
-from microdit.perf.bench_step import DEVICE_PLAN, StepCase, bench_steps, bench_workers, roofline_check
+from microdit.perf.bench_step import DEVICE_PLAN, StepCase, bench_steps, bench_workers, roofline_check, workers_markdown
 from microdit.perf.timing import cpu_device_model
 
 ENCODE_CASES = {  # (autoencoder, text encoder, resolutions encoded in one pass) measured per device
@@ -169,13 +169,7 @@ def summary_markdown(r: dict) -> str:
     if "bounds" in r:
         lines += bounds_markdown(r["bounds"])
     if "workers" in r:
-        w = r["workers"]
-        lines += ["", f"## A study's step in one process or in workers ({w['preset']}, ratio {w['mask_ratio']}, "
-                      f"batch {w['batch']})", "", "| processes x threads | images/s (all processes) |", "|---|---|",
-                  *(f"| {w[k]['processes']} x {w[k]['threads_each']} | {w[k]['images_per_s']:.0f} |"
-                    for k in ("one_process", "workers")), "",
-                  f"Workers ({w['workers']['processes']} one-thread processes, a job's `workers`) train "
-                  f"{w['speedup']:.2f}x the images per second of one {w['threads']}-thread process."]
+        lines += workers_markdown(r["workers"])
     lines += _parts_markdown(r)
     return "\n".join(lines) + "\n"
 

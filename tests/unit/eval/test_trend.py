@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from microdit.eval.results import budget_tag
 from microdit.eval.trend import describe, gap_trend, paired_gaps
 
 
@@ -49,8 +50,8 @@ def test_fiellers_interval_is_where_the_fitted_gap_is_not_distinguishable_from_z
     for at in np.linspace(lo - 1, hi + 1, 41):
         assert (t_stat(at) <= t) == (lo <= at <= hi)
     text = describe(fit, 11.7, 12.7)
-    assert f"crosses zero at {10**fit.cross_log10:.3g} FLOPs".replace("e+", "e") in text and "inside" in text
-    assert f"{10**lo:.3g}–{10**hi:.3g}".replace("e+", "e") in text
+    assert f"crosses zero at {budget_tag(10**fit.cross_log10)} FLOPs" in text and "inside" in text
+    assert f"{budget_tag(10**lo)}–{budget_tag(10**hi)}" in text
 
 
 def test_a_flat_gap_has_no_bounded_crossing():
