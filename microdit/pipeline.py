@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from microdit import run as runs
 from microdit.eval.job_rows import reference_rows, stage_ends, stage_rows
 from microdit.eval.metrics import check_names
-from microdit.eval.results import budget_tag
+from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
 from microdit.train.config import TrainConfig, summarize_changes
 from microdit.train.plan import prepare_synthetic, resolve

@@ -100,8 +100,7 @@ def crossover_table(name: str) -> str:
 def crossover_summary() -> str:
     """One generated sentence per scene and contrast: the shape-accuracy gap's slope per 10x
     compute with its CI, its fitted value at the smallest and largest budget, and the crossing."""
-    from microdit.eval.results import budget_tag
-    from microdit.eval.trend import describe, gap_trend, paired_gaps
+    from microdit.eval.trend import budget_tag, describe, gap_trend, paired_gaps
 
     lines = []
     for name, scene in (("crossover", "64 tokens"), ("crossover_t256", "256 tokens")):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from importlib import resources
 from pathlib import Path
 
@@ -24,12 +23,7 @@ from microdit.eval.stats import (
     significant_differences,
     summarize,
 )
-
-
-def budget_tag(flops: float) -> str:
-    """A FLOP budget written short, as in run names and table heads: 5e11, 1.2e13."""
-    exponent = math.floor(math.log10(flops) + 1e-9)
-    return f"{round(flops / 10**exponent, 3):g}e{exponent}"
+from microdit.eval.trend import budget_tag
 
 
 def flatten(value, prefix: str = "") -> dict:

@@ -1,4 +1,4 @@
-"""The trend of a paired gap with compute, and where it would cross zero.
+"""FLOP budgets: how one is written (budget_tag), the trend of a paired gap with compute, and where it would cross zero.
 
 A crossover study (``conf/job/crossover.yaml``) trains arms A and B at several FLOP budgets, the
 same seeds in both arms of a budget. At each budget every seed gives one paired difference
@@ -21,6 +21,12 @@ import math
 from dataclasses import dataclass
 
 from microdit.eval.stats import CONFIDENCE, is_number
+
+
+def budget_tag(flops: float) -> str:
+    """A FLOP budget written short, as in run names and table heads: 5e11, 1.2e13."""
+    exponent = math.floor(math.log10(flops) + 1e-9)
+    return f"{round(flops / 10**exponent, 3):g}e{exponent}"
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,7 @@ def gap_trend(points: list[tuple[float, float]]) -> GapTrend | None:
 
 def describe(trend: GapTrend, low: float, high: float) -> str:
     """One sentence on the crossing, against the studied range [low, high] of log10 FLOPs (budgets
-    written as in run names: :func:`microdit.eval.results.budget_tag`)."""
-    from microdit.eval.results import budget_tag
+    written as in run names: :func:`budget_tag`)."""
 
     def at(log10_flops: float) -> str:
         return budget_tag(10**log10_flops)

@@ -51,7 +51,7 @@ def test_the_main_jobs_equal_steps_arm_takes_deferreds_steps(tmp_path):
 
 
 def test_a_budget_job_trains_each_arm_at_each_budget(tmp_path):
-    from microdit.eval.results import budget_tag
+    from microdit.eval.trend import budget_tag
     from microdit.pipeline import arm_of
 
     assert [budget_tag(b) for b in (5e11, 1e12, 1.2e13, 2.5e12, 3e12 + 1)] == ["5e11", "1e12", "1.2e13", "2.5e12",

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from microdit.eval.results import budget_tag
-from microdit.eval.trend import describe, gap_trend, paired_gaps
+from microdit.eval.trend import budget_tag, describe, gap_trend, paired_gaps
 
 
 def _points(slope, intercept, noise, xs=(11.7, 12.0, 12.3, 12.7), seeds=(3, 3, 3, 5), seed=0):
