@@ -290,7 +290,10 @@ class MicroDiT(nn.Module):
         """
         self._check_inputs(x, c_noise, y, keep_ids, y_mask)
         h, w = self.grid(x.shape[2], x.shape[3])
-        tokens = self.patch_embed(x) + self._pos_embed((h, w)).to(x.dtype)  # (N, T, D)
+        # timm's patch embedding returns a transposed view ((N, T, D) with stride 1 along T); made
+        # contiguous once here, the residual stream stays row-major through every block instead of
+        # each layer norm copying it (forward and backward). Bit-identical values.
+        tokens = self.patch_embed(x).contiguous() + self._pos_embed((h, w)).to(x.dtype)  # (N, T, D)
         y = self.caption_block(self.caption_proj(y), y_mask)  # (N, L, D)
         if y_mask is None:
             pooled = y.mean(dim=1)  # (N, D)

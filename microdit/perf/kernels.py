@@ -15,6 +15,13 @@ What it leaves out is exactly what an eager step adds on top of its kernels: Pyt
 engine's bookkeeping and the allocator. It is measured from kernels only and never fitted to the
 step times it is compared with, so it stays a bound for the eager step (measured / bound >= 1 up to
 noise); a compiled step runs other (fused) kernels, so its bound is not this one.
+
+:func:`in_sequence_time` splits the gap: the same calls timed where they run, inside the real step
+(each aten call timed around its kernel, the way the replay times it). Step time minus that is
+Python and the autograd engine around the kernels; that minus the bound is what running in
+sequence costs the kernels themselves (inputs no longer hot in cache, outputs on freshly mapped
+pages, the layouts the step hands them). Both parts are measured, neither is exact: the timing
+mode's own Python disturbs the caches a little.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from microdit.perf.roofline import TensorSpec, record_calls
@@ -87,3 +95,35 @@ def kernel_bound(step, device: torch.device | str = "cpu", repeats: int = 5) -> 
     calls = record_calls(step)
     with torch.no_grad():
         return replay_time(calls, device, repeats)
+
+
+class _InSequence(TorchDispatchMode):
+    """Times every aten call where the step makes it (per aten name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_name: dict[str, float] = {}
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        seconds = time.perf_counter() - start
+        name = func.overloadpacket.__name__
+        self.by_name[name] = self.by_name.get(name, 0.0) + seconds
+        self.calls += 1
+        return out
+
+
+def in_sequence_time(step, repeats: int = 3) -> dict:
+    """The kernels of ``step()`` timed in place, in the real step (the run whose total is the
+    median of ``repeats``): what its kernels take in sequence, as :func:`replay_time` reports them."""
+    runs = []
+    for _ in range(repeats):
+        mode = _InSequence()
+        with mode:
+            step()
+        runs.append(mode)
+    runs.sort(key=lambda m: sum(m.by_name.values()))
+    mode = runs[len(runs) // 2]
+    return {"seconds": sum(mode.by_name.values()), "by_name": mode.by_name, "calls": mode.calls}

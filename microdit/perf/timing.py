@@ -61,6 +61,20 @@ def cpu_device_model() -> DeviceModel:
     return DeviceModel("this CPU, fp32 (measured)", peak, attention, bandwidth, tiny, tiny, False, peak)
 
 
+def fresh_pages(step, repeats: int = 3) -> float | None:
+    """Minor page faults per ``step()`` (mean of ``repeats``; None where the platform has no
+    getrusage): pages the step's outputs land on fresh from the OS, because the allocator gave the
+    previous step's memory back (glibc unmaps large blocks on free), each zeroed on first touch."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeats):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / repeats
+
+
 def count_host_syncs(step, device: torch.device) -> int | None:
     """Synchronising CUDA calls made by one ``step()`` (None on CPU, where nothing is asynchronous)."""
     if device.type != "cuda":

@@ -62,6 +62,22 @@ def test_every_preset_forward_shape(preset):
         assert model(x, torch.zeros(n), y, keep_ids=keep).shape == x.shape
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.75])
+def test_every_layer_norm_sees_a_row_major_input(ratio):
+    """The token stream is made contiguous once after the patch embedding (timm's is a transposed
+    view), so no layer norm copies its input in the forward or the backward pass."""
+    model = build_model("nano")
+    cfg = model.cfg
+    seen = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    keep = sample_keep_ids(2, model.grid(*cfg.input_size), MaskConfig(ratio)) if ratio else None
+    model(torch.randn(2, cfg.in_channels, *cfg.input_size), torch.zeros(2), torch.randn(2, 5, cfg.caption_dim),
+          keep_ids=keep)
+    assert len(seen) > 10 and all(seen)
+
+
 @pytest.mark.parametrize("preset", ["nano", "micro"])
 def test_output_is_exactly_zero_at_init(preset):
     model = build_model(preset)

@@ -122,7 +122,7 @@ def test_a_failing_section_keeps_what_was_measured_before_it(tmp_path, monkeypat
 
 
 def test_the_kernel_bound_replays_every_call_a_step_makes():
-    from microdit.perf.kernels import _real, kernel_bound, replay_time
+    from microdit.perf.kernels import _real, in_sequence_time, kernel_bound, replay_time
     from microdit.perf.roofline import TensorSpec, record_calls
 
     a, b, c = torch.randn(4, 3), torch.randn(3, 5), torch.randn(5)
@@ -136,10 +136,14 @@ def test_the_kernel_bound_replays_every_call_a_step_makes():
     assert strided.shape == (2, 3) and strided.stride() == (1, 2)
     assert not _real(TensorSpec((4,), (1,), torch.int64), torch.device("cpu")).any()  # indices stay in range
     step = StepCase("nano", MaskConfig(0.75), batch=2)
+    step()  # the optimiser's state exists from here on: every later step makes the same calls
     bound = kernel_bound(step, repeats=1)
     names = set(bound["by_name"])
     assert bound["failed"] == [] and bound["calls"] > 500 and bound["seconds"] > 0
     assert {"mm", "_fused_adamw_", "gather"} <= names  # forward, backward, the optimiser and the mask's gather
+    in_place = in_sequence_time(step, repeats=1)  # the same calls, timed where the step makes them
+    assert in_place["calls"] == bound["calls"] and set(in_place["by_name"]) == names
+    assert in_place["seconds"] == pytest.approx(sum(in_place["by_name"].values())) and in_place["seconds"] > 0
 
 
 def test_the_eight_cases_report(tmp_path):
@@ -150,7 +154,8 @@ def test_the_eight_cases_report(tmp_path):
     rows = result["rows"]
     assert [(r["kind"], r["mask_ratio"]) for r in rows] == [("train", 0.0), ("sample", 0.0), ("train", 0.75),
                                                             ("sample", 0.75)]
-    assert all(r["bound_s"] > 0 and r["eager_s"] > 0 for r in rows)
+    assert all(r["bound_s"] > 0 and r["eager_s"] > 0 and r["in_sequence_s"] > 0 for r in rows)
+    assert all(r["fresh_pages"] is None or r["fresh_pages"] >= 0 for r in rows)
     assert rows[2]["flops_per_step"] < rows[0]["flops_per_step"]  # masking removes FLOPs
     assert rows[3]["flops_per_step"] < rows[1]["flops_per_step"]  # the naive network has no mixer
     assert "roofline_s" in rows[0] and "roofline_s" not in rows[1]
