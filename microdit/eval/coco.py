@@ -7,7 +7,8 @@ evaluation set once per resolution and text encoder, then hands it to :func:`eva
 1. **Captions** (:func:`coco30k_pairs`): from the 40,504 validation images (``microdit-data prepare
    coco2014``, every image kept at its own size, all five captions in its ``json``), 30,000 images
    drawn without replacement with a fixed seed (0), and for each one of its captions drawn with the
-   same generator: one (image, caption) pair per image, a pure function of (seed, the prepared set).
+   same generator: one (image, caption) pair per image, a pure function of (seed, the prepared set),
+   fixed from the manifest's sample count before a shard is read, so the set is built in one read.
 2. **Real images** (``DIR-coco30k-sSEED-RRRpx-images``): those images resized on their short side
    to the generation resolution with PIL's antialiased bicubic filter and centre-cropped (clean
    resizing, as clean-fid recommends; never a second, aliasing resize). The FID reference
@@ -29,6 +30,7 @@ autoencoder and text encoder, torch-fidelity's InceptionV3 (``~/.cache/torch/hub
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,48 +44,51 @@ SEED = 0
 SAMPLER = {"steps": 30, "cfg_scale": 5.0}
 
 
-def coco30k_pairs(coco: str | Path, count: int = CAPTIONS, seed: int = SEED) -> list[tuple[str, str, int]]:
-    """(sample key, caption, shard index) of the ``count`` drawn pairs of a prepared coco2014 dataset,
-    in key order."""
+def _chosen(coco: Path, count: int, seed: int) -> Iterator[tuple[str, dict[str, bytes], str, int]]:
+    """(key, shard members, caption, shard index) of the ``count`` drawn pairs, in key order, from
+    one pass over the shards. The draw is fixed by the manifest's sample count before any shard is
+    read: a permutation of the images (in shard order) with ``seed``, its first ``count`` sorted, and
+    for the n-th of them caption ``draws[n] % (its number of captions)`` from the same generator."""
     manifest = load_manifest(coco)
     if manifest.kind != "images" or not (manifest.source or "").startswith("coco2014"):
         raise DataError(f"{coco}: not a prepared coco2014 image dataset (microdit-data prepare coco2014 DIR); its "
                         f"source is {manifest.source!r}")
-    images = []
-    for shard_index, info in enumerate(manifest.shards):
-        for key, members in iter_shard(Path(coco) / info.name):
-            captions = json.loads(members.get("json", b"{}")).get("captions") or [members["txt"].decode()]
-            images.append((key, captions, shard_index))
     rng = np.random.default_rng(seed)
-    chosen = sorted(rng.permutation(len(images))[:min(count, len(images))])
-    picks = rng.integers(0, 1 << 30, size=len(chosen))
-    return [(images[i][0], images[i][1][picks[n] % len(images[i][1])], images[i][2]) for n, i in enumerate(chosen)]
+    chosen = np.sort(rng.permutation(manifest.samples)[:min(count, manifest.samples)])
+    draws = rng.integers(0, 1 << 30, size=len(chosen))
+    index, n = 0, 0
+    for shard_index, info in enumerate(manifest.shards):
+        for key, members in iter_shard(coco / info.name):
+            if n < len(chosen) and index == chosen[n]:
+                captions = json.loads(members.get("json", b"{}")).get("captions") or [members["txt"].decode()]
+                yield key, members, captions[draws[n] % len(captions)], shard_index
+                n += 1
+            index += 1
+    if index != manifest.samples:
+        raise DataError(f"{coco}: manifest.json counts {manifest.samples} samples but its shards hold {index}: "
+                        "prepare the dataset again (microdit-data prepare coco2014)")
+
+
+def coco30k_pairs(coco: str | Path, count: int = CAPTIONS, seed: int = SEED) -> list[tuple[str, str, int]]:
+    """(sample key, caption, shard index) of the ``count`` drawn pairs of a prepared coco2014 dataset,
+    in key order."""
+    return [(key, caption, shard) for key, _, caption, shard in _chosen(Path(coco), count, seed)]
 
 
 def coco30k_dataset(coco: str | Path, resolution: int, autoencoder, text, count: int = CAPTIONS,
                     seed: int = SEED, progress: bool = True) -> tuple[Path, Path]:
     """(real images, prompt latents) of COCO-30K at ``resolution`` for these encoders, built beside
-    ``coco`` when missing (resumable; concurrent builders wait for one another)."""
+    ``coco`` when missing (one read of the prepared set; resumable; concurrent builders wait for one
+    another)."""
     coco = Path(coco)
     base = coco.with_name(f"{coco.name}-coco30k-s{seed}-n{count}-{resolution}px")
     images = base.with_name(base.name + "-images")
     if not (images / "manifest.json").is_file():
-        pairs = coco30k_pairs(coco, count, seed)
-        manifest = load_manifest(coco)
-        wanted: dict[int, dict[str, str]] = {}
-        for key, caption, shard in pairs:
-            wanted.setdefault(shard, {})[key] = caption
-
-        def samples():
-            for shard, keys in sorted(wanted.items()):
-                for key, members in iter_shard(coco / manifest.shards[shard].name):
-                    if key in keys:
-                        image = resize_center_crop(decode_image(members["jpg"], f"{coco}: {key}"), resolution)
-                        yield key, image, keys[key], json.loads(members.get("json", b"{}"))
-
+        pairs = min(count, load_manifest(coco).samples)
+        samples = ((key, resize_center_crop(decode_image(members["jpg"], f"{coco}: {key}"), resolution), caption,
+                    json.loads(members.get("json", b"{}"))) for key, members, caption, _ in _chosen(coco, count, seed))
         try:
-            write_image_dataset(images, samples(), resolution, [],
-                                f"coco30k(seed {seed}, {len(pairs)} pairs of {coco})")
+            write_image_dataset(images, samples, resolution, [], f"coco30k(seed {seed}, {pairs} pairs of {coco})")
         except DataError:
             if not (images / "manifest.json").is_file():
                 raise  # not a builder that got there first
@@ -114,10 +119,10 @@ def evaluate_coco(checkpoint: str | Path, coco: str | Path, settings, count: int
     text_name, ae_name = encoder_names(loaded)
     autoencoder, text = load_autoencoder(ae_name), load_text_encoder(text_name)
     size = resolution or loaded.model.cfg.input_size[0] * autoencoder.downsample
-    del loaded
     images, latents = coco30k_dataset(coco, size, autoencoder.to(device), text.to(device), count, seed,
                                       progress=rank == 0)
+    del autoencoder, text  # off the device before sampling (the metrics load their own networks)
     settings = dataclasses.replace(settings, num_samples=min(count, load_manifest(latents).samples),
                                    sampler_overrides={**SAMPLER, **settings.sampler_overrides})
-    return evaluate(checkpoint, latents, settings, name, device=device, rank=rank, world=world,
+    return evaluate(loaded, latents, settings, name, device=device, rank=rank, world=world,
                     reference_dataset=images)

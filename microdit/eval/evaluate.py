@@ -26,7 +26,7 @@ from microdit.eval.metrics import METRICS, EvalInputs, check_names
 from microdit.files import private_tmp, remove_stale_tmps, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress
-from microdit.run import check_fits_model, fit_problems, load_model, reason
+from microdit.run import LoadedModel, check_fits_model, fit_problems, load_model, reason
 
 METRICS_FILE = "metrics.json"
 
@@ -85,17 +85,22 @@ def _load_chunk(path: Path) -> torch.Tensor:
                         "again to generate it anew") from None
 
 
-def evaluate(checkpoint: str | Path, eval_dataset: str | Path, settings: EvalSettings, name: str | None = None,
-             probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
+def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, settings: EvalSettings,
+             name: str | None = None, probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
              world: int = 1, reference_dataset: str | Path | None = None) -> dict | None:
     """Generate and measure; rank 0 returns the metrics entry (also written to metrics.json).
-    ``reference_dataset``: the images the reference statistics of FID and Clip-FID are taken from
-    (default: the evaluation set itself)."""
+    ``checkpoint``: a run, checkpoint or export folder, or a model loaded from one (with
+    ``settings.use_ema``'s weights). ``reference_dataset``: the images the reference statistics of
+    FID and Clip-FID are taken from (default: the evaluation set itself)."""
     check_names(settings.metrics)
     name = name or Path(eval_dataset).name
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"evaluation name {name!r} must be a plain name (it names a folder under the run's eval/)")
-    loaded = load_model(checkpoint, settings.use_ema, device)
+    if isinstance(checkpoint, LoadedModel):
+        loaded = checkpoint
+        loaded.model.to(device)
+    else:
+        loaded = load_model(checkpoint, settings.use_ema, device)
     run_dir = loaded.run_dir
     manifest = load_manifest(eval_dataset)
     latent_metrics = any(METRICS[m].features == "probe" for m in settings.metrics)  # compare latents directly

@@ -1,6 +1,7 @@
 """microdit-eval coco end to end on the COCO fixture: the caption draw, the real-image reference,
 FID and CLIP score with random-init networks of the real architectures, and the Table 3 notebook."""
 
+import importlib
 import importlib.util
 import json
 
@@ -63,18 +64,42 @@ def test_the_caption_draw_is_fixed_one_caption_per_image(coco):
     assert all(caption.startswith("A teal disc") for _, caption, _ in pairs)
 
 
+def test_the_evaluation_set_is_built_in_one_read_of_the_drawn_pairs(coco, tmp_path, monkeypatch):
+    import shutil
+
+    import microdit.eval.coco as coco_module
+    from microdit.data.shards import iter_shard
+    from microdit.encoders import load_autoencoder, load_text_encoder
+
+    copy = shutil.copytree(coco, tmp_path / "coco2014")  # the set is built beside it
+    pairs = coco30k_pairs(copy, count=4, seed=3)
+    reads = []
+    monkeypatch.setattr(coco_module, "iter_shard", lambda path: reads.append(path.name) or iter_shard(path))
+    images, _ = coco_module.coco30k_dataset(copy, 16, load_autoencoder("pixel:2"), load_text_encoder("offline:128:32"),
+                                            count=4, seed=3, progress=False)
+    assert sorted(reads) == sorted(info.name for info in load_manifest(copy).shards)  # each shard once
+    built = [(key, members["txt"].decode()) for info in load_manifest(images).shards
+             for key, members in iter_shard(images / info.name)]
+    assert built == [(key, caption) for key, caption, _ in pairs]
+
+
 def test_microdit_eval_coco_end_to_end(coco, tmp_path, capsys, monkeypatch):
     data_main(["synthetic", str(tmp_path / "images"), "--num-samples", "64", "--size", "32"])
     data_main(["encode", str(tmp_path / "images"), str(tmp_path / "data"), "--device", "cpu"])
     train(compose_config(base_overrides(tmp_path, tmp_path / "data", "tiny")))
     run = tmp_path / "runs" / "tiny"
     weights = _random_inception(tmp_path / "inception.pt")
+    loads, load = [], importlib.import_module("microdit.run").load_model
+    counted = lambda *a, **k: loads.append(a[0]) or load(*a, **k)  # noqa: E731
+    for module in ("microdit.run", "microdit.eval.evaluate"):
+        monkeypatch.setattr(importlib.import_module(module), "load_model", counted)
     eval_main(["coco", str(run), "--coco", str(coco), "--inception-weights", weights, "--clip-score-model",
                "ViT-B-32", "--steps", "2", "--batch-size", "4", "--device", "cpu"])
     out = capsys.readouterr().out
     assert '"fid"' in out and '"clip_score"' in out  # printed as well as recorded
     entry = json.loads((run / "metrics.json").read_text())["entries"][-1]
     assert entry["name"] == "coco30k" and entry["num_samples"] == 6
+    assert len(loads) == 1  # the model is loaded once, for the encoders' names, its resolution and sampling
     assert entry["sampler"]["steps"] == 2 and entry["sampler"]["cfg_scale"] == 5.0  # the protocol's CFG kept
     assert set(entry["metrics"]) == {"fid", "clip_score"}
     real = entry["reference_dataset"]
