@@ -11,10 +11,12 @@ dtypes, scalar arguments) is replayed alone on fresh tensors of those shapes (fl
 random, integer and boolean inputs zero, which keeps every index in range) and timed (median of
 repeats after a warm-up call), and the bound is the sum over the step's calls.
 
-What it leaves out is exactly what an eager step adds on top of its kernels: Python, the autograd
-engine's bookkeeping and the allocator. It is measured from kernels only and never fitted to the
-step times it is compared with, so it stays a bound for the eager step (measured / bound >= 1 up to
-noise); a compiled step runs other (fused) kernels, so its bound is not this one.
+What it leaves out is what an eager step adds on top of its kernels (Python, the autograd engine's
+bookkeeping, the allocator) and what running in a sequence costs them: a kernel replayed alone
+finds its inputs hot in cache and its output on mapped pages. It is measured from kernels only and
+never fitted to the step times it is compared with, so it stays a bound for the eager step
+(measured / bound >= 1 up to noise); a compiled step runs other (fused) kernels, so its bound is
+not this one.
 
 :func:`in_sequence_time` splits the gap: the same calls timed where they run, inside the real step
 (each aten call timed around its kernel, the way the replay times it). Step time minus that is
