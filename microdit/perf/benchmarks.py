@@ -100,7 +100,8 @@ def targets(r: dict) -> list[dict]:
         over = b["eager_s"] / b["bound_s"]
         out.append({"target": f"{b['preset']} {b['kind']} step at ratio {b['mask_ratio']} within 15% of its "
                               "kernel-sum bound", "value": over, "goal": 1.15, "met": over <= 1.15,
-                    "note": "eager time / bound"})
+                    "note": f"eager time / bound; its kernels timed in place: {b['in_sequence_s'] / b['bound_s']:.2f} "
+                            "x the bound"})
     out.append({"target": "MoE >= 3x faster than one-hot at T = 256", "value": moe["layer"]["speedup"], "goal": 3.0,
                 "met": moe["layer"]["speedup"] >= 3.0, "note": bound})
     out.append({"target": "MoE >= 4x less peak memory than one-hot at T = 256", "value": moe["layer"]["peak_ratio"],
