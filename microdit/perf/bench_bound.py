@@ -95,11 +95,13 @@ def bench_bounds(presets=("nano", "micro"), batch: int = 32, caption_len: int = 
         info = {**base.info, "kind": base.info.get("kind", "train")}
         cfg = base.model.cfg
         sample = info["kind"] == "sample"
-        bound = kernel_bound(base)
+        bound, in_place = kernel_bound(base), in_sequence_time(base)
+        slowed = {name: s - bound["by_name"].get(name, 0.0) for name, s in in_place["by_name"].items()}
         row = {"preset": info["preset"], "kind": info["kind"], "mask_ratio": info["mask_ratio"], "batch": batch,
                "flops_per_step": info["flops_per_step"], "bound_s": bound["seconds"],
-               "in_sequence_s": in_sequence_time(base)["seconds"], "fresh_pages": fresh_pages(base),
+               "in_sequence_s": in_place["seconds"], "fresh_pages": fresh_pages(base),
                "bound_top": sorted(bound["by_name"].items(), key=lambda kv: -kv[1])[:4],
+               "slowed_top": sorted(slowed.items(), key=lambda kv: -kv[1])[:3],
                "eager_s": statistics.median(slot[0])}
         if not sample:
             ops, views = trace_step(cfg, batch, caption_len, MaskConfig(info["mask_ratio"]))
@@ -122,16 +124,17 @@ def bounds_markdown(b: dict) -> list[str]:
              "autograd around the kernels, in-sequence minus bound what running in sequence costs the kernels "
              "(caches, fresh pages: the page faults per step).", "",
              "| preset | step | mask | eager ms | compiled ms | in sequence ms | bound ms | eager / bound | "
-             "in sequence / bound | page faults | roofline ms | eager % of peak | largest kernels in the bound |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "in sequence / bound | page faults | roofline ms | eager % of peak | largest kernels in the bound | "
+             "most slowed in sequence (ms over alone) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in b["rows"]:
         compiled = f"{r['compiled_s'] * 1000:.1f}" if "compiled_s" in r else "–"
         roofline = f"{r['roofline_s'] * 1000:.1f}" if "roofline_s" in r else "–"
         faults = "n/a" if r.get("fresh_pages") is None else f"{r['fresh_pages']:.0f}"
         top = ", ".join(f"{name} {s * 1000:.1f}" for name, s in r["bound_top"])
+        slowed = ", ".join(f"{name} {s * 1000:+.1f}" for name, s in r["slowed_top"])
         bound = r["bound_s"]
         lines.append(f"| {r['preset']} | {r['kind']} | {r['mask_ratio']} | {r['eager_s'] * 1000:.1f} | {compiled} | "
                      f"{r['in_sequence_s'] * 1000:.1f} | {bound * 1000:.1f} | {r['eager_s'] / bound:.2f} | "
                      f"{r['in_sequence_s'] / bound:.2f} | {faults} | {roofline} | "
-                     f"{r['flops_per_step'] / r['eager_s'] / peak:.0%} | {top} |")
+                     f"{r['flops_per_step'] / r['eager_s'] / peak:.0%} | {top} | {slowed} |")
     return lines

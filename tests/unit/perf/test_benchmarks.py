@@ -156,6 +156,7 @@ def test_the_eight_cases_report(tmp_path):
                                                             ("sample", 0.75)]
     assert all(r["bound_s"] > 0 and r["eager_s"] > 0 and r["in_sequence_s"] > 0 for r in rows)
     assert all(r["fresh_pages"] is None or r["fresh_pages"] >= 0 for r in rows)
+    assert all(len(r["slowed_top"]) == 3 and r["slowed_top"][0][1] >= r["slowed_top"][2][1] for r in rows)
     assert rows[2]["flops_per_step"] < rows[0]["flops_per_step"]  # masking removes FLOPs
     assert rows[3]["flops_per_step"] < rows[1]["flops_per_step"]  # the naive network has no mixer
     assert "roofline_s" in rows[0] and "roofline_s" not in rows[1]
