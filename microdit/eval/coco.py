@@ -84,11 +84,11 @@ def coco30k_dataset(coco: str | Path, resolution: int, autoencoder, text, count:
     base = coco.with_name(f"{coco.name}-coco30k-s{seed}-n{count}-{resolution}px")
     images = base.with_name(base.name + "-images")
     if not (images / "manifest.json").is_file():
-        pairs = min(count, load_manifest(coco).samples)
+        drawn = min(count, load_manifest(coco).samples)
         samples = ((key, resize_center_crop(decode_image(members["jpg"], f"{coco}: {key}"), resolution), caption,
                     json.loads(members.get("json", b"{}"))) for key, members, caption, _ in _chosen(coco, count, seed))
         try:
-            write_image_dataset(images, samples, resolution, [], f"coco30k(seed {seed}, {pairs} pairs of {coco})")
+            write_image_dataset(images, samples, resolution, [], f"coco30k(seed {seed}, {drawn} pairs of {coco})")
         except DataError:
             if not (images / "manifest.json").is_file():
                 raise  # not a builder that got there first

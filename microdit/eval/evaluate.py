@@ -85,25 +85,12 @@ def _load_chunk(path: Path) -> torch.Tensor:
                         "again to generate it anew") from None
 
 
-def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, settings: EvalSettings,
-             name: str | None = None, probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
-             world: int = 1, reference_dataset: str | Path | None = None) -> dict | None:
-    """Generate and measure; rank 0 returns the metrics entry (also written to metrics.json).
-    ``checkpoint``: a run, checkpoint or export folder, or a model loaded from one (with
-    ``settings.use_ema``'s weights). ``reference_dataset``: the images the reference statistics of
-    FID and Clip-FID are taken from (default: the evaluation set itself)."""
-    check_names(settings.metrics)
-    name = name or Path(eval_dataset).name
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"evaluation name {name!r} must be a plain name (it names a folder under the run's eval/)")
-    if isinstance(checkpoint, LoadedModel):
-        loaded = checkpoint
-        loaded.model.to(device)
-    else:
-        loaded = load_model(checkpoint, settings.use_ema, device)
-    run_dir = loaded.run_dir
+def _check_datasets(loaded: LoadedModel, eval_dataset: str | Path, probe_dataset: str | Path | None,
+                    metrics: list[str]):
+    """(the evaluation set's manifest, the probe dataset) once both are checked to fit the model:
+    the probe dataset (default: the run's training data) only where a metric compares latents."""
     manifest = load_manifest(eval_dataset)
-    latent_metrics = any(METRICS[m].features == "probe" for m in settings.metrics)  # compare latents directly
+    latent_metrics = any(METRICS[m].features == "probe" for m in metrics)  # compare latents directly
     check_fits_model(manifest, eval_dataset, loaded.model.cfg, latents=latent_metrics,
                      hint="evaluate on data encoded with the run's encoders, at its resolution")
     probe_data = probe_dataset or loaded.config.data.folders[0]
@@ -116,6 +103,27 @@ def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, set
         if problems:
             raise DataError(f"probe dataset {probe_data} does not fit the model: {'; '.join(problems)}: the probe "
                             "needs data of the model's autoencoder and resolution")
+    return manifest, probe_data
+
+
+def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, settings: EvalSettings,
+             name: str | None = None, probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
+             world: int = 1, reference_dataset: str | Path | None = None) -> dict | None:
+    """Generate and measure; rank 0 returns the metrics entry (also written to metrics.json).
+    ``checkpoint``: a run, checkpoint or export folder, or a model loaded from one (with
+    ``settings.use_ema``'s weights; moved to ``device``). ``reference_dataset``: the images the reference statistics of
+    FID and Clip-FID are taken from (default: the evaluation set itself)."""
+    check_names(settings.metrics)
+    name = name or Path(eval_dataset).name
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"evaluation name {name!r} must be a plain name (it names a folder under the run's eval/)")
+    if isinstance(checkpoint, LoadedModel):
+        loaded = checkpoint
+        loaded.model.to(device)
+    else:
+        loaded = load_model(checkpoint, settings.use_ema, device)
+    run_dir = loaded.run_dir
+    manifest, probe_data = _check_datasets(loaded, eval_dataset, probe_dataset, settings.metrics)
     real, real_labels, (real_texts, real_masks, real_captions) = read_dataset(
         eval_dataset, 2 * settings.num_samples, seed=settings.prompt_seed)  # prompts, then the real-vs-real twin
     count = min(settings.num_samples, len(real))
