@@ -21,6 +21,7 @@ from microdit.eval import coco
 from microdit.eval.evaluate import EvalSettings, evaluate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import EXTRACTORS, METRICS, check_names, reference_stats, stats_metrics
+from microdit.host_memory import keep_freed_memory
 from microdit.launch import adopt_launcher_env, local_device
 from microdit.run import CheckpointError
 
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                                 probe_steps=getattr(args, "probe_steps", EvalSettings.probe_steps))
         info = adopt_launcher_env()  # torchrun, accelerate, submitit or srun: rank r generates chunks r, r + world, ...
         device = local_device(args.device, info)
+        keep_freed_memory(device)  # on CPU each batch reuses the last one's pages (microdit.host_memory)
         if args.command == "coco":
             entry = coco.evaluate_coco(args.run, args.coco, settings, args.captions, args.coco_seed, args.resolution,
                                        args.name, device, info.rank, info.world_size)

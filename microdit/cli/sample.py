@@ -25,6 +25,7 @@ from PIL import Image
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
 from microdit.data import DataError
 from microdit.data.images import from_uint8, resize_center_crop, save_grid
+from microdit.host_memory import keep_freed_memory
 from microdit.launch import local_device
 from microdit.run import CheckpointError, PromptSampler, encoder_names, load_model
 
@@ -102,6 +103,7 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
     if args.init_image and not (math.isfinite(args.sigma_start) and args.sigma_start > 0):
         raise ValueError(f"--sigma-start must be a finite number > 0, got {args.sigma_start}")
     device = local_device(args.device)
+    keep_freed_memory(device)  # on CPU each batch reuses the last one's pages (microdit.host_memory)
     refuse_existing_samples(args.out)
     loaded = load_model(args.run, not args.no_ema, device)
     draw = PromptSampler(*encoder_names(loaded, args.text_encoder, args.autoencoder), device)

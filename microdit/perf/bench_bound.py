@@ -19,6 +19,7 @@ import torch
 
 from microdit.diffusion import EDMConfig
 from microdit.diffusion.samplers import guided_denoiser
+from microdit.host_memory import keep_freed_memory
 from microdit.masking import MaskConfig
 from microdit.models import MicroDiT, preset_config
 from microdit.models.config import MicroDiTConfig
@@ -111,6 +112,71 @@ def bench_bounds(presets=("nano", "micro"), batch: int = 32, caption_len: int = 
         rows.append(row)
     return {"matmul_peak_flop_per_s": peak, "threads": torch.get_num_threads(), "rows": rows,
             "device": vars(device)}
+
+
+def _fresh_process_case(kind: str, preset: str, ratio: float, batch: int, caption_len: int, keep: bool,
+                        threads: int, queue) -> None:
+    """A process of :func:`bench_freed_memory`: one case from a fresh process, with glibc's
+    defaults or (``keep``) the trainer's setting; puts (median step s, page faults per step, setting)."""
+    torch.set_num_threads(threads)
+    setting = keep_freed_memory() if keep else "glibc's defaults"  # a fresh process has glibc's defaults
+    case = _train_case(preset, ratio, batch, caption_len) if kind == "train" else SampleCase(preset, ratio, batch,
+                                                                                             caption_len)
+    median_time(case, 1, 2)
+    faults = fresh_pages(case)
+    queue.put((median_time(case, 5, 0), faults, setting))
+
+
+def bench_freed_memory(presets=("nano", "micro"), batch: int = 32, caption_len: int = 8, rounds: int = 2,
+                       kinds=("train", "sample")) -> dict:
+    """Each of the eight cases (``kinds`` of ``presets`` at each ratio) in fresh processes with
+    glibc's allocator defaults (today's eager path before :mod:`microdit.host_memory`) and with freed
+    memory kept (the default now), alternating which goes first each round; median step time and
+    page faults per step of each."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    cases = [(kind, preset, ratio) for preset in presets for ratio in RATIOS for kind in kinds]
+    runs: dict = {case: {False: [], True: []} for case in cases}
+    settings = set()
+    for r in range(rounds):
+        for case in cases:
+            for keep in (False, True) if r % 2 == 0 else (True, False):
+                queue = context.Queue()
+                child = context.Process(target=_fresh_process_case,
+                                        args=(*case, batch, caption_len, keep, torch.get_num_threads(), queue))
+                child.start()
+                seconds, faults, setting = queue.get()
+                child.join()
+                runs[case][keep].append((seconds, faults))
+                if keep:
+                    settings.add(setting)
+    rows = []
+    for (kind, preset, ratio), arms in runs.items():
+        row = {"preset": preset, "kind": kind, "mask_ratio": ratio}
+        for keep, name in ((False, "default"), (True, "kept")):
+            row[f"{name}_s"] = statistics.median(s for s, _ in arms[keep])
+            faults = [f for _, f in arms[keep] if f is not None]
+            row[f"{name}_faults"] = statistics.median(faults) if faults else None
+        rows.append(row)
+    return {"rounds": rounds, "batch": batch, "settings": sorted(settings), "rows": rows}
+
+
+def freed_memory_markdown(f: dict) -> list[str]:
+    """The report's lines for :func:`bench_freed_memory`."""
+    def faults(value):
+        return "n/a" if value is None else f"{value:.0f}"
+
+    lines = ["", f"## Freed memory kept or given back (the eight cases, each in fresh processes, median of "
+                 f"{f['rounds']} rounds)", "",
+             "glibc's defaults (today's eager path before microdit.host_memory) against the trainer's CPU setting, "
+             f"freed memory kept in the process (here: {', '.join(f['settings'])}).", "",
+             "| preset | step | mask | glibc defaults ms | kept ms | kept / defaults | page faults defaults | "
+             "page faults kept |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['kind']} | {r['mask_ratio']} | {r['default_s'] * 1000:.1f} | "
+              f"{r['kept_s'] * 1000:.1f} | {r['kept_s'] / r['default_s']:.2f} | {faults(r['default_faults'])} | "
+              f"{faults(r['kept_faults'])} |" for r in f["rows"]]
+    return lines
 
 
 def bounds_markdown(b: dict) -> list[str]:

@@ -3,7 +3,8 @@
 project's targets. The measurements: training-step throughput and MFU against the device's
 measured matmul peak (eager and torch.compile), attention backends, the MoE layer and its routing
 against the reference's one-hot formulation, masking efficiency, the eight CPU cases (nano and micro,
-ratio 0 and 0.75, training and sampling) against their kernel-sum bounds, reader and sampler throughput.
+ratio 0 and 0.75, training and sampling) against their kernel-sum bounds and with glibc's allocator
+defaults against freed memory kept (:mod:`microdit.host_memory`), reader and sampler throughput.
 
 The training step measured is the trainer's: EDM loss (bf16 autocast on CUDA), backward, gradient
 clipping, the device-side non-finite guard and fused AdamW. Numbers belong in reports, never in
@@ -16,9 +17,10 @@ from __future__ import annotations
 import torch
 
 from microdit.devices import H100
+from microdit.host_memory import keep_freed_memory
 from microdit.masking import MaskConfig
 from microdit.models import preset_config
-from microdit.perf.bench_bound import bench_bounds, bounds_markdown
+from microdit.perf.bench_bound import bench_bounds, bench_freed_memory, bounds_markdown, freed_memory_markdown
 from microdit.perf.bench_moe import bench_moe
 from microdit.perf.bench_parts import bench_attention, bench_encode, bench_reader, bench_sampler
 from microdit.perf.bench_step import DEVICE_PLAN, StepCase, bench_steps, bench_workers, roofline_check, workers_markdown
@@ -36,6 +38,7 @@ def run_all(quick: bool, device: str = "cpu", compile: bool = True, results: dic
     ``results`` (returned) as they finish, so that a caller keeps what was measured before a failure."""
     results = {} if results is None else results
     dev = torch.device(device)
+    results["host_memory"] = keep_freed_memory(dev)  # the trainer's setting: what follows times the default path
     plan = DEVICE_PLAN[dev.type]
     presets, length, batch = plan["presets"], plan["caption_len"], plan["batch"]
     masks = [MaskConfig(ratio, strategy, block) for ratio, strategy, block in
@@ -62,6 +65,7 @@ def run_all(quick: bool, device: str = "cpu", compile: bool = True, results: dic
                                            "flop_ratio": r["flops_per_step"] / base["flops_per_step"]})
     if dev.type == "cpu":  # kernels replayed and timed on the host clock: CPU only
         results["bounds"] = bench_bounds(presets, batch, length, repeats=5 if quick else 9, compile=compile)
+        results["freed_memory"] = bench_freed_memory(presets, batch, length, rounds=2 if quick else 4)
         results["workers"] = bench_workers(steps=20 if quick else 60)
     results["attention"] = bench_attention(device)
     sizes = (64, 256) if quick else (64, 128, 256, 512, 1024)
@@ -169,6 +173,8 @@ def summary_markdown(r: dict) -> str:
                              f"{m['speedup_bound']:.2f}x |")
     if "bounds" in r:
         lines += bounds_markdown(r["bounds"])
+    if "freed_memory" in r:
+        lines += freed_memory_markdown(r["freed_memory"])
     if "workers" in r:
         lines += workers_markdown(r["workers"])
     lines += _parts_markdown(r)

@@ -27,6 +27,7 @@ from microdit import run as runs
 from microdit.data import LatentBatches, make_loader
 from microdit.data.images import save_grid
 from microdit.devices import peak_flops
+from microdit.host_memory import keep_freed_memory
 from microdit.launch import use_bf16
 from microdit.locks import Lock, LockHeld, acquire
 from microdit.models import MicroDiT
@@ -63,6 +64,7 @@ class Trainer:
         self.cfg, self.device = cfg, self.acc.device
         if t.threads:
             torch.set_num_threads(t.threads)
+        keep_freed_memory(self.device)  # on CPU each step reuses the last one's pages (microdit.host_memory)
         self.bf16 = use_bf16(t.precision, self.device)
         self.run_dir = Path(t.run_dir) / t.name
         created = not self.run_dir.exists()

@@ -241,6 +241,13 @@ def test_budget_fits_stage_lengths(tmp_path, data):
     assert stages[0].images > stages[1].images  # masked images are cheaper: more of them
 
 
+def test_a_cpu_run_keeps_the_memory_it_frees(tmp_path, data, monkeypatch):
+    calls = []
+    monkeypatch.setattr("microdit.train.trainer.keep_freed_memory", lambda device: calls.append(device.type))
+    Trainer(compose_config(base_overrides(tmp_path, data, "memory") + ["trainer.device=cpu"])).release()
+    assert calls == ["cpu"]  # each step reuses the last one's pages (tests/unit/test_host_memory.py)
+
+
 def test_init_from_and_incompatible_checkpoint(tmp_path, data):
     run_train(base_overrides(tmp_path, data, "source"))
     source = runs.latest(tmp_path / "runs" / "source")

@@ -11,7 +11,8 @@ import microdit
 
 ROOT = Path(microdit.__file__).parent
 LAYERS = [
-    ["microdit", "microdit.progress", "microdit.files", "microdit.locks", "microdit.launch", "microdit.devices"],
+    ["microdit", "microdit.progress", "microdit.files", "microdit.locks", "microdit.launch", "microdit.devices",
+     "microdit.host_memory"],
     ["microdit.encoders"],
     ["microdit.data"],
     ["microdit.nn"],

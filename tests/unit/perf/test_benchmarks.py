@@ -179,3 +179,15 @@ def test_workers_bench_counts_every_processes_images():
     assert out["one_process"]["processes"] == 1 and out["one_process"]["threads_each"] == threads
     assert out["workers"]["processes"] == threads and out["workers"]["threads_each"] == 1
     assert out["speedup"] == pytest.approx(out["workers"]["images_per_s"] / out["one_process"]["images_per_s"])
+
+
+def test_freed_memory_bench_runs_each_case_in_fresh_processes_with_each_setting():
+    from microdit.host_memory import keep_freed_memory
+    from microdit.perf.bench_bound import bench_freed_memory, freed_memory_markdown
+
+    out = bench_freed_memory(presets=("nano",), batch=2, rounds=1, kinds=("train",))
+    assert [(r["kind"], r["mask_ratio"]) for r in out["rows"]] == [("train", 0.0), ("train", 0.75)]
+    assert all(r["default_s"] > 0 and r["kept_s"] > 0 for r in out["rows"])
+    assert out["settings"] == [keep_freed_memory("cpu")]  # what the trainer does in this environment
+    text = "\n".join(freed_memory_markdown(out))
+    assert "| nano | train | 0.75 |" in text and "| nano | train | 0.0 |" in text
