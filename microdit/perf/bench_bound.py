@@ -146,8 +146,11 @@ def bench_freed_memory(presets=("nano", "micro"), batch: int = 32, caption_len: 
                 child = context.Process(target=_fresh_process_case,
                                         args=(*case, batch, caption_len, keep, torch.get_num_threads(), queue))
                 child.start()
+                child.join()  # its result is three numbers: in the queue's pipe before it exits
+                if child.exitcode != 0:
+                    raise RuntimeError(f"the {case} process with{'' if keep else 'out'} freed memory kept exited "
+                                       f"with code {child.exitcode} (its error is printed above)")
                 seconds, faults, setting = queue.get()
-                child.join()
                 runs[case][keep].append((seconds, faults))
                 if keep:
                     settings.add(setting)

@@ -191,3 +191,5 @@ def test_freed_memory_bench_runs_each_case_in_fresh_processes_with_each_setting(
     assert out["settings"] == [keep_freed_memory("cpu")]  # what the trainer does in this environment
     text = "\n".join(freed_memory_markdown(out))
     assert "| nano | train | 0.75 |" in text and "| nano | train | 0.0 |" in text
+    with pytest.raises(RuntimeError, match=r"\('train', 'no-such-preset', 0.0\) process without .* exited with code 1"):
+        bench_freed_memory(presets=("no-such-preset",), rounds=1, kinds=("train",))  # fails in the child
