@@ -5,10 +5,10 @@ threshold is unmapped on free, and free space above the trim threshold at the to
 returned. A training step frees its activations at the end and asks for the same sizes again at the
 start of the next, so every page of them comes back fresh from the kernel, which zeroes it on first
 touch (a minor page fault). Measured by ``microdit-bench --quick`` on the project's 2-core
-development machine (each case in fresh processes, batch 32, median of 2 rounds): with glibc's
-defaults the eight CPU cases (nano and micro, training and sampling, mask ratio 0 and 0.75) fault
-1.3k-40k pages per step; with the thresholds raised to 1 GiB, 0-600, and each step takes
-0.82-0.97x its time (unmasked steps gain most); ``microdit-bench`` measures it side by side on
+development machine (each case in fresh processes, batch 32, two runs of 2 rounds each): with
+glibc's defaults the eight CPU cases (nano and micro, training and sampling, mask ratio 0 and 0.75)
+fault 1.3k-60k pages per step; with the thresholds raised to 1 GiB, 0-600, and each step takes
+0.78-0.97x its time (unmasked steps gain most); ``microdit-bench`` measures it side by side on
 the machine it runs on (its "freed memory" table). The price: the process keeps its peak resident
 memory until it exits, which a training step reaches every step anyway (nano, batch 32, 400
 unmasked steps: 998 MiB resident at the end, against a 992 MiB peak with glibc's defaults).
