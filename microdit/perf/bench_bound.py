@@ -122,7 +122,7 @@ def _fresh_process_case(kind: str, preset: str, ratio: float, batch: int, captio
     setting = keep_freed_memory() if keep else "glibc's defaults"  # a fresh process has glibc's defaults
     case = _train_case(preset, ratio, batch, caption_len) if kind == "train" else SampleCase(preset, ratio, batch,
                                                                                              caption_len)
-    median_time(case, 1, 2)
+    case(), case()  # warm-up
     faults = fresh_pages(case)
     queue.put((median_time(case, 5, 0), faults, setting))
 

@@ -46,6 +46,12 @@ class CostMeter:
         """Model FLOPs utilisation of ``flops`` done in ``seconds`` on all devices."""
         return flops / max(seconds, 1e-12) / (self.peak_flops * self.devices)
 
+    def totals(self) -> dict:
+        """The run so far, as its summary reports it: the checkpointed totals, device-hours,
+        dollars, MFU and images per second."""
+        return {**self.state_dict(), "device_hours": self.device_hours, "dollars": self.dollars,
+                "mfu": self.mfu(self.flops, self.seconds), "images_per_s": self.images / max(self.seconds, 1e-9)}
+
     def state_dict(self) -> dict:
         """Totals to checkpoint."""
         return {"flops": self.flops, "images": self.images, "seconds": self.seconds}

@@ -318,10 +318,7 @@ class Trainer:
         """The run summary, written to summary.json with the training plot."""
         summary = {"nimg": self.progress["nimg"], "steps": self.progress["step"],
                    "final_loss": self.acc.reduce(self._last_loss, reduction="mean").item(),
-                   "nonfinite_steps": self.guard.state_dict()["nonfinite_total"], **self.meter.state_dict(),
-                   "device_hours": self.meter.device_hours, "dollars": self.meter.dollars,
-                   "mfu": self.meter.mfu(self.meter.flops, self.meter.seconds),
-                   "images_per_s": self.meter.images / max(self.meter.seconds, 1e-9)}
+                   "nonfinite_steps": self.guard.state_dict()["nonfinite_total"], **self.meter.totals()}
         if self.acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             training_plot([self.run_dir], self.run_dir / "training.png")

@@ -16,17 +16,15 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # Page faults per training step of nano (batch 32, unmasked), after two: the pages a step pays
 # for when the memory its activations had comes back fresh from the OS.
 FAULTS = """
-import resource, sys, torch
+import sys, torch
 from microdit.host_memory import keep_freed_memory
 from microdit.perf.bench_step import StepCase
+from microdit.perf.timing import fresh_pages
 status = keep_freed_memory() if sys.argv[1] == "keep" else "defaults"
 torch.set_num_threads(1)
 step = StepCase("nano", batch=32)
 step(), step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    step()
-print(status, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+print(status, fresh_pages(step, repeats=3))
 """
 
 
