@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from microdit import run as runs
-from microdit.eval.job_rows import reference_rows, stage_ends, stage_rows
+from microdit.eval.job_rows import chance_table, reference_rows, stage_ends, stage_rows
 from microdit.eval.metrics import check_names
 from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
@@ -323,6 +323,8 @@ def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[
         table += "\n\n" + trend_table(rows, job.report.contrasts, columns)
     elif job.report.contrasts:
         table += "\n\n" + contrast_table(rows, job.report.contrasts, columns, job.report.margins)
+    if chance := chance_table(rows, columns, *(("arm", "budget") if job.budgets else ())):
+        table += "\n\nEach arm against its own shuffled-prompt chance (the same samples):\n\n" + chance
     write_csv(rows, out / RESULTS)
     (out / "results.md").write_text(table + "\n")
     if job.budgets:

@@ -85,6 +85,15 @@ def job_contrasts(name: str) -> str:
                           dict(job.report.margins)) + "\n"
 
 
+def job_chance(name: str) -> str:
+    """Each arm of job ``name`` against its own shuffled-prompt chance, as it prints them, from
+    ``tests/fixtures/NAME_job.csv`` (:func:`microdit.eval.job_rows.chance_table`)."""
+    from microdit.eval.job_rows import chance_table
+
+    columns = [f"eval.heldout.{c}" for c in compose_job(name).report.columns]
+    return chance_table(read_csv(FIXTURES / f"{name}_job.csv"), columns) + "\n"
+
+
 def crossover_table(name: str) -> str:
     """Crossover job ``name`` from ``tests/fixtures/NAME_job.csv``: named-shape accuracy per arm and
     budget against the shuffled-prompt chance, probe_fd likewise, and the trend of each planned
@@ -121,7 +130,9 @@ def crossover_summary() -> str:
 TABLES = {
     "main-job": lambda: job_table("main"),
     "main-job-contrasts": lambda: job_contrasts("main"),
+    "main-job-chance": lambda: job_chance("main"),
     "images-vs-steps": lambda: job_table("images_vs_steps") + "\n" + job_contrasts("images_vs_steps"),
+    "images-vs-steps-chance": lambda: job_chance("images_vs_steps"),
     "crossover-64": lambda: crossover_table("crossover"),
     "crossover-t256": lambda: crossover_table("crossover_t256"),
     "crossover-summary": crossover_summary,

@@ -1,12 +1,15 @@
 """A job's rows: one per run and evaluated stage end (with the planned training cost up to it),
-and the reference rows every table of a job shows beside its arms: real-vs-real at the same sample
-count and the shuffled-prompt chance (:mod:`microdit.pipeline` writes them; ``tools/doc_tables.py``
-regenerates the docs' tables from them)."""
+the reference rows every table of a job shows beside its arms (real-vs-real at the same sample
+count and the shuffled-prompt chance) and each arm's accuracies against its own chance
+(:mod:`microdit.pipeline` writes them; ``tools/doc_tables.py`` regenerates the docs' tables from
+them)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from microdit.eval.results import contrast_table
 
 
 def stage_ends(run: Path) -> list[tuple[str, int, float]]:
@@ -39,6 +42,15 @@ REFERENCE_ROWS = {"real vs real (same n)": {"probe_fd": "probe_fd_real", "probe_
                   "chance (shuffled prompts)": {"probe_acc": "probe_chance", "probe_acc_mean": "probe_chance_mean"}}
 
 
+def _reference_column(swap: dict[str, str], metric: str) -> str | None:
+    """The column a reference row reads for ``metric`` (``eval.heldout.probe_acc.shape`` ->
+    ``eval.heldout.probe_chance.shape`` for the chance), None where it has none."""
+    short = metric.removeprefix("eval.heldout.")
+    head, _, rest = short.partition(".")
+    source = swap.get(short) or (f"{swap[head]}.{rest}" if head in swap and rest else None)
+    return None if source is None else f"eval.heldout.{source}"
+
+
 def reference_rows(rows: list[dict], metrics: list[str]) -> list[dict]:
     """Rows to read the arms against, from every run's evaluation: real-vs-real (another real set
     of the same size against the reference) and the shuffled-prompt chance, per stage end."""
@@ -47,10 +59,25 @@ def reference_rows(rows: list[dict], metrics: list[str]) -> list[dict]:
         for r in rows:
             ref = {"trainer.name": label, "after": r["after"]}
             for metric in metrics:
-                short = metric.removeprefix("eval.heldout.")
-                head, _, rest = short.partition(".")
-                source = swap.get(short) or (f"{swap[head]}.{rest}" if head in swap and rest else None)
+                source = _reference_column(swap, metric)
                 if source is not None:
-                    ref[metric] = r.get(f"eval.heldout.{source}")
+                    ref[metric] = r.get(source)
             out.append(ref)
     return out
+
+
+def chance_table(rows: list[dict], metrics: list[str], arm: str = "trainer.name", stage: str = "after") -> str:
+    """Each arm against its own chance, as planned contrasts (does an arm follow prompts at all:
+    the main job's primary endpoint is named-shape accuracy above chance). Per run a twin row, the
+    arm named ``ARM (shuffled prompts)``, holds in each accuracy column of ``metrics`` the accuracy
+    of the same generated samples read against shuffled prompts; the table tests ``"ARM (shuffled
+    prompts) vs ARM"`` paired by seed, each Δ the accuracy the prompts add over chance on the same
+    samples, Holm over its own tests (:func:`microdit.eval.results.contrast_table`). Empty without
+    an accuracy column."""
+    swap = REFERENCE_ROWS["chance (shuffled prompts)"]
+    columns = {m: c for m in metrics if (c := _reference_column(swap, m)) is not None}
+    if not columns:
+        return ""
+    twins = [{**r, arm: f"{r[arm]} (shuffled prompts)", **{m: r.get(c) for m, c in columns.items()}} for r in rows]
+    contrasts = [f"{name} (shuffled prompts) vs {name}" for name in dict.fromkeys(r[arm] for r in rows)]
+    return contrast_table(rows + twins, contrasts, list(columns), arm=arm, stage=stage)

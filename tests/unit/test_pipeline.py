@@ -113,6 +113,7 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
     assert "| cpu-naive75 | pretrain |" in table and (tmp_path / "out" / "results.csv").is_file()
     assert "| chance (shuffled prompts) | pretrain |" in table and "| real vs real (same n) | pretrain |" in table
     assert "| cpu-naive75 vs cpu-deferred75 | pretrain | probe_acc.shape |" in table  # the planned contrast
+    assert "| cpu-deferred75 (shuffled prompts) vs cpu-deferred75 | pretrain | probe_acc.shape |" in table
     assert (tmp_path / "data" / "synthetic-minilm-one-object-probe" / "probe").is_dir()  # the probe's own split
     two_seeds = compose_job("main", ["seeds=[0,1]"])
     assert {(c.trainer.seed, c.trainer.name) for c in job_configs(two_seeds, tmp_path / "x", small)} == {
@@ -132,7 +133,7 @@ def test_workers_share_a_jobs_runs_and_compute_what_one_process_does(tmp_path, m
              "stages.pretrain.warmup_images=0", "trainer.threads=1"]
     fields = ["seeds=[0]", "eval.num_samples=4", "eval.held_out_samples=32", "eval.probe_steps=2",
               "eval.probe_samples=64", "report.sample_grid=false", "report.contrasts=[]"]
-    jobs = [compose_job("main", [*fields, "workers=2"]), compose_job("main", fields)]
+    jobs = [compose_job("main", [*fields, "workers=2"]), compose_job("main", [*fields, "workers=1"])]
     for job in jobs:
         job.experiments = job.experiments[:2]  # naive75 and deferred75
     parallel, _ = run_job(jobs[0], out=tmp_path / "two", extra=small)
