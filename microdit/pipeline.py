@@ -27,6 +27,7 @@ from microdit.eval.job_rows import chance_table, reference_rows, stage_ends, sta
 from microdit.eval.metrics import check_names
 from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
+from microdit.progress import share_terminal
 from microdit.train.config import TrainConfig, summarize_changes
 from microdit.train.plan import prepare_synthetic, resolve
 
@@ -277,6 +278,7 @@ def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
 def _worker(queue, configs: list[TrainConfig], job: JobConfig, threads: int, index: int) -> None:
     """One worker process of :func:`train_and_evaluate`: runs from ``queue`` until its None."""
     torch.set_num_threads(threads)
+    share_terminal(f"[worker {index}]")
     while (i := queue.get()) is not None:
         _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)} (worker {index})")
 

@@ -24,3 +24,27 @@ def test_disabled_progress_prints_nothing(monkeypatch):
     monkeypatch.setattr(progress_module.sys, "stderr", log)
     assert list(progress(range(5), desc="x", enabled=False)) == [0, 1, 2, 3, 4]
     assert log.getvalue() == ""
+
+
+def test_a_process_sharing_a_terminal_writes_labelled_lines(monkeypatch):
+    """A job's worker: on a terminal too, its progress is plain lines starting with its label, so
+    that two workers' bars do not overwrite each other on one line."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(progress_module.sys, "stderr", term)
+    bar = progress(total=10, desc="train", unit="img")
+    bar.update(10)
+    bar.close()
+    assert "\r" in term.getvalue()  # alone on a terminal: a bar
+    term.seek(0)
+    term.truncate()
+    monkeypatch.setattr(progress_module, "_label", None)  # restored after the test
+    progress_module.share_terminal("[worker 1]")
+    bar = progress(total=10, desc="train", unit="img")
+    bar.update(10)
+    bar.close()
+    lines = term.getvalue().splitlines()
+    assert "\r" not in term.getvalue() and lines and all(line.startswith("[worker 1] train") for line in lines)
