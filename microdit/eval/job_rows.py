@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from microdit.eval.results import contrast_table
+from microdit.eval.stats import is_number
 
 
 def stage_ends(run: Path) -> list[tuple[str, int, float]]:
@@ -73,10 +74,10 @@ def chance_table(rows: list[dict], metrics: list[str], arm: str = "trainer.name"
     of the same generated samples read against shuffled prompts; the table tests ``"ARM (shuffled
     prompts) vs ARM"`` paired by seed, each Δ the accuracy the prompts add over chance on the same
     samples, Holm over its own tests (:func:`microdit.eval.results.contrast_table`). Empty without
-    an accuracy column."""
+    an accuracy column or without a chance measured in it."""
     swap = REFERENCE_ROWS["chance (shuffled prompts)"]
     columns = {m: c for m in metrics if (c := _reference_column(swap, m)) is not None}
-    if not columns:
+    if not any(is_number(r.get(c)) for r in rows for c in columns.values()):
         return ""
     twins = [{**r, arm: f"{r[arm]} (shuffled prompts)", **{m: r.get(c) for m, c in columns.items()}} for r in rows]
     contrasts = [f"{name} (shuffled prompts) vs {name}" for name in dict.fromkeys(r[arm] for r in rows)]

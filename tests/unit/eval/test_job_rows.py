@@ -46,3 +46,4 @@ def test_budget_jobs_test_each_arm_at_each_budget_and_no_accuracy_means_no_table
     assert sum("| a (shuffled prompts) vs a |" in line for line in table.splitlines()) == 2
     assert "| a (shuffled prompts) vs a | 2000000000000.0 | probe_acc.shape |" in table
     assert chance_table(rows(), [FD]) == ""
+    assert chance_table([{**r, CHANCE: None} for r in rows()], [SHAPE]) == ""  # evaluated without the probe
