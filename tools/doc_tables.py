@@ -65,6 +65,15 @@ def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIE
                           dict(report.margins)) + "\n"
 
 
+def study_chance(job: str, spec: str) -> str:
+    """Each arm of the study's ``job`` against its own shuffled-prompt chance, as the job file
+    ``spec`` prints it (its report columns; :func:`microdit.eval.job_rows.chance_table`)."""
+    from microdit.eval.job_rows import chance_table
+
+    rows = [r for r in read_csv(STUDY) if r["job"] == job]
+    return chance_table(rows, [f"eval.heldout.{c}" for c in compose_job(spec).report.columns]) + "\n"
+
+
 def job_table(name: str) -> str:
     """Job ``name``'s table as ``microdit-cpu-ablation`` prints it, from ``tests/fixtures/NAME_job.csv``:
     a row per arm (mean ± 95% CI over the seeds), the real-vs-real and shuffled-prompt chance rows."""
@@ -141,6 +150,7 @@ TABLES = {
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
     "contrasts-64": lambda: study_contrasts("study", "masking_study"),
     "contrasts-t256": lambda: study_contrasts("study-t256", "masking_study_t256"),
+    "chance-t256": lambda: study_chance("study-t256", "masking_study_t256"),
     "contrasts-one-object": lambda: study_contrasts("study-one-object", "masking_study_one_object",
                                                     ("colour", "shape")),
 }
