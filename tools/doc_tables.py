@@ -65,12 +65,11 @@ def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIE
                           dict(report.margins)) + "\n"
 
 
-def study_chance(job: str, spec: str) -> str:
-    """Each arm of the study's ``job`` against its own shuffled-prompt chance, as the job file
-    ``spec`` prints it (its report columns; :func:`microdit.eval.job_rows.chance_table`)."""
+def chance(spec: str, rows: list[dict]) -> str:
+    """Each arm of ``rows`` against its own shuffled-prompt chance, as the job file ``spec`` prints
+    it (its report columns; :func:`microdit.eval.job_rows.chance_table`)."""
     from microdit.eval.job_rows import chance_table
 
-    rows = [r for r in read_csv(STUDY) if r["job"] == job]
     return chance_table(rows, [f"eval.heldout.{c}" for c in compose_job(spec).report.columns]) + "\n"
 
 
@@ -92,15 +91,6 @@ def job_contrasts(name: str) -> str:
     columns = [f"eval.heldout.{c}" for c in job.report.columns]
     return contrast_table(read_csv(FIXTURES / f"{name}_job.csv"), job.report.contrasts, columns,
                           dict(job.report.margins)) + "\n"
-
-
-def job_chance(name: str) -> str:
-    """Each arm of job ``name`` against its own shuffled-prompt chance, as it prints them, from
-    ``tests/fixtures/NAME_job.csv`` (:func:`microdit.eval.job_rows.chance_table`)."""
-    from microdit.eval.job_rows import chance_table
-
-    columns = [f"eval.heldout.{c}" for c in compose_job(name).report.columns]
-    return chance_table(read_csv(FIXTURES / f"{name}_job.csv"), columns) + "\n"
 
 
 def crossover_table(name: str) -> str:
@@ -139,9 +129,9 @@ def crossover_summary() -> str:
 TABLES = {
     "main-job": lambda: job_table("main"),
     "main-job-contrasts": lambda: job_contrasts("main"),
-    "main-job-chance": lambda: job_chance("main"),
+    "main-job-chance": lambda: chance("main", read_csv(FIXTURES / "main_job.csv")),
     "images-vs-steps": lambda: job_table("images_vs_steps") + "\n" + job_contrasts("images_vs_steps"),
-    "images-vs-steps-chance": lambda: job_chance("images_vs_steps"),
+    "images-vs-steps-chance": lambda: chance("images_vs_steps", read_csv(FIXTURES / "images_vs_steps_job.csv")),
     "crossover-64": lambda: crossover_table("crossover"),
     "crossover-t256": lambda: crossover_table("crossover_t256"),
     "crossover-summary": crossover_summary,
@@ -150,7 +140,7 @@ TABLES = {
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
     "contrasts-64": lambda: study_contrasts("study", "masking_study"),
     "contrasts-t256": lambda: study_contrasts("study-t256", "masking_study_t256"),
-    "chance-t256": lambda: study_chance("study-t256", "masking_study_t256"),
+    "chance-t256": lambda: chance("masking_study_t256", [r for r in read_csv(STUDY) if r["job"] == "study-t256"]),
     "contrasts-one-object": lambda: study_contrasts("study-one-object", "masking_study_one_object",
                                                     ("colour", "shape")),
 }

@@ -15,7 +15,6 @@ def test_cost_meter():
     assert not math.isnan(meter.mfu(0, 0))
 
 
-
 def test_totals_are_the_checkpointed_ones_and_what_follows_from_them():
     meter = CostMeter(peak_flops=1e9, devices=2, price_per_device_hour=3.6)
     meter.load_state_dict({"flops": 3.6e12, "images": 720, "seconds": 3600.0})
