@@ -112,3 +112,20 @@ def test_bootstrap_interval_over_prompts():
     assert low["colour"] < 0.6 < high["colour"] and high["colour"] - low["colour"] == pytest.approx(0.19, abs=0.04)
     assert low["shape"] == high["shape"] == 1.0  # every prompt right: no spread to resample
     assert bootstrap_interval(hits, seed=0) == (low, high)  # seeded
+
+
+def test_the_probe_trains_alike_whatever_the_callers_thread_count(synthetic):
+    """Its weights are the same trained from a one-thread or a two-thread caller (without the pin
+    they differ in the low bits: the kernels split their sums by thread), and the caller's
+    setting is given back."""
+    latents, labels, _ = read_dataset(synthetic / "train", 256)
+    before = torch.get_num_threads()
+    states = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            states.append(train_probe(latents, labels, steps=30, batch=64).net.state_dict())
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
