@@ -37,10 +37,15 @@ def _arm(name: str) -> tuple[str, str]:
     return at, {"none": "none", "naive75": "naive 75%", "deferred75": "deferred 75%"}[variant]
 
 
+def study_rows(job: str) -> list[dict]:
+    """The rows of ``job`` (study, study-t256, study-one-object) in the masking study's CSV."""
+    return [r for r in read_csv(STUDY) if r["job"] == job]
+
+
 def study_table(job: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
     """One line per arm and evaluated stage of ``job``: images and GFLOPs to that stage's end,
     ``probe_fd`` and the accuracies, each as mean ± 95% CI over the seeds (n)."""
-    rows = [r for r in read_csv(STUDY) if r["job"] == job]
+    rows = study_rows(job)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((*_arm(r["trainer.name"]), r["after"]), []).append(r)
@@ -61,7 +66,7 @@ def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIE
     ``job``'s rows: paired by seed, Holm over this table's tests (``microdit.eval.results.contrast_table``)."""
     report = compose_job(spec).report
     metrics = ["eval.heldout.probe_fd", *(f"eval.heldout.probe_acc.{a}" for a in accuracies)]
-    return contrast_table([r for r in read_csv(STUDY) if r["job"] == job], report.contrasts, metrics,
+    return contrast_table(study_rows(job), report.contrasts, metrics,
                           dict(report.margins)) + "\n"
 
 
@@ -140,9 +145,10 @@ TABLES = {
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
     "contrasts-64": lambda: study_contrasts("study", "masking_study"),
     "contrasts-t256": lambda: study_contrasts("study-t256", "masking_study_t256"),
-    "chance-t256": lambda: chance("masking_study_t256", [r for r in read_csv(STUDY) if r["job"] == "study-t256"]),
+    "chance-t256": lambda: chance("masking_study_t256", study_rows("study-t256")),
     "contrasts-one-object": lambda: study_contrasts("study-one-object", "masking_study_one_object",
                                                     ("colour", "shape")),
+    "chance-one-object": lambda: chance("masking_study_one_object", study_rows("study-one-object")),
 }
 
 
