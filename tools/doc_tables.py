@@ -145,6 +145,7 @@ TABLES = {
     "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
     "contrasts-64": lambda: study_contrasts("study", "masking_study"),
     "contrasts-t256": lambda: study_contrasts("study-t256", "masking_study_t256"),
+    "chance-64": lambda: chance("masking_study", study_rows("study")),
     "chance-t256": lambda: chance("masking_study_t256", study_rows("study-t256")),
     "contrasts-one-object": lambda: study_contrasts("study-one-object", "masking_study_one_object",
                                                     ("colour", "shape")),
