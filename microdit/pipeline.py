@@ -67,6 +67,11 @@ class JobReport:
     margins: dict[str, float] = field(default_factory=dict)
     sample_grid: bool = False  # also samples.png: a row per arm, the same held-out prompts and noise
 
+    @property
+    def heldout_columns(self) -> list[str]:
+        """``columns`` as results.csv names them (the held-out evaluation's ``eval.heldout.*``)."""
+        return [f"eval.heldout.{c}" for c in self.columns]
+
 
 @dataclass
 class JobConfig:
@@ -315,7 +320,7 @@ def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[
         for r in rows:
             r["arm"], r["budget"] = done[r["run_dir"]]
     rows.sort(key=lambda r: (order.index(r["trainer.name"]), r["cost.images"], r["trainer.seed"]))
-    columns = [f"eval.heldout.{c}" for c in job.report.columns]
+    columns = job.report.heldout_columns
     metrics = columns + ["cost.images", "cost.flops"]
     table = markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"], metrics, sort=False,
                            pairs=not job.report.contrasts)

@@ -37,15 +37,22 @@ def _arm(name: str) -> tuple[str, str]:
     return at, {"none": "none", "naive75": "naive 75%", "deferred75": "deferred 75%"}[variant]
 
 
-def study_rows(job: str) -> list[dict]:
-    """The rows of ``job`` (study, study-t256, study-one-object) in the masking study's CSV."""
-    return [r for r in read_csv(STUDY) if r["job"] == job]
+def study_rows(spec: str) -> list[dict]:
+    """The rows of the study job file ``spec`` in the masking study's CSV: its ``job`` column is
+    the name of the job's ``report.out`` folder (``masking_study`` -> ``study``)."""
+    tag = Path(compose_job(spec).report.out).name
+    return [r for r in read_csv(STUDY) if r["job"] == tag]
 
 
-def study_table(job: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
-    """One line per arm and evaluated stage of ``job``: images and GFLOPs to that stage's end,
-    ``probe_fd`` and the accuracies, each as mean ± 95% CI over the seeds (n)."""
-    rows = study_rows(job)
+def job_fixture(name: str) -> list[dict]:
+    """The rows of job ``name`` in ``tests/fixtures/NAME_job.csv``."""
+    return read_csv(FIXTURES / f"{name}_job.csv")
+
+
+def study_table(spec: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
+    """One line per arm and evaluated stage of the study job ``spec``: images and GFLOPs to that
+    stage's end, ``probe_fd`` and the accuracies, each as mean ± 95% CI over the seeds (n)."""
+    rows = study_rows(spec)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((*_arm(r["trainer.name"]), r["after"]), []).append(r)
@@ -61,12 +68,12 @@ def study_table(job: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_contrasts(job: str, spec: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
+def study_contrasts(spec: str, accuracies: tuple[str, ...] = ACCURACIES) -> str:
     """The planned contrasts the job file ``spec`` declares (``report.contrasts``, its margins), on
-    ``job``'s rows: paired by seed, Holm over this table's tests (``microdit.eval.results.contrast_table``)."""
+    its rows: paired by seed, Holm over this table's tests (``microdit.eval.results.contrast_table``)."""
     report = compose_job(spec).report
     metrics = ["eval.heldout.probe_fd", *(f"eval.heldout.probe_acc.{a}" for a in accuracies)]
-    return contrast_table(study_rows(job), report.contrasts, metrics,
+    return contrast_table(study_rows(spec), report.contrasts, metrics,
                           dict(report.margins)) + "\n"
 
 
@@ -75,7 +82,7 @@ def chance(spec: str, rows: list[dict]) -> str:
     it (its report columns; :func:`microdit.eval.job_rows.chance_table`)."""
     from microdit.eval.job_rows import chance_table
 
-    return chance_table(rows, [f"eval.heldout.{c}" for c in compose_job(spec).report.columns]) + "\n"
+    return chance_table(rows, compose_job(spec).report.heldout_columns) + "\n"
 
 
 def job_table(name: str) -> str:
@@ -84,18 +91,15 @@ def job_table(name: str) -> str:
     from microdit.eval.job_rows import reference_rows
     from microdit.eval.results import markdown_table
 
-    job, rows = compose_job(name), read_csv(FIXTURES / f"{name}_job.csv")
-    columns = [f"eval.heldout.{c}" for c in job.report.columns]
+    rows, columns = job_fixture(name), compose_job(name).report.heldout_columns
     return markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"],
                           columns + ["cost.images", "cost.flops"], sort=False, pairs=False) + "\n"
 
 
 def job_contrasts(name: str) -> str:
     """Job ``name``'s planned contrasts as it prints them, from ``tests/fixtures/NAME_job.csv``."""
-    job = compose_job(name)
-    columns = [f"eval.heldout.{c}" for c in job.report.columns]
-    return contrast_table(read_csv(FIXTURES / f"{name}_job.csv"), job.report.contrasts, columns,
-                          dict(job.report.margins)) + "\n"
+    report = compose_job(name).report
+    return contrast_table(job_fixture(name), report.contrasts, report.heldout_columns, dict(report.margins)) + "\n"
 
 
 def crossover_table(name: str) -> str:
@@ -104,7 +108,7 @@ def crossover_table(name: str) -> str:
     contrast's gap with compute and its zero crossing (``microdit.eval.results.trend_table``)."""
     from microdit.eval.results import budget_table, trend_table
 
-    rows, shape = read_csv(FIXTURES / f"{name}_job.csv"), "eval.heldout.probe_acc.shape"
+    rows, shape = job_fixture(name), "eval.heldout.probe_acc.shape"
     return (budget_table(rows, shape, chance="eval.heldout.probe_chance.shape") + "\n\n"
             + budget_table(rows, "eval.heldout.probe_fd") + "\n\n"
             + trend_table(rows, compose_job(name).report.contrasts, [shape, "eval.heldout.probe_fd"]) + "\n")
@@ -117,7 +121,7 @@ def crossover_summary() -> str:
 
     lines = []
     for name, scene in (("crossover", "64 tokens"), ("crossover_t256", "256 tokens")):
-        rows = read_csv(FIXTURES / f"{name}_job.csv")
+        rows = job_fixture(name)
         for contrast in compose_job(name).report.contrasts:
             a, _, b = contrast.partition(" vs ")
             points = paired_gaps(rows, a, b, "eval.heldout.probe_acc.shape")
@@ -134,22 +138,21 @@ def crossover_summary() -> str:
 TABLES = {
     "main-job": lambda: job_table("main"),
     "main-job-contrasts": lambda: job_contrasts("main"),
-    "main-job-chance": lambda: chance("main", read_csv(FIXTURES / "main_job.csv")),
+    "main-job-chance": lambda: chance("main", job_fixture("main")),
     "images-vs-steps": lambda: job_table("images_vs_steps") + "\n" + job_contrasts("images_vs_steps"),
-    "images-vs-steps-chance": lambda: chance("images_vs_steps", read_csv(FIXTURES / "images_vs_steps_job.csv")),
+    "images-vs-steps-chance": lambda: chance("images_vs_steps", job_fixture("images_vs_steps")),
     "crossover-64": lambda: crossover_table("crossover"),
     "crossover-t256": lambda: crossover_table("crossover_t256"),
     "crossover-summary": crossover_summary,
-    "study-64": lambda: study_table("study"),
-    "study-t256": lambda: study_table("study-t256"),
-    "study-one-object": lambda: study_table("study-one-object", ("colour", "shape")),
-    "contrasts-64": lambda: study_contrasts("study", "masking_study"),
-    "contrasts-t256": lambda: study_contrasts("study-t256", "masking_study_t256"),
-    "chance-64": lambda: chance("masking_study", study_rows("study")),
-    "chance-t256": lambda: chance("masking_study_t256", study_rows("study-t256")),
-    "contrasts-one-object": lambda: study_contrasts("study-one-object", "masking_study_one_object",
-                                                    ("colour", "shape")),
-    "chance-one-object": lambda: chance("masking_study_one_object", study_rows("study-one-object")),
+    "study-64": lambda: study_table("masking_study"),
+    "study-t256": lambda: study_table("masking_study_t256"),
+    "study-one-object": lambda: study_table("masking_study_one_object", ("colour", "shape")),
+    "contrasts-64": lambda: study_contrasts("masking_study"),
+    "contrasts-t256": lambda: study_contrasts("masking_study_t256"),
+    "contrasts-one-object": lambda: study_contrasts("masking_study_one_object", ("colour", "shape")),
+    "chance-64": lambda: chance("masking_study", study_rows("masking_study")),
+    "chance-t256": lambda: chance("masking_study_t256", study_rows("masking_study_t256")),
+    "chance-one-object": lambda: chance("masking_study_one_object", study_rows("masking_study_one_object")),
 }
 
 
