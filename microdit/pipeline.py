@@ -282,10 +282,16 @@ def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
 
 def _worker(queue, configs: list[TrainConfig], job: JobConfig, threads: int, index: int) -> None:
     """One worker process of :func:`train_and_evaluate`: runs from ``queue`` until its None."""
+    from microdit.train.trainer import RUN_ERRORS
+
     torch.set_num_threads(threads)
     share_terminal(f"[worker {index}]")
-    while (i := queue.get()) is not None:
-        _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)} (worker {index})")
+    try:
+        while (i := queue.get()) is not None:
+            _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)} (worker {index})")
+    except RUN_ERRORS as err:  # the user's to mend: one line, as the single-process job prints it
+        print(f"[worker {index}] error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _train_and_evaluate_one(cfg: TrainConfig, job: JobConfig, label: str) -> None:
@@ -382,6 +388,11 @@ def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | No
     """Train what is missing, evaluate what is not cached, and return (rows, markdown table) of
     ``job`` (results under ``out``, default ``job.report.out``; ``extra`` overrides every run)."""
     out = Path(out or job.report.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"results folder {out} (--out, the job's report.out) cannot be created: "
+                         f"{err.strerror or err}") from None
     configs = job_configs(job, out, extra)
     points = (f"{len(job.seeds)} seeds" if not job.budgets else "(" + ", ".join(
         f"{len(seeds)} seeds at {budget_tag(budget)}" for budget, seeds in _run_points(job)) + " FLOPs)")

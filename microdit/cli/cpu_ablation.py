@@ -22,8 +22,8 @@ import argparse
 from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
-from microdit.locks import LockHeld
 from microdit.pipeline import RESULTS, compose_job, run_job
+from microdit.train.trainer import RUN_ERRORS
 
 
 def job_overrides(args: argparse.Namespace) -> list[str]:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         job = compose_job(args.job, job_overrides(args))
         _, table = run_job(job, extra=extra)
-    except (ValueError, FileNotFoundError, LockHeld) as err:  # LockHeld: another job trains one of the runs
+    except RUN_ERRORS as err:  # bad input, an unwritable folder, another job training one of the runs, ...
         raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None
     out = Path(job.report.out)
     print(table)

@@ -15,7 +15,6 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from microdit.data import DataError
 from microdit.experiment import CONF_DIR, compose_config, sweep_points, validate_run
 from microdit.train.config import to_train_config
 
@@ -27,9 +26,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from microdit.launch import adopt_launcher_env
-    from microdit.locks import LockHeld
-    from microdit.run import CheckpointError
-    from microdit.train.trainer import NonFiniteError, train
+    from microdit.train.trainer import RUN_ERRORS, train
 
     try:
         run_cfg = to_train_config(cfg)
@@ -45,8 +42,7 @@ def main(cfg: DictConfig) -> None:
     try:
         adopt_launcher_env()  # one process per task under submitit / srun (microdit.launch)
         summary = train(run_cfg)
-    except (ValueError, DataError, NonFiniteError, CheckpointError, LockHeld, PermissionError, FileExistsError,
-            FileNotFoundError) as err:
+    except RUN_ERRORS as err:
         print(f"microdit-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"[train] done: {summary['nimg']} images, final loss {summary['final_loss']:.4f}, "

@@ -388,8 +388,15 @@ class Trainer:
         return path
 
 
+# What a user can act on (bad input, an unwritable folder, a held lock, a non-finite stop): a command
+# that trains ends with its one-line message, not a traceback. DataError is a ValueError.
+RUN_ERRORS = (ValueError, NonFiniteError, runs.CheckpointError, LockHeld, PermissionError, FileExistsError,
+              FileNotFoundError)
+
+
 def train(cfg: TrainConfig) -> dict:
-    """Validate, build and run a training run; returns its summary."""
+    """Validate, build and run a training run; returns its summary (raises one of RUN_ERRORS where
+    the user can act)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     trainer = Trainer(cfg)
     try:

@@ -504,6 +504,33 @@ def test_cpu_job_bad_seeds(capsys):
     record("`microdit-cpu-ablation` --seeds 0,one", msg, "--seeds: expected comma-separated integers", "'0,one'")
 
 
+def test_cpu_job_into_folders_it_cannot_write(capfd, tmp_path, monkeypatch):
+    """A results folder that cannot be created is refused before anything is prepared; a run folder
+    that cannot be written ends each worker process in one line (no traceback), then the job."""
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    msg = cli_error(cpu_ablation.main, ["--out", str(blocker / "out")], capfd)
+    record("`microdit-cpu-ablation` --out under a file", msg, f"results folder {blocker / 'out'}",
+           "cannot be created: Not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no dataset prepared, no folder made
+    out = tmp_path / "out"
+    out.mkdir()
+    for seed in (0, 1):
+        (out / f"seed{seed}").write_text("x")  # where each seed's run folders would go
+    argv = ["--out", str(out), "--workers", "2", "seeds=[0,1]", "eval.held_out_samples=32", "eval.probe_samples=64",
+            "--override", "data.prepare_samples=64"]
+    with pytest.raises(SystemExit) as exc:
+        cpu_ablation.main(argv)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    assert "job worker(s) [0, 1] failed (the error is printed above)" in str(exc.value.code)
+    for index in (0, 1):
+        line = next(line for line in err.splitlines() if line.startswith(f"[worker {index}] error: "))
+        record("`microdit-cpu-ablation` a run folder under a file (a worker's line)", line, "is not writable",
+               "Not a directory")
+
+
 def test_unknown_cpu_job(capsys):
     msg = cli_error(cpu_ablation.main, ["--job", "nope"], capsys)
     record("`microdit-cpu-ablation` unknown job", msg, "unknown job 'nope'", "main")
