@@ -29,6 +29,8 @@ from microdit.host_memory import keep_freed_memory
 from microdit.launch import local_device
 from microdit.run import CheckpointError, PromptSampler, encoder_names, load_model
 
+SIGMA_START = 2.0  # image-to-image: the noise level an --init-image is taken to (SDEdit), by default
+
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
     """Prompts from --prompt arguments and/or a file with one prompt per line."""
@@ -82,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--autoencoder", help="default: the one the run's dataset was encoded with (as its "
                         "checkpoint recorded it)")
     parser.add_argument("--init-image", type=Path, help="image-to-image: start from this image")
-    parser.add_argument("--sigma-start", type=float, default=2.0,
-                        help="noise level the init image is taken to (default: %(default)s)")
+    parser.add_argument("--sigma-start", type=float, help="noise level the init image is taken to (default: "
+                        f"{SIGMA_START}; only with --init-image)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -100,6 +102,10 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
         raise FileNotFoundError(f"{args.run} does not exist (expected a run folder, a checkpoint folder or an export)")
     if args.init_image and not args.init_image.is_file():
         raise FileNotFoundError(f"--init-image {args.init_image} does not exist")
+    if args.sigma_start is not None and not args.init_image:
+        raise ValueError(f"--sigma-start {args.sigma_start} is the noise level an --init-image is taken to "
+                         "(image-to-image): give --init-image, or drop --sigma-start for text-to-image")
+    args.sigma_start = SIGMA_START if args.sigma_start is None else args.sigma_start
     if args.init_image and not (math.isfinite(args.sigma_start) and args.sigma_start > 0):
         raise ValueError(f"--sigma-start must be a finite number > 0, got {args.sigma_start}")
     device = local_device(args.device)

@@ -416,6 +416,8 @@ SAMPLE_OPTION_CASES = [
      "--init-image PROMPTS cannot be read as an image"),
     ("an empty --prompts-file", ["--prompts-file", "PROMPTS"], "has no prompts"),
     ("--out that is a file", ["--out", "PROMPTS"], "is a file, not a folder"),
+    ("--sigma-start without --init-image", ["--sigma-start", "1"],
+     "--sigma-start 1.0 is the noise level an --init-image is taken to"),
 ]
 
 
