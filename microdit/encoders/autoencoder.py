@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microdit.pretrained import HUB_CACHE, fetching
+
 
 class Autoencoder(nn.Module):
     """Interface of a frozen autoencoder. Subclasses set ``name``, ``latent_channels``,
@@ -81,7 +83,9 @@ class DiffusersAutoencoder(Autoencoder):
         """Load an ``AutoencoderKL`` from a hub id or a local folder (diffusers imported lazily)."""
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype)
+        with fetching(f"autoencoder {name or source} ({source}{f', subfolder {subfolder}' if subfolder else ''})",
+                      HUB_CACHE, "give a local diffusers folder with its config.json (--autoencoder FOLDER)"):
+            vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype)
         return cls(vae, name or source, scale=scale)
 
     @torch.no_grad()

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from microdit.pretrained import HUB_CACHE, OPEN_CLIP_LOCAL, fetching
+
 
 class TextEncoder(nn.Module):
     """Interface of a frozen text encoder: ``name``, ``dim`` (Dy), ``length`` (L) and ``encode``."""
@@ -64,7 +66,8 @@ class OpenClipTextEncoder(TextEncoder):
             arch, pretrained = spec, None
         else:
             arch, _, pretrained = spec.partition(":")
-        model = open_clip.create_model(arch, pretrained=pretrained or None, device=device)
+        with fetching(f"text encoder openclip:{spec}", HUB_CACHE, OPEN_CLIP_LOCAL):
+            model = open_clip.create_model(arch, pretrained=pretrained or None, device=device)
         return cls(model, open_clip.get_tokenizer(arch), f"openclip:{spec}")
 
     @torch.no_grad()

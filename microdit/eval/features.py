@@ -4,9 +4,12 @@ Clip-FID and CLIP score (open_clip). Both are imported lazily; both take uint8 i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
+from microdit.pretrained import HUB_CACHE, OPEN_CLIP_LOCAL, TORCH_CACHE, WeightsUnavailable, fetching
 from microdit.progress import progress
 
 CLIP_FID_MODEL = "ViT-B-32:openai"  # clean-fid's Clip-FID network
@@ -22,8 +25,12 @@ class InceptionFeatures:
     def __init__(self, weights_path: str | None = None, device: str | torch.device = "cpu") -> None:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                               feature_extractor_weights_path=weights_path).to(device).eval()
+        if weights_path is not None and not Path(weights_path).is_file():
+            raise WeightsUnavailable(f"--inception-weights {weights_path} is not a file (FID's InceptionV3 weights)")
+        with fetching("FID's InceptionV3 (torch-fidelity's pt_inception-2015-12-05)", TORCH_CACHE,
+                      "give the weights file with --inception-weights FILE"):
+            self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                   feature_extractor_weights_path=weights_path).to(device).eval()
         self.device = device
 
     @torch.no_grad()
@@ -41,7 +48,8 @@ class ClipModel:
         import open_clip
 
         arch, _, pretrained = spec.partition(":")
-        self.model = open_clip.create_model(arch, pretrained=pretrained or None, device=device).eval()
+        with fetching(f"open_clip {spec}", HUB_CACHE, OPEN_CLIP_LOCAL):
+            self.model = open_clip.create_model(arch, pretrained=pretrained or None, device=device).eval()
         self.tokenizer = open_clip.get_tokenizer(arch)
         cfg = self.model.visual.preprocess_cfg
         self.size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
