@@ -4,7 +4,7 @@ write markdown tables (mean ± 95% confidence interval over the runs of a group,
     microdit-results runs --out results.csv
     microdit-results runs --group-by trainer.group,stages.pretrain.mask.ratio,model.overrides.mixer_depth \\
         --metrics eval.synthetic-eval.probe_fd,eval.synthetic-eval.probe_acc_mean,cost.flops --markdown table.md
-    microdit-results runs --plot stages.pretrain.mask.ratio:eval.synthetic-eval.probe_fd \
+    microdit-results runs --plot stages.pretrain.mask.ratio:eval.synthetic-eval.probe_fd \\
         --plot-group model.overrides.mixer_depth
 """
 

@@ -54,35 +54,47 @@ class EvalSettings:
     probe_steps: int = 2000
 
 
+def chunk_path(out_dir: Path, lo: int, hi: int) -> Path:
+    """The file of generated samples lo..hi-1: named by its range, so an evaluation with another
+    sample count or batch size reuses only the chunks it would generate itself (sample i always
+    has prompt i and seed + i) and generates the rest."""
+    return out_dir / f"samples-{lo:07d}-{hi:07d}.pt"
+
+
 def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world: int) -> torch.Tensor | None:
     """Generate (resumably) chunk files of ``batch`` samples; rank r does chunks r, r + world, ..."""
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_tmps(out_dir)  # chunks an evaluation killed mid-save left behind
-    starts = list(range(0, count, batch))
-    mine = [i for i in range(len(starts)) if i % world == rank and not (out_dir / f"chunk-{i:05d}.pt").is_file()]
-    for i in progress(mine, desc=f"generate {out_dir.name}", unit="chunk"):
-        start, path = starts[i], out_dir / f"chunk-{i:05d}.pt"
-        latents = latents_fn(start, min(start + batch, count))
+    paths = [(lo, min(lo + batch, count), chunk_path(out_dir, lo, min(lo + batch, count)))
+             for lo in range(0, count, batch)]
+    mine = [chunk for i, chunk in enumerate(paths) if i % world == rank and not chunk[2].is_file()]
+    for lo, hi, path in progress(mine, desc=f"generate {out_dir.name}", unit="chunk"):
+        latents = latents_fn(lo, hi)
         tmp = private_tmp(path)  # two evaluations of one name may write the same chunk
         torch.save(latents.half(), tmp)
         tmp.replace(path)
     if rank != 0:
         return None
     deadline = time.time() + 24 * 3600
-    while not all((out_dir / f"chunk-{i:05d}.pt").is_file() for i in range(len(starts))):
+    while not all(path.is_file() for _, _, path in paths):
         if time.time() > deadline:
             raise TimeoutError(f"chunks under {out_dir} did not all appear")
         time.sleep(2)
-    return torch.cat([_load_chunk(out_dir / f"chunk-{i:05d}.pt") for i in range(len(starts))])
+    return torch.cat([_load_chunk(path, hi - lo) for lo, hi, path in paths])
 
 
-def _load_chunk(path: Path) -> torch.Tensor:
-    """A generated chunk as float32; an unreadable one (a damaged disk, a copy cut short) is named."""
+def _load_chunk(path: Path, count: int) -> torch.Tensor:
+    """A generated chunk of ``count`` samples as float32; an unreadable one (a damaged disk, a copy
+    cut short) or one of another length is named."""
     try:
-        return torch.load(path, weights_only=True).float()
+        latents = torch.load(path, weights_only=True).float()
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise DataError(f"generated chunk {path} is unreadable ({reason(err)}): delete it and run the evaluation "
                         "again to generate it anew") from None
+    if len(latents) != count:
+        raise DataError(f"generated chunk {path} holds {len(latents)} samples, its name says {count}: delete it and "
+                        "run the evaluation again to generate it anew")
+    return latents
 
 
 def _check_datasets(loaded: LoadedModel, eval_dataset: str | Path, probe_dataset: str | Path | None,

@@ -594,7 +594,7 @@ def test_truncated_generated_chunk_and_export(world, capsys, tmp_path):
             "--probe-steps", "5"]
     eval_cli.main(argv)
     capsys.readouterr()
-    chunk = next((run / "eval").rglob("chunk-00000.pt"))
+    chunk = next((run / "eval").rglob("samples-0000000-*.pt"))
     chunk.write_bytes(chunk.read_bytes()[:50])
     msg = cli_error(eval_cli.main, argv, capsys)
     record("`microdit-eval` a truncated generated chunk", msg, str(chunk), "delete it")

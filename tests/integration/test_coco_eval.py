@@ -106,7 +106,7 @@ def test_microdit_eval_coco_end_to_end(coco, tmp_path, capsys, monkeypatch):
     assert real.endswith("-32px-images") and load_manifest(real).image_size == [32, 32]  # nano: 16 latents x 2
 
     # FID recomputed independently: the generated chunks decoded, the real images read, one extractor
-    chunks = sorted((run / "eval").glob("coco30k-*/chunk-*.pt"))
+    chunks = sorted((run / "eval").glob("coco30k-*/samples-*.pt"))
     generated = decode(torch.cat([torch.load(c, weights_only=True).float() for c in chunks]), "pixel:2")
     extractor = InceptionFeatures(weights)
     reference = FeatureStats.of(extractor(dataset_images(real, 6)))

@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from microdit import run as runs
 from microdit.cli.eval import main as eval_main
 from microdit.cli.results import main as results_main
 from microdit.cli.sample import main as sample_main
-from microdit.data import load_manifest
+from microdit.data import DataError, load_manifest
 from microdit.eval import EvalSettings, evaluate, read_metrics
 from microdit.run import load_model
 from microdit.train.config import TrainConfig
@@ -45,7 +46,7 @@ def test_evaluate_is_resumable_and_recorded(run):
     entry = evaluate(run, data, settings)
     assert entry["nimg"] == 96 and entry["ema"] and entry["num_samples"] == 12
     assert set(entry["metrics"]) >= {"probe_fd", "probe_acc", "probe_acc_mean", "probe_heldout_acc"}
-    chunks = sorted((run / "eval").glob("*/chunk-*.pt"))
+    chunks = sorted((run / "eval").glob("*/samples-*.pt"))
     assert len(chunks) == 3
     mtimes = [c.stat().st_mtime_ns for c in chunks]
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -58,6 +59,31 @@ def test_evaluate_is_resumable_and_recorded(run):
     assert len(read_metrics(run)) == 1
     loaded = load_model(run, use_ema=False)
     assert not loaded.ema and loaded.nimg == 96
+
+
+def test_another_sample_count_or_batch_reuses_only_its_own_chunks(run, tmp_path):
+    """Sample i has prompt i and seed + i whatever the count: an evaluation of another count or batch
+    size reuses the chunks of its own ranges (bit for bit) and generates the others; its samples
+    equal a fresh evaluation's."""
+    data = run.parent.parent / "data"
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "metrics.json"))
+    few, more = (EvalSettings(num_samples=n, sampler_overrides={"steps": 3}, batch_size=b, probe_steps=30)
+                 for n, b in ((4, 5), (9, 5)))
+    evaluate(copy, data, few, name="e")
+    first = {c.name: c.read_bytes() for c in (copy / "eval").glob("*/samples-*.pt")}
+    assert list(first) == ["samples-0000000-0000004.pt"]
+    entry = evaluate(copy, data, more, name="e")  # a chunk of 4 was read as a chunk of 5 before
+    files = {c.name: c.read_bytes() for c in (copy / "eval").glob("*/samples-*.pt")}
+    assert sorted(files) == ["samples-0000000-0000004.pt", "samples-0000000-0000005.pt", "samples-0000005-0000009.pt"]
+    assert files["samples-0000000-0000004.pt"] == first["samples-0000000-0000004.pt"] and entry["num_samples"] == 9
+    fresh = tmp_path / "fresh"
+    shutil.copytree(run, fresh, ignore=shutil.ignore_patterns("eval", "metrics.json"))
+    assert evaluate(fresh, data, more, name="e")["metrics"] == entry["metrics"]
+    chunk = next((copy / "eval").glob("*/samples-0000005-0000009.pt"))
+    torch.save(torch.zeros(3, 1), chunk)  # a chunk whose length is not its name's
+    with pytest.raises(DataError, match=r"samples-0000005-0000009.pt holds 3 samples, its name says 4: delete it"):
+        evaluate(copy, data, more, name="e")
 
 
 def test_eval_over_two_ranks_equals_one_rank(run, tmp_path):
