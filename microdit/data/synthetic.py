@@ -128,11 +128,14 @@ def _caption_pair(a: dict, b: dict, horizontal: bool, background: str, rng: np.r
     return templates[rng.integers(len(templates))]
 
 
+MAX_SIZE = 1024  # each image is drawn supersampled, in float64: a side of 1e5 would ask for a terabyte
+
+
 def synthetic_sample(seed: int, index: int, size: int = 32, scene: str = "mixed") -> SyntheticSample:
     """The sample ``index`` of the synthetic dataset with ``seed``, drawn at ``size`` x ``size``, of
     ``scene`` (one of :data:`SCENES`, see the module docstring)."""
-    if size < 8:
-        raise ValueError(f"synthetic image size must be >= 8, got {size}")
+    if not 8 <= size <= MAX_SIZE:
+        raise ValueError(f"synthetic image size must be in [8, {MAX_SIZE}] (the paper's largest is 512), got {size}")
     if scene not in SCENES:
         raise ValueError(f"synthetic scene must be one of {SCENES}, got {scene!r}")
     rng = np.random.default_rng([seed, index])

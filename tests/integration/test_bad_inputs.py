@@ -487,7 +487,9 @@ def test_data_bad_options(world, capsys, tmp_path):
                     capsys)
     record("`microdit-data encode` an unknown autoencoder", msg, "unknown autoencoder 'vqgan'")
     msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--size", "4"], capsys)
-    record("`microdit-data synthetic` images of 4 px", msg, "synthetic image size must be >= 8, got 4")
+    record("`microdit-data synthetic` images of 4 px", msg, "synthetic image size must be in [8, 1024]", "got 4")
+    msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--size", "100000"], capsys)
+    record("`microdit-data synthetic` images of 100000 px", msg, "size must be in [8, 1024]", "got 100000")
     msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--num-samples", "-3"], capsys)
     record("`microdit-data synthetic` --num-samples -3", msg, "argument --num-samples: expected an integer >= 1")
     assert list(tmp_path.iterdir()) == []

@@ -43,8 +43,10 @@ def test_synthetic_caption_and_labels_describe_the_image(index):
 
 
 def test_synthetic_rejects_tiny_images_and_unknown_scenes():
-    with pytest.raises(ValueError, match="size must be >= 8"):
-        synthetic_sample(0, 0, size=4)
+    for size in (4, 7, 1025, 100_000):  # a side of 1e5 was a MemoryError traceback (a terabyte asked for)
+        with pytest.raises(ValueError, match=rf"size must be in \[8, 1024\] .*got {size}$"):
+            synthetic_sample(0, 0, size=size)
+    assert synthetic_sample(0, 0, size=8).image.shape == (8, 8, 3)
     with pytest.raises(ValueError, match="scene must be one of .*'mixed', 'one_object'.*got 'circles'"):
         synthetic_sample(0, 0, scene="circles")
 
