@@ -138,14 +138,27 @@ def plan_problems(stages: list[Stage]) -> list[str]:
     return out
 
 
-def check_plan(stages: list[Stage], mode: str, say=print) -> None:
+def unused_budget(stages: list[Stage], budget: float | None) -> list[str]:
+    """A compute budget (``trainer.budget_flops`` or ``budget_dollars``) that sizes no stage, since
+    none has a ``budget_fraction``: legitimate (the ablation protocol carries its 60k-step budget
+    for the equal-FLOPs experiments that inherit it; a job's equal-steps arm fixes its steps), so
+    the trainer only says so, once: a budget set on the command line is otherwise ignored unseen."""
+    if budget is None or any(s.config.budget_fraction is not None for s in stages):
+        return []
+    return [f"the compute budget ({budget:.4g} FLOPs) sizes no stage (none has a budget_fraction): each stage runs "
+            "its own images, steps or FLOPs"]
+
+
+def check_plan(stages: list[Stage], mode: str, say=print, budget: float | None = None) -> None:
     """Refuse (``mode`` ``error``: one line with every problem) or report (``warn``: a line each
-    through ``say``) the :func:`plan_problems` of ``stages``."""
+    through ``say``) the :func:`plan_problems` of ``stages``; say where ``budget`` sizes no stage."""
     problems = plan_problems(stages)
     if problems and mode == "error":
         raise ValueError("; ".join(problems) + " (trainer.plan_check=warn runs it anyway)")
     for problem in problems:
         say(f"[train] warning: {problem}")
+    for note in unused_budget(stages, budget):
+        say(f"[train] note: {note}")
 
 
 def stage_at(stages: list[Stage], index: int) -> Stage:

@@ -89,7 +89,7 @@ class Trainer:
             self.acc.wait_for_everyone()
         caption_len, self.encoders = check_stage_data(resolve(cfg))
         self.stages = resolve(cfg, caption_len, self.peak_flops)
-        check_plan(self.stages, t.plan_check, self.acc.print)
+        check_plan(self.stages, t.plan_check, self.acc.print, budget_flops(cfg, self.peak_flops))
 
         random.seed(t.seed)  # the same on every process, before the model draws its initialisation
         np.random.seed(t.seed % 2**32)

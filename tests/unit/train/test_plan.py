@@ -82,6 +82,21 @@ def test_a_stage_whose_ema_never_starts_or_whose_warmup_outlasts_it_is_named():
     assert len(said) == 2 and said[0].startswith("[train] warning: stages.pretrain: ema.start_images")
 
 
+def test_a_budget_that_sizes_no_stage_is_said_once():
+    """microdit-train trainer.budget_flops=X on stages of fixed length ran them unchanged, silently."""
+    fixed = resolve(compose_config(["trainer.budget_flops=2e9"]), caption_len=32)
+    said = []
+    check_plan(fixed, "error", said.append, budget=2e9)
+    assert said == ["[train] note: the compute budget (2e+09 FLOPs) sizes no stage (none has a budget_fraction): "
+                    "each stage runs its own images, steps or FLOPs"]
+    sized = resolve(compose_config(["protocol=cpu_ablation"]), caption_len=32)
+    assert sized[0].config.budget_fraction == 1.0
+    said.clear()
+    for stages, budget in ((sized, 8e12), (fixed, None)):
+        check_plan(stages, "error", said.append, budget=budget)
+    assert said == []
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
                          + sorted(f"protocol={p.stem}" for p in (CONF_DIR / "protocol").glob("*.yaml")))
 def test_no_experiment_or_protocol_wastes_its_ema_or_warmup(name):
