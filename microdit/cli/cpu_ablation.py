@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="extra Hydra override for every run (repeatable, e.g. sampler.steps=20)")
     parser.add_argument("job_overrides", nargs="*", metavar="JOB_KEY=VALUE",
                         help="overrides of the job's own fields (e.g. seeds=[0,1] eval.num_samples=100)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # KEY=VALUE arguments before and after options
     extra = [*([f"data.folders=[{args.data}]"] if args.data else []), *args.override,
              *([f"trainer.budget_flops={args.budget_flops}"] if args.budget_flops else [])]
     try:

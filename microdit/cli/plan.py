@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="caption tokens per image (default: the run's text encoder's)")
     parser.add_argument("-m", "--multirun", action="store_true", help="plan every point of the sweep")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="microdit-train overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # KEY=VALUE arguments before and after options
     if args.mfu > 1:
         parser.error(f"argument --mfu: expected a fraction in (0, 1], got {args.mfu}")
     try:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot-group", help="one line per value of this column (default: one line)")
     parser.add_argument("--training-plot", action="store_true",
                         help="also plot loss, lr and grad norm against images of every run (PNG next to --out)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # folders before and after options
     rows = collect(args.roots)
     if not rows:
         raise SystemExit(f"microdit-results: error: no run folders (with config.yaml) under {args.roots}")

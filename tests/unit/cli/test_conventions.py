@@ -2,6 +2,7 @@
 shared names mean one thing (--num-samples, --steps, --cfg-scale, --metrics; lists comma-separated)."""
 
 import argparse
+import json
 
 import pytest
 
@@ -25,7 +26,8 @@ def parsers_of(main, monkeypatch) -> list[argparse.ArgumentParser]:
         seen.append(self)
         raise Captured
 
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    for parse in ("parse_args", "parse_intermixed_args"):  # a command never runs here: it stops at parsing
+        monkeypatch.setattr(argparse.ArgumentParser, parse, capture)
     with pytest.raises(Captured):
         main([])
     out, todo = [], list(seen)
@@ -59,3 +61,23 @@ def test_shared_option_names(command, monkeypatch):
         assert not flags & {"--num", "--metric", "--eval-samples", "--cfg", "--guidance"}, (parser.prog, flags)
         if "--steps" in flags:
             assert "--cfg-scale" in flags
+
+
+def test_key_value_arguments_go_before_and_after_options(monkeypatch, capsys, tmp_path):
+    """`microdit-cpu-ablation --job main seeds=[0] --out x eval.num_samples=8` was argparse's
+    'unrecognized arguments: eval.num_samples=8': the positional list ended at the first option."""
+    seen = {}
+
+    def fake_run_job(job, extra=None):
+        seen["job"] = job
+        raise Captured
+
+    monkeypatch.setattr(cpu_ablation, "run_job", fake_run_job)
+    with pytest.raises(Captured):
+        cpu_ablation.main(["seeds=[3]", "--out", str(tmp_path / "x"), "eval.num_samples=8", "--workers", "1",
+                           "eval.probe_steps=5"])
+    job = seen["job"]
+    assert (job.seeds, job.eval.num_samples, job.eval.probe_steps, job.workers) == ([3], 8, 5, 1)
+    assert job.report.out == str(tmp_path / "x")
+    plan.main(["trainer.batch_size=8", "--json", "model=micro", "--mfu", "0.3"])
+    assert json.loads(capsys.readouterr().out)["runs"][0]["overrides"] == ["trainer.batch_size=8", "model=micro"]
