@@ -118,7 +118,7 @@ class TrainerConfig:
     threads: int = 0  # CPU threads per process (0: torch's default)
     log_every_images: int = 1024
     ckpt_every_images: int = 0  # 0: only at stage ends and on signals
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # 0: keep every checkpoint
     save_initial_checkpoint: bool = False  # a checkpoint at 0 images (to evaluate the initialisation), never pruned
     resume: str = "auto"  # auto | never | PATH to a checkpoint folder
     init_from: Optional[str] = None  # checkpoint folder of another run
@@ -126,7 +126,7 @@ class TrainerConfig:
     max_nonfinite: int = 5  # skipped (non-finite) steps in a row that stop the run
     plan_check: str = "error"  # a stage whose EMA never starts or whose warm-up outlasts it: error | warn
     sync_every_steps: int = 16  # the host checks the guard and signals at least this often
-    sample_every_images: int = 0
+    sample_every_images: int = 0  # 0: grids at stage ends only
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle on the left", "a small blue square",
                                                                "a yellow star above a green ring",
                                                                "a large purple heart on a white background"])
@@ -159,6 +159,23 @@ class TrainerConfig:
                        f"{self.max_nonfinite}")
         if self.budget_flops is not None and self.budget_dollars is not None:
             out.append("set at most one of budget_flops and budget_dollars")
+        out += self._range_problems()
+        return out
+
+    def _range_problems(self) -> list[str]:
+        plain = self.name and "/" not in self.name and self.name not in (".", "..")
+        out = [] if plain else [f"name {self.name!r} must be a plain folder name (the run folder under run_dir)"]
+        for key in ("threads", "seed", "sample_seed", "log_every_images", "ckpt_every_images", "sample_every_images",
+                    "keep_checkpoints", "peak_flops", "price_per_device_hour"):  # 0: default / never / keep all
+            if getattr(self, key) < 0:
+                out.append(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("budget_flops", "budget_dollars"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                out.append(f"{key} must be > 0 when set, got {getattr(self, key)}")
+        if not 0 < self.expected_mfu <= 1:
+            out.append(f"expected_mfu must be in (0, 1], got {self.expected_mfu}")
+        if not self.sample_prompts:
+            out.append("sample_prompts is empty: the stage-end sample grids need at least one prompt")
         return out
 
 

@@ -62,6 +62,17 @@ def test_unknown_keys_are_rejected_with_hydras_reason():
     (["trainer.sync_every_steps=0"], "trainer: sync_every_steps and max_nonfinite must be >= 1"),
     (["trainer.budget_flops=1e12", "stages.pretrain.images=null", "stages.pretrain.budget_fraction=0.5"],
      "budget_fraction values sum to 0.5, expected 1"),
+    # each of these reached torch, numpy or wandb as a traceback (or, for the name, a folder outside run_dir)
+    (["trainer.threads=-1"], "trainer: threads must be >= 0, got -1"),
+    (["trainer.seed=-1"], "trainer: seed must be >= 0, got -1"),
+    (["trainer.name="], "trainer: name '' must be a plain folder name"),
+    (["trainer.name=../elsewhere"], "trainer: name '../elsewhere' must be a plain folder name"),
+    (["trainer.keep_checkpoints=-2"], "trainer: keep_checkpoints must be >= 0, got -2"),
+    (["trainer.log_every_images=-5"], "trainer: log_every_images must be >= 0"),
+    (["trainer.budget_flops=-1e12"], "trainer: budget_flops must be > 0 when set"),
+    (["trainer.budget_dollars=0"], "trainer: budget_dollars must be > 0 when set"),
+    (["trainer.expected_mfu=1.5"], "trainer: expected_mfu must be in (0, 1], got 1.5"),
+    (["trainer.sample_prompts=[]"], "trainer: sample_prompts is empty"),
 ])
 def test_validation_messages(overrides, message):
     cfg = compose_config(overrides)
