@@ -106,6 +106,9 @@ class DataConfig:
             out.append(f"cache_gb must be positive, got {self.cache_gb}")
         if self.prepare_scene not in SCENES:
             out.append(f"prepare_scene must be one of {SCENES}, got {self.prepare_scene!r}")
+        if self.prepare_samples < 1 or self.prepare_seed < 0:
+            out.append(f"need prepare_samples >= 1 and prepare_seed >= 0, got {self.prepare_samples}, "
+                       f"{self.prepare_seed}")
         return out
 
 

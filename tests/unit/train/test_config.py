@@ -73,6 +73,7 @@ def test_unknown_keys_are_rejected_with_hydras_reason():
     (["trainer.budget_dollars=0"], "trainer: budget_dollars must be > 0 when set"),
     (["trainer.expected_mfu=1.5"], "trainer: expected_mfu must be in (0, 1], got 1.5"),
     (["trainer.sample_prompts=[]"], "trainer: sample_prompts is empty"),
+    (["data.prepare_samples=0"], "data: need prepare_samples >= 1 and prepare_seed >= 0, got 0, 0"),
 ])
 def test_validation_messages(overrides, message):
     cfg = compose_config(overrides)
