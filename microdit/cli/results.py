@@ -35,10 +35,35 @@ def check_options(args: argparse.Namespace, rows: list[dict]) -> None:
             close = difflib.get_close_matches(key, sorted(columns), n=3, cutoff=0.5)
             hint = f"closest: {', '.join(close)}" if close else "no close match; the CSV's header lists every column"
             raise ValueError(f"{option}: no run has the column {key!r} ({hint})")
-    if args.out.is_dir():
-        raise ValueError(f"--out {args.out} is a folder; expected a CSV file path")
-    if not args.out.parent.is_dir():
-        raise ValueError(f"--out {args.out}: folder {args.out.parent} does not exist")
+    for option, path in (("--out", args.out), ("--markdown", args.markdown)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ValueError(f"{option} {path} is a folder; expected a file path")
+        if not path.parent.is_dir():
+            raise ValueError(f"{option} {path}: folder {path.parent} does not exist")
+    dependent = (("--markdown", args.markdown, "--metrics"), ("--contrasts", args.contrasts, "--metrics"),
+                 ("--margin", args.margin, "--contrasts"))
+    for option, given, needs in dependent:
+        if given and not getattr(args, needs[2:]):
+            raise ValueError(f"{option} needs {needs} (it would be ignored)")
+
+
+def results_table(args: argparse.Namespace, rows: list[dict]) -> str | None:
+    """The markdown table of ``--metrics`` (with the ``--contrasts``), or None without --metrics."""
+    if not args.metrics:
+        return None
+    group_by, metrics = [k for k in args.group_by.split(",") if k], args.metrics.split(",")
+    table = markdown_table(rows, group_by, metrics, pairs=not args.contrasts)
+    if args.contrasts:
+        try:
+            margins = {k: float(v) for k, _, v in (m.partition("=") for m in args.margin)}
+            table += "\n\n" + contrast_table(rows, args.contrasts, metrics, margins, arm=group_by[0],
+                                              stage=group_by[1] if len(group_by) > 1 else "after")
+        except (ValueError, IndexError):
+            raise ValueError("--contrasts needs --group-by ARM[,STAGE] and 'A vs B' values of ARM; --margin needs "
+                             "METRIC=NUMBER") from None
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,26 +92,20 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"microdit-results: error: no run folders (with config.yaml) under {args.roots}")
     try:
         check_options(args, rows)
-        write_csv(rows, args.out)
+        table = results_table(args, rows)  # before anything is written: its errors are the options'
     except ValueError as err:
         raise SystemExit(f"microdit-results: error: {err}") from None
-    except OSError as err:
-        raise SystemExit(f"microdit-results: error: --out {args.out} cannot be written: {err.strerror}") from None
+    writes = [("--out", args.out, lambda: write_csv(rows, args.out))]
+    if args.markdown:
+        writes.append(("--markdown", args.markdown, lambda: args.markdown.write_text(table + "\n")))
+    for option, path, write in writes:
+        try:
+            write()
+        except OSError as err:
+            raise SystemExit(f"microdit-results: error: {option} {path} cannot be written: {err.strerror}") from None
     print(f"{len(rows)} runs -> {args.out}")
-    if args.metrics:
-        group_by, metrics = [k for k in args.group_by.split(",") if k], args.metrics.split(",")
-        table = markdown_table(rows, group_by, metrics, pairs=not args.contrasts)
-        if args.contrasts:
-            try:
-                margins = {k: float(v) for k, _, v in (m.partition("=") for m in args.margin)}
-                table += "\n\n" + contrast_table(rows, args.contrasts, metrics, margins, arm=group_by[0],
-                                                  stage=group_by[1] if len(group_by) > 1 else "after")
-            except (ValueError, IndexError):
-                raise SystemExit("microdit-results: error: --contrasts needs --group-by ARM[,STAGE] and 'A vs B' "
-                                 "values of ARM; --margin needs METRIC=NUMBER") from None
+    if table:
         print(table)
-        if args.markdown:
-            args.markdown.write_text(table + "\n")
     if args.training_plot:
         curves = training_plot([r["run_dir"] for r in rows], args.out.with_name(args.out.stem + "-training.png"))
         print(f"training curves: {curves}")

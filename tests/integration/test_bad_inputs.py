@@ -471,6 +471,12 @@ RESULTS_CASES = [
     ("--group-by a key no run has", ["--group-by", "trainer.nope"], ("--group-by", "'trainer.nope'")),
     ("--plot without X:Y", ["--plot", "cost.flops"], ("--plot 'cost.flops': expected X:Y",)),
     ("--out in a folder that does not exist", ["--out", "NOWHERE/r.csv"], ("nowhere", "does not exist")),
+    ("--markdown in a folder that does not exist", ["--metrics", "cost.flops", "--markdown", "NOWHERE/t.md"],
+     ("--markdown", "nowhere", "does not exist")),
+    ("--contrasts of one value", ["--metrics", "cost.flops", "--group-by", "trainer.name", "--contrasts", "a vs"],
+     ("--contrasts needs --group-by ARM[,STAGE] and 'A vs B' values of ARM",)),
+    ("--margin without --contrasts", ["--margin", "cost.flops=1"], ("--margin needs --contrasts",)),
+    ("--markdown without --metrics", ["--markdown", "t.md"], ("--markdown needs --metrics",)),
 ]
 
 
