@@ -110,7 +110,9 @@ def _check_datasets(loaded: LoadedModel, eval_dataset: str | Path, probe_dataset
         try:
             probe_shape = load_manifest(probe_data).latent_shape
         except DataError as err:
-            raise DataError(f"probe dataset: {err}") from None
+            where = "" if probe_dataset else " (by default the run's training data as its config names it: give " \
+                                             "--probe-dataset where that path does not lead from here)"
+            raise DataError(f"probe dataset{where}: {err}") from None
         problems = fit_problems(loaded.model.cfg, latent_shape=probe_shape)
         if problems:
             raise DataError(f"probe dataset {probe_data} does not fit the model: {'; '.join(problems)}: the probe "

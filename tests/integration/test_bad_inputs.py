@@ -459,6 +459,19 @@ def test_eval_bad_options(world, capsys):
     assert snapshot(world["run"]) == before
 
 
+def test_eval_of_a_run_trained_elsewhere(world, capsys, tmp_path, monkeypatch):
+    """A run trained on a relative data path, evaluated from another folder: its default probe
+    dataset (the run's training data) is not found, and the error says to give --probe-dataset."""
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    for config in run.rglob("config.yaml"):
+        config.write_text(config.read_text().replace(str(world["data"]), "data"))
+    monkeypatch.chdir(tmp_path)
+    msg = cli_error(eval_cli.main, ["run", str(run), "--dataset", str(world["data"]), "--num-samples", "2"], capsys)
+    record("`microdit-eval` a run trained on a relative data path, from elsewhere", msg,
+           "probe dataset (by default the run's training data", "give --probe-dataset", "data does not exist")
+
+
 def test_unknown_metric(world, capsys):
     msg = cli_error(eval_cli.main, ["run", str(world["run"]), "--dataset", str(world["data"]), "--metrics", "is"],
                     capsys)
