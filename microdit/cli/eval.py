@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
-from microdit.data import DataError
+from microdit.data import DataError, load_manifest
 from microdit.eval import coco
 from microdit.eval.evaluate import EvalSettings, evaluate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = check_names([m for m in args.metrics.split(",") if m],
                               stats_metrics() if args.command == "stats" else list(METRICS), "--metrics: ")
         if args.command == "stats":
+            load_manifest(args.dataset)  # a dataset that is not one is named before any weights are fetched
             device = local_device(args.device)
             for metric in metrics:
                 extractor = EXTRACTORS[METRICS[metric].features](args, device)

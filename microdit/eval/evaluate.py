@@ -22,7 +22,7 @@ from microdit.data import DataError, load_manifest
 from microdit.data.reader import read_dataset
 from microdit.diffusion import SamplerConfig, generate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
-from microdit.eval.metrics import METRICS, EvalInputs, check_names
+from microdit.eval.metrics import METRICS, EvalInputs, check_names, load_networks
 from microdit.files import private_tmp, remove_stale_tmps, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress
@@ -154,11 +154,13 @@ def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, set
         return generate(loaded.model, texts[lo:hi], list(range(settings.seed + lo, settings.seed + hi)),
                         loaded.config.diffusion, sampler, masks[lo:hi] if use_mask else None, settings.batch_size)
 
+    networks = load_networks(settings.metrics, manifest.autoencoder, settings, device) if rank == 0 else {}
     generated = _chunks(run_dir / "eval" / tag, latents_fn, count, settings.batch_size, rank, world)
     if generated is None:
         return None
     inputs = EvalInputs(generated, reference, labels, captions, eval_dataset, probe_data, manifest.autoencoder,
-                        settings, device, real_twin=real[count:2 * count], reference_dataset=reference_dataset)
+                        settings, device, real_twin=real[count:2 * count], reference_dataset=reference_dataset,
+                        networks=networks)
     metrics: dict = {}
     for metric in settings.metrics:
         metrics.update(METRICS[metric].compute(inputs))

@@ -166,8 +166,10 @@ class EvalInputs:
 
     def __init__(self, generated: torch.Tensor, reference: torch.Tensor, labels: list[dict], captions: list[str],
                  eval_dataset: str | Path, probe_dataset: str | Path, autoencoder: str, settings, device="cpu",
-                 real_twin: torch.Tensor | None = None, reference_dataset: str | Path | None = None):
+                 real_twin: torch.Tensor | None = None, reference_dataset: str | Path | None = None,
+                 networks: dict | None = None):
         self.generated, self.reference, self.labels, self.captions = generated, reference, labels, captions
+        self._memo = dict(networks or {})  # what load_networks built before generation
         self.real_twin = real_twin
         self.eval_dataset, self.probe_dataset, self.autoencoder = eval_dataset, probe_dataset, autoencoder
         self.reference_dataset = reference_dataset or eval_dataset
@@ -176,10 +178,9 @@ class EvalInputs:
     def _once(self, key: tuple, make: Callable):
         """``make()`` the first time ``key`` is asked for on this instance (the memo dies with it,
         unlike functools.cache, which would keep every evaluation's tensors alive)."""
-        memo = self.__dict__.setdefault("_memo", {})
-        if key not in memo:
-            memo[key] = make()
-        return memo[key]
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def chunks(self, latents: torch.Tensor):
         """(start, uint8 images) of ``latents`` decoded ``CHUNK`` at a time."""
@@ -219,6 +220,17 @@ EXTRACTORS: dict[str, Callable] = {
     "clip_fid": lambda settings, device: ClipModel(settings.clip_fid_model, device),
     "clip_score": lambda settings, device: ClipModel(settings.clip_score_model, device),
 }
+
+
+def load_networks(metrics: list[str], autoencoder: str, settings, device="cpu") -> dict:
+    """The networks ``metrics`` read images through (the dataset's autoencoder, each feature
+    extractor), built now for :class:`EvalInputs`: weights that cannot be fetched stop an
+    evaluation before its samples are generated (hours for COCO-30K), not after."""
+    names = {METRICS[m].features for m in metrics} & EXTRACTORS.keys()
+    if not names:
+        return {}
+    networks = {("autoencoder",): load_autoencoder(autoencoder).to(device)}
+    return networks | {("extractor", name): EXTRACTORS[name](settings, device) for name in sorted(names)}
 
 
 def _probe(inputs: EvalInputs) -> dict:

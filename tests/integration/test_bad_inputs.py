@@ -459,6 +459,29 @@ def test_eval_bad_options(world, capsys):
     assert snapshot(world["run"]) == before
 
 
+def test_eval_whose_weights_cannot_be_had_stops_before_generating(world, capsys, tmp_path, monkeypatch):
+    """FID's InceptionV3 that cannot be fetched (no network here: its download raised as urllib
+    raises it) or read ends the evaluation before one sample is generated, not after."""
+    import urllib.error
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    argv = ["run", str(run), "--dataset", str(world["data"]), "--num-samples", "2", "--steps", "2", "--metrics", "fid"]
+    msg = cli_error(eval_cli.main, argv + ["--inception-weights", str(tmp_path / "nope.pth")], capsys)
+    record("`microdit-eval` --inception-weights that is not a file", msg, "nope.pth is not a file")
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(fe, "load_state_dict_from_url", no_network)
+    msg = cli_error(eval_cli.main, argv, capsys)
+    record("`microdit-eval` FID's weights without network", msg, "FID's InceptionV3", "cannot be fetched",
+           "--inception-weights FILE")
+    assert not list(run.rglob("samples-*.pt"))  # nothing generated
+
+
 def test_eval_of_a_run_trained_elsewhere(world, capsys, tmp_path, monkeypatch):
     """A run trained on a relative data path, evaluated from another folder: its default probe
     dataset (the run's training data) is not found, and the error says to give --probe-dataset."""
