@@ -14,6 +14,7 @@ table; ``microdit-cpu-ablation`` is its command line, and a notebook calls it th
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,12 +273,32 @@ def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
     workers = [context.Process(target=_worker, args=(queue, configs, job, threads, k)) for k in range(count)]
     for w in workers:
         w.start()
-    for w in workers:
-        w.join()
-    failed = [k for k, w in enumerate(workers) if w.exitcode != 0]
-    if failed:
-        raise ValueError(f"job worker(s) {failed} failed (the error is printed above); finished runs and "
-                         "evaluations are kept: run the job again to continue")
+    try:
+        for w in workers:
+            w.join()
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too: each training run stops at a checkpoint
+        for w in workers:
+            w.join()
+    outcome = workers_outcome([w.exitcode for w in workers])
+    if outcome:
+        raise ValueError(outcome)
+
+
+def workers_outcome(exitcodes: list[int]) -> str | None:
+    """What a job's workers' exit codes say (None: all finished): which failed (each printed its
+    error), or that the job was stopped (Ctrl-C, SIGTERM: :data:`SIGNAL_EXITS`)."""
+    stopped = [k for k, code in enumerate(exitcodes) if code in SIGNAL_EXITS]
+    failed = [k for k, code in enumerate(exitcodes) if code != 0 and k not in stopped]
+    if not (failed or stopped):
+        return None
+    what = f"job worker(s) {failed} failed (the error is printed above)" if failed else "the job was stopped"
+    return (f"{what}{f'; worker(s) {stopped} stopped at a signal' if failed and stopped else ''}; finished runs, "
+            "evaluations and checkpoints are kept: run the job again to continue")
+
+
+# How a worker ends at SIGINT or SIGTERM: the trainer's exit (128 + signal) after its checkpoint, or
+# the signal's own (a negative exit code) where the process did not catch it.
+SIGNAL_EXITS = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
 def _worker(queue, configs: list[TrainConfig], job: JobConfig, threads: int, index: int) -> None:
@@ -292,6 +313,8 @@ def _worker(queue, configs: list[TrainConfig], job: JobConfig, threads: int, ind
     except RUN_ERRORS as err:  # the user's to mend: one line, as the single-process job prints it
         print(f"[worker {index}] error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C outside training (an evaluation, between runs): nothing to save
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def _train_and_evaluate_one(cfg: TrainConfig, job: JobConfig, label: str) -> None:

@@ -19,6 +19,7 @@ anything trains, not reported as this job's. ``probe_fd`` (lower is better) and 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         _, table = run_job(job, extra=extra)
     except RUN_ERRORS as err:  # bad input, an unwritable folder, another job training one of the runs, ...
         raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None
+    except KeyboardInterrupt:  # Ctrl-C outside training (training stops itself at a checkpoint)
+        print("microdit-cpu-ablation: interrupted; finished runs, evaluations and checkpoints are kept: run the job "
+              "again to continue", file=sys.stderr)
+        raise SystemExit(130) from None
     out = Path(job.report.out)
     print(table)
     grid = f", prompts -> images per arm {out / 'samples.png'} ({out / 'samples.md'})" if job.report.sample_grid else ""

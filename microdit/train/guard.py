@@ -90,3 +90,11 @@ class DeferredSignals:
         for sig, old in self._previous.items():
             signal.signal(sig, old)
 
+    def stop_if_received(self, say) -> None:
+        """A signal that came after the loop's last sync point (the stage-end checkpoint, the grid)
+        was recorded, not acted on: the run is complete, so stop now (exit 128 + the signal) instead
+        of letting the process go on as if none came (a job's worker would start its next run)."""
+        if self.received is not None:
+            say("[train] signal received at the run's end: the run is complete; exiting")
+            raise SystemExit(128 + self.received)
+

@@ -252,7 +252,9 @@ class Trainer:
                     self._run_stage(self.stages[self.progress["stage"]])
         finally:
             self._bar.close()
-        return self._finish()
+        summary = self._finish()
+        self.signals.stop_if_received(self.acc.print)
+        return summary
 
     def _run_stage(self, stage: Stage) -> None:
         """Train ``stage`` from where the progress counters stand to its end, then sample its grid

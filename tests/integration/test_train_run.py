@@ -146,6 +146,28 @@ def test_sigterm_leaves_a_checkpoint(tmp_path, data):
     assert [r["nimg"] for r in stats(run)] == list(range(8, 97, 8))
 
 
+def test_a_signal_after_the_last_sync_point_still_stops_the_process(tmp_path, data, monkeypatch, capsys):
+    """SIGTERM while the last stage's grid is drawn (after the loop's last check) was recorded and
+    dropped: the process went on (a job's worker started its next run). Now the run completes
+    (summary written, lock released) and the process stops with 128 + the signal."""
+    last_grid = Trainer.sample_grid
+
+    def grid_then_signal(self, manifest):
+        path = last_grid(self, manifest)
+        if self.progress["stage"] == len(self.stages) - 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded by the trainer's deferred handler
+        return path
+
+    monkeypatch.setattr(Trainer, "sample_grid", grid_then_signal)
+    with pytest.raises(SystemExit) as stop:
+        train(compose_config(base_overrides(tmp_path, data, "late")))
+    assert stop.value.code == 128 + signal.SIGTERM
+    run = tmp_path / "runs" / "late"
+    assert json.loads((run / "summary.json").read_text())["nimg"] == 96 and not (run / ".lock").exists()
+    assert "signal received at the run's end: the run is complete; exiting" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler before training is back
+
+
 def test_a_run_in_use_is_refused_before_anything_is_written(tmp_path, data, lock_holder):
     overrides = base_overrides(tmp_path, data, "busy")
     run_train(overrides)

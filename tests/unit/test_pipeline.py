@@ -146,3 +146,16 @@ def test_workers_share_a_jobs_runs_and_compute_what_one_process_does(tmp_path, m
         assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
     with pytest.raises(ValueError, match="workers must be a positive integer or 0"):
         compose_job("main", ["workers=-1"])
+
+
+def test_what_a_jobs_workers_exit_codes_say():
+    """Ctrl-C or SIGTERM reaches every worker: one that stops at its checkpoint (128 + signal) or
+    dies of the signal is 'stopped', not 'failed (the error is printed above)' with no error printed."""
+    from microdit.pipeline import workers_outcome
+
+    assert workers_outcome([0, 0]) is None
+    assert workers_outcome([130, -2]).startswith("the job was stopped; finished runs, evaluations and checkpoints")
+    assert workers_outcome([143, 0]).startswith("the job was stopped")
+    assert workers_outcome([2, 130]).startswith("job worker(s) [0] failed (the error is printed above); worker(s) [1] "
+                                                "stopped at a signal; finished runs")
+    assert workers_outcome([1, 2]).startswith("job worker(s) [0, 1] failed")
