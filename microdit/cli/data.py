@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microdit.cli.options import fraction, positive_int
+from microdit.cli.options import fraction, image_side, non_negative_int, positive_int
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
 from microdit.data.encode import Share
@@ -134,7 +134,7 @@ def _image_dataset_parser(sub, name: str, help_text: str, size: int) -> argparse
     """A sub-command that writes an image dataset: OUT, --size, --seed, --shard-size."""
     p = sub.add_parser(name, help=help_text)
     p.add_argument("out", type=Path, help="output folder of the image shards (must not hold a dataset)")
-    p.add_argument("--size", type=positive_int, default=size, help="side of the square images (default: %(default)s)")
+    p.add_argument("--size", type=image_side, default=size, help="side of the square images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default: %(default)s)")
     p.add_argument("--shard-size", type=positive_int, default=2000, help="samples per shard (default: %(default)s)")
     return p
@@ -157,10 +157,10 @@ def _prepare_parser(sub) -> None:
     size.add_argument("--small", action="store_true", help=f"the ~{SMALL:.0%} partition, for debugging")
     p.add_argument("--num-proc", type=positive_int, default=1,
                    help="parallel downloads and units processed at once (default: %(default)s)")
-    p.add_argument("--min-side", type=int, help="drop images whose short side is below this (paper: 256; coco2014: "
-                   "0, keep every image)")
-    p.add_argument("--max-side", type=int, help="resize the short side to this when larger (paper: 512; 0: keep "
-                   "sizes; coco2014: 0)")
+    p.add_argument("--min-side", type=non_negative_int,
+                   help="drop images whose short side is below this (paper: 256; coco2014: 0, keep every image)")
+    p.add_argument("--max-side", type=non_negative_int,
+                   help="resize the short side to this when larger (paper: 512; 0: keep sizes; coco2014: 0)")
     p.add_argument("--nsfw-threshold", type=float, help="drop DiffusionDB samples whose image or prompt NSFW score is "
                    "above this (the reference's 0.2)")
     p.add_argument("--links", type=Path, help="sa1b: the file_name/cdn_link list of the SA-1B download page")
@@ -185,7 +185,7 @@ def _encode_parser(sub) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device (default: %(default)s)")
     p.add_argument("--skip-bad-samples", action="store_true", help="skip unreadable images instead of stopping")
-    p.add_argument("--resolutions", type=positive_int, nargs="+",
+    p.add_argument("--resolutions", type=image_side, nargs="+",
                    help="encode at these pixel sizes in one pass, each sample holding the latents of every one "
                    "(images resized on the short side, centre-cropped) and one caption embedding; a stage picks its "
                    "resolution (data.resolution, stages.NAME.resolution); needed for datasets from `prepare` "

@@ -37,6 +37,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (0 often means 'off')."""
+    if text.strip() == "0":
+        return 0
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+
+
+MAX_IMAGE_SIDE = 1024  # the largest dataset image side a command writes (the paper trains at 256 and 512)
+
+
+def image_side(text: str) -> int:
+    """An argparse type: an image side in pixels, 1 ... MAX_IMAGE_SIDE (a typo such as 100000 would
+    ask for tens of GB per image and end in the kernel's out-of-memory kill, not an error)."""
+    value = positive_int(text)
+    if value > MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(f"expected an image side of at most {MAX_IMAGE_SIDE} pixels, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
     try:

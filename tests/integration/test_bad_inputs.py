@@ -531,9 +531,21 @@ def test_data_bad_options(world, capsys, tmp_path):
     msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--size", "4"], capsys)
     record("`microdit-data synthetic` images of 4 px", msg, "synthetic image size must be in [8, 1024]", "got 4")
     msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--size", "100000"], capsys)
-    record("`microdit-data synthetic` images of 100000 px", msg, "size must be in [8, 1024]", "got 100000")
+    record("`microdit-data synthetic` images of 100000 px", msg, "argument --size: expected an image side of at most "
+           "1024 pixels, got '100000'")
     msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--num-samples", "-3"], capsys)
     record("`microdit-data synthetic` --num-samples -3", msg, "argument --num-samples: expected an integer >= 1")
+    # each of these asked for tens of GB per image: the kernel's out-of-memory kill (exit 137), not an error
+    msg = cli_error(data_cli.main, ["cifar-captions", str(tmp_path / "cc"), "--from-folder", str(tmp_path / "none"),
+                                    "--size", "100000"], capsys)
+    record("`microdit-data cifar-captions` images of 100000 px", msg,
+           "argument --size: expected an image side of at most 1024 pixels, got '100000'")
+    msg = cli_error(data_cli.main, ["encode", str(world["data"]), str(tmp_path / "enc"), "--resolutions", "256",
+                                    "99999"], capsys)
+    record("`microdit-data encode` a resolution of 99999 px", msg, "argument --resolutions: expected an image side")
+    msg = cli_error(data_cli.main, ["prepare", "cc12m", str(tmp_path / "cc12m"), "--from", str(tmp_path),
+                                    "--max-side", "-5"], capsys)
+    record("`microdit-data prepare` --max-side -5", msg, "argument --max-side: expected an integer >= 0, got '-5'")
     assert list(tmp_path.iterdir()) == []
 
 
