@@ -14,23 +14,21 @@ table; ``microdit-cpu-ablation`` is its command line, and a notebook calls it th
 
 from __future__ import annotations
 
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from microdit import run as runs
-from microdit.eval.job_rows import chance_table, reference_rows, stage_ends, stage_rows
+from microdit.eval.job_rows import chance_table, reference_rows, stage_rows
 from microdit.eval.metrics import check_names
 from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
-from microdit.progress import share_terminal
+from microdit.job_runs import run_splits, train_and_evaluate
 from microdit.train.config import TrainConfig, summarize_changes
-from microdit.train.plan import prepare_synthetic, resolve
+from microdit.train.plan import prepare_synthetic
 
 RESULTS = "results.csv"
 
@@ -221,13 +219,6 @@ def _run_config(job: JobConfig, entry: str, name: str, own: list[str], budget: f
     return cfg
 
 
-def _splits(cfg: TrainConfig, job: JobConfig):
-    """(first stage, its held-out split, its probe split) of a run of ``job``: the run is
-    evaluated on the first stage's data, its probe trained on a split of that data no run saw."""
-    first = resolve(cfg)[0]
-    return first, first.dataset.held_out(job.eval.held_out_samples), first.dataset.probe_split(job.eval.probe_samples)
-
-
 def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
     """Each dataset of the job's runs once: every stage's synthetic dataset, then once per
     dataset its held-out split, its probe split and the probe."""
@@ -237,7 +228,7 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
     done = set()
     for cfg in configs:
         prepare_synthetic(cfg)
-        first, held_out, probe_split = _splits(cfg, job)
+        first, held_out, probe_split = run_splits(cfg, job)
         data = Path(first.dataset.folder).resolve()  # a relative folder resolves against the working directory
         if data in done:
             continue
@@ -247,94 +238,6 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
         if "probe" in job.eval.metrics:
             build_synthetic_dataset(probe_split, progress=True)
             dataset_probe(probe_split.folder, steps=job.eval.probe_steps)
-
-
-def train_and_evaluate(configs: list[TrainConfig], job: JobConfig) -> None:
-    """Train each run that has not finished, then evaluate it (cached evaluations are kept); with
-    ``job.workers`` > 1 (0: one per thread of this process, at most one per run), that many
-    processes take the runs from one queue, largest FLOP budget first, each with its share of the
-    threads (:func:`_worker`)."""
-    count = min(job.workers or torch.get_num_threads(), len(configs))
-    if count <= 1:
-        for i, cfg in enumerate(configs):
-            _train_and_evaluate_one(cfg, job, f"run {i + 1}/{len(configs)}")
-        return
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    # Largest budgets first, so that no worker is left with a long run after the others end.
-    for i in sorted(range(len(configs)), key=lambda i: -(configs[i].trainer.budget_flops or 0.0)):
-        queue.put(i)
-    for _ in range(count):
-        queue.put(None)
-    threads = max(1, torch.get_num_threads() // count)
-    print(f"[job] {count} workers, {threads} thread(s) each", file=sys.stderr)
-    workers = [context.Process(target=_worker, args=(queue, configs, job, threads, k)) for k in range(count)]
-    for w in workers:
-        w.start()
-    try:
-        for w in workers:
-            w.join()
-    except KeyboardInterrupt:  # Ctrl-C reached the workers too: each training run stops at a checkpoint
-        for w in workers:
-            w.join()
-    outcome = workers_outcome([w.exitcode for w in workers])
-    if outcome:
-        raise ValueError(outcome)
-
-
-def workers_outcome(exitcodes: list[int]) -> str | None:
-    """What a job's workers' exit codes say (None: all finished): which failed (each printed its
-    error), or that the job was stopped (Ctrl-C, SIGTERM: :data:`SIGNAL_EXITS`)."""
-    stopped = [k for k, code in enumerate(exitcodes) if code in SIGNAL_EXITS]
-    failed = [k for k, code in enumerate(exitcodes) if code != 0 and k not in stopped]
-    if not (failed or stopped):
-        return None
-    what = f"job worker(s) {failed} failed (the error is printed above)" if failed else "the job was stopped"
-    return (f"{what}{f'; worker(s) {stopped} stopped at a signal' if failed and stopped else ''}; finished runs, "
-            "evaluations and checkpoints are kept: run the job again to continue")
-
-
-# How a worker ends at SIGINT or SIGTERM: the trainer's exit (128 + signal) after its checkpoint, or
-# the signal's own (a negative exit code) where the process did not catch it.
-SIGNAL_EXITS = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
-
-
-def _worker(queue, configs: list[TrainConfig], job: JobConfig, threads: int, index: int) -> None:
-    """One worker process of :func:`train_and_evaluate`: runs from ``queue`` until its None."""
-    from microdit.train.trainer import RUN_ERRORS
-
-    torch.set_num_threads(threads)
-    share_terminal(f"[worker {index}]")
-    try:
-        while (i := queue.get()) is not None:
-            _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)} (worker {index})")
-    except RUN_ERRORS as err:  # the user's to mend: one line, as the single-process job prints it
-        print(f"[worker {index}] error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:  # Ctrl-C outside training (an evaluation, between runs): nothing to save
-        raise SystemExit(128 + signal.SIGINT) from None
-
-
-def _train_and_evaluate_one(cfg: TrainConfig, job: JobConfig, label: str) -> None:
-    """Train one run of ``job`` unless it finished, then evaluate it (cached evaluations are kept)."""
-    from microdit.eval import EvalSettings, evaluate
-    from microdit.train.trainer import train
-
-    run = Path(cfg.trainer.run_dir) / cfg.trainer.name
-    print(f"[job] {label}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
-    if not (run / "summary.json").is_file():
-        train(cfg)
-    _, held_out, probe_split = _splits(cfg, job)
-    seed = cfg.trainer.seed  # this seed's own noise (seeds 1e6 * s + i) and prompt draw
-    settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,
-                            metrics=list(job.eval.metrics), seed=1_000_000 * seed, prompt_seed=seed)
-    evaluate(run, held_out.folder, settings, name="heldout", probe_dataset=probe_split.folder)
-    if job.eval.evaluate_stages:
-        for name, images, _ in stage_ends(run)[:-1]:
-            evaluate(run / "checkpoints" / f"{images:012d}", held_out.folder, settings, name=f"heldout@{name}",
-                     probe_dataset=probe_split.folder)
 
 
 def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[dict], str]:
@@ -383,7 +286,7 @@ def sample_grid(configs: list[TrainConfig], job: JobConfig, out: Path) -> Path:
     from microdit.run import PromptSampler, encoder_names, load_model
 
     arms = list({c.trainer.name: c for c in reversed(configs)}.values())[::-1]  # each arm's first seed
-    _, held_out, _ = _splits(arms[0], job)
+    _, held_out, _ = run_splits(arms[0], job)
     prompts = read_dataset(held_out.folder, GRID_PROMPTS)[2][2]
     rows = []
     for cfg in arms:

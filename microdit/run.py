@@ -25,9 +25,11 @@ from microdit.data import DataError, Manifest, verify_dataset
 from microdit.data.remote import dataset_manifest, is_remote
 from microdit.diffusion import EDMConfig, SamplerConfig, generate
 from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.locks import LockHeld
 from microdit.models import MicroDiT, MicroDiTConfig
 from microdit.models.microdit import PRETRAINED_WEIGHTS, WEIGHTS_KEY, pretrained_encoders, pretrained_metadata
 from microdit.train.config import TrainConfig, run_changes
+from microdit.train.guard import NonFiniteError
 from microdit.train.plan import Stage, resolve, stage_at
 
 CONFIG = "config.yaml"
@@ -37,6 +39,13 @@ STATE = "state.pt"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit: the message names it and what to do."""
+
+
+# What a user can act on (bad input, an unwritable folder, a run another process holds, a non-finite
+# stop, a checkpoint that does not fit): microdit-train, microdit-cpu-ablation and a job's workers end
+# with its one-line message, not a traceback. DataError is a ValueError.
+RUN_ERRORS = (ValueError, NonFiniteError, CheckpointError, LockHeld, PermissionError, FileExistsError,
+              FileNotFoundError)
 
 
 def reason(err: Exception) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
 from microdit.pipeline import RESULTS, compose_job, run_job
-from microdit.train.trainer import RUN_ERRORS
+from microdit.run import RUN_ERRORS
 
 
 def job_overrides(args: argparse.Namespace) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from microdit.data.images import MAX_SIDE
 from microdit.diffusion import SOLVERS
 
 
@@ -39,23 +40,20 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer >= 0 (0 often means 'off')."""
-    if text.strip() == "0":
-        return 0
     try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-
-
-MAX_IMAGE_SIDE = 1024  # the largest dataset image side a command writes (the paper trains at 256 and 512)
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def image_side(text: str) -> int:
-    """An argparse type: an image side in pixels, 1 ... MAX_IMAGE_SIDE (a typo such as 100000 would
-    ask for tens of GB per image and end in the kernel's out-of-memory kill, not an error)."""
+    """An argparse type: an image side in pixels, 1 ... MAX_SIDE (microdit.data.images)."""
     value = positive_int(text)
-    if value > MAX_IMAGE_SIDE:
-        raise argparse.ArgumentTypeError(f"expected an image side of at most {MAX_IMAGE_SIDE} pixels, got {text!r}")
+    if value > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"expected an image side of at most {MAX_SIDE} pixels, got {text!r}")
     return value
 
 

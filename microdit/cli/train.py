@@ -26,7 +26,8 @@ def main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from microdit.launch import adopt_launcher_env
-    from microdit.train.trainer import RUN_ERRORS, train
+    from microdit.run import RUN_ERRORS
+    from microdit.train.trainer import train
 
     try:
         run_cfg = to_train_config(cfg)

@@ -19,6 +19,9 @@ from microdit.data.shards import ShardWriter
 from microdit.files import ended, host_pid
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+# The largest image side microdit writes a dataset at (the paper trains at 256 and 512): a typo such
+# as 100000 would ask for tens of GB per image (a terabyte for the supersampled synthetic drawing).
+MAX_SIDE = 1024
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:

@@ -389,14 +389,11 @@ def read_dataset(folder: str | Path, limit: int | None = None, seed: int = 0,
     n = manifest.samples if limit is None else min(limit, manifest.samples)
     reader = LatentBatches(folder, batch_size=min(n, 1024), seed=seed, resolution=resolution)
     latents, labels, texts, masks, captions = [], [], [], [], []
-    j = 0
     while sum(len(x) for x in latents) < n:
-        b = reader.batch(j)
+        b = reader.batch(len(latents))  # batch j, j = the batches read so far
         latents.append(b["latent"])
         labels += b["labels"]
         texts.append(b["text"])
         masks.append(b["text_mask"])
         captions += b["caption"]
-        j += 1
-    return (torch.cat(latents)[:n], labels[:n],
-            [torch.cat(texts)[:n], torch.cat(masks)[:n], captions[:n]])
+    return torch.cat(latents)[:n], labels[:n], [torch.cat(texts)[:n], torch.cat(masks)[:n], captions[:n]]

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from microdit.data.images import MAX_SIDE
+
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "hexagon", "heart", "bar")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 230), "yellow": (240, 210, 40),
            "purple": (140, 60, 200), "orange": (250, 140, 30), "cyan": (40, 200, 220), "pink": (240, 120, 180)}
@@ -128,14 +130,11 @@ def _caption_pair(a: dict, b: dict, horizontal: bool, background: str, rng: np.r
     return templates[rng.integers(len(templates))]
 
 
-MAX_SIZE = 1024  # each image is drawn supersampled, in float64: a side of 1e5 would ask for a terabyte
-
-
 def synthetic_sample(seed: int, index: int, size: int = 32, scene: str = "mixed") -> SyntheticSample:
     """The sample ``index`` of the synthetic dataset with ``seed``, drawn at ``size`` x ``size``, of
     ``scene`` (one of :data:`SCENES`, see the module docstring)."""
-    if not 8 <= size <= MAX_SIZE:
-        raise ValueError(f"synthetic image size must be in [8, {MAX_SIZE}] (the paper's largest is 512), got {size}")
+    if not 8 <= size <= MAX_SIDE:
+        raise ValueError(f"synthetic image size must be in [8, {MAX_SIDE}] (the paper's largest is 512), got {size}")
     if scene not in SCENES:
         raise ValueError(f"synthetic scene must be one of {SCENES}, got {scene!r}")
     rng = np.random.default_rng([seed, index])

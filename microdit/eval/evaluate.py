@@ -22,7 +22,7 @@ from microdit.data import DataError, load_manifest
 from microdit.data.reader import read_dataset
 from microdit.diffusion import SamplerConfig, generate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
-from microdit.eval.metrics import METRICS, EvalInputs, check_names, load_networks
+from microdit.eval.metrics import METRICS, EvalInputs, check_names
 from microdit.files import private_tmp, remove_stale_tmps, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress
@@ -154,7 +154,7 @@ def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, set
         return generate(loaded.model, texts[lo:hi], list(range(settings.seed + lo, settings.seed + hi)),
                         loaded.config.diffusion, sampler, masks[lo:hi] if use_mask else None, settings.batch_size)
 
-    networks = load_networks(settings.metrics, manifest.autoencoder, settings, device) if rank == 0 else {}
+    networks = EvalInputs.load_networks(settings.metrics, manifest.autoencoder, settings, device) if rank == 0 else {}
     generated = _chunks(run_dir / "eval" / tag, latents_fn, count, settings.batch_size, rank, world)
     if generated is None:
         return None

@@ -169,7 +169,7 @@ class EvalInputs:
                  real_twin: torch.Tensor | None = None, reference_dataset: str | Path | None = None,
                  networks: dict | None = None):
         self.generated, self.reference, self.labels, self.captions = generated, reference, labels, captions
-        self._memo = dict(networks or {})  # what load_networks built before generation
+        self._memo = dict(networks or {})  # what load_networks built before generation, by _once's keys
         self.real_twin = real_twin
         self.eval_dataset, self.probe_dataset, self.autoencoder = eval_dataset, probe_dataset, autoencoder
         self.reference_dataset = reference_dataset or eval_dataset
@@ -181,6 +181,17 @@ class EvalInputs:
         if key not in self._memo:
             self._memo[key] = make()
         return self._memo[key]
+
+    @staticmethod
+    def load_networks(metrics: list[str], autoencoder: str, settings, device="cpu") -> dict:
+        """The networks ``metrics`` read images through (the dataset's autoencoder, each feature
+        extractor), built now for the ``networks`` of an instance made later: weights that cannot be
+        fetched stop an evaluation before its samples are generated (hours for COCO-30K), not after."""
+        names = {METRICS[m].features for m in metrics} & EXTRACTORS.keys()
+        if not names:
+            return {}
+        networks = {("autoencoder",): load_autoencoder(autoencoder).to(device)}
+        return networks | {("extractor", name): EXTRACTORS[name](settings, device) for name in sorted(names)}
 
     def chunks(self, latents: torch.Tensor):
         """(start, uint8 images) of ``latents`` decoded ``CHUNK`` at a time."""
@@ -220,17 +231,6 @@ EXTRACTORS: dict[str, Callable] = {
     "clip_fid": lambda settings, device: ClipModel(settings.clip_fid_model, device),
     "clip_score": lambda settings, device: ClipModel(settings.clip_score_model, device),
 }
-
-
-def load_networks(metrics: list[str], autoencoder: str, settings, device="cpu") -> dict:
-    """The networks ``metrics`` read images through (the dataset's autoencoder, each feature
-    extractor), built now for :class:`EvalInputs`: weights that cannot be fetched stop an
-    evaluation before its samples are generated (hours for COCO-30K), not after."""
-    names = {METRICS[m].features for m in metrics} & EXTRACTORS.keys()
-    if not names:
-        return {}
-    networks = {("autoencoder",): load_autoencoder(autoencoder).to(device)}
-    return networks | {("extractor", name): EXTRACTORS[name](settings, device) for name in sorted(names)}
 
 
 def _probe(inputs: EvalInputs) -> dict:

@@ -252,9 +252,7 @@ class Trainer:
                     self._run_stage(self.stages[self.progress["stage"]])
         finally:
             self._bar.close()
-        summary = self._finish()
-        self.signals.stop_if_received(self.acc.print)
-        return summary
+        return self._finish()
 
     def _run_stage(self, stage: Stage) -> None:
         """Train ``stage`` from where the progress counters stand to its end, then sample its grid
@@ -317,7 +315,8 @@ class Trainer:
             raise SystemExit(128 + (self.signals.received or signal.SIGTERM))
 
     def _finish(self) -> dict:
-        """The run summary, written to summary.json with the training plot."""
+        """The run summary, written to summary.json with the training plot; then a signal that came
+        after the loop's last sync point stops the process (:meth:`DeferredSignals.stop_if_received`)."""
         summary = {"nimg": self.progress["nimg"], "steps": self.progress["step"],
                    "final_loss": self.acc.reduce(self._last_loss, reduction="mean").item(),
                    "nonfinite_steps": self.guard.state_dict()["nonfinite_total"], **self.meter.totals()}
@@ -325,6 +324,7 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             training_plot([self.run_dir], self.run_dir / "training.png")
             self.wandb.finish()
+        self.signals.stop_if_received(self.acc.print)
         return summary
 
     def _sync_point(self) -> bool:
@@ -390,15 +390,8 @@ class Trainer:
         return path
 
 
-# What a user can act on (bad input, an unwritable folder, a held lock, a non-finite stop): a command
-# that trains ends with its one-line message, not a traceback. DataError is a ValueError.
-RUN_ERRORS = (ValueError, NonFiniteError, runs.CheckpointError, LockHeld, PermissionError, FileExistsError,
-              FileNotFoundError)
-
-
 def train(cfg: TrainConfig) -> dict:
-    """Validate, build and run a training run; returns its summary (raises one of RUN_ERRORS where
-    the user can act)."""
+    """Validate, build and run a training run; returns its summary (user errors: run.RUN_ERRORS)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     trainer = Trainer(cfg)
     try:

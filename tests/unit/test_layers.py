@@ -12,7 +12,7 @@ import microdit
 ROOT = Path(microdit.__file__).parent
 LAYERS = [
     ["microdit", "microdit.progress", "microdit.files", "microdit.locks", "microdit.launch", "microdit.devices",
-     "microdit.host_memory"],
+     "microdit.host_memory", "microdit.pretrained"],
     ["microdit.encoders"],
     ["microdit.data"],
     ["microdit.nn"],
@@ -28,6 +28,7 @@ LAYERS = [
     ["microdit.train"],  # the trainer, its step and the checkpoint writer
     ["microdit.eval"],
     ["microdit.experiment"],  # the experiment language: compose a config, a sweep's points
+    ["microdit.job_runs"],  # a job's runs, in one process or worker processes
     ["microdit.pipeline"],  # jobs
     ["microdit.perf"],
     ["microdit.cli"],

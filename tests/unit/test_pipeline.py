@@ -151,7 +151,7 @@ def test_workers_share_a_jobs_runs_and_compute_what_one_process_does(tmp_path, m
 def test_what_a_jobs_workers_exit_codes_say():
     """Ctrl-C or SIGTERM reaches every worker: one that stops at its checkpoint (128 + signal) or
     dies of the signal is 'stopped', not 'failed (the error is printed above)' with no error printed."""
-    from microdit.pipeline import workers_outcome
+    from microdit.job_runs import workers_outcome
 
     assert workers_outcome([0, 0]) is None
     assert workers_outcome([130, -2]).startswith("the job was stopped; finished runs, evaluations and checkpoints")

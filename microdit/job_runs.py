@@ -1,0 +1,114 @@
+"""A job's runs trained and evaluated: in this process, or in worker processes that take the runs
+from one queue (``JobConfig.workers``), each with its share of the threads. A run that finished is
+not trained again and an evaluation is cached, so a job stopped by an error or a signal continues
+where it stopped when run again. :mod:`microdit.pipeline` composes the job (``job`` here: its
+``JobConfig``) and reports its rows.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from microdit.eval.job_rows import stage_ends
+from microdit.progress import share_terminal
+from microdit.train.config import TrainConfig
+from microdit.train.plan import resolve
+
+
+def run_splits(cfg: TrainConfig, job):
+    """(first stage, its held-out split, its probe split) of a run of ``job``: the run is
+    evaluated on the first stage's data, its probe trained on a split of that data no run saw."""
+    first = resolve(cfg)[0]
+    return first, first.dataset.held_out(job.eval.held_out_samples), first.dataset.probe_split(job.eval.probe_samples)
+
+
+def train_and_evaluate(configs: list[TrainConfig], job) -> None:
+    """Train each run that has not finished, then evaluate it (cached evaluations are kept); with
+    ``job.workers`` > 1 (0: one per thread of this process, at most one per run), that many
+    processes take the runs from one queue, largest FLOP budget first, each with its share of the
+    threads (:func:`_worker`)."""
+    count = min(job.workers or torch.get_num_threads(), len(configs))
+    if count <= 1:
+        for i, cfg in enumerate(configs):
+            _train_and_evaluate_one(cfg, job, f"run {i + 1}/{len(configs)}")
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    # Largest budgets first, so that no worker is left with a long run after the others end.
+    for i in sorted(range(len(configs)), key=lambda i: -(configs[i].trainer.budget_flops or 0.0)):
+        queue.put(i)
+    for _ in range(count):
+        queue.put(None)
+    threads = max(1, torch.get_num_threads() // count)
+    print(f"[job] {count} workers, {threads} thread(s) each", file=sys.stderr)
+    workers = [context.Process(target=_worker, args=(queue, configs, job, threads, k)) for k in range(count)]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            w.join()
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too: each training run stops at a checkpoint
+        for w in workers:
+            w.join()
+    outcome = workers_outcome([w.exitcode for w in workers])
+    if outcome:
+        raise ValueError(outcome)
+
+
+def workers_outcome(exitcodes: list[int]) -> str | None:
+    """What a job's workers' exit codes say (None: all finished): which failed (each printed its
+    error), or that the job was stopped (Ctrl-C, SIGTERM: :data:`SIGNAL_EXITS`)."""
+    stopped = [k for k, code in enumerate(exitcodes) if code in SIGNAL_EXITS]
+    failed = [k for k, code in enumerate(exitcodes) if code != 0 and k not in stopped]
+    if not (failed or stopped):
+        return None
+    parts = [f"job worker(s) {failed} failed (the error is printed above)"] if failed else ["the job was stopped"]
+    parts += [f"worker(s) {stopped} stopped at a signal"] if failed and stopped else []
+    return "; ".join(parts + ["finished runs, evaluations and checkpoints are kept: run the job again to continue"])
+
+
+# How a worker ends at SIGINT or SIGTERM: the trainer's exit (128 + signal) after its checkpoint, or
+# the signal's own (a negative exit code) where the process did not catch it.
+SIGNAL_EXITS = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
+
+
+def _worker(queue, configs: list[TrainConfig], job, threads: int, index: int) -> None:
+    """One worker process of :func:`train_and_evaluate`: runs from ``queue`` until its None."""
+    from microdit.run import RUN_ERRORS
+
+    torch.set_num_threads(threads)
+    share_terminal(f"[worker {index}]")
+    try:
+        while (i := queue.get()) is not None:
+            _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)} (worker {index})")
+    except RUN_ERRORS as err:  # the user's to mend: one line, as the single-process job prints it
+        print(f"[worker {index}] error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C outside training (an evaluation, between runs): nothing to save
+        raise SystemExit(128 + signal.SIGINT) from None
+
+
+def _train_and_evaluate_one(cfg: TrainConfig, job, label: str) -> None:
+    """Train one run of ``job`` unless it finished, then evaluate it (cached evaluations are kept)."""
+    from microdit.eval import EvalSettings, evaluate
+    from microdit.train.trainer import train
+
+    run = Path(cfg.trainer.run_dir) / cfg.trainer.name
+    print(f"[job] {label}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
+    if not (run / "summary.json").is_file():
+        train(cfg)
+    _, held_out, probe_split = run_splits(cfg, job)
+    seed = cfg.trainer.seed  # this seed's own noise (seeds 1e6 * s + i) and prompt draw
+    settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,
+                            metrics=list(job.eval.metrics), seed=1_000_000 * seed, prompt_seed=seed)
+    evaluate(run, held_out.folder, settings, name="heldout", probe_dataset=probe_split.folder)
+    if job.eval.evaluate_stages:
+        for name, images, _ in stage_ends(run)[:-1]:
+            evaluate(run / "checkpoints" / f"{images:012d}", held_out.folder, settings, name=f"heldout@{name}",
+                     probe_dataset=probe_split.folder)
