@@ -14,6 +14,7 @@ table; ``microdit-cpu-ablation`` is its command line, and a notebook calls it th
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from microdit.train.config import TrainConfig, summarize_changes
 from microdit.train.plan import prepare_synthetic
 
 RESULTS = "results.csv"
+OWNER = "job.json"  # in a job's results folder: the job whose report lands there
 
 
 @dataclass
@@ -54,11 +56,11 @@ class JobEval:
 @dataclass
 class JobReport:
     """Where the runs and the results land (``out``: ``results.csv``, ``results.md``,
-    ``results.png``), which evaluation columns the table shows (e.g. ``probe_fd``,
-    ``probe_acc.colour``) and the job's planned ``contrasts`` (``"ARM vs ARM"``, arms by
-    ``trainer.name``), tested on those columns with the equivalence ``margins`` given per column.
-    The table also has a row of the shuffled-prompt chance and one of real-vs-real at the same
-    sample count."""
+    ``results.png``; in ``out/<job name>`` where ``out`` holds another job's: :func:`report_dir`),
+    which evaluation columns the table shows (e.g. ``probe_fd``, ``probe_acc.colour``) and the
+    job's planned ``contrasts`` (``"ARM vs ARM"``, arms by ``trainer.name``), tested on those
+    columns with the equivalence ``margins`` given per column. The table also has a row of the
+    shuffled-prompt chance and one of real-vs-real at the same sample count."""
 
     out: str = "runs/cpu"
     columns: list[str] = field(default_factory=lambda: ["probe_fd", "probe_acc_mean"])
@@ -88,6 +90,7 @@ class JobConfig:
     budget, and the trend of each contrast's gap with compute is fitted (:mod:`microdit.eval.trend`)."""
 
     experiments: list[str] = field(default_factory=list)
+    name: str = ""  # set by compose_job: the job's name in conf/job, or its YAML file's stem
     seeds: list[int] = field(default_factory=lambda: [0])
     workers: int = 1
     budgets: list[float] = field(default_factory=list)
@@ -162,6 +165,7 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
     problems = job.problems()
     if problems:
         raise ValueError(f"job {spec}: " + "; ".join(problems))
+    job.name = job.name or (path.stem if is_file else spec)
     return job
 
 
@@ -240,9 +244,9 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
             dataset_probe(probe_split.folder, steps=job.eval.probe_steps)
 
 
-def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[dict], str]:
-    """The job's rows (one per run and evaluated stage end) and markdown table; writes
-    ``results.csv``, ``results.md`` and the plot ``results.png`` under ``out``."""
+def report(configs: list[TrainConfig], job: JobConfig, out: Path, results: Path) -> tuple[list[dict], str]:
+    """The job's rows (one per run under ``out`` and evaluated stage end) and markdown table; writes
+    ``results.csv``, ``results.md`` and the plot ``results.png`` in ``results`` (:func:`report_dir`)."""
     from microdit.eval.results import bar_plot, collect, contrast_table, markdown_table, plot, trend_table, write_csv
 
     done = {str(Path(c.trainer.run_dir) / c.trainer.name): arm_of(c, job) for c in configs}
@@ -264,13 +268,13 @@ def report(configs: list[TrainConfig], job: JobConfig, out: Path) -> tuple[list[
         table += "\n\n" + contrast_table(rows, job.report.contrasts, columns, job.report.margins)
     if chance := chance_table(rows, columns, *(("arm", "budget") if job.budgets else ())):
         table += "\n\nEach arm against its own shuffled-prompt chance (the same samples):\n\n" + chance
-    write_csv(rows, out / RESULTS)
-    (out / "results.md").write_text(table + "\n")
+    write_csv(rows, results / RESULTS)
+    (results / "results.md").write_text(table + "\n")
     if job.budgets:
-        plot(rows, "cost.flops", columns[0], out / "results.png", group_by="arm", log_x=True)
+        plot(rows, "cost.flops", columns[0], results / "results.png", group_by="arm", log_x=True)
     else:
         bar_plot([{**r, "run": f"{r['trainer.name']} ({r['after']})"} for r in rows], "run", columns[:2],
-                 out / "results.png")
+                 results / "results.png")
     return rows, table
 
 
@@ -310,6 +314,28 @@ def sample_grid(configs: list[TrainConfig], job: JobConfig, out: Path) -> Path:
     return out / "samples.png"
 
 
+def report_dir(job: JobConfig, out: Path) -> Path:
+    """Where ``job``'s report files land: ``out`` itself when ``out`` is its own (the first job to
+    report there, recorded in ``out/job.json``), else ``out/<job name>``. Jobs may share a results
+    folder to reuse each other's runs (images vs steps trains in the main job's ``runs/cpu`` and
+    reuses its 12 runs) without one job's ``results.*`` replacing another's."""
+    record = out / OWNER
+    try:
+        owner = json.loads(record.read_text())["job"] if record.exists() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{record}: expected {{\"job\": NAME}}, the job whose results are in {out}; delete it "
+                         "to give the folder to this job") from None
+    name = job.name or "job"
+    if owner is None:
+        try:
+            record.write_text(json.dumps({"job": name}) + "\n")
+        except OSError as err:
+            raise ValueError(f"results folder {out} (--out, the job's report.out) is not writable: "
+                             f"{err.strerror or err}") from None
+        return out
+    return out if owner == name else out / name
+
+
 def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | None = None) -> tuple[list[dict], str]:
     """Train what is missing, evaluate what is not cached, and return (rows, markdown table) of
     ``job`` (results under ``out``, default ``job.report.out``; ``extra`` overrides every run)."""
@@ -322,10 +348,14 @@ def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | No
     configs = job_configs(job, out, extra)
     points = (f"{len(job.seeds)} seeds" if not job.budgets else "(" + ", ".join(
         f"{len(seeds)} seeds at {budget_tag(budget)}" for budget, seeds in _run_points(job)) + " FLOPs)")
-    print(f"[job] {len(job.experiments)} experiments x {points} = {len(configs)} runs under {out}", file=sys.stderr)
+    results = report_dir(job, out)
+    print(f"[job] {len(job.experiments)} experiments x {points} = {len(configs)} runs under {out}"
+          + ("" if results == out else f" (another job's results are there: this job's land in {results})"),
+          file=sys.stderr)
     prepare_data(configs, job)
     train_and_evaluate(configs, job)
-    result = report(configs, job, out)
+    results.mkdir(exist_ok=True)
+    result = report(configs, job, out, results)
     if job.report.sample_grid:
-        sample_grid(configs, job, out)
+        sample_grid(configs, job, results)
     return result

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
-from microdit.pipeline import RESULTS, compose_job, run_job
+from microdit.pipeline import RESULTS, compose_job, report_dir, run_job
 from microdit.run import RUN_ERRORS
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         print("microdit-cpu-ablation: interrupted; finished runs, evaluations and checkpoints are kept: run the job "
               "again to continue", file=sys.stderr)
         raise SystemExit(130) from None
-    out = Path(job.report.out)
+    out = report_dir(job, Path(job.report.out))
     print(table)
     grid = f", prompts -> images per arm {out / 'samples.png'} ({out / 'samples.md'})" if job.report.sample_grid else ""
     print(f"\n[job] results: {out / RESULTS} (one row per run and evaluated stage), {out / 'results.md'}, "

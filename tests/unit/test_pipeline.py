@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from microdit.experiment import CONF_DIR
-from microdit.pipeline import JobConfig, compose_job, job_configs, run_job
+from microdit.pipeline import JobConfig, compose_job, job_configs, report_dir, run_job
 
 JOBS = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
 
@@ -96,6 +96,32 @@ def test_a_job_file_outside_conf(tmp_path):
         compose_job(str(path))
 
 
+def test_jobs_sharing_a_results_folder_keep_each_others_results(tmp_path):
+    """The first job to report in a folder owns its results.*; another job sharing it (to reuse its
+    runs, as images_vs_steps does in the main job's runs/cpu) reports in a folder of its own name."""
+    main, other = compose_job("main"), compose_job("images_vs_steps")
+    assert (main.name, other.name) == ("main", "images_vs_steps")
+    out = tmp_path / "cpu"
+    out.mkdir()
+    assert report_dir(main, out) == out and json.loads((out / "job.json").read_text()) == {"job": "main"}
+    assert report_dir(other, out) == out / "images_vs_steps"
+    assert report_dir(main, out) == out  # the owner again, after another job
+    path = tmp_path / "mine.yaml"
+    path.write_text("experiments: [cpu_masking_naive75]\n")
+    assert report_dir(compose_job(str(path)), out) == out / "mine"  # a job file: its stem
+    (out / "job.json").write_text("not json")
+    with pytest.raises(ValueError, match=r"job\.json: expected \{\"job\": NAME\}"):
+        report_dir(main, out)
+    (out / "job.json").unlink()
+    (out / "job.json").mkdir()
+    with pytest.raises(ValueError, match=r"job\.json: expected"):
+        report_dir(main, out)
+    plain = tmp_path / "plain"  # a file where the folder should be: nothing can be written under it, even by root
+    plain.write_text("")
+    with pytest.raises(ValueError, match="results folder .*plain .*is not writable"):
+        report_dir(main, plain)
+
+
 @pytest.mark.slow
 def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
     """What a notebook does: compose a job, run it, read the rows; a rerun reuses everything."""
@@ -111,6 +137,7 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
         tmp_path / "out" / "samples.md").read_text()
     assert all(isinstance(r["eval.heldout.probe_fd"], float) for r in rows)
     assert "| cpu-naive75 | pretrain |" in table and (tmp_path / "out" / "results.csv").is_file()
+    assert json.loads((tmp_path / "out" / "job.json").read_text()) == {"job": "main"}
     assert "| chance (shuffled prompts) | pretrain |" in table and "| real vs real (same n) | pretrain |" in table
     assert "| cpu-naive75 vs cpu-deferred75 | pretrain | probe_acc.shape |" in table  # the planned contrast
     assert "| cpu-deferred75 (shuffled prompts) vs cpu-deferred75 | pretrain | probe_acc.shape |" in table
