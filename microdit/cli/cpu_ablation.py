@@ -23,8 +23,13 @@ import sys
 from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
+from microdit.job_runs import SIGNAL_EXITS
 from microdit.pipeline import RESULTS, compose_job, report_dir, run_job
 from microdit.run import RUN_ERRORS
+
+
+STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluations and checkpoints are kept: run "
+           "the job again to continue")
 
 
 def job_overrides(args: argparse.Namespace) -> list[str]:
@@ -70,9 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     except RUN_ERRORS as err:  # bad input, an unwritable folder, another job training one of the runs, ...
         raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None
     except KeyboardInterrupt:  # Ctrl-C outside training (training stops itself at a checkpoint)
-        print("microdit-cpu-ablation: interrupted; finished runs, evaluations and checkpoints are kept: run the job "
-              "again to continue", file=sys.stderr)
+        print(STOPPED, file=sys.stderr)
         raise SystemExit(130) from None
+    except SystemExit as stop:  # a run of this process stopped at a signal, after its checkpoint (128 + signal)
+        if stop.code in SIGNAL_EXITS:
+            print(STOPPED, file=sys.stderr)
+        raise
     out = report_dir(job, Path(job.report.out))
     print(table)
     grid = f", prompts -> images per arm {out / 'samples.png'} ({out / 'samples.md'})" if job.report.sample_grid else ""
