@@ -86,9 +86,9 @@ def _worker(queue, configs: list[TrainConfig], job, threads: int, index: int) ->
     share_terminal(f"[worker {index}]")
     try:
         while (i := queue.get()) is not None:
-            _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)} (worker {index})")
+            _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)}")
     except RUN_ERRORS as err:  # the user's to mend: one line, as the single-process job prints it
-        print(f"[worker {index}] error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)  # labelled [worker K] by share_terminal
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C outside training (an evaluation, between runs): nothing to save
         raise SystemExit(128 + signal.SIGINT) from None

@@ -6,12 +6,13 @@ processes side by side do not overwrite each other."""
 
 from __future__ import annotations
 
+import atexit
 import sys
 
 from tqdm import tqdm
 
 LOG_EVERY_S = 30.0
-_label: str | None = None  # set in a process that shares its terminal with others
+_shared = False  # set in a process that shares its terminal with others
 
 
 class _Lines:
@@ -33,14 +34,45 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
              enabled: bool = True) -> tqdm:
     """A progress bar over ``iterable`` (or ``total`` units updated by hand) for ``desc``."""
     kwargs = dict(total=total, initial=initial, unit=unit, unit_scale=True, disable=not enabled)
-    if sys.stderr.isatty() and _label is None:
+    if sys.stderr.isatty() and not _shared:
         return tqdm(iterable, dynamic_ncols=True, desc=desc, **kwargs)
-    desc = desc if _label is None else f"{_label} {desc}"
     return tqdm(iterable, file=_Lines(sys.stderr), mininterval=LOG_EVERY_S, ncols=120, desc=desc, **kwargs)
 
 
+class _Labelled:
+    """A text stream that starts every line written to ``stream`` with ``label``; a line is written
+    when it is complete (a last unfinished one at exit)."""
+
+    def __init__(self, stream, label: str) -> None:
+        self.stream, self.label, self._pending = stream, label, ""
+        atexit.register(self._close)
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            self.stream.write(f"{self.label} {line}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def _close(self) -> None:
+        if self._pending:
+            self.stream.write(f"{self.label} {self._pending}\n")
+            self._pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name):  # encoding, fileno, buffer, ...: the stream's
+        return getattr(self.stream, name)
+
+
 def share_terminal(label: str) -> None:
-    """This process shares stderr with others (a job's worker): its progress becomes plain lines,
-    each starting with ``label``, as in a log file."""
-    global _label
-    _label = label
+    """This process shares the terminal (or log) with others (a job's worker): every line it writes
+    to stdout or stderr starts with ``label`` (its training, evaluation and error lines alike), and
+    its progress becomes plain lines, as in a log file."""
+    global _shared
+    _shared = True
+    sys.stdout, sys.stderr = _Labelled(sys.stdout, label), _Labelled(sys.stderr, label)

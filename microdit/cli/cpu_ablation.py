@@ -27,7 +27,6 @@ from microdit.job_runs import SIGNAL_EXITS
 from microdit.pipeline import RESULTS, compose_job, report_dir, run_job
 from microdit.run import RUN_ERRORS
 
-
 STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluations and checkpoints are kept: run "
            "the job again to continue")
 

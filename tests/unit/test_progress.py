@@ -1,6 +1,7 @@
 """Progress reporting: a bar on a terminal, plain periodic lines (no carriage returns) in a log."""
 
 import io
+import sys
 
 from microdit import progress as progress_module
 from microdit.progress import progress
@@ -41,10 +42,21 @@ def test_a_process_sharing_a_terminal_writes_labelled_lines(monkeypatch):
     assert "\r" in term.getvalue()  # alone on a terminal: a bar
     term.seek(0)
     term.truncate()
-    monkeypatch.setattr(progress_module, "_label", None)  # restored after the test
+    out = Terminal()
+    monkeypatch.setattr(progress_module.sys, "stdout", out)  # both streams restored after the test
+    monkeypatch.setattr(progress_module, "_shared", False)
     progress_module.share_terminal("[worker 1]")
     bar = progress(total=10, desc="train", unit="img")
     bar.update(10)
     bar.close()
     lines = term.getvalue().splitlines()
     assert "\r" not in term.getvalue() and lines and all(line.startswith("[worker 1] train") for line in lines)
+    # Every line the process writes is labelled, on stdout (the trainer's lines) as on stderr, once
+    # complete; a line left unfinished is written at exit.
+    print("[train] resumed", "at 64 images")
+    assert out.getvalue() == "[worker 1] [train] resumed at 64 images\n"
+    print("two\nlines", end="")
+    sys.stdout.write("!\n")
+    sys.stdout.write("unfinished")
+    sys.stdout._close()
+    assert out.getvalue().splitlines()[1:] == ["[worker 1] two", "[worker 1] lines!", "[worker 1] unfinished"]
