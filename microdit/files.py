@@ -67,3 +67,26 @@ def remove_stale_tmps(folder: Path) -> None:
         match = pattern.match(path.name)
         if match and ended(int(match[1])):
             path.unlink(missing_ok=True)
+
+
+def not_a_folder(path: Path) -> str:
+    """Why ``path`` cannot be read as a folder: ``"does not exist"`` or ``"is a file, not a folder"``."""
+    return "is a file, not a folder" if Path(path).exists() else "does not exist"
+
+
+def unwritable(path: Path, folder: bool = True) -> str | None:
+    """Why ``path`` cannot be written as a folder (``folder``) or a file, checked before any work
+    and without creating anything (None: it can): an existing path of the other kind, or a
+    missing one whose nearest existing parent is a file or not writable."""
+    path = Path(path)
+    if path.exists():
+        if folder != path.is_dir():
+            return "is a file, not a folder" if folder else "is a folder, not a file"
+        return None if os.access(path if folder else path.parent, os.W_OK) else "is not writable"
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is a file, not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be created: {parent} is not writable"
+

@@ -28,6 +28,7 @@ from microdit.data.shards import iter_shard
 from microdit.data.sources import SOURCES
 from microdit.data.synthetic import SCENES, SHAPES, synthetic_samples, synthetic_source
 from microdit.encoders import EncoderConfig, load_autoencoder, load_text_encoder
+from microdit.files import unwritable
 from microdit.launch import local_device
 from microdit.progress import progress
 
@@ -58,7 +59,7 @@ def cmd_cifar_captions(args: argparse.Namespace) -> None:
                                        list(cc.CIFAR10_CLASSES), f"cifar-captions({source}: {origin})",
                                        args.shard_size)
     except DataError as err:
-        if keep.counts["kept"]:
+        if keep.counts["kept"] or not keep.counts["seen"]:  # not the filter's doing
             raise
         raise DataError(f"{err}: the filter kept none of the {keep.counts['seen']} images of {origin} "
                         f"({dict(keep.counts)}; --min-side {args.min_side})") from None
@@ -227,13 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What each command writes: (argument, its name in errors, whether a folder), checked before any work.
+OUTPUTS = {"synthetic": [("out", "OUT", True)], "cifar-captions": [("out", "OUT", True)],
+           "prepare": [("out", "OUT", True), ("raw_dir", "--raw-dir", True)], "encode": [("dst", "DST", True)],
+           "inspect": [("grid", "--grid", False)]}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``microdit-data``; data errors end with a one-line message and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
+        for dest, name, folder in OUTPUTS.get(args.command, []):
+            path = getattr(args, dest)
+            if path is not None and (problem := unwritable(path, folder)):
+                raise DataError(f"{name} {path} {problem}; nothing was written")
         args.func(args)
     except (DataError, ValueError, OSError) as err:
-        print(f"microdit-data {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename and err.strerror else err
+        print(f"microdit-data {args.command}: error: {' '.join(str(text).split())}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

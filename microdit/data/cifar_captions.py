@@ -28,6 +28,7 @@ from PIL import Image
 from microdit.data.images import IMAGE_EXTS, decode_image, resize_center_crop
 from microdit.data.manifest import DataError
 from microdit.data.shards import iter_shard
+from microdit.files import not_a_folder
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CLASS_WORDS = {
@@ -129,7 +130,7 @@ def from_image_folder(root: Path, keep: Filter, captions_file: Path | None = Non
     """Pairs from ``ROOT/<class>/*.jpg|png``; captions from ``captions_file`` (JSON mapping
     ``<class>/<file>`` to a caption) or else from templates with the class name."""
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
+        raise DataError(f"image folder {root} {not_a_folder(root)}")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if not class_dirs:
         raise DataError(f"image folder {root} has no class sub-folders (expected ROOT/<class>/*.jpg)")

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from microdit.files import write_atomic
+from microdit.files import not_a_folder, write_atomic
 
 MANIFEST = "manifest.json"
 KINDS = ("images", "latents")
@@ -144,7 +144,7 @@ def load_manifest(folder: str | Path, check_total: bool = True) -> Manifest:
     (``check_total``: see :meth:`Manifest.from_dict`)."""
     path = Path(folder) / MANIFEST
     if not Path(folder).is_dir():
-        raise DataError(f"dataset folder {folder} does not exist")
+        raise DataError(f"dataset folder {folder} {not_a_folder(folder)}")
     if not path.is_file():
         raise DataError(f"{path} is missing: not a microdit dataset folder (or its writing never finished)")
     try:

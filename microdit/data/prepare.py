@@ -36,6 +36,7 @@ from PIL import Image
 from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest
 from microdit.data.shards import ShardWriter
 from microdit.data.sources import SOURCES, Download, Source
+from microdit.files import not_a_folder
 from microdit.progress import progress as progress_bar
 
 SMALL = 0.01  # --small: the ~1% partition for debugging, as the reference's
@@ -203,7 +204,7 @@ def prepare_dataset(source: Source, raw: str | Path, out: str | Path, rules: Rul
     another source, raw folder or rules."""
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
-        raise DataError(f"raw folder {raw} does not exist (download first, or give --from the folder holding "
+        raise DataError(f"raw folder {raw} {not_a_folder(raw)} (download first, or give --from the folder holding "
                         f"the {source.name} files)")
     units = source.units(raw)
     if not units:

@@ -549,6 +549,31 @@ def test_data_bad_options(world, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_data_outputs_and_inputs_of_the_wrong_kind(world, capsys, tmp_path):
+    """An output under a file, a file where a folder goes (or the reverse), and an input folder that
+    is a file: one line naming the argument, before any work; nothing is written."""
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    file_not_folder = "is a file, not a folder"
+    cases = [
+        (["synthetic", str(plain / "syn"), "--num-samples", "4"], "OUT", "cannot be created", file_not_folder),
+        (["synthetic", str(plain), "--num-samples", "4"], f"OUT {plain} is a file, not a folder"),
+        (["encode", str(world["data"]), str(plain), "--autoencoder", "pixel:2"], f"DST {plain} {file_not_folder}"),
+        (["prepare", "jdb", str(tmp_path / "jdb"), "--raw-dir", str(plain / "raw")], "--raw-dir", "cannot be created"),
+        (["inspect", str(world["data"]), "--grid", str(tmp_path)], f"--grid {tmp_path} is a folder, not a file"),
+        (["inspect", str(plain)], f"dataset folder {plain} is a file, not a folder"),
+        (["cifar-captions", str(tmp_path / "cc"), "--from-folder", str(plain)],
+         f"image folder {plain} is a file, not a folder"),
+        (["prepare", "jdb", str(tmp_path / "jdb"), "--from", str(plain)], f"raw folder {plain} {file_not_folder}"),
+    ]
+    for argv, *expected in cases:
+        msg = cli_error(data_cli.main, argv, capsys)
+        shown = " ".join(a.replace(str(tmp_path), "…") for a in argv[1:3])
+        record(f"`microdit-data {argv[0]}` {shown}", msg, *expected)
+        assert "[Errno" not in msg and "filter kept none" not in msg, msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"] and plain.read_text() == "x"
+
+
 def test_gpu_plan_bad_overrides(capsys, tmp_path):
     msg = cli_error(bench_cli.main, ["--out", str(tmp_path / "plan"), "--gpu-plan", "optim.lr=inf"], capsys)
     record("`microdit-bench --gpu-plan` optim.lr=inf", msg, "optim.lr must be a finite number, got inf")
