@@ -318,7 +318,7 @@ def report_dir(job: JobConfig, out: Path) -> Path:
     """Where ``job``'s report files land: ``out`` itself when ``out`` is its own (the first job to
     report there, recorded in ``out/job.json``), else ``out/<job name>``. Jobs may share a results
     folder to reuse each other's runs (images vs steps trains in the main job's ``runs/cpu`` and
-    reuses its 12 runs) without one job's ``results.*`` replacing another's."""
+    reuses its runs) without one job's ``results.*`` replacing another's."""
     record = out / OWNER
     try:
         owner = json.loads(record.read_text())["job"] if record.exists() else None
