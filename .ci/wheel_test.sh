@@ -21,7 +21,8 @@ grep -q "mixer_depth: 0" job.yaml
   trainer.progress=false trainer.wandb=disabled
 test -f "$work/runs/wheel/summary.json"
 "$work/venv/bin/python" -c "from microdit.eval.results import load_paper_numbers; assert load_paper_numbers()['table2']"
-"$work/venv/bin/python" -c "from microdit.pipeline import compose_job; assert compose_job('main').seeds == [0, 1, 2, 3]"
+"$work/venv/bin/python" -c "import sys, yaml; from microdit.pipeline import compose_job
+assert compose_job('main').seeds == yaml.safe_load(open(sys.argv[1]))['seeds']" "$repo/conf/job/main.yaml"
 if "$work/venv/bin/microdit-train" --cfg job stages.pretrain.mask.ratio=1.5 > bad.txt 2>&1; then
   echo "microdit-train --cfg job accepted mask ratio 1.5"; exit 1
 fi
