@@ -74,13 +74,15 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint folder or a run folder (its latest checkpoint)."""
+    """A checkpoint folder from a checkpoint folder, or the latest of a run folder or of its
+    ``checkpoints`` folder."""
     path = Path(path)
     if (path / META).is_file():
         return path
-    found = latest(path)
+    found = latest(path) or next(reversed(list_checkpoints(path)), None)
     if found is None:
-        raise FileNotFoundError(f"{path} is neither a checkpoint folder (with {META}) nor a run folder with "
+        raise FileNotFoundError(f"{path} does not exist" if not path.exists() else
+                                f"{path} is neither a checkpoint folder (with {META}) nor a run folder with "
                                 "complete checkpoints")
     return found
 

@@ -25,6 +25,7 @@ from PIL import Image
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
 from microdit.data import DataError
 from microdit.data.images import from_uint8, resize_center_crop, save_grid
+from microdit.files import unwritable
 from microdit.host_memory import keep_freed_memory
 from microdit.launch import local_device
 from microdit.run import CheckpointError, PromptSampler, encoder_names, load_model
@@ -54,13 +55,14 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def refuse_existing_samples(out: Path) -> None:
-    """Refuse an output folder that already holds samples: nothing written before is overwritten."""
+    """Refuse an output folder that already holds samples (nothing written before is overwritten)
+    or that cannot be written (a file, under a file, not writable), before the model is loaded."""
     earlier = sorted(p.name for p in (out / "prompts.txt", out / "grid.png", out / "0000.png") if p.exists())
     if earlier:
         raise FileExistsError(f"--out {out} already holds samples ({', '.join(earlier)}): choose another folder "
                               "or delete them")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder")
+    if problem := unwritable(out):
+        raise FileExistsError(f"--out {out} {problem}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -337,7 +337,7 @@ def test_truncated_checkpoint(world):
 def test_resume_from_a_missing_path(world):
     msg = train_error(base_overrides(world["tmp"], world["data"], "resume-missing") +
                       [f"trainer.resume={world['tmp'] / 'nowhere'}"])
-    record("trainer.resume=<path that does not exist>", msg, "nowhere", "neither a checkpoint folder")
+    record("trainer.resume=<path that does not exist>", msg, "nowhere does not exist")
 
 
 def test_resume_with_another_batch_size(world):
@@ -438,6 +438,10 @@ def test_sample_into_a_folder_of_samples(world, capsys, tmp_path):
     msg = cli_error(sample_cli.main, argv + ["--seed", "5"], capsys)
     record("`microdit-sample` into a folder that holds samples", msg, str(tmp_path / "out"), "already holds samples")
     assert snapshot(tmp_path / "out") == before
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    msg = cli_error(sample_cli.main, argv[:-1] + [str(plain / "out")], capsys)
+    record("`microdit-sample` --out under a file", msg, f"--out {plain / 'out'} cannot be created: {plain} is a file")
 
 
 def test_eval_bad_options(world, capsys):

@@ -4,7 +4,7 @@ import pytest
 
 from microdit.data import DataError, load_manifest
 from microdit.models import preset_config
-from microdit.run import CheckpointError, check_fits_model, fit_problems, load, older_hint
+from microdit.run import CheckpointError, check_fits_model, fit_problems, load, older_hint, resolve_checkpoint
 
 from conftest import FIXTURE_DIR
 
@@ -36,3 +36,18 @@ def test_unreadable_checkpoint_hints_name_what_exists(tmp_path):
     assert "trainer.resume=" in older_hint(root / "000000000128", resuming=True)
     assert older_hint(root / "000000000064", resuming=False) == "the run has no older checkpoint"
     assert "move" in older_hint(root / "000000000064", resuming=True)
+
+
+def test_a_checkpoint_is_found_from_its_folder_its_run_or_the_runs_checkpoints_folder(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    for name in ("000000000064", "000000000128"):
+        (root / name).mkdir(parents=True)
+        (root / name / "meta.json").write_text("{}")
+    (root / "000000000192").mkdir()  # not complete: no meta.json
+    newest = root / "000000000128"
+    assert resolve_checkpoint(tmp_path / "run") == resolve_checkpoint(root) == newest
+    assert resolve_checkpoint(root / "000000000064") == root / "000000000064"
+    with pytest.raises(FileNotFoundError, match=r"nope does not exist$"):
+        resolve_checkpoint(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"is neither a checkpoint folder"):
+        resolve_checkpoint(tmp_path)
