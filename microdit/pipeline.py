@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from microdit import run as runs
 from microdit.eval.job_rows import chance_table, reference_rows, stage_rows
-from microdit.eval.metrics import check_names
+from microdit.eval.metrics import check_names, metric_columns
 from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
 from microdit.job_runs import run_splits, train_and_evaluate
@@ -123,6 +123,11 @@ class JobConfig:
             out.append(str(err))
         if not self.report.columns:
             out.append("report.columns must name at least one evaluation column")
+        written = metric_columns(self.eval.metrics)
+        unknown = [c for c in self.report.columns if c.split(".")[0] not in written]
+        if unknown:
+            out.append(f"report.columns {unknown} are not written by eval.metrics {self.eval.metrics} (their columns: "
+                       f"{', '.join(written)}; one per attribute as probe_acc.shape)")
         for contrast in self.report.contrasts:
             if len(contrast.split(" vs ")) != 2:
                 out.append(f"report.contrasts: expected 'ARM vs ARM' (trainer.name of two runs), got {contrast!r}")
@@ -241,7 +246,15 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
         build_synthetic_dataset(held_out, progress=True)
         if "probe" in job.eval.metrics:
             build_synthetic_dataset(probe_split, progress=True)
-            dataset_probe(probe_split.folder, steps=job.eval.probe_steps)
+            check_attributes(job, dataset_probe(probe_split.folder, steps=job.eval.probe_steps).values, data)
+
+
+def check_attributes(job: JobConfig, attributes, data: Path) -> None:
+    """A report column of one attribute (``probe_acc.shape``) names one the probe of ``data``
+    reads (``attributes``): checked once the probe exists, before any run trains."""
+    unknown = [c for c in job.report.columns if "." in c and c.split(".", 1)[1] not in attributes]
+    if unknown:
+        raise ValueError(f"report.columns {unknown}: the probe of {data} reads the attributes {sorted(attributes)}")
 
 
 def report(configs: list[TrainConfig], job: JobConfig, out: Path, results: Path) -> tuple[list[dict], str]:

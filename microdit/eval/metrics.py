@@ -47,6 +47,13 @@ class Metric:
     counts_as_quality: bool = True
     offline: bool = False
     stats: bool = False
+    columns: tuple[str, ...] = ()  # every key compute adds to an entry, where more than direction's
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The keys ``compute`` adds to a metrics.json entry (a results column each, or one per
+        attribute: ``probe_acc.shape``)."""
+        return self.columns or tuple(self.direction)
 
 
 METRICS: dict[str, Metric] = {}
@@ -70,6 +77,11 @@ def check_names(names: list[str], allowed: list[str] | None = None, where: str =
     if unknown:
         raise ValueError(f"{where}unknown metric(s) {unknown}; choose from {','.join(allowed)}")
     return names
+
+
+def metric_columns(names: list[str]) -> list[str]:
+    """The keys the metrics ``names`` add to an evaluation entry (``probe_fd``, ``probe_acc``, ...)."""
+    return [column for name in names if name in METRICS for column in METRICS[name].outputs]
 
 
 def stats_metrics() -> list[str]:
@@ -259,7 +271,9 @@ register(Metric("probe", "offline probe: Fréchet distance and KID in its featur
                 "match the prompt (probe_acc.*, probe_acc_mean) and the same against shuffled prompts "
                 "(probe_chance.*); not FID", "probe", _probe,
                 {"probe_fd": LOWER, "probe_kid": LOWER, "probe_acc_mean": HIGHER, "probe_acc": HIGHER},
-                offline=True))
+                offline=True, columns=("probe_fd", "probe_kid", "probe_acc", "probe_acc_mean", "probe_acc_low",
+                                       "probe_acc_high", "probe_chance", "probe_chance_mean", "probe_fd_real",
+                                       "probe_kid_real", "probe_heldout_acc")))
 register(Metric("fid", "FID: Fréchet distance in InceptionV3 pool features against the evaluation set's statistics",
                 "inception", lambda inputs: {"fid": _frechet("inception")(inputs)}, {"fid": LOWER}, stats=True))
 register(Metric("clip_fid", "Clip-FID: Fréchet distance in CLIP image features", "clip_fid",

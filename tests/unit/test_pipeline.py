@@ -78,6 +78,10 @@ def test_job_overrides_and_bad_values():
                                (["seeds=[0,x]"], "could not be converted to Integer"),
                                (["eval.probe_steps=0"], "eval.probe_steps must be a positive integer"),
                                (["eval.metrics=[fid,nope]"], "eval.metrics: unknown metric(s) ['nope']"),
+                               (["report.columns=[probe_fdd,probe_acc.shape]"],
+                                "report.columns ['probe_fdd'] are not written by eval.metrics ['probe']"),
+                               (["eval.metrics=[fid]"], "report.columns ['probe_acc.shape', 'probe_acc.colour', "
+                                                        "'probe_fd', 'probe_kid'] are not written by eval.metrics"),
                                (["experiments=[]"], "experiments must be a non-empty list")):
         with pytest.raises(ValueError, match=r"^job main: .*" + message.replace("(", r"\(").replace(")", r"\)")
                            .replace("[", r"\[").replace("]", r"\]")):
@@ -149,6 +153,11 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
     assert (entry["seed"], entry["prompt_seed"]) == (0, 0)  # seed s: noise seeds 1e6 * s + i, prompts drawn with s
     again, _ = run_job(job, out=tmp_path / "out", extra=small)
     assert [r["eval.heldout.probe_fd"] for r in again] == [r["eval.heldout.probe_fd"] for r in rows]
+    job.report.columns.append("probe_acc.shap")  # an attribute the labels do not have: refused before training
+    with pytest.raises(ValueError, match=r"report.columns \['probe_acc.shap'\]: the probe of .* reads the "
+                                         r"attributes \['class', 'colour', 'shape'\]"):
+        run_job(job, out=tmp_path / "new", extra=small)
+    assert not (tmp_path / "new" / "seed0").exists()
 
 
 @pytest.mark.slow

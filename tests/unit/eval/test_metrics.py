@@ -14,6 +14,7 @@ from microdit.eval.metrics import (
     Metric,
     check_names,
     direction,
+    metric_columns,
     quality_columns,
     register,
 )
@@ -30,6 +31,17 @@ def test_registry_names_and_directions():
         register(Metric("bad", "", "probe", lambda inputs: {}, {"bad": "up"}))
     with pytest.raises(ValueError, match=r"--metrics: unknown metric\(s\) \['nope'\]"):
         check_names(["probe", "nope"], where="--metrics: ")
+
+
+def test_the_probe_declares_the_columns_an_evaluation_writes():
+    """The columns a real job evaluation wrote (the committed main-job results) are the probe's
+    declared outputs, each a column or a column per attribute; the other metrics write their name."""
+    from conftest import FIXTURE_DIR
+
+    header = (FIXTURE_DIR / "main_job.csv").read_text().splitlines()[0].split(",")
+    written = {c.removeprefix("eval.heldout.").split(".")[0] for c in header if c.startswith("eval.heldout.")}
+    assert set(metric_columns(["probe"])) == written and len(metric_columns(["probe"])) == len(written)
+    assert metric_columns(["fid", "kid", "clip_score", "clip_fid"]) == ["fid", "kid", "clip_score", "clip_fid"]
 
 
 def test_quality_columns_prefer_pixel_metrics():
