@@ -230,8 +230,12 @@ def _run_config(job: JobConfig, entry: str, name: str, own: list[str], budget: f
 
 def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
     """Each dataset of the job's runs once: every stage's synthetic dataset, then once per
-    dataset its held-out split, its probe split and the probe."""
+    dataset its held-out split, its probe split and the probe, and the networks the evaluation's
+    metrics read images through (weights that cannot be fetched stop the job before it trains)."""
+    from microdit.data import load_manifest
     from microdit.data.encode import build_synthetic_dataset
+    from microdit.eval import EvalSettings
+    from microdit.eval.metrics import EvalInputs
     from microdit.eval.probe import dataset_probe
 
     done = set()
@@ -244,6 +248,8 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
         done.add(data)
         print(f"[job] dataset {data} (held-out split: {first.held_out} beside it)", file=sys.stderr)
         build_synthetic_dataset(held_out, progress=True)
+        EvalInputs.load_networks(job.eval.metrics, load_manifest(held_out.folder).autoencoder,
+                                 EvalSettings(metrics=list(job.eval.metrics)))
         if "probe" in job.eval.metrics:
             build_synthetic_dataset(probe_split, progress=True)
             check_attributes(job, dataset_probe(probe_split.folder, steps=job.eval.probe_steps).values, data)

@@ -6,8 +6,10 @@ import json
 import pytest
 import yaml
 
+from microdit.eval.metrics import EXTRACTORS
 from microdit.experiment import CONF_DIR
 from microdit.pipeline import JobConfig, compose_job, job_configs, report_dir, run_job
+from microdit.pretrained import WeightsUnavailable
 
 JOBS = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
 
@@ -158,6 +160,16 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
                                          r"attributes \['class', 'colour', 'shape'\]"):
         run_job(job, out=tmp_path / "new", extra=small)
     assert not (tmp_path / "new" / "seed0").exists()
+    job.report.columns.pop()
+
+    def offline(settings, device):
+        raise WeightsUnavailable("FID's InceptionV3: the pretrained weights cannot be fetched (offline)")
+
+    monkeypatch.setitem(EXTRACTORS, "inception", offline)  # a node without network
+    job.eval.metrics = ["probe", "fid"]
+    with pytest.raises(WeightsUnavailable, match="cannot be fetched"):
+        run_job(job, out=tmp_path / "new", extra=small)
+    assert not (tmp_path / "new" / "seed0").exists()  # before any run trained
 
 
 @pytest.mark.slow
