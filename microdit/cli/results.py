@@ -15,6 +15,7 @@ import difflib
 from pathlib import Path
 
 from microdit.eval.results import collect, contrast_table, markdown_table, plot, write_csv
+from microdit.files import not_a_folder
 from microdit.train.logging import training_plot
 
 
@@ -41,7 +42,7 @@ def check_options(args: argparse.Namespace, rows: list[dict]) -> None:
         if path.is_dir():
             raise ValueError(f"{option} {path} is a folder; expected a file path")
         if not path.parent.is_dir():
-            raise ValueError(f"{option} {path}: folder {path.parent} does not exist")
+            raise ValueError(f"{option} {path}: folder {path.parent} {not_a_folder(path.parent)}")
     dependent = (("--markdown", args.markdown, "--metrics"), ("--contrasts", args.contrasts, "--metrics"),
                  ("--margin", args.margin, "--contrasts"))
     for option, given, needs in dependent:
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # folders before and after options
     rows = collect(args.roots)
     if not rows:
-        raise SystemExit(f"microdit-results: error: no run folders (with config.yaml) under {args.roots}")
+        roots = ", ".join(f"{r}" + ("" if r.is_dir() else f" ({not_a_folder(r)})") for r in args.roots)
+        raise SystemExit(f"microdit-results: error: no run folders (with config.yaml) under {roots}")
     try:
         check_options(args, rows)
         table = results_table(args, rows)  # before anything is written: its errors are the options'

@@ -516,15 +516,25 @@ RESULTS_CASES = [
     ("--contrasts of one value", ["--metrics", "cost.flops", "--group-by", "trainer.name", "--contrasts", "a vs"],
      ("--contrasts needs --group-by ARM[,STAGE] and 'A vs B' values of ARM",)),
     ("--margin without --contrasts", ["--margin", "cost.flops=1"], ("--margin needs --contrasts",)),
+    ("--out under a file", ["--out", "RUN/config.yaml/r.csv"], ("config.yaml is a file, not a folder",)),
     ("--markdown without --metrics", ["--markdown", "t.md"], ("--markdown needs --metrics",)),
 ]
 
 
 @pytest.mark.parametrize("case,extra,expected", RESULTS_CASES, ids=[c[0] for c in RESULTS_CASES])
 def test_results_bad_options(world, capsys, tmp_path, case, extra, expected):
-    extra = [a.replace("NOWHERE", str(tmp_path / "nowhere")) for a in extra]
+    extra = [a.replace("NOWHERE", str(tmp_path / "nowhere")).replace("RUN", str(world["run"])) for a in extra]
     msg = cli_error(results_cli.main, [str(world["run"].parent), "--out", str(tmp_path / "r.csv"), *extra], capsys)
     record(f"`microdit-results` {case}", msg, *expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_from_roots_that_are_not_folders(world, capsys, tmp_path):
+    config = world["run"] / "config.yaml"
+    msg = cli_error(results_cli.main, [str(tmp_path / "nowhere"), str(config), "--out", str(tmp_path / "r.csv")],
+                    capsys)
+    record("`microdit-results` from roots that are not folders", msg,
+           f"no run folders (with config.yaml) under {tmp_path / 'nowhere'} (does not exist), {config} (is a file")
     assert list(tmp_path.iterdir()) == []
 
 
