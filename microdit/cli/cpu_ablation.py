@@ -12,7 +12,8 @@ library behind this command: :mod:`microdit.pipeline`); trailing ``KEY=VALUE`` a
 override the job's fields. Runs that finished earlier are not trained again, evaluations are
 cached, an interrupted run resumes: rerunning a job only adds what is missing. A run folder
 written with another config (another ``--budget-flops``, an edited job) is refused before
-anything trains, not reported as this job's. ``probe_fd`` (lower is better) and ``probe_acc``
+anything trains, not reported as this job's; a results folder that holds another job's results
+gets this job's in OUT/<job name>/. ``probe_fd`` (lower is better) and ``probe_acc``
 (higher is better) are probe metrics, not FID.
 """
 
