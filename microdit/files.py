@@ -81,7 +81,7 @@ def unwritable(path: Path, folder: bool = True) -> str | None:
     path = Path(path)
     if path.exists():
         if folder != path.is_dir():
-            return "is a file, not a folder" if folder else "is a folder, not a file"
+            return not_a_folder(path) if folder else "is a folder, not a file"
         return None if os.access(path if folder else path.parent, os.W_OK) else "is not writable"
     parent = path.absolute().parent
     while not parent.exists():

@@ -47,13 +47,13 @@ class Metric:
     counts_as_quality: bool = True
     offline: bool = False
     stats: bool = False
-    columns: tuple[str, ...] = ()  # every key compute adds to an entry, where more than direction's
+    other_columns: tuple[str, ...] = ()  # keys compute also adds, ranked neither way (intervals, chance, floors)
 
     @property
     def outputs(self) -> tuple[str, ...]:
         """The keys ``compute`` adds to a metrics.json entry (a results column each, or one per
-        attribute: ``probe_acc.shape``)."""
-        return self.columns or tuple(self.direction)
+        attribute: ``probe_acc.shape``): those of ``direction``, then ``other_columns``."""
+        return (*self.direction, *self.other_columns)
 
 
 METRICS: dict[str, Metric] = {}
@@ -271,9 +271,8 @@ register(Metric("probe", "offline probe: Fréchet distance and KID in its featur
                 "match the prompt (probe_acc.*, probe_acc_mean) and the same against shuffled prompts "
                 "(probe_chance.*); not FID", "probe", _probe,
                 {"probe_fd": LOWER, "probe_kid": LOWER, "probe_acc_mean": HIGHER, "probe_acc": HIGHER},
-                offline=True, columns=("probe_fd", "probe_kid", "probe_acc", "probe_acc_mean", "probe_acc_low",
-                                       "probe_acc_high", "probe_chance", "probe_chance_mean", "probe_fd_real",
-                                       "probe_kid_real", "probe_heldout_acc")))
+                offline=True, other_columns=("probe_acc_low", "probe_acc_high", "probe_chance", "probe_chance_mean",
+                                             "probe_fd_real", "probe_kid_real", "probe_heldout_acc")))
 register(Metric("fid", "FID: Fréchet distance in InceptionV3 pool features against the evaluation set's statistics",
                 "inception", lambda inputs: {"fid": _frechet("inception")(inputs)}, {"fid": LOWER}, stats=True))
 register(Metric("clip_fid", "Clip-FID: Fréchet distance in CLIP image features", "clip_fid",
