@@ -155,7 +155,7 @@ def _prepare_parser(sub) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--fraction", type=fraction, default=1.0,
                       help="the first fraction of the source's archives (default: %(default)s)")
-    size.add_argument("--small", action="store_true", help=f"the ~{SMALL:.0%} partition, for debugging")
+    size.add_argument("--small", action="store_true", help=f"the ~{SMALL:.0%}% partition, for debugging")
     p.add_argument("--num-proc", type=positive_int, default=1,
                    help="parallel downloads and units processed at once (default: %(default)s)")
     p.add_argument("--min-side", type=non_negative_int,

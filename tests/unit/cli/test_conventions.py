@@ -81,3 +81,12 @@ def test_key_value_arguments_go_before_and_after_options(monkeypatch, capsys, tm
     assert job.report.out == str(tmp_path / "x")
     plan.main(["trainer.batch_size=8", "--json", "model=micro", "--mfu", "0.3"])
     assert json.loads(capsys.readouterr().out)["runs"][0]["overrides"] == ["trainer.batch_size=8", "model=micro"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_help_page_formats(command, monkeypatch):
+    """``--help`` of the command and of each sub-command prints (argparse %-formats every help text:
+    a bare '%' in one breaks the whole page)."""
+    for parser in parsers_of(COMMANDS[command], monkeypatch):
+        page = parser.format_help()
+        assert page.startswith("usage:") and "%(" not in page, parser.prog
