@@ -63,10 +63,14 @@ class Rules:
 
 def _hub_download(item: Download, raw: Path) -> None:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         hf_hub_download(item.repo, item.path, repo_type="dataset", local_dir=raw)
+    except LocalEntryNotFoundError:  # the Hub cannot be reached (no network, or HF_HUB_OFFLINE=1)
+        raise DataError(f"{item.repo}/{item.path}: the Hugging Face Hub cannot be reached (no network, or "
+                        f"HF_HUB_OFFLINE set); rerun when it can, or fetch it by hand into {raw} and use "
+                        "--from") from None
     except GatedRepoError:
         raise DataError(f"{item.repo} is gated: accept its terms at https://huggingface.co/datasets/{item.repo} "
                         "and log in (huggingface-cli login, or HF_TOKEN)") from None

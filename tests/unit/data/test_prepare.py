@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,20 @@ def test_downloads_skip_what_is_there_and_explain_gated_sets(tmp_path, monkeypat
     monkeypatch.setattr("huggingface_hub.hf_hub_download", gated)
     with pytest.raises(DataError, match="accept its terms.*HF_TOKEN"):
         prep.download(SOURCES["jdb"], tmp_path / "jdb", fraction=0.005)
+
+
+def test_an_unreachable_hub_says_how_to_prepare_offline(tmp_path, monkeypatch):
+    """Offline, huggingface_hub raises its own 'check your connection' error; the line names the file,
+    the folder to fetch it into and --from."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the real library's own offline path, no network touched
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    raw = tmp_path / "jdb-raw"
+    with pytest.raises(DataError) as err:
+        prep.download(SOURCES["jdb"], raw, fraction=0.005)
+    message = str(err.value)
+    assert re.match(r"JourneyDB/JourneyDB/data/train/\S+: the Hugging Face Hub cannot be reached", message), message
+    assert f"into {raw} and use --from" in message and "\n" not in message
 
 
 def test_http_downloads_retry_then_name_the_url(tmp_path, monkeypatch):
