@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,14 @@ import pytest
 import torch
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
+
+
+def fixture_script(name: str):
+    """A fixture-making script of ``tests/fixtures/`` (``make_source_fixtures``) as a module."""
+    spec = importlib.util.spec_from_file_location(name, FIXTURE_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

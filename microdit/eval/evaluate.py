@@ -154,7 +154,8 @@ def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, set
         return generate(loaded.model, texts[lo:hi], list(range(settings.seed + lo, settings.seed + hi)),
                         loaded.config.diffusion, sampler, masks[lo:hi] if use_mask else None, settings.batch_size)
 
-    networks = EvalInputs.load_networks(settings.metrics, manifest.autoencoder, settings, device) if rank == 0 else {}
+    networks = (EvalInputs.load_networks(settings.metrics, manifest.autoencoder, settings, device, probe_data)
+                if rank == 0 else {})
     generated = _chunks(run_dir / "eval" / tag, latents_fn, count, settings.batch_size, rank, world)
     if generated is None:
         return None

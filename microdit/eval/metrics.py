@@ -15,7 +15,6 @@ Shapes: N generated samples, M reference samples, F features.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -195,14 +194,22 @@ class EvalInputs:
         return self._memo[key]
 
     @staticmethod
-    def load_networks(metrics: list[str], autoencoder: str, settings, device="cpu") -> dict:
+    def load_networks(metrics: list[str], autoencoder: str, settings, device="cpu",
+                      probe_dataset: str | Path | None = None) -> dict:
         """The networks ``metrics`` read images through (the dataset's autoencoder, each feature
-        extractor), built now for the ``networks`` of an instance made later: weights that cannot be
-        fetched stop an evaluation before its samples are generated (hours for COCO-30K), not after."""
-        names = {METRICS[m].features for m in metrics} & EXTRACTORS.keys()
+        extractor) and, given ``probe_dataset``, the probe, built now for the ``networks`` of an
+        instance made later: weights that cannot be fetched, or a probe dataset without labels, stop an
+        evaluation before its samples are generated (hours for COCO-30K), not after."""
+        used = {METRICS[m].features for m in metrics}
+        networks = {}
+        if "probe" in used and probe_dataset is not None:
+            from microdit.eval.probe import dataset_probe
+
+            networks[("probe",)] = dataset_probe(probe_dataset, steps=settings.probe_steps)
+        names = used & EXTRACTORS.keys()
         if not names:
-            return {}
-        networks = {("autoencoder",): load_autoencoder(autoencoder).to(device)}
+            return networks
+        networks[("autoencoder",)] = load_autoencoder(autoencoder).to(device)
         return networks | {("extractor", name): EXTRACTORS[name](settings, device) for name in sorted(names)}
 
     def chunks(self, latents: torch.Tensor):
@@ -230,12 +237,12 @@ class EvalInputs:
         most 50,000; :func:`reference_stats`)."""
         return reference_stats(self.reference_dataset, self.extractor(name), device=self.device)
 
-    @functools.cached_property
+    @property
     def probe(self):
         """The probe of the probe dataset (trained once per dataset and length, then cached)."""
         from microdit.eval.probe import dataset_probe
 
-        return dataset_probe(self.probe_dataset, steps=self.settings.probe_steps)
+        return self._once(("probe",), lambda: dataset_probe(self.probe_dataset, steps=self.settings.probe_steps))
 
 
 EXTRACTORS: dict[str, Callable] = {

@@ -43,13 +43,17 @@ PROBE_THREADS = 2
 
 
 def attribute_values(labels: list[dict]) -> dict[str, list]:
-    """Categorical attributes and their sorted values, from a list of label dicts."""
+    """Categorical attributes and their sorted values, from a list of label dicts: str/int fields
+    with 2 to ``MAX_VALUES`` values, some value shared by two samples (a field with one value per
+    sample, such as a source's file name, identifies samples: there is nothing to generalise)."""
     seen: dict[str, set] = {}
+    count: dict[str, int] = {}
     for lab in labels:
         for key, value in lab.items():
             if isinstance(value, (str, int)) and not isinstance(value, bool):
                 seen.setdefault(key, set()).add(value)
-    return {k: sorted(v, key=str) for k, v in sorted(seen.items()) if 1 < len(v) <= MAX_VALUES}
+                count[key] = count.get(key, 0) + 1
+    return {k: sorted(v, key=str) for k, v in sorted(seen.items()) if 1 < len(v) <= MAX_VALUES and len(v) < count[k]}
 
 
 def fold_factor(height: int, width: int) -> int:
@@ -160,7 +164,8 @@ def _train_probe(latents: torch.Tensor, labels: list[dict], steps: int, batch: i
                  heldout_fraction: float) -> Probe:
     values = attribute_values(labels)
     if not values:
-        raise ValueError("the labels have no categorical attribute to probe (need str/int fields with 2-50 values)")
+        raise ValueError("the labels have no categorical attribute to probe (need a str/int field with 2-50 values, "
+                         "each shared by several samples)")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     order = torch.randperm(len(latents), generator=g)
@@ -198,7 +203,12 @@ def dataset_probe(folder: str | Path, steps: int = 2000, limit: int = 20000) -> 
     if path.is_file():
         return Probe.load(path)
     latents, labels, _ = read_dataset(folder, limit)
-    probe = train_probe(latents, labels, steps=steps)
+    try:
+        probe = train_probe(latents, labels, steps=steps)
+    except ValueError as err:
+        raise ValueError(f"probe dataset {folder}: {err}; the probe metrics need one (the synthetic set's shape "
+                         "and colour, cifar-captions' class): use another probe dataset, or metrics that need no "
+                         "labels (fid, clip_fid, clip_score, kid)") from None
     probe.save(path)
     path.with_suffix(".json").write_text(json.dumps({"values": probe.values, "heldout_accuracy": probe.heldout_accuracy,
                                                      "samples": len(latents), "steps": steps, "fold": probe.net.fold},
@@ -261,10 +271,11 @@ def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dic
     named_first = sorted(acc, key=lambda k: (not isinstance(prompt_labels[0].get(k), str), k))  # shape before class
     distinct = distinct_attributes(prompt_labels, named_first)
     out = {"probe_fd": frechet_distance(FeatureStats.of(gen_features), FeatureStats.of(ref_features)),
-           "probe_kid": kernel_inception_distance(gen_features, ref_features)[0],
-           "probe_acc": acc, "probe_acc_mean": float(np.mean([acc[k] for k in distinct])),
-           "probe_acc_low": low, "probe_acc_high": high,
-           "probe_chance": chance, "probe_chance_mean": float(np.mean([chance[k] for k in distinct]))}
+           "probe_kid": kernel_inception_distance(gen_features, ref_features)[0]}
+    if distinct:  # prompts that name none of the probe's attributes (another dataset's captions): no accuracy
+        out.update({"probe_acc": acc, "probe_acc_mean": float(np.mean([acc[k] for k in distinct])),
+                    "probe_acc_low": low, "probe_acc_high": high,
+                    "probe_chance": chance, "probe_chance_mean": float(np.mean([chance[k] for k in distinct]))})
     if real_twin is not None and len(real_twin) >= 2:
         twin_features, _ = probe.predict(real_twin)
         out["probe_fd_real"] = frechet_distance(FeatureStats.of(twin_features), FeatureStats.of(ref_features))

@@ -35,6 +35,7 @@ from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.data.synthetic import SyntheticRecipe
 from microdit.pipeline import compose_job, job_configs
 
+from conftest import fixture_script
 from train_helpers import TWO_STAGES, base_overrides
 
 pytestmark = pytest.mark.slow
@@ -483,6 +484,21 @@ def test_eval_whose_weights_cannot_be_had_stops_before_generating(world, capsys,
     msg = cli_error(eval_cli.main, argv, capsys)
     record("`microdit-eval` FID's weights without network", msg, "FID's InceptionV3", "cannot be fetched",
            "--inception-weights FILE")
+    assert not list(run.rglob("samples-*.pt"))  # nothing generated
+
+
+def test_eval_whose_probe_dataset_has_no_labels_stops_before_generating(world, capsys, tmp_path):
+    """A prepared real dataset (JourneyDB's layout: file names, no categorical label) as the probe
+    dataset of the default probe metrics: one line naming it before any sample is generated."""
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    fixture_script("make_source_fixtures").main(tmp_path / "raw", ["jdb"])
+    data_cli.main(["prepare", "jdb", str(tmp_path / "jdb"), "--from", str(tmp_path / "raw" / "jdb")])
+    data_cli.main(["encode", str(tmp_path / "jdb"), str(tmp_path / "lat"), "--resolutions", "32", "--device", "cpu"])
+    msg = cli_error(eval_cli.main, ["run", str(run), "--dataset", str(world["data"]), "--num-samples", "2",
+                                    "--steps", "2", "--probe-dataset", str(tmp_path / "lat")], capsys)
+    record("`microdit-eval` a probe dataset without labels", msg, f"probe dataset {tmp_path / 'lat'}",
+           "no categorical attribute", "metrics that need no labels (fid, clip_fid, clip_score, kid)")
     assert not list(run.rglob("samples-*.pt"))  # nothing generated
 
 

@@ -2,7 +2,6 @@
 FID and CLIP score with random-init networks of the real architectures, and the Table 3 notebook."""
 
 import importlib
-import importlib.util
 import json
 
 import nbformat
@@ -20,14 +19,12 @@ from microdit.eval.frechet import FeatureStats, frechet_distance
 from microdit.eval.metrics import dataset_images, decode
 from microdit.train.trainer import train
 
-from conftest import FIXTURE_DIR
+from conftest import FIXTURE_DIR, fixture_script
 from train_helpers import base_overrides, compose_config
 
 pytestmark = pytest.mark.slow
 ROOT = FIXTURE_DIR.parents[1]
-spec = importlib.util.spec_from_file_location("make_source_fixtures", FIXTURE_DIR / "make_source_fixtures.py")
-fixtures = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fixtures)
+fixtures = fixture_script("make_source_fixtures")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """From each source's raw fixture to a trained nano run: prepare --from, a two-resolution encode, and
 one run whose first stage reads the dataset's 32-px latents and whose second its 64-px ones."""
 
-import importlib.util
 import json
 
 import pytest
@@ -10,13 +9,11 @@ from microdit.cli.data import main as data_main
 from microdit.data import load_manifest
 from microdit.train.trainer import train
 
-from conftest import FIXTURE_DIR
+from conftest import fixture_script
 from train_helpers import base_overrides, compose_config, stats
 
 pytestmark = pytest.mark.slow
-spec = importlib.util.spec_from_file_location("make_source_fixtures", FIXTURE_DIR / "make_source_fixtures.py")
-fixtures = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fixtures)
+fixtures = fixture_script("make_source_fixtures")
 
 
 @pytest.mark.parametrize("source", sorted(fixtures.MAKERS))

@@ -1,7 +1,6 @@
 """microdit-data prepare: each source's fixture (in its real layout) through the paper's rules."""
 
 import dataclasses
-import importlib.util
 import io
 import json
 import re
@@ -16,11 +15,9 @@ from microdit.data import prepare as prep
 from microdit.data.shards import iter_shard
 from microdit.data.sources import SOURCES
 
-from conftest import FIXTURE_DIR
+from conftest import fixture_script
 
-spec = importlib.util.spec_from_file_location("make_source_fixtures", FIXTURE_DIR / "make_source_fixtures.py")
-fixtures = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fixtures)
+fixtures = fixture_script("make_source_fixtures")
 
 # What each fixture holds (make_source_fixtures.py): per archive two images the rules keep, one too
 # small and one unreadable; sa1b lacks one caption, jdb one prompt line, diffdb has one

@@ -129,3 +129,39 @@ def test_the_probe_trains_alike_whatever_the_callers_thread_count(synthetic):
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_a_field_with_one_value_per_sample_is_no_probe_attribute():
+    """A source's file name (``image``) identifies samples: classifying it is memorising them."""
+    from microdit.eval.probe import attribute_values
+
+    labels = [{"image": f"{i:03d}.jpg", "colour": "xy"[i % 2], "nsfw": 0.1} for i in range(12)]
+    assert attribute_values(labels) == {"colour": ["x", "y"]}
+    with pytest.raises(ValueError, match="no categorical attribute.*each shared by several samples"):
+        train_probe(torch.randn(12, 4, 8, 8), [{"image": lab["image"]} for lab in labels], steps=2)
+
+
+def test_prompts_that_name_none_of_the_probes_attributes_get_no_accuracy(synthetic):
+    """Another dataset's prompts (COCO captions read by a probe of the run's own data): the distances,
+    and no accuracy at all rather than NaN means (metrics.json is JSON, NaN is not)."""
+    probe = dataset_probe(synthetic / "train", steps=150)
+    latents, labels, _ = read_dataset(synthetic / "eval", 40)
+    out = probe_metrics(probe, latents[:20], [{"image": f"{i}.jpg"} for i in range(20)], latents[20:])
+    assert set(out) == {"probe_fd", "probe_kid"} and all(np.isfinite(v) for v in out.values())
+    json.dumps(out, allow_nan=False)
+
+
+def test_a_probe_dataset_without_a_shared_attribute_is_named(tmp_path):
+    """A prepared real dataset (JourneyDB's layout: only file names as labels) as the probe dataset:
+    one line naming it and the metrics that need no labels, nothing cached."""
+    from microdit.cli.data import main as data_main
+
+    from conftest import fixture_script
+
+    fixture_script("make_source_fixtures").main(tmp_path / "raw", ["jdb"])
+    data_main(["prepare", "jdb", str(tmp_path / "jdb"), "--from", str(tmp_path / "raw" / "jdb")])
+    data_main(["encode", str(tmp_path / "jdb"), str(tmp_path / "lat"), "--resolutions", "32", "--device", "cpu"])
+    with pytest.raises(ValueError, match=f"^probe dataset {tmp_path / 'lat'}: the labels have no categorical "
+                                         r"attribute.*\(fid, clip_fid, clip_score, kid\)$"):
+        dataset_probe(tmp_path / "lat", steps=2)
+    assert not probe_path(tmp_path / "lat", 2).exists()
