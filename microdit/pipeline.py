@@ -27,6 +27,7 @@ from microdit.eval.job_rows import chance_table, reference_rows, stage_rows
 from microdit.eval.metrics import check_names, metric_columns
 from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
+from microdit.files import unwritable
 from microdit.job_runs import run_splits, train_and_evaluate
 from microdit.train.config import TrainConfig, summarize_changes
 from microdit.train.plan import prepare_synthetic
@@ -333,37 +334,46 @@ def sample_grid(configs: list[TrainConfig], job: JobConfig, out: Path) -> Path:
     return out / "samples.png"
 
 
-def report_dir(job: JobConfig, out: Path) -> Path:
+def report_dir(job: JobConfig, out: Path, claim: bool = False) -> Path:
     """Where ``job``'s report files land: ``out`` itself when ``out`` is its own (the first job to
     report there, recorded in ``out/job.json``), else ``out/<job name>``. Jobs may share a results
     folder to reuse each other's runs (images vs steps trains in the main job's ``runs/cpu`` and
-    reuses its runs) without one job's ``results.*`` replacing another's."""
+    reuses its runs) without one job's ``results.*`` replacing another's. ``claim``: record ``job``
+    as the owner of a folder that has none (a job does once its checks passed, just before it
+    trains, so that a job refused before training owns nothing)."""
     record = out / OWNER
-    try:
-        owner = json.loads(record.read_text())["job"] if record.exists() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ValueError(f"{record}: expected {{\"job\": NAME}}, the job whose results are in {out}; delete it "
-                         "to give the folder to this job") from None
     name = job.name or "job"
-    if owner is None:
+    owner = _owner(record)
+    if owner is None and claim:
         try:
-            record.write_text(json.dumps({"job": name}) + "\n")
+            with open(record, "x") as f:  # exclusive: of two jobs starting together, one owns the folder
+                f.write(json.dumps({"job": name}) + "\n")
+            return out
+        except FileExistsError:
+            owner = _owner(record)
         except OSError as err:
             raise ValueError(f"results folder {out} (--out, the job's report.out) is not writable: "
                              f"{err.strerror or err}") from None
-        return out
-    return out if owner == name else out / name
+    return out if owner in (None, name) else out / name
+
+
+def _owner(record: Path) -> str | None:
+    """The job named in a results folder's ``job.json`` (None: no record)."""
+    try:
+        return json.loads(record.read_text())["job"] if record.exists() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{record}: expected {{\"job\": NAME}}, the job whose results are in {record.parent}; "
+                         "delete it to give the folder to this job") from None
 
 
 def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | None = None) -> tuple[list[dict], str]:
     """Train what is missing, evaluate what is not cached, and return (rows, markdown table) of
     ``job`` (results under ``out``, default ``job.report.out``; ``extra`` overrides every run)."""
     out = Path(out or job.report.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"results folder {out} (--out, the job's report.out) cannot be created: "
-                         f"{err.strerror or err}") from None
+    problem = unwritable(out)  # before anything is prepared or created
+    if problem:
+        raise ValueError(f"results folder {out} (--out, the job's report.out) {problem}")
+    out.mkdir(parents=True, exist_ok=True)
     configs = job_configs(job, out, extra)
     points = (f"{len(job.seeds)} seeds" if not job.budgets else "(" + ", ".join(
         f"{len(seeds)} seeds at {budget_tag(budget)}" for budget, seeds in _run_points(job)) + " FLOPs)")
@@ -372,6 +382,7 @@ def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | No
           + ("" if results == out else f" (another job's results are there: this job's land in {results})"),
           file=sys.stderr)
     prepare_data(configs, job)
+    results = report_dir(job, out, claim=True)
     train_and_evaluate(configs, job)
     results.mkdir(exist_ok=True)
     result = report(configs, job, out, results)

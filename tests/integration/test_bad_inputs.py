@@ -625,7 +625,7 @@ def test_cpu_job_into_folders_it_cannot_write(capfd, tmp_path, monkeypatch):
     blocker.write_text("x")
     msg = cli_error(cpu_ablation.main, ["--out", str(blocker / "out")], capfd)
     record("`microdit-cpu-ablation` --out under a file", msg, f"results folder {blocker / 'out'}",
-           "cannot be created: Not a directory")
+           f"cannot be created: {blocker} is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no dataset prepared, no folder made
     out = tmp_path / "out"
     out.mkdir()

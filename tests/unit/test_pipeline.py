@@ -109,8 +109,10 @@ def test_jobs_sharing_a_results_folder_keep_each_others_results(tmp_path):
     assert (main.name, other.name) == ("main", "images_vs_steps")
     out = tmp_path / "cpu"
     out.mkdir()
-    assert report_dir(main, out) == out and json.loads((out / "job.json").read_text()) == {"job": "main"}
-    assert report_dir(other, out) == out / "images_vs_steps"
+    assert report_dir(main, out) == out and not (out / "job.json").exists()  # asked, not claimed: nobody owns it
+    assert report_dir(other, out) == out
+    assert report_dir(main, out, claim=True) == out and json.loads((out / "job.json").read_text()) == {"job": "main"}
+    assert report_dir(other, out) == report_dir(other, out, claim=True) == out / "images_vs_steps"
     assert report_dir(main, out) == out  # the owner again, after another job
     path = tmp_path / "mine.yaml"
     path.write_text("experiments: [cpu_masking_naive75]\n")
@@ -125,7 +127,7 @@ def test_jobs_sharing_a_results_folder_keep_each_others_results(tmp_path):
     plain = tmp_path / "plain"  # a file where the folder should be: nothing can be written under it, even by root
     plain.write_text("")
     with pytest.raises(ValueError, match="results folder .*plain .*is not writable"):
-        report_dir(main, plain)
+        report_dir(main, plain, claim=True)
 
 
 @pytest.mark.slow
@@ -160,6 +162,7 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
                                          r"attributes \['class', 'colour', 'shape'\]"):
         run_job(job, out=tmp_path / "new", extra=small)
     assert not (tmp_path / "new" / "seed0").exists()
+    assert not (tmp_path / "new" / "job.json").exists()  # a job refused before training owns no folder
     job.report.columns.pop()
 
     def offline(settings, device):
@@ -169,7 +172,7 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
     job.eval.metrics = ["probe", "fid"]
     with pytest.raises(WeightsUnavailable, match="cannot be fetched"):
         run_job(job, out=tmp_path / "new", extra=small)
-    assert not (tmp_path / "new" / "seed0").exists()  # before any run trained
+    assert not (tmp_path / "new" / "seed0").exists() and not (tmp_path / "new" / "job.json").exists()
 
 
 @pytest.mark.slow
