@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from microdit.experiment import compose_config
+from microdit.files import unwritable
 from microdit.perf.benchmarks import run_all, summary_markdown
 from microdit.perf.gpu_plan import gpu_plan, gpu_plan_markdown
 from microdit.train.config import validate
@@ -36,10 +37,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead of measuring: the roofline estimate of a training config's stages on 8 x H100 "
                              "(Hydra overrides, e.g. experiment=paper_recipe)")
     args = parser.parse_args(argv)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        parser.error(f"--out {args.out} cannot be created: {err.strerror or err}")
+    if problem := unwritable(args.out):  # before the minutes of measuring
+        parser.error(f"--out {args.out} {problem}")
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.gpu_plan is not None:
         try:
             cfg = compose_config(args.gpu_plan)

@@ -610,6 +610,11 @@ def test_gpu_plan_bad_overrides(capsys, tmp_path):
     msg = cli_error(bench_cli.main, ["--out", str(tmp_path / "plan"), "--gpu-plan", "experiment=fig99"], capsys)
     record("`microdit-bench --gpu-plan` an unknown experiment", msg, "Could not find 'experiment/fig99'")
     assert not any((tmp_path / "plan").iterdir())
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    msg = cli_error(bench_cli.main, ["--out", str(plain / "bench"), "--quick"], capsys)
+    record("`microdit-bench` --out under a file", msg, f"--out {plain / 'bench'} cannot be created: {plain} is a "
+           "file, not a folder")
 
 
 def test_cpu_job_bad_seeds(capsys):
