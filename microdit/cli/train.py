@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import sys
 
 import hydra
@@ -66,16 +67,23 @@ def hydra_arguments(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _missing_launcher_plugin(overrides: list[str]) -> str | None:
-    """The ``hydra/launcher=submitit_*`` value among ``overrides`` when its plugin (the ``slurm``
-    extra) cannot be imported, else None (Hydra itself would only list the launchers it has)."""
+def _launcher_problem(overrides: list[str]) -> str | None:
+    """Why the ``hydra/launcher=submitit_*`` among ``overrides`` cannot start here (None: it can, or
+    there is none): its plugin (the ``slurm`` extra) cannot be imported (Hydra itself would only list
+    the launchers it has), or ``submitit_slurm`` on a machine without SLURM's ``srun`` (submitit's own
+    test; it would end in a traceback after the sweep was composed)."""
     for override in overrides:
         key, _, value = override.partition("=")
         if key.lstrip("+~") == "hydra/launcher" and value.startswith("submitit"):
             try:
                 import hydra_plugins.hydra_submitit_launcher  # noqa: F401
             except ImportError:
-                return value
+                return (f"hydra/launcher={value} needs the hydra-submitit-launcher plugin, which is not "
+                        "installed: pip install 'microdit[slurm]'")
+            if value == "submitit_slurm" and shutil.which("srun") is None:
+                return ("hydra/launcher=submitit_slurm submits to SLURM, but this machine has no srun on its PATH: "
+                        "run the command on the cluster's login node, or use hydra/launcher=submitit_local "
+                        "(tasks on this machine) or torchrun")
     return None
 
 
@@ -85,10 +93,9 @@ def cli() -> None:
     one line (exit code 2) before any job starts or is submitted, also under ``--cfg job`` (where
     Hydra prints the config and exits without a run)."""
     args = hydra_arguments(sys.argv[1:])
-    launcher = _missing_launcher_plugin(args.overrides)
-    if launcher:
-        print(f"microdit-train: error: hydra/launcher={launcher} needs the hydra-submitit-launcher plugin, "
-              "which is not installed: pip install 'microdit[slurm]'", file=sys.stderr)
+    problem = _launcher_problem(args.overrides)
+    if problem:
+        print(f"microdit-train: error: {problem}", file=sys.stderr)
         raise SystemExit(2)
     custom = args.config_path or args.config_name or args.config_dir or args.experimental_rerun  # Hydra checks those
     if not (args.help or args.hydra_help or args.info or args.shell_completion or args.version or custom):

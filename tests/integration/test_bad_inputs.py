@@ -323,6 +323,22 @@ def test_slurm_launcher_without_its_plugin(world, monkeypatch, capsys):
     assert not run.exists()
 
 
+def test_slurm_launcher_off_a_slurm_cluster(world, monkeypatch, capsys):
+    """hydra/launcher=submitit_slurm where SLURM is not (no srun on PATH, as on this machine and a
+    laptop): one line before anything is composed or submitted, not submitit's traceback."""
+    from microdit.cli import train as train_cli
+
+    run = world["tmp"] / "runs" / "no-slurm"
+    monkeypatch.setenv("PATH", str(world["tmp"] / "empty-bin"))  # no srun
+    monkeypatch.setattr(sys, "argv", ["microdit-train", "-m", "hydra/launcher=submitit_slurm",
+                                      "hydra.launcher.tasks_per_node=8",
+                                      *base_overrides(world["tmp"], world["data"], run.name)])
+    msg = cli_error(lambda argv: train_cli.cli(), [], capsys)
+    record("`microdit-train -m hydra/launcher=submitit_slurm` off a SLURM cluster", msg,
+           "hydra/launcher=submitit_slurm submits to SLURM", "no srun on its PATH", "hydra/launcher=submitit_local")
+    assert not run.exists()
+
+
 # -- runs and checkpoints ----------------------------------------------------------------------------
 
 def test_truncated_checkpoint(world):
