@@ -175,7 +175,7 @@ def load_model(path: str | Path, use_ema: bool = True, device: str | torch.devic
     has_ema = state.get("ema") is not None
     ema = use_ema and has_ema
     model.load_state_dict(state["ema"] if ema else state["model"])
-    words = "EMA weights" if ema else "raw weights" if has_ema else "raw weights (the run has no EMA)"
+    words = "EMA weights" if ema else "raw weights" if has_ema else "raw weights: the run has no EMA"
     return LoadedModel(model.to(device).eval(), cfg, checkpoint, meta["nimg"], ema, words, meta.get("encoders", {}))
 
 

@@ -139,7 +139,8 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
     listing = "".join(f"{i:04d}\t{seed}\t{p}\n" for i, (seed, p) in enumerate(zip(seeds, prompts, strict=True)))
     (args.out / "prompts.txt").write_text(listing)
     save_grid(images, args.out / "grid.png", columns=min(8, len(images)))
-    print(f"{len(images)} images from {loaded.checkpoint} ({loaded.weights}) in {args.out}", file=sys.stderr)
+    count = f"{len(images)} image" + ("s" if len(images) != 1 else "")
+    print(f"{count} from {loaded.checkpoint} ({loaded.weights}) in {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

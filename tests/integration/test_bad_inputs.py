@@ -762,8 +762,8 @@ def test_a_full_disk_during_a_checkpoint(tmp_path, monkeypatch):
 def test_an_export_says_which_weights_it_holds(world, capsys, tmp_path):
     export = sorted((world["run"] / "checkpoints").iterdir())[-1]  # the run has no EMA
     sample_cli.main([str(export), "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path / "out")])
-    record("`microdit-sample` from a run without EMA", one_line(capsys.readouterr().err), "(raw weights",
-           "no EMA)")
+    record("`microdit-sample` from a run without EMA", one_line(capsys.readouterr().err), "1 image from",
+           "(raw weights: the run has no EMA)")
 
 
 def test_the_initial_checkpoint_survives_retention(world):
