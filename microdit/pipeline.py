@@ -234,13 +234,19 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
     dataset its held-out split, its probe split and the probe, and the networks the evaluation's
     metrics read images through (weights that cannot be fetched stop the job before it trains)."""
     from microdit.data import load_manifest
-    from microdit.data.encode import build_synthetic_dataset
+    from microdit.data.encode import build_synthetic_dataset, encoded_from
     from microdit.eval import EvalSettings
     from microdit.eval.metrics import EvalInputs
     from microdit.eval.probe import dataset_probe
 
     done = set()
     for cfg in configs:
+        folder = Path(cfg.data.folders[0])
+        if (folder / "manifest.json").is_file() and (origin := encoded_from(folder)):
+            raise ValueError(f"dataset {folder} holds the latents of {origin}: a job evaluates its runs on held-out "
+                             "and probe splits drawn by the synthetic generator, so its runs train on synthetic data "
+                             "(--data: a synthetic dataset, or a new folder to build one in); evaluate a run "
+                             "trained on other data with microdit-eval run RUN --dataset")
         prepare_synthetic(cfg)
         first, held_out, probe_split = run_splits(cfg, job)
         data = Path(first.dataset.folder).resolve()  # a relative folder resolves against the working directory

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,10 +292,22 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
     return manifest
 
 
+def encoded_from(folder: str | Path) -> str | None:
+    """What the latent dataset in ``folder`` was encoded from, where its manifest's ``source`` is an
+    image dataset that is still there and was not drawn by the synthetic generator (``jdb_out (jdb)``);
+    None for synthetic images, or where the origin cannot be told (a dataset copied elsewhere)."""
+    source = load_manifest(folder).source or ""
+    if source.startswith("synthetic(") or not (Path(source) / "manifest.json").is_file():
+        return None
+    found = load_manifest(source).source or ""
+    return None if found.startswith("synthetic(") else f"{source} ({found.split(' (')[0]})"
+
+
 def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True) -> Manifest:
     """The synthetic dataset of ``recipe`` as latents in ``recipe.folder`` (its images in
-    ``FOLDER-images``); an existing complete dataset is kept as it is, and refused when its images
-    were drawn with another seed or scene."""
+    ``FOLDER-images``), built and encoded when the folder holds none, with one line saying so; an
+    existing complete dataset is kept as it is, and refused when its images were drawn with another
+    seed or scene, or are not synthetic (a dataset of the user's own under ``data.prepare=synthetic``)."""
     from microdit.data.images import write_image_dataset
     from microdit.encoders import load_autoencoder, load_text_encoder
 
@@ -305,7 +318,15 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True) -> M
         raise DataError(f"{images}: holds {found}, not {source}: give this scene or seed another dataset folder, "
                         f"or delete {folder} and {images} to rebuild them")
     if (folder / "manifest.json").is_file() and (manifest := load_manifest(folder)).complete:
+        if origin := encoded_from(folder):
+            raise DataError(f"{folder} holds the latents of {origin}, not a synthetic dataset: data.prepare="
+                            "synthetic (the default data group) builds the synthetic dataset into data.folders[0]; "
+                            "to train on this one, set data.prepare=none")
         return manifest
+    if not (folder / "manifest.json").is_file():
+        print(f"[data] {folder} holds no dataset: building the synthetic one there ({recipe.samples} images, "
+              f"scene {scene}, seed {seed}; data.prepare=synthetic; with data.prepare=none a missing folder is "
+              "an error)", file=sys.stderr)
     autoencoder = load_autoencoder(recipe.autoencoder)
     if not (images / "manifest.json").is_file():
         try:

@@ -56,7 +56,8 @@ class DataConfig:
     values train on the same images; held-out splits use ``prepare_seed + 1``), of
     ``prepare_scene`` (``mixed``: every attribute varies; ``one_object``: one large object in the
     middle of a white background, where the named shape is learned at CPU budgets; see
-    :mod:`microdit.data.synthetic`). A folder built with another seed or scene is refused.
+    :mod:`microdit.data.synthetic`). A folder built with another seed or scene is refused, and so
+    is a folder holding latents of another source (train on those with ``prepare="none"``).
     A folder may be a URL (:mod:`microdit.data.remote`), its shards cached in ``cache_dir`` (None:
     ``$MICRODIT_SHARD_CACHE`` or ``~/.cache/microdit/shards``), ``cache_gb`` GB at most. ``resolution``
     (pixels) picks those latents of datasets encoded at several (None: their first).

@@ -503,19 +503,43 @@ def test_eval_whose_weights_cannot_be_had_stops_before_generating(world, capsys,
     assert not list(run.rglob("samples-*.pt"))  # nothing generated
 
 
-def test_eval_whose_probe_dataset_has_no_labels_stops_before_generating(world, capsys, tmp_path):
-    """A prepared real dataset (JourneyDB's layout: file names, no categorical label) as the probe
-    dataset of the default probe metrics: one line naming it before any sample is generated."""
+@pytest.fixture(scope="module")
+def real_latents(tmp_path_factory) -> Path:
+    """A real dataset as a user prepares one: JourneyDB's download layout (file names, no
+    categorical label) through microdit-data prepare and encode, at nano's 32 px and encoders."""
+    tmp = tmp_path_factory.mktemp("real")
+    fixture_script("make_source_fixtures").main(tmp / "raw", ["jdb"])
+    data_cli.main(["prepare", "jdb", str(tmp / "jdb"), "--from", str(tmp / "raw" / "jdb")])
+    data_cli.main(["encode", str(tmp / "jdb"), str(tmp / "jdb-latents"), "--resolutions", "32", "--device", "cpu"])
+    return tmp / "jdb-latents"
+
+
+def test_eval_whose_probe_dataset_has_no_labels_stops_before_generating(world, real_latents, capsys, tmp_path):
+    """A prepared real dataset as the probe dataset of the default probe metrics: one line naming it
+    before any sample is generated."""
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
-    fixture_script("make_source_fixtures").main(tmp_path / "raw", ["jdb"])
-    data_cli.main(["prepare", "jdb", str(tmp_path / "jdb"), "--from", str(tmp_path / "raw" / "jdb")])
-    data_cli.main(["encode", str(tmp_path / "jdb"), str(tmp_path / "lat"), "--resolutions", "32", "--device", "cpu"])
     msg = cli_error(eval_cli.main, ["run", str(run), "--dataset", str(world["data"]), "--num-samples", "2",
-                                    "--steps", "2", "--probe-dataset", str(tmp_path / "lat")], capsys)
-    record("`microdit-eval` a probe dataset without labels", msg, f"probe dataset {tmp_path / 'lat'}",
+                                    "--steps", "2", "--probe-dataset", str(real_latents)], capsys)
+    record("`microdit-eval` a probe dataset without labels", msg, f"probe dataset {real_latents}",
            "no categorical attribute", "metrics that need no labels (fid, clip_fid, clip_score, kid)")
     assert not list(run.rglob("samples-*.pt"))  # nothing generated
+
+
+def test_a_dataset_of_ones_own_under_the_synthetic_data_group(world, real_latents, capfd, tmp_path):
+    """data.folders=[own latents] with the default data group (data.prepare=synthetic): refused in one
+    line saying data.prepare=none, not trained on as if synthetic; a job (whose held-out and probe
+    splits are synthetic draws) given --data of it is refused before it prepares or owns anything."""
+    msg = train_error([*base_overrides(world["tmp"], real_latents, "own-data"), "data.prepare=synthetic"])
+    record("`microdit-train` own data under data.prepare=synthetic", msg, f"{real_latents} holds the latents of",
+           "(jdb: JourneyDB), not a synthetic dataset", "set data.prepare=none")
+    assert not (world["tmp"] / "runs" / "own-data").exists()
+    out = tmp_path / "out"
+    msg = cli_error(cpu_ablation.main, ["--data", str(real_latents), "--seeds", "0", "--out", str(out)], capfd)
+    record("`microdit-cpu-ablation --data` a dataset that is not synthetic", msg, f"dataset {real_latents} holds",
+           "splits drawn by the synthetic generator", "microdit-eval run RUN --dataset")
+    assert sorted(p.name for p in out.iterdir()) == []  # no job.json, no run folder
+    assert not real_latents.with_name("jdb-latents-eval").exists()  # no synthetic split built beside it
 
 
 def test_eval_of_a_run_trained_elsewhere(world, capsys, tmp_path, monkeypatch):

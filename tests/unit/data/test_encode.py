@@ -3,6 +3,7 @@
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +216,31 @@ def test_each_launcher_gives_its_share():
     for bad in ({"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "2", "WORLD_SIZE": "2"}):
         with pytest.raises(DataError, match="rank"):
             Share.from_env(bad)
+
+
+def test_what_a_latent_dataset_was_encoded_from(images, tmp_path, encoders, monkeypatch, capsys):
+    """Synthetic images (a built dataset, `microdit-data synthetic` + encode, a copy whose images are
+    gone): None; images of another source: named. A synthetic build says it is building, once."""
+    from microdit.data.encode import build_synthetic_dataset, encoded_from
+    from microdit.data.images import write_image_dataset
+    from microdit.data.synthetic import SyntheticRecipe, synthetic_samples
+
+    built = tmp_path / "built"
+    build_synthetic_dataset(SyntheticRecipe(str(built), 12, 16, 0, "pixel:2", "offline:32:16"), progress=False)
+    assert f"[data] {built} holds no dataset: building the synthetic one there (12 images" in capsys.readouterr().err
+    build_synthetic_dataset(SyntheticRecipe(str(built), 12, 16, 0, "pixel:2", "offline:32:16"), progress=False)
+    assert capsys.readouterr().err == ""  # kept as it is, silently
+    encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
+    assert encoded_from(built) is None and encoded_from(tmp_path / "lat") is None
+    own = tmp_path / "mine-img"  # the same pictures under another source, as a prepared set records it
+    write_image_dataset(own, ((k, im, c, {}) for k, im, c, _ in synthetic_samples(0, 12, 16)), 16, [], "mine")
+    encode_dataset(own, tmp_path / "own", *encoders, progress=False)
+    assert encoded_from(tmp_path / "own") == f"{own} (mine)"
+    with pytest.raises(DataError, match=r"own holds the latents of .*mine-img \(mine\), not a synthetic dataset: "
+                                        r".*set data\.prepare=none"):
+        build_synthetic_dataset(SyntheticRecipe(str(tmp_path / "own"), 12, 16, 0, "pixel:2", "offline:32:16"))
+    monkeypatch.chdir(tmp_path)
+    encode_dataset(Path("mine-img"), tmp_path / "rel", *encoders, progress=False)  # records the relative path
+    assert encoded_from(tmp_path / "rel") == "mine-img (mine)"
+    monkeypatch.chdir(tmp_path / "lat")  # from here that path leads nowhere: the origin cannot be told
+    assert encoded_from(tmp_path / "rel") is None
