@@ -303,9 +303,10 @@ def encoded_from(folder: str | Path) -> str | None:
     return None if found.startswith("synthetic(") else f"{source} ({found.split(' (')[0]})"
 
 
-def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True) -> Manifest:
+def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why: str = "") -> Manifest:
     """The synthetic dataset of ``recipe`` as latents in ``recipe.folder`` (its images in
-    ``FOLDER-images``), built and encoded when the folder holds none, with one line saying so; an
+    ``FOLDER-images``), built and encoded when the folder holds none, with one line saying so (and
+    ``why``, where a setting decides it); an
     existing complete dataset is kept as it is, and refused when its images were drawn with another
     seed or scene, or are not synthetic (a dataset of the user's own under ``data.prepare=synthetic``)."""
     from microdit.data.images import write_image_dataset
@@ -325,8 +326,7 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True) -> M
         return manifest
     if not (folder / "manifest.json").is_file():
         print(f"[data] {folder} holds no dataset: building the synthetic one there ({recipe.samples} images, "
-              f"scene {scene}, seed {seed}; data.prepare=synthetic; with data.prepare=none a missing folder is "
-              "an error)", file=sys.stderr)
+              f"scene {scene}, seed {seed}{'; ' + why if why else ''})", file=sys.stderr)
     autoencoder = load_autoencoder(recipe.autoencoder)
     if not (images / "manifest.json").is_file():
         try:

@@ -172,5 +172,6 @@ def prepare_synthetic(cfg: TrainConfig) -> None:
     of every stage (its resolved ``dataset`` recipe), each once."""
     recipes = [_recipe(cfg, StageConfig(), cfg.data)] + [stage.dataset for stage in resolve(cfg)]
     for recipe in dict.fromkeys(recipes):
-        build_synthetic_dataset(recipe, cfg.trainer.progress)
+        build_synthetic_dataset(recipe, cfg.trainer.progress,
+                                why="data.prepare=synthetic; with data.prepare=none a missing folder is an error")
 
