@@ -85,21 +85,24 @@ def chance(spec: str, rows: list[dict]) -> str:
     return chance_table(rows, compose_job(spec).report.heldout_columns) + "\n"
 
 
-def job_table(name: str) -> str:
-    """Job ``name``'s table as ``microdit-cpu-ablation`` prints it, from ``tests/fixtures/NAME_job.csv``:
-    a row per arm (mean ± 95% CI over the seeds), the real-vs-real and shuffled-prompt chance rows."""
+def job_table(name: str, fixture: str | None = None) -> str:
+    """Job ``name``'s table as ``microdit-cpu-ablation`` prints it, from ``tests/fixtures/NAME_job.csv``
+    (or ``FIXTURE_job.csv``, another run of it): a row per arm (mean ± 95% CI over the seeds), the
+    real-vs-real and shuffled-prompt chance rows."""
     from microdit.eval.job_rows import reference_rows
     from microdit.eval.results import markdown_table
 
-    rows, columns = job_fixture(name), compose_job(name).report.heldout_columns
+    rows, columns = job_fixture(fixture or name), compose_job(name).report.heldout_columns
     return markdown_table(rows + reference_rows(rows, columns), ["trainer.name", "after"],
                           columns + ["cost.images", "cost.flops"], sort=False, pairs=False) + "\n"
 
 
-def job_contrasts(name: str) -> str:
-    """Job ``name``'s planned contrasts as it prints them, from ``tests/fixtures/NAME_job.csv``."""
+def job_contrasts(name: str, fixture: str | None = None) -> str:
+    """Job ``name``'s planned contrasts as it prints them, from ``tests/fixtures/NAME_job.csv`` (or
+    ``FIXTURE_job.csv``)."""
     report = compose_job(name).report
-    return contrast_table(job_fixture(name), report.contrasts, report.heldout_columns, dict(report.margins)) + "\n"
+    return contrast_table(job_fixture(fixture or name), report.contrasts, report.heldout_columns,
+                          dict(report.margins)) + "\n"
 
 
 def crossover_table(name: str) -> str:
@@ -139,6 +142,8 @@ TABLES = {
     "main-job": lambda: job_table("main"),
     "main-job-contrasts": lambda: job_contrasts("main"),
     "main-job-chance": lambda: chance("main", job_fixture("main")),
+    "main-job-avx2": lambda: job_table("main", "main_avx2") + "\n" + job_contrasts("main", "main_avx2"),
+    "main-job-avx2-chance": lambda: chance("main", job_fixture("main_avx2")),
     "images-vs-steps": lambda: job_table("images_vs_steps") + "\n" + job_contrasts("images_vs_steps"),
     "images-vs-steps-chance": lambda: chance("images_vs_steps", job_fixture("images_vs_steps")),
     "crossover-64": lambda: crossover_table("crossover"),

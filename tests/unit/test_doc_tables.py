@@ -43,3 +43,42 @@ def test_no_result_is_typed_by_hand_outside_the_generated_tables():
         prose = tables.BLOCK.sub("", doc.read_text())
         hits = [line for line in prose.splitlines() if typed.search(line)]
         assert not hits, f"{doc.name}: results typed outside a generated table: {hits}"
+
+
+def _rows(table: str) -> list[dict]:
+    """The rows of a generated markdown table (its first block of | lines) as dicts by header."""
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+
+
+def test_the_main_jobs_reading_holds_on_both_machines():
+    """experiments/README.md's reading of the main job, checked against each committed run of it (the
+    development machine's and another CPU's): the other CPU's arm means each within the development
+    machine's 95% interval; every arm above its own chance in shape and colour;
+    of the arm-vs-arm contrasts only naive vs deferred in shape survives Holm; at equal steps the two
+    are equivalent within the margin in shape and colour (TOST)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("doc_tables", SCRIPT)
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    from microdit.eval.stats import summarize
+
+    dev, other = tables.job_fixture("main"), tables.job_fixture("main_avx2")
+    for arm in {r["trainer.name"] for r in dev}:
+        for column in ("probe_acc.shape", "probe_acc.colour", "probe_chance.shape", "probe_chance.colour",
+                       "probe_fd", "probe_kid", "probe_fd_real", "probe_kid_real"):
+            column = f"eval.heldout.{column}"
+            a = summarize([r[column] for r in dev if r["trainer.name"] == arm])
+            b = summarize([r[column] for r in other if r["trainer.name"] == arm])
+            assert abs(b.mean - a.mean) <= a.half_width, (arm, column, a, b)
+    for fixture in ("main", "main_avx2"):
+        chance = _rows(tables.chance("main", tables.job_fixture(fixture)))
+        assert len(chance) == 6 and all(float(r["p (Holm)"]) < 0.05 for r in chance), (fixture, chance)
+        contrasts = _rows(tables.job_contrasts("main", fixture))
+        survive = [(r["contrast"], r["metric"]) for r in contrasts if float(r["p (Holm)"]) < 0.05]
+        assert survive == [("cpu-naive75 vs cpu-deferred75", "probe_acc.shape")], (fixture, survive)
+        for r in contrasts:
+            if r["contrast"] == "cpu-naive75-eqsteps vs cpu-deferred75" and r["metric"].startswith("probe_acc"):
+                assert float(r["equivalence (TOST)"].split("p = ")[1]) < 0.05, (fixture, r)
