@@ -30,7 +30,7 @@ from microdit.experiment import CONF_DIR, compose_config, compose_named, config_
 from microdit.files import unwritable
 from microdit.job_runs import run_splits, train_and_evaluate
 from microdit.train.config import TrainConfig, summarize_changes
-from microdit.train.plan import prepare_synthetic
+from microdit.train.plan import prepare_synthetic, resolve
 
 RESULTS = "results.csv"
 OWNER = "job.json"  # in a job's results folder: the job whose report lands there
@@ -230,9 +230,10 @@ def _run_config(job: JobConfig, entry: str, name: str, own: list[str], budget: f
 
 
 def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
-    """Each dataset of the job's runs once: every stage's synthetic dataset, then once per
-    dataset its held-out split, its probe split and the probe, and the networks the evaluation's
-    metrics read images through (weights that cannot be fetched stop the job before it trains)."""
+    """Each dataset of the job's runs once: every stage's synthetic dataset (checked to fit each
+    run's network), then once per dataset its held-out split, its probe split and the probe, and the
+    networks the evaluation's metrics read images through (weights that cannot be fetched stop the
+    job before it trains)."""
     from microdit.data import load_manifest
     from microdit.data.encode import build_synthetic_dataset, encoded_from
     from microdit.eval import EvalSettings
@@ -248,6 +249,7 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
                              "(--data: a synthetic dataset, or a new folder to build one in); evaluate a run "
                              "trained on other data with microdit-eval run RUN --dataset")
         prepare_synthetic(cfg)
+        runs.check_stage_data(resolve(cfg))  # what each run's trainer checks first, before any worker starts
         first, held_out, probe_split = run_splits(cfg, job)
         data = Path(first.dataset.folder).resolve()  # a relative folder resolves against the working directory
         if data in done:

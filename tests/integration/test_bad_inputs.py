@@ -662,6 +662,21 @@ def test_cpu_job_bad_seeds(capsys):
     record("`microdit-cpu-ablation` --seeds 0,one", msg, "--seeds: expected comma-separated integers", "'0,one'")
 
 
+def test_cpu_job_whose_data_does_not_fit_its_model(capfd, tmp_path, monkeypatch):
+    """A job whose runs' dataset does not fit their network (the main job with captions of another
+    width): one line before any worker starts, nothing owned or trained (was: one error per worker
+    and 'run the job again to continue')."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--seeds", "0", "--data", str(tmp_path / "syn"), "eval.held_out_samples=32",
+            "eval.probe_samples=64", "--override", "data.prepare_samples=64",
+            "--override", "encoder.text_encoder=offline:128:32"]
+    msg = cli_error(cpu_ablation.main, argv, capfd)
+    record("`microdit-cpu-ablation` a dataset that does not fit the job's model", msg, "does not fit the model",
+           "caption width 128 != model caption_dim 384")
+    assert sorted(p.name for p in out.iterdir()) == []  # no job.json, no run folder
+
+
 def test_cpu_job_into_folders_it_cannot_write(capfd, tmp_path, monkeypatch):
     """A results folder that cannot be created is refused before anything is prepared; a run folder
     that cannot be written ends each worker process in one line (no traceback), then the job."""
