@@ -238,7 +238,6 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
     from microdit.data.encode import build_synthetic_dataset, encoded_from
     from microdit.eval import EvalSettings
     from microdit.eval.metrics import EvalInputs
-    from microdit.eval.probe import dataset_probe
 
     done = set()
     for cfg in configs:
@@ -257,11 +256,13 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
         done.add(data)
         print(f"[job] dataset {data} (held-out split: {first.held_out} beside it)", file=sys.stderr)
         build_synthetic_dataset(held_out, progress=True)
-        EvalInputs.load_networks(job.eval.metrics, load_manifest(held_out.folder).autoencoder,
-                                 EvalSettings(metrics=list(job.eval.metrics)))
-        if "probe" in job.eval.metrics:
+        if probe := "probe" in job.eval.metrics:
             build_synthetic_dataset(probe_split, progress=True)
-            check_attributes(job, dataset_probe(probe_split.folder, steps=job.eval.probe_steps).values, data)
+        settings = EvalSettings(metrics=list(job.eval.metrics), probe_steps=job.eval.probe_steps)
+        networks = EvalInputs.load_networks(job.eval.metrics, load_manifest(held_out.folder).autoencoder, settings,
+                                            probe_dataset=probe_split.folder if probe else None)
+        if probe:
+            check_attributes(job, networks[("probe",)].values, data)
 
 
 def check_attributes(job: JobConfig, attributes, data: Path) -> None:

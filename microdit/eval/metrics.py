@@ -201,16 +201,12 @@ class EvalInputs:
         instance made later: weights that cannot be fetched, or a probe dataset without labels, stop an
         evaluation before its samples are generated (hours for COCO-30K), not after."""
         used = {METRICS[m].features for m in metrics}
-        networks = {}
-        if "probe" in used and probe_dataset is not None:
-            from microdit.eval.probe import dataset_probe
-
-            networks[("probe",)] = dataset_probe(probe_dataset, steps=settings.probe_steps)
         names = used & EXTRACTORS.keys()
-        if not names:
-            return networks
-        networks[("autoencoder",)] = load_autoencoder(autoencoder).to(device)
-        return networks | {("extractor", name): EXTRACTORS[name](settings, device) for name in sorted(names)}
+        networks = {("autoencoder",): load_autoencoder(autoencoder).to(device)} if names else {}
+        networks |= {("extractor", name): EXTRACTORS[name](settings, device) for name in sorted(names)}
+        if "probe" in used and probe_dataset:  # after the weights: a fetch that fails costs no probe training
+            networks[("probe",)] = _dataset_probe(probe_dataset, settings)
+        return networks
 
     def chunks(self, latents: torch.Tensor):
         """(start, uint8 images) of ``latents`` decoded ``CHUNK`` at a time."""
@@ -240,9 +236,14 @@ class EvalInputs:
     @property
     def probe(self):
         """The probe of the probe dataset (trained once per dataset and length, then cached)."""
-        from microdit.eval.probe import dataset_probe
+        return self._once(("probe",), lambda: _dataset_probe(self.probe_dataset, self.settings))
 
-        return self._once(("probe",), lambda: dataset_probe(self.probe_dataset, steps=self.settings.probe_steps))
+
+def _dataset_probe(folder: str | Path, settings):
+    """The probe of ``folder`` at the evaluation's ``settings.probe_steps`` (trained once, then cached)."""
+    from microdit.eval.probe import dataset_probe
+
+    return dataset_probe(folder, steps=settings.probe_steps)
 
 
 EXTRACTORS: dict[str, Callable] = {
