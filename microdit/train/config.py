@@ -315,17 +315,28 @@ def _leaves(node, prefix: str = "") -> dict:
     return out
 
 
+# The keys of a run's compute budget: they change nothing in a run none of whose stages is sized by
+# the budget (no ``budget_fraction``), whose stages fix their own images, steps or FLOPs.
+BUDGET_KEYS = ("trainer.budget_flops", "trainer.budget_dollars", "trainer.expected_mfu")
+
+
+def _sized_by_budget(cfg: TrainConfig) -> bool:
+    return any(stage.budget_fraction is not None for _, stage in cfg.active_stages())
+
+
 def run_changes(saved: TrainConfig, current: TrainConfig) -> list[str]:
     """``"key: saved -> current"`` for every key outside :data:`RELAUNCH_KEYS` where ``current``
     differs from the config a run was written with: continuing that run with ``current`` would mix
     two runs (another budget refits every stage's length and learning-rate schedule; another seed
-    or global batch changes the data order)."""
+    or global batch changes the data order). The :data:`BUDGET_KEYS` count only where a stage of
+    either config is sized by the budget."""
     before, after = _leaves(saved), _leaves(current)
     for leaves in (before, after):
         leaves["data.folders"] = [Path(f).name for f in leaves["data.folders"]]
+    ignored = RELAUNCH_KEYS + (() if _sized_by_budget(saved) or _sized_by_budget(current) else BUDGET_KEYS)
     out = []
     for key in dict.fromkeys([*before, *after]):
-        if any(key == k or key.startswith(k + ".") for k in RELAUNCH_KEYS):
+        if any(key == k or key.startswith(k + ".") for k in ignored):
             continue
         old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
         if old != new:

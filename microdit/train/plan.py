@@ -141,8 +141,9 @@ def plan_problems(stages: list[Stage]) -> list[str]:
 def unused_budget(stages: list[Stage], budget: float | None) -> list[str]:
     """A compute budget (``trainer.budget_flops`` or ``budget_dollars``) that sizes no stage, since
     none has a ``budget_fraction``: legitimate (the ablation protocol carries its 60k-step budget
-    for the equal-FLOPs experiments that inherit it; a job's equal-steps arm fixes its steps), so
-    the trainer only says so, once: a budget set on the command line is otherwise ignored unseen."""
+    for the equal-FLOPs experiments that inherit it), so the trainer only says so, once: a budget
+    set on the command line is otherwise ignored unseen. (A job's run that fixes its steps sets
+    ``trainer.budget_flops=null``, so a job prints no such note.)"""
     if budget is None or any(s.config.budget_fraction is not None for s in stages):
         return []
     return [f"the compute budget ({budget:.4g} FLOPs) sizes no stage (none has a budget_fraction): each stage runs "

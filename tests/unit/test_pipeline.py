@@ -10,6 +10,7 @@ from microdit.eval.metrics import EXTRACTORS
 from microdit.experiment import CONF_DIR
 from microdit.pipeline import JobConfig, compose_job, job_configs, report_dir, run_job
 from microdit.pretrained import WeightsUnavailable
+from microdit.train.plan import resolve, unused_budget
 
 JOBS = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
 
@@ -24,6 +25,8 @@ def test_every_job_composes_and_its_runs_validate(name, tmp_path):
     assert len(configs) == len(job.experiments) * per_experiment
     assert [c.trainer.seed for c in configs[:len(job.seeds)]] == job.seeds
     assert all(str(c.trainer.run_dir).startswith(str(tmp_path / "seed")) for c in configs)
+    # no run carries a budget it does not use (its trainer would print a note per run)
+    assert [c.trainer.name for c in configs if unused_budget(resolve(c), c.trainer.budget_flops)] == []
 
 
 def test_a_job_inherits_another_and_says_only_what_differs():
@@ -36,8 +39,6 @@ def test_a_job_inherits_another_and_says_only_what_differs():
 
 
 def test_the_main_jobs_equal_steps_arm_takes_deferreds_steps(tmp_path):
-    from microdit.train.plan import resolve
-
     configs = {c.trainer.name: c for c in job_configs(compose_job("main", ["seeds=[0]"]), tmp_path)}
     plans = {name: resolve(cfg, caption_len=32)[0] for name, cfg in configs.items()}  # minilm:32 captions
     deferred, eqsteps = plans["cpu-deferred75"], plans["cpu-naive75-eqsteps"]

@@ -108,6 +108,22 @@ def test_run_changes_name_what_would_mix_two_runs(tmp_path):
     assert summarize_changes(changes[:1]) == changes[0]
 
 
+def test_a_budget_that_sizes_no_stage_is_no_change():
+    """A run whose stages fix their own length trains alike under any budget or none (the budget
+    sizes only stages with a budget_fraction), so it continues after its budget is dropped; where a
+    stage is sized by the budget, on either side, the budget is a change."""
+    fixed = ["protocol=cpu_ablation", "stages.pretrain.budget_fraction=null", "stages.pretrain.steps=100"]
+    saved = compose_config(fixed)
+    assert run_changes(saved, compose_config([*fixed, "trainer.budget_flops=null"])) == []
+    assert run_changes(saved, compose_config([*fixed, "trainer.budget_flops=null", "trainer.budget_dollars=5",
+                                              "trainer.expected_mfu=0.5"])) == []
+    sized = compose_config(["protocol=cpu_ablation"])
+    assert [c.split(":")[0] for c in run_changes(sized, saved)] == ["stages.pretrain.steps",
+                                                                     "stages.pretrain.budget_fraction"]
+    assert "trainer.budget_flops: 8000000000000.0 -> None" in run_changes(
+        sized, compose_config([*fixed, "trainer.budget_flops=null"]))
+
+
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_composes_and_validates(experiment):
     cfg = compose_config([f"experiment={experiment}"])
