@@ -68,7 +68,7 @@ def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world:
     paths = [(lo, min(lo + batch, count), chunk_path(out_dir, lo, min(lo + batch, count)))
              for lo in range(0, count, batch)]
     mine = [chunk for i, chunk in enumerate(paths) if i % world == rank and not chunk[2].is_file()]
-    for lo, hi, path in progress(mine, desc=f"generate {out_dir.name}", unit="chunk"):
+    for lo, hi, path in progress(mine, desc=f"generate {out_dir.name}", unit="chunk", enabled=bool(mine)):
         latents = latents_fn(lo, hi)
         tmp = private_tmp(path)  # two evaluations of one name may write the same chunk
         torch.save(latents.half(), tmp)

@@ -40,10 +40,11 @@ def run(tmp_path_factory) -> Path:
     return tmp / "runs" / "tiny"
 
 
-def test_evaluate_is_resumable_and_recorded(run):
+def test_evaluate_is_resumable_and_recorded(run, capsys):
     data = run.parent.parent / "data"
     settings = EvalSettings(num_samples=12, sampler_overrides={"steps": 3}, batch_size=5, probe_steps=30)
     entry = evaluate(run, data, settings)
+    assert "generate " in capsys.readouterr().err
     assert entry["nimg"] == 96 and entry["ema"] and entry["num_samples"] == 12
     assert set(entry["metrics"]) >= {"probe_fd", "probe_acc", "probe_acc_mean", "probe_heldout_acc"}
     chunks = sorted((run / "eval").glob("*/samples-*.pt"))
@@ -54,6 +55,7 @@ def test_evaluate_is_resumable_and_recorded(run):
     killed.write_bytes(b"half a chunk")  # what an evaluation killed while saving a chunk leaves
     again = evaluate(run, data, settings)
     assert [c.stat().st_mtime_ns for c in chunks] == mtimes  # nothing regenerated
+    assert "generate " not in capsys.readouterr().err  # and no empty progress bar for it
     assert not killed.exists()
     assert again["metrics"] == entry["metrics"]
     assert len(read_metrics(run)) == 1
