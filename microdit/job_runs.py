@@ -1,8 +1,8 @@
 """A job's runs trained and evaluated: in this process, or in worker processes that take the runs
 from one queue (``JobConfig.workers``), each with its share of the threads. A run that finished is
 not trained again and an evaluation is cached, so a job stopped by an error or a signal continues
-where it stopped when run again. :mod:`microdit.pipeline` composes the job (``job`` here: its
-``JobConfig``) and reports its rows.
+where it stopped when run again. Then the runs' sample grid (:func:`sample_grid`).
+:mod:`microdit.pipeline` composes the job (``job`` here: its ``JobConfig``) and reports its rows.
 """
 
 from __future__ import annotations
@@ -112,3 +112,39 @@ def _train_and_evaluate_one(cfg: TrainConfig, job, label: str) -> None:
         for name, images, _ in stage_ends(run)[:-1]:
             evaluate(run / "checkpoints" / f"{images:012d}", held_out.folder, settings, name=f"heldout@{name}",
                      probe_dataset=probe_split.folder)
+
+
+GRID_PROMPTS = 8
+
+
+def sample_grid(configs: list[TrainConfig], job, out: Path) -> Path:
+    """``out/samples.png``: a row per arm (its first seed's run), the same ``GRID_PROMPTS`` held-out
+    prompts from the same noise in every row, and ``out/samples.md`` naming the rows and prompts."""
+    from PIL import Image, ImageDraw
+
+    from microdit.data.reader import read_dataset
+    from microdit.run import PromptSampler, encoder_names, load_model
+
+    arms = list({c.trainer.name: c for c in reversed(configs)}.values())[::-1]  # each arm's first seed
+    _, held_out, _ = run_splits(arms[0], job)
+    prompts = read_dataset(held_out.folder, GRID_PROMPTS)[2][2]
+    rows = []
+    for cfg in arms:
+        loaded = load_model(Path(cfg.trainer.run_dir) / cfg.trainer.name)
+        draw = PromptSampler(*encoder_names(loaded))
+        rows.append(draw(loaded.model, prompts, list(range(len(prompts))), loaded.config.diffusion,
+                         loaded.config.sampler, loaded.config.data.use_text_mask))
+    scale, label = 3, 150
+    h, w = rows[0].shape[2] * scale, rows[0].shape[3] * scale
+    grid = Image.new("RGB", (label + w * len(prompts), h * len(rows)), "white")
+    text = ImageDraw.Draw(grid)
+    for r, (cfg, images) in enumerate(zip(arms, rows, strict=True)):
+        text.text((4, r * h + h // 2 - 6), cfg.trainer.name, fill="black")
+        for c, image in enumerate(images):
+            tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((w, h), Image.Resampling.NEAREST)
+            grid.paste(tile, (label + c * w, r * h))
+    grid.save(out / "samples.png")
+    (out / "samples.md").write_text("![samples](samples.png)\n\nRows: " + ", ".join(c.trainer.name for c in arms)
+                                    + f" (seed {arms[0].trainer.seed} of each; image i from noise seed i). Columns, "
+                                    "left to right:\n\n" + "".join(f"{i + 1}. {p}\n" for i, p in enumerate(prompts)))
+    return out / "samples.png"

@@ -28,7 +28,7 @@ from microdit.eval.metrics import check_names, metric_columns
 from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
 from microdit.files import unwritable
-from microdit.job_runs import run_splits, train_and_evaluate
+from microdit.job_runs import run_splits, sample_grid, train_and_evaluate
 from microdit.train.config import TrainConfig, summarize_changes
 from microdit.train.plan import prepare_synthetic, resolve
 
@@ -195,7 +195,8 @@ def job_configs(job: JobConfig, out: Path, extra: list[str] | None = None) -> li
     """The resolved and validated config of every run of ``job``, experiment-major, then budget,
     then seed (the runs of seed ``s`` live in ``out/seed<s>/<trainer.name>``), with ``extra``
     overrides for every run: a bad experiment or override stops the job before anything trains, and
-    so does a run folder that was written with another config (its results would not be this job's)."""
+    so does a run folder that was written with another config (its results would not be this job's)
+    or cannot be written."""
     configs = []
     for entry in job.experiments:
         name, *own = entry.split()
@@ -226,6 +227,9 @@ def _run_config(job: JobConfig, entry: str, name: str, own: list[str], budget: f
     if changes:
         raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); its "
                          f"results are not this job's: pass another --out, or delete {run} to train it again")
+    problem = unwritable(run)  # else each worker would meet it, after the data and the probe were prepared
+    if problem:
+        raise ValueError(f"run folder {run} {problem}")
     return cfg
 
 
@@ -305,42 +309,6 @@ def report(configs: list[TrainConfig], job: JobConfig, out: Path, results: Path)
         bar_plot([{**r, "run": f"{r['trainer.name']} ({r['after']})"} for r in rows], "run", columns[:2],
                  results / "results.png")
     return rows, table
-
-
-GRID_PROMPTS = 8
-
-
-def sample_grid(configs: list[TrainConfig], job: JobConfig, out: Path) -> Path:
-    """``out/samples.png``: a row per arm (its first seed's run), the same ``GRID_PROMPTS`` held-out
-    prompts from the same noise in every row, and ``out/samples.md`` naming the rows and prompts."""
-    from PIL import Image, ImageDraw
-
-    from microdit.data.reader import read_dataset
-    from microdit.run import PromptSampler, encoder_names, load_model
-
-    arms = list({c.trainer.name: c for c in reversed(configs)}.values())[::-1]  # each arm's first seed
-    _, held_out, _ = run_splits(arms[0], job)
-    prompts = read_dataset(held_out.folder, GRID_PROMPTS)[2][2]
-    rows = []
-    for cfg in arms:
-        loaded = load_model(Path(cfg.trainer.run_dir) / cfg.trainer.name)
-        draw = PromptSampler(*encoder_names(loaded))
-        rows.append(draw(loaded.model, prompts, list(range(len(prompts))), loaded.config.diffusion,
-                         loaded.config.sampler, loaded.config.data.use_text_mask))
-    scale, label = 3, 150
-    h, w = rows[0].shape[2] * scale, rows[0].shape[3] * scale
-    grid = Image.new("RGB", (label + w * len(prompts), h * len(rows)), "white")
-    text = ImageDraw.Draw(grid)
-    for r, (cfg, images) in enumerate(zip(arms, rows, strict=True)):
-        text.text((4, r * h + h // 2 - 6), cfg.trainer.name, fill="black")
-        for c, image in enumerate(images):
-            tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((w, h), Image.Resampling.NEAREST)
-            grid.paste(tile, (label + c * w, r * h))
-    grid.save(out / "samples.png")
-    (out / "samples.md").write_text("![samples](samples.png)\n\nRows: " + ", ".join(c.trainer.name for c in arms)
-                                    + f" (seed {arms[0].trainer.seed} of each; image i from noise seed i). Columns, "
-                                    "left to right:\n\n" + "".join(f"{i + 1}. {p}\n" for i, p in enumerate(prompts)))
-    return out / "samples.png"
 
 
 def report_dir(job: JobConfig, out: Path, claim: bool = False) -> Path:

@@ -33,6 +33,7 @@ from microdit.data.encode import build_synthetic_dataset
 from microdit.data.manifest import save_manifest
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.data.synthetic import SyntheticRecipe
+from microdit.job_runs import train_and_evaluate
 from microdit.pipeline import compose_job, job_configs
 
 from conftest import fixture_script
@@ -678,8 +679,9 @@ def test_cpu_job_whose_data_does_not_fit_its_model(capfd, tmp_path, monkeypatch)
 
 
 def test_cpu_job_into_folders_it_cannot_write(capfd, tmp_path, monkeypatch):
-    """A results folder that cannot be created is refused before anything is prepared; a run folder
-    that cannot be written ends each worker process in one line (no traceback), then the job."""
+    """A results folder or a run folder that cannot be created is refused in one line before
+    anything is prepared; a worker that meets an error anyway (here: a run folder that became a
+    file after the job was composed) ends in one labelled line, then the job in one line."""
     monkeypatch.chdir(tmp_path)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -689,18 +691,23 @@ def test_cpu_job_into_folders_it_cannot_write(capfd, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no dataset prepared, no folder made
     out = tmp_path / "out"
     out.mkdir()
+    (out / "seed1").write_text("x")  # where seed 1's run folders would go
+    msg = cli_error(cpu_ablation.main, ["--out", str(out), "seeds=[0,1]"], capfd)
+    record("`microdit-cpu-ablation` a run folder under a file", msg, f"run folder {out / 'seed1' / 'cpu-naive75'}",
+           f"cannot be created: {out / 'seed1'} is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "out"] and sorted(out.iterdir()) == [out / "seed1"]
+    job = compose_job("main", ["seeds=[0,1]", "workers=2"])
+    configs = job_configs(job, tmp_path / "later")
     for seed in (0, 1):
-        (out / f"seed{seed}").write_text("x")  # where each seed's run folders would go
-    argv = ["--out", str(out), "--workers", "2", "seeds=[0,1]", "eval.held_out_samples=32", "eval.probe_samples=64",
-            "--override", "data.prepare_samples=64"]
-    with pytest.raises(SystemExit) as exc:
-        cpu_ablation.main(argv)
+        (tmp_path / "later").mkdir(exist_ok=True)
+        (tmp_path / "later" / f"seed{seed}").write_text("x")
+    with pytest.raises(ValueError, match=r"job worker\(s\) \[0, 1\] failed \(the error is printed above\)"):
+        train_and_evaluate(configs[:2], job)
     err = capfd.readouterr().err
     assert "Traceback" not in err, err[-2000:]
-    assert "job worker(s) [0, 1] failed (the error is printed above)" in str(exc.value.code)
     for index in (0, 1):
         line = next(line for line in err.splitlines() if line.startswith(f"[worker {index}] error: "))
-        record("`microdit-cpu-ablation` a run folder under a file (a worker's line)", line, "is not writable",
+        record("`microdit-cpu-ablation` a worker's error (a run folder under a file)", line, "is not writable",
                "Not a directory")
 
 
