@@ -103,18 +103,19 @@ def moe_flops(tokens: int, dim: int, batch: int, experts: int = 8, capacity: flo
             "one_hot_routing": 2 * 2 * batch * experts * k * tokens * dim}
 
 
-def bench_moe(tokens: int, dim: int = 512, batch: int = 8, repeats: int = 5, device: str = "cpu") -> dict:
+def bench_moe(tokens: int, dim: int = 512, batch: int = 8, repeats: int = 5, device: str = "cpu",
+              rounds: int = 2) -> dict:
     """Forward + backward of one MoE layer (E=8, capacity 2, expert hidden 4D) and of its routing
     alone (dispatch + combine, experts skipped): ours vs one-hot. On CPU each case runs in a fresh
-    process (peak RSS growth), twice, interleaved, keeping the faster (the first process started
-    after heavy work in this one can run much slower on a small VM); on CUDA peak allocated
-    memory. ``speedup_bound`` is what removing the one-hot einsums' FLOPs entirely could give the
-    layer."""
+    process (peak RSS growth), ``rounds`` times, interleaved, keeping the fastest (the first
+    process started after heavy work in this one can run much slower on a small VM); on CUDA peak
+    allocated memory. ``speedup_bound`` is what removing the one-hot einsums' FLOPs entirely could
+    give the layer."""
     out = {"tokens": tokens, "dim": dim, "batch": batch}
     ctx = mp.get_context("spawn")
     for part in ("layer", "routing"):
         row = {}
-        for kind in ("gather", "one_hot", "gather", "one_hot") if device == "cpu" else ("gather", "one_hot"):
+        for kind in ("gather", "one_hot") * rounds if device == "cpu" else ("gather", "one_hot"):
             if device == "cpu":
                 queue = ctx.Queue()
                 proc = ctx.Process(target=_moe_case, args=(part, kind, tokens, dim, batch, repeats, device, queue))
