@@ -18,10 +18,24 @@ from microdit.eval.results import collect, contrast_table, markdown_table, plot,
 from microdit.files import not_a_folder
 from microdit.train.logging import training_plot
 
+# How what microdit-results writes begins (the CSV's header, the table's first row): it replaces its
+# own earlier output (a results.csv gathered again), never a file of anything else.
+OWN_START = {"--out": "run,run_dir,", "--markdown": "| "}
+
+
+def _foreign(path: Path, start: str) -> bool:
+    """Whether ``path`` is a file that does not begin as microdit-results' own output does."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return not f.readline().startswith(start)
+    except (OSError, UnicodeDecodeError):
+        return True
+
 
 def check_options(args: argparse.Namespace, rows: list[dict]) -> None:
     """Every column an option names exists in some run (ValueError naming the option and the
-    closest columns), before anything is written."""
+    closest columns), and every output is a file path that holds nothing but this command's own
+    earlier output, before anything is written."""
     columns = {key for row in rows for key in row}
     for spec in args.plot:
         x, colon, y = spec.partition(":")
@@ -43,6 +57,9 @@ def check_options(args: argparse.Namespace, rows: list[dict]) -> None:
             raise ValueError(f"{option} {path} is a folder; expected a file path")
         if not path.parent.is_dir():
             raise ValueError(f"{option} {path}: folder {path.parent} {not_a_folder(path.parent)}")
+        if path.is_file() and _foreign(path, OWN_START[option]):
+            raise ValueError(f"{option} {path} exists and is not an output of microdit-results (its first line "
+                             f"does not start with {OWN_START[option]!r}): choose another path or delete it")
     dependent = (("--markdown", args.markdown, "--metrics"), ("--contrasts", args.contrasts, "--metrics"),
                  ("--margin", args.margin, "--contrasts"))
     for option, given, needs in dependent:
@@ -72,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="microdit-results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", type=Path, help="folders searched for run folders")
-    parser.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV of all runs (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("results.csv"),
+                        help="CSV of all runs (default: %(default)s); it replaces an earlier output of this command, "
+                             "never another file")
     parser.add_argument("--group-by", default="", help="comma-separated config keys, one table line per value "
                         "(default: none, one line)")
     parser.add_argument("--metrics", default="", help="comma-separated columns to aggregate into a table "

@@ -586,6 +586,25 @@ def test_results_bad_options(world, capsys, tmp_path, case, extra, expected):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_results_replace_their_own_output_and_no_other_file(world, capsys, tmp_path):
+    """A results.csv or table gathered again replaces the last one; a file microdit-results did not
+    write (a CSV of one's own, a README) is refused before anything is written."""
+    argv = [str(world["run"].parent), "--metrics", "cost.flops", "--out", str(tmp_path / "r.csv"),
+            "--markdown", str(tmp_path / "t.md")]
+    results_cli.main(argv)
+    first = snapshot(tmp_path)
+    results_cli.main(argv)  # gathered again: its own output replaced
+    assert snapshot(tmp_path) == first and capsys.readouterr().out.startswith("1 runs -> ")
+    for option, name, text in (("--out", "mine.csv", "id,value\n1,2\n"), ("--markdown", "README.md", "# notes\n")):
+        (tmp_path / name).write_text(text)
+        before = snapshot(tmp_path)
+        msg = cli_error(results_cli.main, [*argv[:-4], *((option, str(tmp_path / name)) if option == "--out" else (
+            "--out", str(tmp_path / "new.csv"), option, str(tmp_path / name)))], capsys)
+        record(f"`microdit-results` {option} a file it did not write", msg, f"{option} {tmp_path / name} exists and "
+               "is not an output of microdit-results", "choose another path or delete it")
+        assert snapshot(tmp_path) == before  # nothing written, nothing lost
+
+
 def test_results_from_roots_that_are_not_folders(world, capsys, tmp_path):
     config = world["run"] / "config.yaml"
     msg = cli_error(results_cli.main, [str(tmp_path / "nowhere"), str(config), "--out", str(tmp_path / "r.csv")],
