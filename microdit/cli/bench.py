@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="microdit-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer configurations (a few minutes on 2 cores)")
-    parser.add_argument("--out", type=Path, default=Path("bench"), help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("bench"), help="output folder (default: %(default)s); one "
+                        "that holds an earlier measurement is refused")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="device to measure (default: %(default)s)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (compiling takes ~1 min)")
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if problem := unwritable(args.out):  # before the minutes of measuring
         parser.error(f"--out {args.out} {problem}")
+    name = "bench" if args.gpu_plan is None else "gpu_plan"
+    outputs = [f"{name}.json", f"{name}.md"] + (["bench.partial.json"] if name == "bench" else [])
+    if held := [f for f in outputs if (args.out / f).exists()]:  # an earlier measurement is never replaced
+        parser.error(f"--out {args.out} already holds {', '.join(held)}: choose another folder or delete them")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.gpu_plan is not None:
         try:
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as err:
             parser.error(f"--gpu-plan {' '.join(args.gpu_plan)}: {' '.join(str(err).split())}")
         results = gpu_plan(cfg)
-        name, report = "gpu_plan", gpu_plan_markdown(results)
+        report = gpu_plan_markdown(results)
     else:
         if args.device == "cuda" and not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is visible to torch")
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             partial.write_text(json.dumps(results, indent=2))
             print(f"microdit-bench: failed; the sections measured before the failure are in {partial}", file=sys.stderr)
             raise
-        name, report = "bench", summary_markdown(results)
+        report = summary_markdown(results)
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"{name}.md").write_text(report)
     print(report)

@@ -675,6 +675,13 @@ def test_gpu_plan_bad_overrides(capsys, tmp_path):
     msg = cli_error(bench_cli.main, ["--out", str(plain / "bench"), "--quick"], capsys)
     record("`microdit-bench` --out under a file", msg, f"--out {plain / 'bench'} cannot be created: {plain} is a "
            "file, not a folder")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "bench.partial.json").write_text("{}")  # what a bench that failed kept
+    msg = cli_error(bench_cli.main, ["--out", str(earlier), "--quick"], capsys)
+    record("`microdit-bench` --out holding an earlier measurement", msg, f"--out {earlier} already holds "
+           "bench.partial.json: choose another folder or delete them")
+    assert [p.name for p in earlier.iterdir()] == ["bench.partial.json"]
 
 
 def test_cpu_job_bad_seeds(capsys):

@@ -25,4 +25,8 @@ def test_gpu_plan_of_a_two_stage_config(tmp_path):
     bench_main(["--gpu-plan", "trainer.batch_size=64", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "gpu_plan.json").read_text())["gpus"] == 8
     assert "MFU if fully fused" in (tmp_path / "gpu_plan.md").read_text()
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(SystemExit):  # an earlier plan is never replaced
+        bench_main(["--gpu-plan", "trainer.batch_size=32", "--out", str(tmp_path)])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
 
