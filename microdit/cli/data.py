@@ -21,7 +21,7 @@ from microdit.cli.options import fraction, image_side, non_negative_int, positiv
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
 from microdit.data.encode import Share
-from microdit.data.images import IMAGE_EXTS, decode_image, resize_center_crop, save_grid, to_uint8
+from microdit.data.images import IMAGE_EXTS, decode_image, refuse_filled, resize_center_crop, save_grid, to_uint8
 from microdit.data.prepare import SMALL, Rules, download, prepare_dataset
 from microdit.data.reader import LatentBatches
 from microdit.data.shards import iter_shard
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="show a dataset's manifest and a few samples")
     p.add_argument("dir", type=Path, help="image or latent dataset folder")
     p.add_argument("--num-samples", type=positive_int, default=8, help="samples to show (default: %(default)s)")
-    p.add_argument("--grid", type=Path, help="save a PNG grid of the (decoded) samples")
+    p.add_argument("--grid", type=Path, help="save a PNG grid of the (decoded) samples (a new file)")
     p.add_argument("--full", action="store_true", help="print the whole manifest")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("verify", help="check shards against the manifest's sizes and sha256")
@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What each command writes: (argument, its name in errors, whether a folder), checked before any work.
+# What each command writes: (argument, its name in errors, whether a folder), checked before any work
+# (an existing file is never replaced; a new dataset's folder must be new or empty).
 OUTPUTS = {"synthetic": [("out", "OUT", True)], "cifar-captions": [("out", "OUT", True)],
            "prepare": [("out", "OUT", True), ("raw_dir", "--raw-dir", True)], "encode": [("dst", "DST", True)],
            "inspect": [("grid", "--grid", False)]}
@@ -240,8 +241,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for dest, name, folder in OUTPUTS.get(args.command, []):
             path = getattr(args, dest)
-            if path is not None and (problem := unwritable(path, folder)):
+            if path is not None and (problem := unwritable(path, folder) or (
+                    not folder and path.exists() and "exists: choose another path or delete it")):
                 raise DataError(f"{name} {path} {problem}; nothing was written")
+        if args.command in ("synthetic", "cifar-captions"):
+            refuse_filled(args.out)  # before the progress bar and the work
         args.func(args)
     except (DataError, ValueError, OSError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename and err.strerror else err

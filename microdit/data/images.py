@@ -92,6 +92,13 @@ def _remove_stale_partials(folder: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def refuse_filled(folder: Path) -> None:
+    """A new dataset goes into a new or empty folder only (DataError, nothing changed)."""
+    if folder.is_dir() and any(folder.iterdir()):
+        raise DataError(f"{folder} is not empty ({'a dataset' if (folder / 'manifest.json').is_file() else 'files'} "
+                        "already there): write a new dataset into a new or empty folder; nothing was changed")
+
+
 def write_image_dataset(
     folder: str | Path,
     samples: Iterable[tuple[str, Image.Image | np.ndarray, str, dict]],
@@ -108,9 +115,7 @@ def write_image_dataset(
     build removes the killed one's leftovers.
     """
     folder = Path(folder)
-    if folder.is_dir() and any(folder.iterdir()):
-        raise DataError(f"{folder} is not empty ({'a dataset' if (folder / 'manifest.json').is_file() else 'files'} "
-                        "already there): write a new dataset into a new or empty folder; nothing was changed")
+    refuse_filled(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(folder.resolve())
     work = _partial_folder(folder.resolve())

@@ -36,7 +36,7 @@ from microdit.data.synthetic import SyntheticRecipe
 from microdit.job_runs import train_and_evaluate
 from microdit.pipeline import compose_job, job_configs
 
-from conftest import fixture_script
+from conftest import FIXTURE_DIR, fixture_script
 from train_helpers import TWO_STAGES, base_overrides
 
 pytestmark = pytest.mark.slow
@@ -662,6 +662,19 @@ def test_data_outputs_and_inputs_of_the_wrong_kind(world, capsys, tmp_path):
         record(f"`microdit-data {argv[0]}` {shown}", msg, *expected)
         assert "[Errno" not in msg and "filter kept none" not in msg, msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"] and plain.read_text() == "x"
+    msg = cli_error(data_cli.main, ["inspect", str(world["data"]), "--grid", str(plain)], capsys)
+    record("`microdit-data inspect` --grid an existing file", msg, f"--grid {plain} exists: choose another path or "
+           "delete it; nothing was written")
+    before = snapshot(world["data"])
+    for command in (["synthetic", str(world["data"]), "--num-samples", "4"],
+                    ["cifar-captions", str(world["data"]), "--from-folder", str(FIXTURE_DIR / "photos")]):
+        with pytest.raises(SystemExit):
+            data_cli.main(command)
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"microdit-data {command[0]}: error: {world['data']} is not empty (a dataset "
+                                    "already there): write a new dataset into a new or empty folder; nothing was "
+                                    "changed"]  # no progress bar
+    assert plain.read_text() == "x" and snapshot(world["data"]) == before
 
 
 def test_gpu_plan_bad_overrides(capsys, tmp_path):
