@@ -69,15 +69,18 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: --override expects KEY=VALUE, got {item!r}")
         overrides[key] = yaml.safe_load(value)
     cfg = preset_config(args.preset, **overrides)
+    as_file = args.output.suffix in (".pt", ".safetensors")
+    if as_file and args.output.exists():  # nothing written before is replaced
+        raise SystemExit(f"error: {args.output} exists; choose another path")
+    if not as_file and (args.output / "model.safetensors").exists():
+        raise SystemExit(f"error: {args.output} already holds an export; choose another folder")
     try:
         sd = convert_reference_state_dict(_load(args.input), cfg)
     except ReferenceImportError as err:
         raise SystemExit(f"error: {args.input}: {err}") from None
-    if args.output.suffix in (".pt", ".safetensors"):
+    if as_file:
         _save(sd, args.output)
     else:
-        if (args.output / "model.safetensors").exists():
-            raise SystemExit(f"error: {args.output} already holds an export; choose another folder")
         model = MicroDiT(cfg)
         model.load_state_dict(sd, strict=True)
         model.save_pretrained(args.output)

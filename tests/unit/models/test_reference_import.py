@@ -116,7 +116,12 @@ def test_command_line_tool(tmp_path, tiny_reference):
     assert torch.equal(loaded.blocks[1].mlp.w2, tiny_reference["blocks.1.mlp.w2"].float())
     with pytest.raises(SystemExit, match="already holds an export"):
         tool.main(["--preset", "MicroDiT_Tiny_2", str(src), str(export)])
+    written = dst.read_bytes()
+    with pytest.raises(SystemExit, match=f"error: {dst} exists; choose another path"):
+        tool.main(["--preset", "MicroDiT_Tiny_2", str(src), str(dst)])
+    assert dst.read_bytes() == written  # nothing written before is replaced
+    new = tmp_path / "new.pt"
     with pytest.raises(SystemExit, match="does not exist"):
-        tool.main(["--preset", "MicroDiT_Tiny_2", str(tmp_path / "nope.pt"), str(dst)])
+        tool.main(["--preset", "MicroDiT_Tiny_2", str(tmp_path / "nope.pt"), str(new)])
     with pytest.raises(SystemExit, match=r"ref.pt: reference key .* has shape"):
-        tool.main(["--preset", "MicroDiT_Tiny_2", "--override", "depth=8", str(src), str(dst)])
+        tool.main(["--preset", "MicroDiT_Tiny_2", "--override", "depth=8", str(src), str(new)])
