@@ -39,7 +39,8 @@ def stage_rows(row: dict, run: Path) -> list[dict]:
 
 
 # The columns a reference row reads instead of a metric's: the real-vs-real floor and the chance.
-REFERENCE_ROWS = {"real vs real (same n)": {"probe_fd": "probe_fd_real", "probe_kid": "probe_kid_real"},
+REAL = "real vs real (same n)"
+REFERENCE_ROWS = {REAL: {"probe_fd": "probe_fd_real", "probe_kid": "probe_kid_real"},
                   "chance (shuffled prompts)": {"probe_acc": "probe_chance", "probe_acc_mean": "probe_chance_mean"}}
 
 
@@ -53,11 +54,20 @@ def _reference_column(swap: dict[str, str], metric: str) -> str | None:
 
 
 def reference_rows(rows: list[dict], metrics: list[str]) -> list[dict]:
-    """Rows to read the arms against, from every run's evaluation: real-vs-real (another real set
-    of the same size against the reference) and the shuffled-prompt chance, per stage end."""
+    """Rows to read the arms against, from the runs' evaluations: the shuffled-prompt chance (of
+    each run's own samples) and real-vs-real (another real set of the same size against the
+    reference), per stage end. Real-vs-real reads no network: the runs of one seed on one dataset
+    share its draw (the same noise and prompt seeds), so it is one row per (stage end, seed,
+    dataset), not one per run, and its interval counts independent draws only."""
     out = []
     for label, swap in REFERENCE_ROWS.items():
+        draws = set()
         for r in rows:
+            if label == REAL:
+                draw = (r["after"], r.get("trainer.seed"), str(r.get("data.folders")))
+                if draw in draws:
+                    continue
+                draws.add(draw)
             ref = {"trainer.name": label, "after": r["after"]}
             for metric in metrics:
                 source = _reference_column(swap, metric)

@@ -20,7 +20,10 @@ def test_reference_rows_read_the_chance_and_real_columns_of_each_run():
     chance = [r for r in refs if r["trainer.name"] == "chance (shuffled prompts)"]
     real = [r for r in refs if r["trainer.name"] == "real vs real (same n)"]
     assert [r[SHAPE] for r in chance] == SHUFFLED["a"] + SHUFFLED["b"] and all(FD not in r for r in chance)
-    assert [r[FD] for r in real] == [10.0, 11.0, 12.0, 13.0] * 2 and all(SHAPE not in r for r in real)
+    # one per seed: the arms of a seed share its real draw (the same value in every run's evaluation)
+    assert [r[FD] for r in real] == [10.0, 11.0, 12.0, 13.0] and all(SHAPE not in r for r in real)
+    other = rows(**{"data.folders": ["data/other"]})  # another dataset: other draws
+    assert len([r for r in reference_rows(rows() + other, [FD]) if r["trainer.name"] == "real vs real (same n)"]) == 8
 
 
 def test_each_arm_is_tested_against_its_own_chance_on_the_same_samples():
