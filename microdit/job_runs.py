@@ -7,6 +7,7 @@ where it stopped when run again. Then the runs' sample grid (:func:`sample_grid`
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -53,23 +54,31 @@ def train_and_evaluate(configs: list[TrainConfig], job) -> None:
     try:
         for w in workers:
             w.join()
-    except KeyboardInterrupt:  # Ctrl-C reached the workers too: each training run stops at a checkpoint
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or a SIGTERM (microdit-cpu-ablation: SystemExit)
+        if isinstance(stop, SystemExit) and stop.code not in SIGNAL_EXITS:
+            raise
+        sig = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else stop.code - 128
+        for w in workers:  # a signal sent to this process alone reaches the workers too: each stops its run
+            if w.is_alive():  # at a checkpoint (one that had it already records it again)
+                os.kill(w.pid, sig)
         for w in workers:
             w.join()
-    outcome = workers_outcome([w.exitcode for w in workers])
-    if outcome:
+    codes = [w.exitcode for w in workers]
+    if outcome := workers_outcome(codes):
         raise ValueError(outcome)
+    if stopped := [c for c in codes if c]:  # none failed, some stopped at a signal: exit as a run of this
+        raise SystemExit(stopped[0] if stopped[0] > 0 else 128 - stopped[0])  # process does (128 + signal)
 
 
 def workers_outcome(exitcodes: list[int]) -> str | None:
-    """What a job's workers' exit codes say (None: all finished): which failed (each printed its
-    error), or that the job was stopped (Ctrl-C, SIGTERM: :data:`SIGNAL_EXITS`)."""
+    """What a job's workers' exit codes say where some failed (None where none did): which failed
+    (each printed its error) and which stopped at a signal (Ctrl-C, SIGTERM: :data:`SIGNAL_EXITS`)."""
     stopped = [k for k, code in enumerate(exitcodes) if code in SIGNAL_EXITS]
     failed = [k for k, code in enumerate(exitcodes) if code != 0 and k not in stopped]
-    if not (failed or stopped):
+    if not failed:
         return None
-    parts = [f"job worker(s) {failed} failed (the error is printed above)"] if failed else ["the job was stopped"]
-    parts += [f"worker(s) {stopped} stopped at a signal"] if failed and stopped else []
+    parts = [f"job worker(s) {failed} failed (the error is printed above)"]
+    parts += [f"worker(s) {stopped} stopped at a signal"] if stopped else []
     return "; ".join(parts + ["finished runs, evaluations and checkpoints are kept: run the job again to continue"])
 
 

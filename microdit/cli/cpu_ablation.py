@@ -20,6 +20,7 @@ gets this job's in OUT/<job name>/. ``probe_fd`` (lower is better) and ``probe_a
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +31,12 @@ from microdit.run import RUN_ERRORS
 
 STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluations and checkpoints are kept: run "
            "the job again to continue")
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM outside a run's training (preparing data, training the probe, evaluating): stop as
+    the training does at a signal (exit 128 + the signal, the job's workers stopped first)."""
+    raise SystemExit(128 + signum)
 
 
 def job_overrides(args: argparse.Namespace) -> list[str]:
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # KEY=VALUE arguments before and after options
     extra = [*([f"data.folders=[{args.data}]"] if args.data else []), *args.override,
              *([f"trainer.budget_flops={args.budget_flops}"] if args.budget_flops else [])]
+    previous = signal.signal(signal.SIGTERM, _terminate)  # kill or SLURM, outside a run's training too
     try:
         job = compose_job(args.job, job_overrides(args))
         _, table = run_job(job, extra=extra)
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         if stop.code in SIGNAL_EXITS:
             print(STOPPED, file=sys.stderr)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     out = report_dir(job, Path(job.report.out))
     print(table)
     grid = f", prompts -> images per arm {out / 'samples.png'} ({out / 'samples.md'})" if job.report.sample_grid else ""

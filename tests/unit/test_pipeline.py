@@ -2,6 +2,7 @@
 and validated like any other), and a job runs end to end from a Python call."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -200,14 +201,51 @@ def test_workers_share_a_jobs_runs_and_compute_what_one_process_does(tmp_path, m
         compose_job("main", ["workers=-1"])
 
 
+@pytest.mark.slow
+def test_a_signal_to_the_job_alone_stops_its_workers_at_a_checkpoint(tmp_path, monkeypatch):
+    """SIGTERM (or SIGINT) sent to the job's process only (kill PID, not the terminal's Ctrl-C to
+    the whole group) reaches its workers: each stops its run at a checkpoint and the job says it
+    was stopped; no worker goes on training alone."""
+    import signal
+    import threading
+    import time
+
+    from microdit.cli.cpu_ablation import _terminate
+    from microdit.job_runs import train_and_evaluate
+
+    monkeypatch.chdir(tmp_path)
+    job = compose_job("main", ["seeds=[0]", "workers=2", "report.contrasts=[]"])
+    job.experiments = job.experiments[:2]  # naive75 and deferred75
+    long = ["data.prepare_samples=64", "trainer.progress=false", "trainer.threads=1", "trainer.log_every_images=8",
+            "stages.pretrain.budget_fraction=null", "stages.pretrain.images=1000000", "trainer.budget_flops=null"]
+    configs = job_configs(job, tmp_path / "out", long)
+    stats = [tmp_path / "out" / "seed0" / c.trainer.name / "stats.jsonl" for c in configs]
+
+    def stop_once_both_train():
+        while not all(p.is_file() and p.stat().st_size for p in stats):
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        threading.Thread(target=stop_once_both_train, daemon=True).start()
+        with pytest.raises(SystemExit) as stop:  # as a run of this process stops: the CLI says how to continue
+            train_and_evaluate(configs, job)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stop.value.code == 128 + signal.SIGTERM
+    for cfg in configs:  # each run stopped at a checkpoint it resumes from, long before its end
+        run = tmp_path / "out" / "seed0" / cfg.trainer.name
+        assert any((run / "checkpoints").iterdir()) and not (run / "summary.json").exists()
+
+
 def test_what_a_jobs_workers_exit_codes_say():
     """Ctrl-C or SIGTERM reaches every worker: one that stops at its checkpoint (128 + signal) or
-    dies of the signal is 'stopped', not 'failed (the error is printed above)' with no error printed."""
+    dies of the signal is 'stopped' (the job then exits as a stopped run does), not 'failed (the
+    error is printed above)' with no error printed."""
     from microdit.job_runs import workers_outcome
 
-    assert workers_outcome([0, 0]) is None
-    assert workers_outcome([130, -2]).startswith("the job was stopped; finished runs, evaluations and checkpoints")
-    assert workers_outcome([143, 0]).startswith("the job was stopped")
+    assert workers_outcome([0, 0]) is None and workers_outcome([130, -2]) is None and workers_outcome([143, 0]) is None
     assert workers_outcome([2, 130]).startswith("job worker(s) [0] failed (the error is printed above); worker(s) [1] "
                                                 "stopped at a signal; finished runs")
     assert workers_outcome([1, 2]).startswith("job worker(s) [0, 1] failed")

@@ -1,7 +1,9 @@
 """How ``microdit-cpu-ablation`` ends when the job is stopped: whether the signal reached a run in
 this process (the trainer exits 128 + signal after its checkpoint) or came between runs."""
 
+import os
 import signal
+import time
 
 import pytest
 
@@ -33,3 +35,20 @@ def test_any_other_exit_passes_through_without_the_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         cpu_ablation.main([])
     assert stop.value.code == 2 and capsys.readouterr().err == ""
+
+
+def test_sigterm_outside_training_stops_the_job_with_its_line(monkeypatch, capsys):
+    """kill or SLURM's SIGTERM while the job prepares data, trains the probe or evaluates (no run's
+    trainer holds the signal then): the line and 128 + SIGTERM, not a silent death; the process's
+    own SIGTERM handling comes back after the command."""
+    def preparing(job, extra=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the signal ends this
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cpu_ablation, "run_job", preparing)
+    with pytest.raises(SystemExit) as stop:
+        cpu_ablation.main(["seeds=[0]"])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == cpu_ablation.STOPPED + "\n"
+    assert signal.getsignal(signal.SIGTERM) is before
