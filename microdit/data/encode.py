@@ -68,6 +68,32 @@ class Share:
         return "manifest.json" if self.world == 1 else f".part-{self.rank}-of-{self.world}.json"
 
 
+class CaptionCache:
+    """A text encoder's output (float16, as the shards store it) per distinct caption, kept up to
+    ``limit`` bytes: a dataset whose captions repeat (the synthetic one-object scene: 480 distinct in
+    5,000) encodes each once. A caption's encoding does not depend on the captions batched with it
+    (each is padded to the encoder's length), so the shards are the ones encoding every batch
+    whole would write (the tests compare them byte for byte)."""
+
+    def __init__(self, text: TextEncoder, limit: int = 256 * 2**20) -> None:
+        self.text, self.limit, self.kept, self.bytes = text, limit, {}, 0
+
+    def encode(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings (N, L, D) float16, mask (N, L) bool) of ``captions``."""
+        fresh = {}
+        if new := [c for c in dict.fromkeys(captions) if c not in self.kept]:
+            emb, mask = self.text.encode(new)
+            fresh = dict(zip(new, zip(emb.cpu().numpy().astype(np.float16), mask.cpu().numpy(), strict=True),
+                             strict=True))
+        rows = [self.kept[c] if c in self.kept else fresh[c] for c in captions]
+        for caption, (emb, mask) in fresh.items():
+            if self.bytes + emb.nbytes + mask.nbytes > self.limit:
+                break
+            self.kept[caption] = (emb, mask)
+            self.bytes += emb.nbytes + mask.nbytes
+        return np.stack([e for e, _ in rows]), np.stack([m for _, m in rows])
+
+
 def _read_image_shard(path: Path, skip_bad: bool, counts: dict) -> list[tuple[str, Image.Image, str, bytes]]:
     samples = []
     for key, members in iter_shard(path):
@@ -174,6 +200,7 @@ def _encode(src: Manifest, src_folder: Path, dst: Path, manifest: Manifest, auto
     counts = {"bad_samples": 0}
     autoencoder.to(device)
     text.to(device)
+    captions = CaptionCache(text)
     todo = [(i, s) for i, s in enumerate(src.shards)
             if i % share.world == share.rank and _latent_name(s.name) not in done]
     who = "" if share.world == 1 else f" rank {share.rank}/{share.world}"
@@ -189,8 +216,7 @@ def _encode(src: Manifest, src_folder: Path, dst: Path, manifest: Manifest, auto
         with ShardWriter(dst / _latent_name(info.name)) as writer:
             for start in range(0, len(samples), batch_size):
                 batch = samples[start:start + batch_size]
-                emb, mask = text.encode([s[2] for s in batch])
-                emb, mask = emb.cpu().numpy(), mask.cpu().numpy()
+                emb, mask = captions.encode([s[2] for s in batch])
                 latents = {}
                 for resolution in resolutions or [None]:
                     pixels = [np.asarray(s[1] if resolution is None else resize_center_crop(s[1], resolution))
@@ -200,7 +226,7 @@ def _encode(src: Manifest, src_folder: Path, dst: Path, manifest: Manifest, auto
                     latents[member] = autoencoder.encode(images, generator=generator).cpu().numpy()
                 for i, (key, _, caption, labels) in enumerate(batch):
                     writer.write(key, {**{m: npy_bytes(x[i].astype(np.float16)) for m, x in latents.items()},
-                                       "text.npy": npy_bytes(emb[i].astype(np.float16)),
+                                       "text.npy": npy_bytes(emb[i]),
                                        "mask.npy": npy_bytes(mask[i]), "txt": caption.encode(), "json": labels})
                 bar.update(len(batch))
             manifest.shards.append(writer.close())

@@ -43,6 +43,36 @@ def test_encode_round_trip(images, tmp_path, encoders):
         assert caption == src[key][1]
 
 
+def test_each_distinct_caption_is_encoded_once_with_the_bytes_its_batch_gives():
+    """A dataset's repeated captions (the synthetic scenes repeat theirs) go through the text encoder
+    once; every row is byte for byte what encoding the captions' whole batch writes, for the
+    pretrained MiniLM too (a caption padded to the encoder's length does not depend on its batch);
+    past the byte limit nothing more is kept and the rows stay the same."""
+    from microdit.data.encode import CaptionCache
+
+    text = load_text_encoder("minilm:16")
+    seen = []
+
+    class Counting:
+        def encode(self, captions):
+            seen.extend(captions)
+            return text.encode(captions)
+
+    caps = ["a red circle", "a blue square", "a red circle", "a green star on the left", "a blue square", "a cat"]
+    emb, mask = text.encode(caps)
+    whole = emb.numpy().astype(np.float16), mask.numpy()
+    for limit, encoded in ((2**20, ["a red circle", "a blue square", "a green star on the left", "a cat"]),
+                           (whole[0][0].nbytes + 16, ["a red circle", "a blue square", "a green star on the left",
+                                                      "a blue square", "a cat"])):
+        seen.clear()
+        cache = CaptionCache(Counting(), limit=limit)
+        first, second = cache.encode(caps[:3]), cache.encode(caps[3:])
+        assert seen == encoded  # each distinct caption once (with room for one row: the first only)
+        for got, want in zip((np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])), whole,
+                             strict=True):
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("crash_at", [1, 2])  # in the first shard (nothing encoded yet) or in the second
 def test_interrupted_encode_resumes_without_redoing(images, tmp_path, encoders, monkeypatch, crash_at):
     reference = encode_dataset(images, tmp_path / "ref", *encoders, progress=False)
