@@ -100,6 +100,7 @@ def _worker(queue, configs: list[TrainConfig], job, threads: int, index: int) ->
         print(f"error: {err}", file=sys.stderr)  # labelled [worker K] by share_terminal
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C outside training (an evaluation, between runs): nothing to save
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job passes the signal on too: end quietly
         raise SystemExit(128 + signal.SIGINT) from None
 
 
