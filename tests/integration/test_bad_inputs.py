@@ -594,7 +594,7 @@ def test_results_replace_their_own_output_and_no_other_file(world, capsys, tmp_p
     results_cli.main(argv)
     first = snapshot(tmp_path)
     results_cli.main(argv)  # gathered again: its own output replaced
-    assert snapshot(tmp_path) == first and capsys.readouterr().out.startswith("1 runs -> ")
+    assert snapshot(tmp_path) == first and f" runs -> {tmp_path / 'r.csv'}" in capsys.readouterr().out
     for option, name, text in (("--out", "mine.csv", "id,value\n1,2\n"), ("--markdown", "README.md", "# notes\n")):
         (tmp_path / name).write_text(text)
         before = snapshot(tmp_path)
