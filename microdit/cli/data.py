@@ -228,24 +228,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What each command writes: (argument, its name in errors, whether a folder), checked before any work
-# (an existing file is never replaced; a new dataset's folder must be new or empty).
-OUTPUTS = {"synthetic": [("out", "OUT", True)], "cifar-captions": [("out", "OUT", True)],
-           "prepare": [("out", "OUT", True), ("raw_dir", "--raw-dir", True)], "encode": [("dst", "DST", True)],
-           "inspect": [("grid", "--grid", False)]}
+# What each command writes: (argument, its name in errors, its kind), checked before any work: a
+# "folder" (resumable work may be in it), a "dataset" (a new dataset's folder: new or empty) or a
+# "file" (new: an existing file is never replaced).
+OUTPUTS = {"synthetic": [("out", "OUT", "dataset")], "cifar-captions": [("out", "OUT", "dataset")],
+           "prepare": [("out", "OUT", "folder"), ("raw_dir", "--raw-dir", "folder")],
+           "encode": [("dst", "DST", "folder")], "inspect": [("grid", "--grid", "file")]}
+
+
+def check_output(path: Path, name: str, kind: str) -> None:
+    """DataError (one line, nothing written) where ``path`` cannot be written as the ``kind`` of
+    :data:`OUTPUTS` it is: before the work and its progress bar."""
+    problem = unwritable(path, folder=kind != "file")
+    if problem is None and kind == "file" and path.exists():
+        problem = "exists: choose another path or delete it"
+    if problem:
+        raise DataError(f"{name} {path} {problem}; nothing was written")
+    if kind == "dataset":
+        refuse_filled(path)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``microdit-data``; data errors end with a one-line message and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
-        for dest, name, folder in OUTPUTS.get(args.command, []):
-            path = getattr(args, dest)
-            if path is not None and (problem := unwritable(path, folder) or (
-                    not folder and path.exists() and "exists: choose another path or delete it")):
-                raise DataError(f"{name} {path} {problem}; nothing was written")
-        if args.command in ("synthetic", "cifar-captions"):
-            refuse_filled(args.out)  # before the progress bar and the work
+        for dest, name, kind in OUTPUTS.get(args.command, []):
+            if (path := getattr(args, dest)) is not None:
+                check_output(path, name, kind)
         args.func(args)
     except (DataError, ValueError, OSError) as err:
         text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename and err.strerror else err
