@@ -84,8 +84,8 @@ class CaptionCache:
         fresh = {}
         if new := [c for c in dict.fromkeys(captions) if c not in self.kept]:
             emb, mask = self.text.encode(new)
-            fresh = dict(zip(new, zip(emb.cpu().numpy().astype(np.float16), mask.cpu().numpy(), strict=True),
-                             strict=True))
+            fresh = {c: (e, m) for c, e, m in zip(new, emb.cpu().numpy().astype(np.float16), mask.cpu().numpy(),
+                                                    strict=True)}
         rows = [self.kept[c] if c in self.kept else fresh[c] for c in captions]
         for caption, (emb, mask) in fresh.items():
             if self.bytes + emb.nbytes + mask.nbytes > self.limit:
