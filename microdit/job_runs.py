@@ -54,7 +54,7 @@ def train_and_evaluate(configs: list[TrainConfig], job) -> None:
     try:
         for w in workers:
             w.join()
-    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or a SIGTERM (microdit-cpu-ablation: SystemExit)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or a SIGTERM (microdit.cli.stopping: SystemExit)
         if isinstance(stop, SystemExit) and stop.code not in SIGNAL_EXITS:
             raise
         sig = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else stop.code - 128

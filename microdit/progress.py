@@ -39,6 +39,13 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
     return tqdm(iterable, file=_Lines(sys.stderr), mininterval=LOG_EVERY_S, ncols=120, desc=desc, **kwargs)
 
 
+def close_bars() -> None:
+    """Close every bar still open (a stopped command's, held by the traceback of its stop): its last
+    state is drawn now, before the command's last line, not after it when the process exits."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 class _Labelled:
     """A text stream that starts every line written to ``stream`` with ``label``; a line is written
     when it is complete (a last unfinished one at exit)."""

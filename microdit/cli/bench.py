@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from microdit.cli.stopping import stopped_in_one_line
 from microdit.experiment import compose_config
 from microdit.files import unwritable
 from microdit.perf.benchmarks import run_all, summary_markdown
@@ -57,13 +58,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.device == "cuda" and not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is visible to torch")
         results = {}
-        try:
-            run_all(args.quick, args.device, compile=not args.no_compile, results=results)
-        except BaseException:  # keep what was measured (a GPU's minutes are dear), then fail as before
-            partial = args.out / "bench.partial.json"
-            partial.write_text(json.dumps(results, indent=2))
-            print(f"microdit-bench: failed; the sections measured before the failure are in {partial}", file=sys.stderr)
-            raise
+        with stopped_in_one_line("microdit-bench: stopped"):
+            try:
+                run_all(args.quick, args.device, compile=not args.no_compile, results=results)
+            except BaseException:  # keep what was measured (a GPU's minutes are dear), then fail or stop as before
+                partial = args.out / "bench.partial.json"
+                partial.write_text(json.dumps(results, indent=2))
+                print(f"microdit-bench: the sections measured before it ended are in {partial}", file=sys.stderr)
+                raise
         report = summary_markdown(results)
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"{name}.md").write_text(report)

@@ -20,23 +20,15 @@ gets this job's in OUT/<job name>/. ``probe_fd`` (lower is better) and ``probe_a
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
 from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
-from microdit.job_runs import SIGNAL_EXITS
+from microdit.cli.stopping import stopped_in_one_line
 from microdit.pipeline import RESULTS, compose_job, report_dir, run_job
 from microdit.run import RUN_ERRORS
 
 STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluations and checkpoints are kept: run "
            "the job again to continue")
-
-
-def _terminate(signum, frame) -> None:
-    """SIGTERM outside a run's training (preparing data, training the probe, evaluating): stop as
-    the training does at a signal (exit 128 + the signal, the job's workers stopped first)."""
-    raise SystemExit(128 + signum)
 
 
 def job_overrides(args: argparse.Namespace) -> list[str]:
@@ -76,21 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)  # KEY=VALUE arguments before and after options
     extra = [*([f"data.folders=[{args.data}]"] if args.data else []), *args.override,
              *([f"trainer.budget_flops={args.budget_flops}"] if args.budget_flops else [])]
-    previous = signal.signal(signal.SIGTERM, _terminate)  # kill or SLURM, outside a run's training too
-    try:
-        job = compose_job(args.job, job_overrides(args))
-        _, table = run_job(job, extra=extra)
-    except RUN_ERRORS as err:  # bad input, an unwritable folder, another job training one of the runs, ...
-        raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None
-    except KeyboardInterrupt:  # Ctrl-C outside training (training stops itself at a checkpoint)
-        print(STOPPED, file=sys.stderr)
-        raise SystemExit(130) from None
-    except SystemExit as stop:  # a run of this process stopped at a signal, after its checkpoint (128 + signal)
-        if stop.code in SIGNAL_EXITS:
-            print(STOPPED, file=sys.stderr)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with stopped_in_one_line(STOPPED):  # Ctrl-C, kill or SLURM, outside a run's training too
+        try:
+            job = compose_job(args.job, job_overrides(args))
+            _, table = run_job(job, extra=extra)
+        except RUN_ERRORS as err:  # bad input, an unwritable folder, another job training one of the runs, ...
+            raise SystemExit(f"microdit-cpu-ablation: error: {err}") from None
     out = report_dir(job, Path(job.report.out))
     print(table)
     grid = f", prompts -> images per arm {out / 'samples.png'} ({out / 'samples.md'})" if job.report.sample_grid else ""

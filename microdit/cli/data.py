@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from microdit.cli.options import fraction, image_side, non_negative_int, positive_int
+from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
 from microdit.data.encode import Share
@@ -251,15 +252,19 @@ def check_output(path: Path, name: str, kind: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``microdit-data``; data errors end with a one-line message and exit code 2."""
     args = build_parser().parse_args(argv)
-    try:
-        for dest, name, kind in OUTPUTS.get(args.command, []):
-            if (path := getattr(args, dest)) is not None:
-                check_output(path, name, kind)
-        args.func(args)
-    except (DataError, ValueError, OSError) as err:
-        text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename and err.strerror else err
-        print(f"microdit-data {args.command}: error: {' '.join(str(text).split())}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with stopped_in_one_line(f"microdit-data {args.command}: stopped; nothing was half-written (a dataset folder is "
+                             "written whole; downloads and encoding resume where they stopped): run the same command "
+                             "again"):
+        try:
+            for dest, name, kind in OUTPUTS.get(args.command, []):
+                if (path := getattr(args, dest)) is not None:
+                    check_output(path, name, kind)
+            args.func(args)
+        except (DataError, ValueError, OSError) as err:
+            named = isinstance(err, OSError) and err.filename and err.strerror
+            text = f"{err.filename}: {err.strerror}" if named else err
+            print(f"microdit-data {args.command}: error: {' '.join(str(text).split())}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

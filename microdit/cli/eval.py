@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
+from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError, load_manifest
 from microdit.eval import coco
 from microdit.eval.evaluate import EvalSettings, evaluate
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``microdit-eval``."""
     args = build_parser().parse_args(argv)
+    with stopped_in_one_line("microdit-eval: stopped; the samples generated and statistics computed so far are "
+                             "cached: run the same command again to continue"):
+        entry = _evaluate(args)
+    if entry is not None:
+        print(json.dumps(entry["metrics"], indent=2))
+
+
+def _evaluate(args: argparse.Namespace) -> dict | None:
+    """Run ``microdit-eval``'s command (None: ``stats``, which prints its own lines)."""
     try:
         metrics = check_names([m for m in args.metrics.split(",") if m],
                               stats_metrics() if args.command == "stats" else list(METRICS), "--metrics: ")
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                 extractor = EXTRACTORS[METRICS[metric].features](args, device)
                 stats = reference_stats(args.dataset, extractor, args.num_samples, device)
                 print(f"{args.dataset}: {extractor.name} statistics of {stats.count} images cached")
-            return
+            return None
         settings = EvalSettings(num_samples=getattr(args, "num_samples", coco.CAPTIONS),
                                 sampler_overrides=sampler_overrides(args), seed=args.seed,
                                 prompt_seed=getattr(args, "prompt_seed", 0), batch_size=args.batch_size,
@@ -118,8 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                              info.world_size)
     except (DataError, ValueError, FileNotFoundError, CheckpointError) as err:
         raise SystemExit(f"microdit-eval: error: {err}") from None
-    if entry is not None:
-        print(json.dumps(entry["metrics"], indent=2))
+    return entry
 
 
 if __name__ == "__main__":

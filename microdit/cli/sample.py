@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
+from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError
 from microdit.data.images import from_uint8, resize_center_crop, save_grid
 from microdit.files import unwritable
@@ -92,10 +93,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="device (default: %(default)s)")
     args = parser.parse_args(argv)
     prompts = read_prompts(args)
-    try:
-        sample(args, prompts)
-    except (ValueError, FileNotFoundError, CheckpointError, DataError, OSError) as err:
-        raise SystemExit(f"microdit-sample: error: {' '.join(str(err).split())}") from None
+    with stopped_in_one_line(f"microdit-sample: stopped; images already written to {args.out} are kept (a folder "
+                             "that holds them is refused: sample into another --out, or delete them)"):
+        try:
+            sample(args, prompts)
+        except (ValueError, FileNotFoundError, CheckpointError, DataError, OSError) as err:
+            raise SystemExit(f"microdit-sample: error: {' '.join(str(err).split())}") from None
 
 
 def sample(args: argparse.Namespace, prompts: list[str]) -> None:

@@ -16,6 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from microdit.cli.stopping import stopped_in_one_line
 from microdit.experiment import CONF_DIR, compose_config, sweep_points, validate_run
 from microdit.train.config import to_train_config
 
@@ -91,8 +92,17 @@ def cli() -> None:
     """Console entry point. The config of a single run, or of every point of a ``-m`` sweep, is
     composed and validated first, so a bad override, an unknown experiment or a bad value ends in
     one line (exit code 2) before any job starts or is submitted, also under ``--cfg job`` (where
-    Hydra prints the config and exits without a run)."""
-    args = hydra_arguments(sys.argv[1:])
+    Hydra prints the config and exits without a run). A stop (Ctrl-C, SIGTERM) ends in one line too
+    (:mod:`microdit.cli.stopping`)."""
+    with stopped_in_one_line("microdit-train: stopped; the run's checkpoints and the data built so far are kept: run "
+                             "the same command again to continue"):
+        _check_command_line(sys.argv[1:])
+        main()
+
+
+def _check_command_line(argv: list[str]) -> None:
+    """Compose and validate what ``argv`` asks Hydra to run (SystemExit(2) with one line if it cannot)."""
+    args = hydra_arguments(argv)
     problem = _launcher_problem(args.overrides)
     if problem:
         print(f"microdit-train: error: {problem}", file=sys.stderr)
@@ -108,7 +118,6 @@ def cli() -> None:
         except ValueError as err:
             print(f"microdit-train: error{where}: {' '.join(str(err).split())}", file=sys.stderr)
             raise SystemExit(2) from None
-    main()
 
 
 if __name__ == "__main__":
