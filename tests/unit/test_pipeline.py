@@ -210,7 +210,7 @@ def test_a_signal_to_the_job_alone_stops_its_workers_at_a_checkpoint(tmp_path, m
     import threading
     import time
 
-    from microdit.cli.cpu_ablation import _terminate
+    from microdit.cli.stopping import stopped_in_one_line
     from microdit.job_runs import train_and_evaluate
 
     monkeypatch.chdir(tmp_path)
@@ -226,13 +226,9 @@ def test_a_signal_to_the_job_alone_stops_its_workers_at_a_checkpoint(tmp_path, m
             time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        threading.Thread(target=stop_once_both_train, daemon=True).start()
-        with pytest.raises(SystemExit) as stop:  # as a run of this process stops: the CLI says how to continue
-            train_and_evaluate(configs, job)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    threading.Thread(target=stop_once_both_train, daemon=True).start()
+    with pytest.raises(SystemExit) as stop, stopped_in_one_line("the job was stopped"):  # as microdit-cpu-ablation
+        train_and_evaluate(configs, job)
     assert stop.value.code == 128 + signal.SIGTERM
     for cfg in configs:  # each run stopped at a checkpoint it resumes from, long before its end
         run = tmp_path / "out" / "seed0" / cfg.trainer.name
