@@ -10,6 +10,8 @@ processes on this host (another host's processes cannot be checked from here).
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
 import socket
@@ -45,9 +47,19 @@ def private_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{host_pid()}-{threading.get_ident()}.tmp")
 
 
+# What a write meets when the disk or the user's quota is full, or the device fails: no file to name.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
+
+
+class WriteError(OSError):
+    """A file that could not be written for want of space (a full disk, a quota) or a failing device:
+    the message names the file; what was there before is unchanged."""
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a private temporary file and a rename: never half-written,
-    and when several processes write it at once, the file is one of their writes, whole."""
+    and when several processes write it at once, the file is one of their writes, whole. A full disk
+    or quota raises :class:`WriteError` naming ``path`` (``path`` as it was, the temporary removed)."""
     tmp = private_tmp(path)
     try:
         with open(tmp, "wb") as f:
@@ -55,8 +67,20 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        raise WriteError(f"{path} could not be written ({err.strerror}; is the disk or your quota full?); what "
+                         "was there before is unchanged") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_figure(path: Path, fig, dpi: int = 120) -> None:
+    """Save the matplotlib figure ``fig`` to ``path`` (its format from the suffix) with :func:`write_atomic`."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    write_atomic(Path(path), buffer.getvalue())
 
 
 def remove_stale_tmps(folder: Path) -> None:

@@ -27,7 +27,7 @@ from microdit.eval.job_rows import chance_table, reference_rows, stage_rows
 from microdit.eval.metrics import check_names, metric_columns
 from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
-from microdit.files import unwritable
+from microdit.files import unwritable, write_atomic
 from microdit.job_runs import run_splits, sample_grid, train_and_evaluate
 from microdit.train.config import TrainConfig, summarize_changes
 from microdit.train.plan import prepare_synthetic, resolve
@@ -302,7 +302,7 @@ def report(configs: list[TrainConfig], job: JobConfig, out: Path, results: Path)
     if chance := chance_table(rows, columns, *(("arm", "budget") if job.budgets else ())):
         table += "\n\nEach arm against its own shuffled-prompt chance (the same samples):\n\n" + chance
     write_csv(rows, results / RESULTS)
-    (results / "results.md").write_text(table + "\n")
+    write_atomic(results / "results.md", (table + "\n").encode())
     if job.budgets:
         plot(rows, "cost.flops", columns[0], results / "results.png", group_by="arm", log_x=True)
     else:

@@ -25,6 +25,7 @@ from microdit.data import DataError, Manifest, verify_dataset
 from microdit.data.remote import dataset_manifest, is_remote
 from microdit.diffusion import EDMConfig, SamplerConfig, generate
 from microdit.encoders import load_autoencoder, load_text_encoder
+from microdit.files import WriteError
 from microdit.locks import LockHeld
 from microdit.models import MicroDiT, MicroDiTConfig
 from microdit.models.microdit import PRETRAINED_WEIGHTS, WEIGHTS_KEY, pretrained_encoders, pretrained_metadata
@@ -42,10 +43,10 @@ class CheckpointError(RuntimeError):
 
 
 # What a user can act on (bad input, an unwritable folder, a run another process holds, a non-finite
-# stop, a checkpoint that does not fit): microdit-train, microdit-cpu-ablation and a job's workers end
-# with its one-line message, not a traceback. DataError is a ValueError.
+# stop, a checkpoint that does not fit, a file a full disk refused): microdit-train, microdit-cpu-ablation
+# and a job's workers end with its one-line message, not a traceback. DataError is a ValueError.
 RUN_ERRORS = (ValueError, NonFiniteError, CheckpointError, LockHeld, PermissionError, FileExistsError,
-              FileNotFoundError)
+              FileNotFoundError, WriteError)
 
 
 def reason(err: Exception) -> str:

@@ -22,6 +22,7 @@ from microdit.eval import coco
 from microdit.eval.evaluate import EvalSettings, evaluate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import EXTRACTORS, METRICS, check_names, reference_stats, stats_metrics
+from microdit.files import WriteError
 from microdit.host_memory import keep_freed_memory
 from microdit.launch import adopt_launcher_env, local_device
 from microdit.run import CheckpointError
@@ -126,7 +127,7 @@ def _evaluate(args: argparse.Namespace) -> dict | None:
         else:
             entry = evaluate(args.run, args.dataset, settings, args.name, args.probe_dataset, device, info.rank,
                              info.world_size)
-    except (DataError, ValueError, FileNotFoundError, CheckpointError) as err:
+    except (DataError, ValueError, FileNotFoundError, CheckpointError, WriteError) as err:
         raise SystemExit(f"microdit-eval: error: {err}") from None
     return entry
 

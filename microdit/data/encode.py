@@ -187,8 +187,15 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
         manifest = _start_manifest(src, dst, autoencoder, text, src_folder, resolutions, share)
         if manifest.complete:
             return manifest
-        return _encode(src, src_folder, dst, manifest, autoencoder, text, batch_size, seed, device,
-                       skip_bad_samples, progress and f"encode {dst.name}", share, resolutions)
+        try:
+            return _encode(src, src_folder, dst, manifest, autoencoder, text, batch_size, seed, device,
+                           skip_bad_samples, progress and f"encode {dst.name}", share, resolutions)
+        except OSError as err:
+            if err.filename:  # a file it names (a shard that went missing): the caller's message names it
+                raise
+            raise DataError(f"{dst}: the latent shards could not be written ({err.strerror or err}); the shards "
+                            "finished before are kept and the partial one was removed: free space and run the "
+                            "same command again to resume") from None
 
 
 def _encode(src: Manifest, src_folder: Path, dst: Path, manifest: Manifest, autoencoder: Autoencoder,

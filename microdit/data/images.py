@@ -148,9 +148,12 @@ def write_image_dataset(
         except OSError as err:
             raise DataError(f"{folder}: could not move the finished dataset into place ({err.strerror}: another "
                             "process may have filled it meanwhile); nothing in it was changed") from None
-    except BaseException:  # a bad sample, an interrupt, a lost race: ``folder`` stays as it was found
+    except BaseException as err:  # a bad sample, an interrupt, a lost race, a full disk: ``folder`` stays as it was
         if writer is not None:
             writer.abort()
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(err, OSError):  # the disk full, a quota, an I/O error while writing
+            raise DataError(f"{folder}: the dataset could not be written ({err.strerror or err}); nothing in it was "
+                            "changed and its partial files were removed") from None
         raise
     return manifest

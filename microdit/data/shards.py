@@ -6,6 +6,7 @@ extension; decoding and validation are separate so that skipped samples are neve
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tarfile
 from collections.abc import Iterator
@@ -48,9 +49,11 @@ class ShardWriter:
         return ShardInfo(self.path.name, self.samples, self.path.stat().st_size, sha256_of(self.path))
 
     def abort(self) -> None:
-        """Drop the partial shard."""
-        self._writer.close()
-        self._file.close()
+        """Drop the partial shard, also where the disk is full (closing may fail to write the last
+        bytes: they are dropped with the file)."""
+        for close in (self._writer.close, self._file.close):
+            with contextlib.suppress(OSError, ValueError):
+                close()
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:

@@ -9,6 +9,7 @@ the reference statistics) the real data.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import sys
@@ -23,7 +24,7 @@ from microdit.data.reader import read_dataset
 from microdit.diffusion import SamplerConfig, generate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import METRICS, EvalInputs, check_names
-from microdit.files import private_tmp, remove_stale_tmps, write_atomic
+from microdit.files import remove_stale_tmps, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress
 from microdit.run import LoadedModel, check_fits_model, fit_problems, load_model, reason
@@ -69,10 +70,9 @@ def _chunks(out_dir: Path, latents_fn, count: int, batch: int, rank: int, world:
              for lo in range(0, count, batch)]
     mine = [chunk for i, chunk in enumerate(paths) if i % world == rank and not chunk[2].is_file()]
     for lo, hi, path in progress(mine, desc=f"generate {out_dir.name}", unit="chunk", enabled=bool(mine)):
-        latents = latents_fn(lo, hi)
-        tmp = private_tmp(path)  # two evaluations of one name may write the same chunk
-        torch.save(latents.half(), tmp)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        torch.save(latents_fn(lo, hi).half(), buffer)
+        write_atomic(path, buffer.getvalue())  # two evaluations of one name may write the same chunk
     if rank != 0:
         return None
     deadline = time.time() + 24 * 3600

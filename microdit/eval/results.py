@@ -6,6 +6,7 @@ and the pairwise differences that are significant (:mod:`microdit.eval.stats`)."
 from __future__ import annotations
 
 import csv
+import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ from microdit.eval.stats import (
     summarize,
 )
 from microdit.eval.trend import budget_tag
+from microdit.files import write_atomic, write_figure
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -79,13 +81,14 @@ def _parse(text: str):
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    """Write rows (union of keys, first-seen order) as CSV."""
+    """Write rows (union of keys, first-seen order) as CSV (whole or not at all: :func:`write_atomic`)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in keys})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=keys)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in keys})
+    write_atomic(Path(path), text.getvalue().encode())
 
 
 def read_csv(path: str | Path) -> list[dict]:
@@ -161,7 +164,7 @@ def plot(rows: list[dict], x: str, y: str, path: str | Path, group_by: str | lis
     if series:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(Path(path), fig)
     plt.close(fig)
 
 
@@ -187,7 +190,7 @@ def bar_plot(rows: list[dict], label: str, metrics: list[str], path: str | Path)
         ax.set_title(metric, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(Path(path), fig)
     plt.close(fig)
 
 

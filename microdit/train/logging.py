@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from microdit.files import write_figure
+
 
 class LogWindow:
     """Sums over the steps since the last log row: loss and gradient norm stay on the device (no
@@ -109,6 +111,6 @@ def training_plot(run_dirs: list[str | Path], path: str | Path) -> Path:
     if len(run_dirs) > 1:
         axes[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(Path(path), fig)
     plt.close(fig)
     return Path(path)
