@@ -25,8 +25,8 @@ from PIL import Image
 from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError
-from microdit.data.images import from_uint8, resize_center_crop, save_grid
-from microdit.files import unwritable
+from microdit.data.images import from_uint8, png_bytes, resize_center_crop, save_grid
+from microdit.files import unwritable, write_atomic
 from microdit.host_memory import keep_freed_memory
 from microdit.launch import local_device
 from microdit.run import CheckpointError, PromptSampler, encoder_names, load_model
@@ -137,11 +137,18 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
         raise OSError(f"--out {args.out} cannot be created: {err.strerror or err}") from None
     images = draw(loaded.model, prompts, seeds, loaded.config.diffusion, sampler, loaded.config.data.use_text_mask,
                   args.batch_size, x_init, args.sigma_start, show_progress=True)  # (N, 3, H, W) uint8
-    for i, image in enumerate(images):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(args.out / f"{i:04d}.png")
     listing = "".join(f"{i:04d}\t{seed}\t{p}\n" for i, (seed, p) in enumerate(zip(seeds, prompts, strict=True)))
-    (args.out / "prompts.txt").write_text(listing)
-    save_grid(images, args.out / "grid.png", columns=min(8, len(images)))
+    outputs = [(args.out / f"{i:04d}.png", png_bytes(image.permute(1, 2, 0).numpy())) for i, image in enumerate(images)]
+    written = []
+    try:  # all of them or none (a full disk): a folder with some of them would refuse the next try
+        for path, data in [*outputs, (args.out / "prompts.txt", listing.encode())]:
+            write_atomic(path, data)
+            written.append(path)
+        save_grid(images, args.out / "grid.png", columns=min(8, len(images)))
+    except OSError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     count = f"{len(images)} image" + ("s" if len(images) != 1 else "")
     print(f"{count} from {loaded.checkpoint} ({loaded.weights}) in {args.out}", file=sys.stderr)
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from microdit.data.manifest import DataError, Manifest, save_manifest
 from microdit.data.shards import ShardWriter
-from microdit.files import ended, host_pid
+from microdit.files import ended, host_pid, write_atomic
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 # The largest image side microdit writes a dataset at (the paper trains at 256 and 512): a typo such
@@ -46,7 +46,8 @@ def from_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> None:
-    """Save uint8 images (N, 3, H, W) as one PNG, ``columns`` per row (a short last row is padded black)."""
+    """Save uint8 images (N, 3, H, W) as one PNG, ``columns`` per row (a short last row is padded black),
+    whole or not at all (:func:`microdit.files.write_atomic`)."""
     n, _, h, w = images.shape
     rows = -(-n // columns)
     grid = torch.zeros(3, rows * h, columns * w, dtype=torch.uint8)
@@ -54,7 +55,7 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8) -> None:
         r, c = divmod(i, columns)
         grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = image
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
+    write_atomic(Path(path), png_bytes(grid.permute(1, 2, 0).cpu().numpy()))
 
 
 def png_bytes(image: np.ndarray | Image.Image) -> bytes:

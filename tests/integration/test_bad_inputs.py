@@ -8,6 +8,7 @@ With MICRODIT_BATTERY_TABLE=path the battery also writes its table (case, messag
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -460,6 +461,32 @@ def test_sample_into_a_folder_of_samples(world, capsys, tmp_path):
     plain.write_text("x")
     msg = cli_error(sample_cli.main, argv[:-1] + [str(plain / "out")], capsys)
     record("`microdit-sample` --out under a file", msg, f"--out {plain / 'out'} cannot be created: {plain} is a file")
+
+
+def test_sample_on_a_full_disk(world, capsys, tmp_path, monkeypatch):
+    """The disk fills after the first image: one line naming the file that could not be written, and
+    none of this command's files left (a folder with some would refuse the next try)."""
+    from microdit import files
+
+    writes = {"n": 0}
+    fsync = files.os.fsync
+
+    def filling(fd):
+        writes["n"] += 1
+        if writes["n"] > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    argv = [str(world["run"]), "--prompt", "a red circle", "--prompt", "a blue square", "--steps", "2", "--out",
+            str(tmp_path / "out")]
+    monkeypatch.setattr(files.os, "fsync", filling)
+    msg = cli_error(sample_cli.main, argv, capsys)
+    record("`microdit-sample` on a disk that fills", msg, f"{tmp_path / 'out' / '0001.png'} could not be written "
+           "(No space left on device; is the disk or your quota full?)")
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.setattr(files.os, "fsync", fsync)  # space freed: the same command samples
+    sample_cli.main(argv)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.png", "0001.png", "grid.png", "prompts.txt"]
 
 
 def test_eval_bad_options(world, capsys):
