@@ -16,6 +16,8 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -56,22 +58,30 @@ class WriteError(OSError):
     the message names the file; what was there before is unchanged."""
 
 
+@contextmanager
+def naming_full_disk(path: Path, kept: str = "what was there before is unchanged") -> Iterator[None]:
+    """Inside, a write that meets a full disk or quota (or a failing device) raises :class:`WriteError`
+    naming ``path`` and saying what was ``kept``; other errors pass as they are."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        raise WriteError(f"{path} could not be written ({err.strerror}; is the disk or your quota full?); "
+                         f"{kept}") from None
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a private temporary file and a rename: never half-written,
     and when several processes write it at once, the file is one of their writes, whole. A full disk
     or quota raises :class:`WriteError` naming ``path`` (``path`` as it was, the temporary removed)."""
     tmp = private_tmp(path)
     try:
-        with open(tmp, "wb") as f:
+        with naming_full_disk(path), open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
-    except OSError as err:
-        if err.errno not in DISK_ERRNOS:
-            raise
-        raise WriteError(f"{path} could not be written ({err.strerror}; is the disk or your quota full?); what "
-                         "was there before is unchanged") from None
     finally:
         tmp.unlink(missing_ok=True)
 

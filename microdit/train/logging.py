@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from microdit.files import write_figure
+from microdit.files import naming_full_disk, write_figure
 
 
 class LogWindow:
@@ -54,9 +54,13 @@ class StatsFile:
             tmp.replace(path)
 
     def write(self, row: dict) -> None:
-        """Append one row."""
-        with open(self.path, "a") as f:
+        """Append one row (a full disk: :class:`microdit.files.WriteError`; a row cut short is dropped
+        when the run resumes)."""
+        with naming_full_disk(self.path, _STOPPED), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+_STOPPED = "the run stopped: free space and run the same command again (it continues from its last checkpoint)"
 
 
 class WandbSink:

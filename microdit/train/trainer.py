@@ -27,6 +27,7 @@ from microdit import run as runs
 from microdit.data import LatentBatches, make_loader
 from microdit.data.images import save_grid
 from microdit.devices import peak_flops
+from microdit.files import write_atomic
 from microdit.host_memory import keep_freed_memory
 from microdit.launch import use_bf16
 from microdit.locks import Lock, LockHeld, acquire
@@ -120,7 +121,7 @@ class Trainer:
         self.config_yaml = OmegaConf.to_yaml(OmegaConf.structured(cfg))  # the resolved config, in every checkpoint
         if self.acc.is_main_process:
             self.stats = StatsFile(self.run_dir / "stats.jsonl", self.progress["nimg"])  # 0 when starting afresh
-            (self.run_dir / "config.yaml").write_text(self.config_yaml)
+            write_atomic(self.run_dir / "config.yaml", self.config_yaml.encode())
             self._write_run_info()
             self.wandb = WandbSink(t.wandb, self.run_dir, t.name, OmegaConf.to_container(OmegaConf.structured(cfg)))
 
@@ -130,11 +131,10 @@ class Trainer:
             self._lock.release()
 
     def _claim_run_dir(self) -> Lock | None:
-        """One trainer per run folder: the main process takes ``RUN/.lock`` (:mod:`microdit.locks`)
-        before anything in the folder is written, so a second trainer launched on the same run (the
-        same sweep started twice, a job submitted twice) stops with one line instead of overwriting
-        the first one's checkpoints and logs; a requeued SLURM job or a run whose process was
-        killed takes its stale lock over. Every process learns the outcome."""
+        """One trainer per run folder: the main process takes ``RUN/.lock`` (:mod:`microdit.locks`) before anything in
+        the folder is written, so a second trainer launched on the same run (the same sweep started twice, a job
+        submitted twice) stops with one line instead of overwriting the first one's checkpoints and logs; a requeued
+        SLURM job or a run whose process was killed takes its stale lock over. Every process learns the outcome."""
         from accelerate.utils import broadcast_object_list
 
         lock, error = None, None
@@ -185,7 +185,7 @@ class Trainer:
                 "peak_flops_per_device": self.meter.peak_flops, "budget_flops": budget_flops(self.cfg, self.peak_flops),
                 "stages": [{"name": s.name, "images": s.images, "steps": s.steps, "flops_per_image": s.flops_per_image}
                            for s in self.stages]}
-        (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+        write_atomic(self.run_dir / "run_info.json", json.dumps(info, indent=2).encode())
 
     def save_checkpoint(self, export: bool = False, pinned: bool = False) -> Path | None:
         """Write a checkpoint of the full train state (all processes take part); with ``export``
@@ -321,7 +321,7 @@ class Trainer:
                    "final_loss": self.acc.reduce(self._last_loss, reduction="mean").item(),
                    "nonfinite_steps": self.guard.state_dict()["nonfinite_total"], **self.meter.totals()}
         if self.acc.is_main_process:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2).encode())
             training_plot([self.run_dir], self.run_dir / "training.png")
             self.wandb.finish()
         self.signals.stop_if_received(self.acc.print)

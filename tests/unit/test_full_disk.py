@@ -62,8 +62,9 @@ class _FillingFile:
         self.real, self.disk, self.failed = real, disk, False
 
     def write(self, data) -> int:
-        if len(data) > self.disk["room"]:
-            self.failed = True
+        if len(data) > self.disk["room"]:  # what fits is written, then the disk is full
+            self.real.write(data[:self.disk["room"]])
+            self.disk["room"], self.failed = 0, True
             _full()
         self.disk["room"] -= len(data)
         return self.real.write(data)
@@ -72,6 +73,12 @@ class _FillingFile:
         self.real.close()
         if self.failed:
             _full()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __getattr__(self, name):
         return getattr(self.real, name)
@@ -141,3 +148,23 @@ def test_generated_samples_on_a_full_disk(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         eval_cli.main(["run", str(tmp_path), "--dataset", str(tmp_path), "--metrics", "probe"])
     assert str(stop.value.code).startswith("microdit-eval: error: ") and "could not be written" in stop.value.code
+
+
+def test_a_training_log_row_on_a_full_disk_names_the_file_and_resumes_clean(tmp_path, monkeypatch):
+    """The disk fills while a log row is appended: one error naming stats.jsonl and what to do; the
+    cut row is dropped when the run resumes, the rows before it kept."""
+    from microdit.train import logging as train_logging
+    from microdit.train.logging import StatsFile
+
+    path = tmp_path / "stats.jsonl"
+    stats = StatsFile(path, 0)
+    stats.write({"nimg": 8, "loss": 1.0})
+    disk = {"room": 10}
+    monkeypatch.setattr(train_logging, "open", lambda p, mode: _FillingFile(open(p, mode), disk), raising=False)
+    with pytest.raises(WriteError, match=rf"^{path} could not be written \(No space left on device; is the disk "
+                                         r"or your quota full\?\); the run stopped: free space and run the same"):
+        stats.write({"nimg": 16, "loss": 0.5, "lr": 0.001})
+    assert path.read_text() == '{"nimg": 8, "loss": 1.0}\n{"nimg": 1'  # the cut row
+    monkeypatch.undo()
+    StatsFile(path, 8)  # the run resumes from its checkpoint at 8 images
+    assert path.read_text() == '{"nimg": 8, "loss": 1.0}\n'
