@@ -55,7 +55,10 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 class WriteError(OSError):
     """A file that could not be written for want of space (a full disk, a quota) or a failing device:
-    the message names the file; what was there before is unchanged."""
+    ``errno`` is the write's, the message (``strerror``, and ``str()``) names the file and what was kept."""
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 @contextmanager
@@ -67,8 +70,8 @@ def naming_full_disk(path: Path, kept: str = "what was there before is unchanged
     except OSError as err:
         if err.errno not in DISK_ERRNOS:
             raise
-        raise WriteError(f"{path} could not be written ({err.strerror}; is the disk or your quota full?); "
-                         f"{kept}") from None
+        raise WriteError(err.errno, f"{path} could not be written ({err.strerror}; is the disk or your quota "
+                                    f"full?); {kept}") from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -15,7 +15,7 @@ import difflib
 from pathlib import Path
 
 from microdit.eval.results import collect, contrast_table, markdown_table, plot, write_csv
-from microdit.files import not_a_folder
+from microdit.files import WriteError, not_a_folder, write_atomic
 from microdit.train.logging import training_plot
 
 # How what microdit-results writes begins (the CSV's header, the table's first row): it replaces its
@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"microdit-results: error: {err}") from None
     writes = [("--out", args.out, lambda: write_csv(rows, args.out))]
     if args.markdown:
-        writes.append(("--markdown", args.markdown, lambda: args.markdown.write_text(table + "\n")))
+        writes.append(("--markdown", args.markdown, lambda: write_atomic(args.markdown, (table + "\n").encode())))
     for option, path, write in writes:
         try:
             write()
+        except WriteError as err:  # a full disk: it names the file
+            raise SystemExit(f"microdit-results: error: {option} {err}") from None
         except OSError as err:
             raise SystemExit(f"microdit-results: error: {option} {path} cannot be written: {err.strerror}") from None
     print(f"{len(rows)} runs -> {args.out}")

@@ -632,6 +632,24 @@ def test_results_replace_their_own_output_and_no_other_file(world, capsys, tmp_p
         assert snapshot(tmp_path) == before  # nothing written, nothing lost
 
 
+def test_results_on_a_full_disk_keep_the_last_ones(world, capsys, tmp_path, monkeypatch):
+    from microdit import files
+
+    argv = [str(world["run"].parent), "--metrics", "cost.flops", "--out", str(tmp_path / "r.csv"),
+            "--markdown", str(tmp_path / "t.md")]
+    results_cli.main(argv)
+    before = snapshot(tmp_path)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    msg = cli_error(results_cli.main, argv, capsys)
+    record("`microdit-results` on a full disk", msg, f"--out {tmp_path / 'r.csv'} could not be written (No space "
+           "left on device; is the disk or your quota full?); what was there before is unchanged")
+    assert snapshot(tmp_path) == before
+
+
 def test_results_from_roots_that_are_not_folders(world, capsys, tmp_path):
     config = world["run"] / "config.yaml"
     msg = cli_error(results_cli.main, [str(tmp_path / "nowhere"), str(config), "--out", str(tmp_path / "r.csv")],
