@@ -19,7 +19,7 @@ import torch
 
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.experiment import compose_config
-from microdit.files import unwritable
+from microdit.files import WriteError, unwritable, write_atomic
 from microdit.perf.benchmarks import run_all, summary_markdown
 from microdit.perf.gpu_plan import gpu_plan, gpu_plan_markdown
 from microdit.train.config import validate
@@ -67,9 +67,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"microdit-bench: the sections measured before it ended are in {partial}", file=sys.stderr)
                 raise
         report = summary_markdown(results)
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
-    (args.out / f"{name}.md").write_text(report)
-    print(report)
+    print(report)  # first: a disk that refuses the files does not take the measurement with it
+    try:
+        for file, text in ((f"{name}.json", json.dumps(results, indent=2)), (f"{name}.md", report)):
+            write_atomic(args.out / file, text.encode())
+    except WriteError as err:
+        raise SystemExit(f"microdit-bench: error: {err} (the report is printed above)") from None
 
 
 if __name__ == "__main__":

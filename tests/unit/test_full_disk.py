@@ -168,3 +168,20 @@ def test_a_training_log_row_on_a_full_disk_names_the_file_and_resumes_clean(tmp_
     monkeypatch.undo()
     StatsFile(path, 8)  # the run resumes from its checkpoint at 8 images
     assert path.read_text() == '{"nimg": 8, "loss": 1.0}\n'
+
+
+def test_a_measurement_outlives_a_full_disk(tmp_path, monkeypatch, capsys):
+    """microdit-bench prints its report before writing it: a full disk names the file and the
+    minutes of measuring are still on the screen (or in the log)."""
+    from microdit.cli import bench
+
+    monkeypatch.setattr(bench, "run_all", lambda quick, device, compile, results: results.update(device="cpu"))
+    monkeypatch.setattr(bench, "summary_markdown", lambda results: "| the report |")
+    monkeypatch.setattr(files.os, "fsync", _full)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--quick", "--out", str(tmp_path / "bench")])
+    assert stop.value.code == (f"microdit-bench: error: {tmp_path / 'bench' / 'bench.json'} could not be written (No "
+                               "space left on device; is the disk or your quota full?); what was there before is "
+                               "unchanged (the report is printed above)")
+    assert "| the report |" in capsys.readouterr().out
+    assert list((tmp_path / "bench").iterdir()) == []
