@@ -1,5 +1,6 @@
-"""Files written whole: a private temporary name per writer, the atomic write through it, and the
-clean-up of the temporaries a killed writer left behind.
+"""Files written whole: a private temporary name per writer, the atomic write through it, the
+clean-up of the temporaries a killed writer left behind, and one error naming the file where a full
+disk or quota refuses a write (:class:`WriteError`).
 
 Several processes may write one file at once (a shared cache, a sweep's points on one dataset):
 each writes under its own :func:`private_tmp` name (host, pid and thread in it) and renames the

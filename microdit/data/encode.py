@@ -25,7 +25,7 @@ from microdit.data.manifest import DataError, Manifest, load_manifest, save_mani
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.data.synthetic import SHAPES, SyntheticRecipe, synthetic_samples, synthetic_source
 from microdit.encoders import Autoencoder, TextEncoder
-from microdit.files import remove_stale_tmps, write_atomic
+from microdit.files import DISK_ERRNOS, remove_stale_tmps, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress as progress_bar
 
@@ -191,7 +191,7 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
             return _encode(src, src_folder, dst, manifest, autoencoder, text, batch_size, seed, device,
                            skip_bad_samples, progress and f"encode {dst.name}", share, resolutions)
         except OSError as err:
-            if err.filename:  # a file it names (a shard that went missing): the caller's message names it
+            if err.errno not in DISK_ERRNOS:  # not a full disk or quota (a shard that went missing: it is named)
                 raise
             raise DataError(f"{dst}: the latent shards could not be written ({err.strerror or err}); the shards "
                             "finished before are kept and the partial one was removed: free space and run the "

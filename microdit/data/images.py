@@ -16,7 +16,7 @@ from PIL import Image
 
 from microdit.data.manifest import DataError, Manifest, save_manifest
 from microdit.data.shards import ShardWriter
-from microdit.files import ended, host_pid, write_atomic
+from microdit.files import DISK_ERRNOS, ended, host_pid, write_atomic
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 # The largest image side microdit writes a dataset at (the paper trains at 256 and 512): a typo such
@@ -153,7 +153,7 @@ def write_image_dataset(
         if writer is not None:
             writer.abort()
         shutil.rmtree(work, ignore_errors=True)
-        if isinstance(err, OSError):  # the disk full, a quota, an I/O error while writing
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:  # a full disk or quota while writing
             raise DataError(f"{folder}: the dataset could not be written ({err.strerror or err}); nothing in it was "
                             "changed and its partial files were removed") from None
         raise
