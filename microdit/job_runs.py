@@ -17,6 +17,7 @@ import torch
 from microdit.eval.job_rows import stage_ends
 from microdit.progress import share_terminal
 from microdit.train.config import TrainConfig
+from microdit.train.guard import STOP_EXITS
 from microdit.train.plan import resolve
 
 
@@ -84,7 +85,7 @@ def workers_outcome(exitcodes: list[int]) -> str | None:
 
 # How a worker ends at SIGINT or SIGTERM: the trainer's exit (128 + signal) after its checkpoint, or
 # the signal's own (a negative exit code) where the process did not catch it.
-SIGNAL_EXITS = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
+SIGNAL_EXITS = {*STOP_EXITS, -signal.SIGINT, -signal.SIGTERM}
 
 
 def _worker(queue, configs: list[TrainConfig], job, threads: int, index: int) -> None:

@@ -18,9 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from microdit.progress import close_bars
-
-# The exit status of a command (or a training run in it) stopped by Ctrl-C or SIGTERM.
-STOP_EXITS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+from microdit.train.guard import STOP_EXITS
 
 
 def _terminate(signum, frame) -> None:

@@ -70,6 +70,11 @@ def guarded_step(optimizer: torch.optim.Optimizer, guard: NonFiniteGuard, loss: 
     return skip
 
 
+# The exit status of a process stopped by Ctrl-C or SIGTERM: a run's after its checkpoint
+# (:class:`DeferredSignals`), a command's outside training (:mod:`microdit.cli.stopping`).
+STOP_EXITS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
 class DeferredSignals:
     """While entered, SIGTERM and SIGINT are recorded (``received``: the signal number) instead of
     ending the process, so that the loop stops at its next sync point with a checkpoint; the
