@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from microdit.files import alive
+from microdit.files import alive, naming_full_disk
 
 POLL = 1.0  # seconds between two looks at a lock while waiting for it
 SETTLE = 0.2  # seconds between writing a lock and reading its token back
@@ -96,12 +96,20 @@ class Lock:
 
 
 def _create(path: Path, owner: dict) -> bool:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(owner, f)
+    """Create the lock file holding ``owner``; False if it exists. A full disk or quota raises
+    :class:`~microdit.files.WriteError` naming it, with no lock file left behind (an empty one would
+    look like a damaged lock and be refused on the next try)."""
+    with naming_full_disk(path, kept="no lock file was left behind"):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
     return True
 
 

@@ -9,6 +9,7 @@ checkpoint. The last ``keep`` checkpoints are kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import random
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from microdit.files import WriteError, naming_full_disk
 from microdit.run import (
     CONFIG,
     META,
@@ -33,15 +35,21 @@ from microdit.run import (
 
 
 def check_writable(run_dir: Path, rank: int) -> None:
-    """Create the run folder and write a file into it, or refuse it in one line."""
+    """Create the run folder and write a file into it, or refuse it in one line (a full disk or
+    quota: :class:`~microdit.files.WriteError`); the test file is never left behind."""
+    probe = run_dir / f".write-test-{rank}"
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{rank}"
-        probe.write_text("ok")
-        probe.unlink()
+        with naming_full_disk(run_dir, kept="nothing was trained: free space and run the same command again"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+    except WriteError:
+        raise
     except OSError as err:
         raise PermissionError(f"run directory {run_dir} is not writable ({err}); set trainer.run_dir "
                               "to a writable folder") from None
+    finally:
+        with contextlib.suppress(OSError):  # a folder that cannot be entered: its own error is raised
+            probe.unlink(missing_ok=True)
 
 
 def resume_path(run_dir: Path, mode: str) -> Path | None:

@@ -185,3 +185,56 @@ def test_a_measurement_outlives_a_full_disk(tmp_path, monkeypatch, capsys):
                                "unchanged (the report is printed above)")
     assert "| the report |" in capsys.readouterr().out
     assert list((tmp_path / "bench").iterdir()) == []
+
+
+@pytest.mark.parametrize("fails", ["creating", "writing"])
+def test_a_lock_on_a_full_disk_leaves_no_lock_file(tmp_path, monkeypatch, fails):
+    """A lock file whose creation (a directory block: ext4) or record (tmpfs) meets a full disk: the
+    lock file is named and none is left behind, so the next try after freeing space takes the lock
+    at once (an empty one would be refused as damaged: "delete it")."""
+    from microdit import locks
+
+    path = tmp_path / ".lock"
+    if fails == "creating":
+        monkeypatch.setattr(locks.os, "open", _full)
+    else:
+        monkeypatch.setattr(locks.os, "fdopen", lambda fd, mode: _FillingFile(open(fd, mode), {"room": 5}))
+    with pytest.raises(WriteError, match=rf"^{path} could not be written \(No space left on device; is the disk or "
+                                         r"your quota full\?\); no lock file was left behind$"):
+        locks.acquire(path, "run x", wait=False)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with locks.acquire(path, "run x", wait=False):
+        assert path.is_file()
+
+
+def test_a_job_claiming_its_results_folder_on_a_full_disk_leaves_no_record(tmp_path, monkeypatch):
+    """The job's ownership record (job.json) on a full disk: named, nothing left behind, and the job
+    owns its folder once it is run again after freeing space."""
+    from microdit import pipeline
+
+    job = pipeline.compose_job("main")
+    monkeypatch.setattr(pipeline, "open", lambda p, mode: _FillingFile(open(p, mode), {"room": 3}), raising=False)
+    with pytest.raises(WriteError, match=r"job\.json could not be written \(No space left on device; .*\); no run was "
+                                         "trained and no record was left$"):
+        pipeline.report_dir(job, tmp_path, claim=True)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert pipeline.report_dir(job, tmp_path, claim=True) == tmp_path and (tmp_path / "job.json").is_file()
+
+
+def test_a_run_folder_on_a_full_disk_is_named_and_left_empty(tmp_path, monkeypatch):
+    """The trainer's first write (its test that the run folder can be written) meets a full disk: the
+    file is created, its bytes are not. One line saying so, and the test file not left behind."""
+    from microdit.train import checkpoint
+
+    def full_write(path, text):
+        path.touch()
+        _full()
+
+    run_dir = tmp_path / "runs" / "r1"
+    monkeypatch.setattr(checkpoint.Path, "write_text", full_write)
+    with pytest.raises(WriteError, match=rf"^{run_dir} could not be written \(No space left on device; is the disk "
+                                         r"or your quota full\?\); nothing was trained: free space and run"):
+        checkpoint.check_writable(run_dir, 0)
+    assert list(run_dir.iterdir()) == []
