@@ -8,7 +8,8 @@ denoise with the prompt).
     microdit-sample runs/my-run --prompt "a red circle" --prompt "a red square" --same-noise --out samples/word
 
 Sampler options default to the run's own sampler config; an --out folder that already holds
-samples is refused, never overwritten.
+samples is refused, never overwritten, and so is one that another microdit-sample is writing to
+(it holds the lock file ``OUT/.lock`` while it samples).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from microdit.data.images import from_uint8, png_bytes, resize_center_crop, save
 from microdit.files import unwritable, write_atomic
 from microdit.host_memory import keep_freed_memory
 from microdit.launch import local_device
+from microdit.locks import LockHeld, acquire
 from microdit.run import CheckpointError, PromptSampler, encoder_names, load_model
 
+LOCK = ".lock"  # in --out while a microdit-sample samples into it (microdit.locks)
 SIGMA_START = 2.0  # image-to-image: the noise level an --init-image is taken to (SDEdit), by default
 
 
@@ -38,11 +41,13 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     """Prompts from --prompt arguments and/or a file with one prompt per line."""
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        if not args.prompts_file.is_file():
-            what = "is not a file" if args.prompts_file.exists() else "does not exist"
+        stdin = str(args.prompts_file) == "-"
+        if not stdin and (args.prompts_file.is_dir() or not args.prompts_file.exists()):
+            what = "is a folder" if args.prompts_file.is_dir() else "does not exist"
             raise SystemExit(f"microdit-sample: error: prompts file {args.prompts_file} {what}")
-        try:
-            lines = [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+        try:  # a file, a pipe (<(...)) or standard input
+            text = sys.stdin.read() if stdin else args.prompts_file.read_text()
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as err:
             raise SystemExit(f"microdit-sample: error: prompts file {args.prompts_file} cannot be read as "
                              f"text: {err}") from None
@@ -66,6 +71,23 @@ def refuse_existing_samples(out: Path) -> None:
         raise FileExistsError(f"--out {out} {problem}")
 
 
+def write_samples(out: Path, images: torch.Tensor, seeds: list[int], prompts: list[str]) -> None:
+    """The PNGs, ``prompts.txt`` (index, seed, prompt) and ``grid.png`` in ``out``: all of them or none
+    (on a full disk the written ones are removed: a folder with some of them would refuse the next try)."""
+    listing = "".join(f"{i:04d}\t{seed}\t{p}\n" for i, (seed, p) in enumerate(zip(seeds, prompts, strict=True)))
+    outputs = [(out / f"{i:04d}.png", png_bytes(image.permute(1, 2, 0).numpy())) for i, image in enumerate(images)]
+    written = []
+    try:
+        for path, data in [*outputs, (out / "prompts.txt", listing.encode())]:
+            write_atomic(path, data)
+            written.append(path)
+        save_grid(images, out / "grid.png", columns=min(8, len(images)))
+    except OSError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``microdit-sample``."""
     parser = argparse.ArgumentParser(prog="microdit-sample", description=__doc__,
@@ -73,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path, help="run folder (latest checkpoint), checkpoint folder or export "
                         "(model.safetensors + config.json)")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    parser.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
+    parser.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line (- reads them "
+                        "from standard input)")
     parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder; one that already holds "
                         "samples is refused, not overwritten (default: %(default)s)")
     add_sampler_options(parser)
@@ -97,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                              "that holds them is refused: sample into another --out, or delete them)"):
         try:
             sample(args, prompts)
-        except (ValueError, FileNotFoundError, CheckpointError, DataError, OSError) as err:
+        except (ValueError, FileNotFoundError, CheckpointError, DataError, OSError, LockHeld) as err:
             raise SystemExit(f"microdit-sample: error: {' '.join(str(err).split())}") from None
 
 
@@ -135,20 +158,12 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(f"--out {args.out} cannot be created: {err.strerror or err}") from None
-    images = draw(loaded.model, prompts, seeds, loaded.config.diffusion, sampler, loaded.config.data.use_text_mask,
-                  args.batch_size, x_init, args.sigma_start, show_progress=True)  # (N, 3, H, W) uint8
-    listing = "".join(f"{i:04d}\t{seed}\t{p}\n" for i, (seed, p) in enumerate(zip(seeds, prompts, strict=True)))
-    outputs = [(args.out / f"{i:04d}.png", png_bytes(image.permute(1, 2, 0).numpy())) for i, image in enumerate(images)]
-    written = []
-    try:  # all of them or none (a full disk): a folder with some of them would refuse the next try
-        for path, data in [*outputs, (args.out / "prompts.txt", listing.encode())]:
-            write_atomic(path, data)
-            written.append(path)
-        save_grid(images, args.out / "grid.png", columns=min(8, len(images)))
-    except OSError:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    with acquire(args.out / LOCK, f"--out {args.out} (microdit-sample writing its samples there)", wait=False):
+        refuse_existing_samples(args.out)  # again: another microdit-sample may have written there meanwhile
+        images = draw(loaded.model, prompts, seeds, loaded.config.diffusion, sampler,
+                      loaded.config.data.use_text_mask, args.batch_size, x_init, args.sigma_start,
+                      show_progress=True)  # (N, 3, H, W) uint8
+        write_samples(args.out, images, seeds, prompts)
     count = f"{len(images)} image" + ("s" if len(images) != 1 else "")
     print(f"{count} from {loaded.checkpoint} ({loaded.weights}) in {args.out}", file=sys.stderr)
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -461,6 +462,32 @@ def test_sample_into_a_folder_of_samples(world, capsys, tmp_path):
     plain.write_text("x")
     msg = cli_error(sample_cli.main, argv[:-1] + [str(plain / "out")], capsys)
     record("`microdit-sample` --out under a file", msg, f"--out {plain / 'out'} cannot be created: {plain} is a file")
+
+
+def test_two_samplers_into_one_folder(world, capsys, tmp_path, monkeypatch):
+    """Two microdit-sample commands started at once into one new folder: the one that finds the
+    other sampling there is refused before it samples; one that gets the lock after the other has
+    written its samples is refused by the same check as a folder of samples, the other's files kept."""
+    out = tmp_path / "out"
+    argv = [str(world["run"]), "--prompt", "a red circle", "--steps", "2", "--out", str(out)]
+    out.mkdir()
+    other = {"host": socket.gethostname(), "pid": os.getppid(), "since": 0.0, "token": "other"}  # alive
+    (out / sample_cli.LOCK).write_text(json.dumps(other))
+    msg = cli_error(sample_cli.main, argv, capsys)
+    record("`microdit-sample` into a folder another microdit-sample is writing to", msg,
+           f"--out {out} (microdit-sample writing its samples there) is in use by pid {os.getppid()}")
+    assert os.listdir(out) == [sample_cli.LOCK]
+    (out / sample_cli.LOCK).unlink()
+    acquire = sample_cli.acquire
+
+    def finished_meanwhile(*args, **kwargs):
+        (out / "prompts.txt").write_text("the other's\n")
+        return acquire(*args, **kwargs)
+
+    monkeypatch.setattr(sample_cli, "acquire", finished_meanwhile)
+    msg = cli_error(sample_cli.main, argv, capsys)
+    assert f"--out {out} already holds samples (prompts.txt)" in msg
+    assert os.listdir(out) == ["prompts.txt"] and (out / "prompts.txt").read_text() == "the other's\n"
 
 
 def test_sample_on_a_full_disk(world, capsys, tmp_path, monkeypatch):
