@@ -26,6 +26,7 @@ from microdit.perf.bench_parts import bench_attention, bench_encode, bench_reade
 from microdit.perf.bench_step import DEVICE_PLAN, StepCase, bench_steps, bench_workers, roofline_check, workers_markdown
 from microdit.perf.timing import cpu_device_model
 
+BOUND_ABOVE_STEP = 0.9  # eager / bound below this: the bound is broken in that run (a target not met)
 ENCODE_CASES = {  # (autoencoder, text encoder, resolutions encoded in one pass) measured per device
     "cpu": [("pixel:2", "offline:128:32", [32, 64]), ("sdxl-random", "offline:1024:77", [256])],
     "cuda": [("sdxl", "openclip:ViT-H-14-378-quickgelu:dfn5b", [256, 512])],  # the paper's encoders (downloads)
@@ -102,10 +103,13 @@ def targets(r: dict) -> list[dict]:
     bound = f"bound from FLOPs: {moe['speedup_bound']:.2f}x" if "speedup_bound" in moe else ""
     for b in r.get("bounds", {}).get("rows", []):
         over = b["eager_s"] / b["bound_s"]
+        broken = over < BOUND_ABOVE_STEP  # kernels alone slower than the whole step: the machine changed speed
         out.append({"target": f"{b['preset']} {b['kind']} step at ratio {b['mask_ratio']} within 15% of its "
-                              "kernel-sum bound", "value": over, "goal": 1.15, "met": over <= 1.15,
-                    "note": f"eager time / bound; its kernels timed in place: {b['in_sequence_s'] / b['bound_s']:.2f} "
-                            "x the bound"})
+                              "kernel-sum bound", "value": over, "goal": 1.15, "met": BOUND_ABOVE_STEP <= over <= 1.15,
+                    "note": ("the bound measured above the step (not a lower bound in this run: the machine's speed "
+                             "changed between the two; measure again); " if broken else "")
+                    + f"eager time / bound; its kernels timed in place: {b['in_sequence_s'] / b['bound_s']:.2f} x the "
+                      "bound"})
     out.append({"target": "MoE >= 3x faster than one-hot at T = 256", "value": moe["layer"]["speedup"], "goal": 3.0,
                 "met": moe["layer"]["speedup"] >= 3.0, "note": bound})
     out.append({"target": "MoE >= 4x less peak memory than one-hot at T = 256", "value": moe["layer"]["peak_ratio"],

@@ -168,7 +168,24 @@ def test_the_eight_cases_report(tmp_path):
                        {"preset": "nano", "mask_ratio": m, "strategy": "random", "images_per_s": 1.0, "mfu": 0.5,
                         "flops_per_step": 1.0} for m in (0.0, 0.75)]})
     judged = [t for t in met if "kernel-sum bound" in t["target"]]
-    assert len(judged) == 4 and all(t["met"] == (t["value"] <= 1.15) for t in judged)
+    assert len(judged) == 4 and all(t["met"] == (0.9 <= t["value"] <= 1.15) for t in judged)
+
+
+@pytest.mark.parametrize("eager, met, broken", [(1.10, True, False), (1.20, False, False), (0.95, True, False),
+                                                 (0.70, False, True)])
+def test_a_bound_measured_above_its_step_is_not_a_target_met(eager, met, broken):
+    """The kernel-sum bound is measured apart from the step: where the machine slowed down in between,
+    the bound comes out above the whole step. That run says nothing about the target: not met, and said."""
+    row = {"preset": "nano", "kind": "sample", "mask_ratio": 0.0, "eager_s": eager, "bound_s": 1.0,
+           "in_sequence_s": 1.0}
+    steps = [{"preset": "nano", "mask_ratio": m, "strategy": "random", "images_per_s": 1.0, "mfu": 0.5,
+              "flops_per_step": 1.0} for m in (0.0, 0.75)]
+    met_targets = targets({"steps": steps, "masking": [], "bounds": {"rows": [row]},
+                           "moe": [{"tokens": 256, "layer": {"speedup": 3.5, "peak_ratio": 5.0}}],
+                           "reader": {"samples_per_s": {0: 1.0}}})
+    (judged,) = [t for t in met_targets if "kernel-sum bound" in t["target"]]
+    assert judged["value"] == pytest.approx(eager) and judged["met"] is met
+    assert ("the bound measured above the step" in judged["note"]) is broken
 
 
 def test_workers_bench_counts_every_processes_images():
