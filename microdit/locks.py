@@ -4,7 +4,8 @@ Several processes meet on one folder when a sweep starts its points at once (Hyd
 ``submitit_local`` or SLURM launchers), when a job is submitted twice, or when a SLURM job is
 requeued. microdit takes a lock where two writers would damage each other: a run folder (one
 trainer at a time: ``RUN/.lock``), a dataset being encoded (the others wait, then read it:
-``.FOLDER.lock`` beside it) and a run's ``metrics.json`` (each evaluation adds its entry in turn).
+``.FOLDER.lock`` beside it), a run's ``metrics.json`` (each evaluation adds its entry in turn) and
+``microdit-sample``'s output folder (``OUT/.lock``: a second command into it is refused).
 
 A lock is a file created with ``O_CREAT | O_EXCL`` (atomic on local file systems and on NFS v3
 and later) holding its owner as JSON: host, pid, SLURM job id and restart count, start time and a
