@@ -7,6 +7,7 @@ where it stopped when run again. Then the runs' sample grid (:func:`sample_grid`
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from microdit.eval.job_rows import stage_ends
+from microdit.files import write_atomic
 from microdit.progress import share_terminal
 from microdit.train.config import TrainConfig
 from microdit.train.guard import STOP_EXITS
@@ -154,8 +156,11 @@ def sample_grid(configs: list[TrainConfig], job, out: Path) -> Path:
         for c, image in enumerate(images):
             tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((w, h), Image.Resampling.NEAREST)
             grid.paste(tile, (label + c * w, r * h))
-    grid.save(out / "samples.png")
-    (out / "samples.md").write_text("![samples](samples.png)\n\nRows: " + ", ".join(c.trainer.name for c in arms)
-                                    + f" (seed {arms[0].trainer.seed} of each; image i from noise seed i). Columns, "
-                                    "left to right:\n\n" + "".join(f"{i + 1}. {p}\n" for i, p in enumerate(prompts)))
+    png = io.BytesIO()
+    grid.save(png, format="PNG")
+    write_atomic(out / "samples.png", png.getvalue())  # whole or not at all (a full disk names it)
+    listing = ("![samples](samples.png)\n\nRows: " + ", ".join(c.trainer.name for c in arms)
+               + f" (seed {arms[0].trainer.seed} of each; image i from noise seed i). Columns, left to right:\n\n"
+               + "".join(f"{i + 1}. {p}\n" for i, p in enumerate(prompts)))
+    write_atomic(out / "samples.md", listing.encode())
     return out / "samples.png"

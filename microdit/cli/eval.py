@@ -127,7 +127,7 @@ def _evaluate(args: argparse.Namespace) -> dict | None:
         else:
             entry = evaluate(args.run, args.dataset, settings, args.name, args.probe_dataset, device, info.rank,
                              info.world_size)
-    except (DataError, ValueError, FileNotFoundError, CheckpointError, WriteError) as err:
+    except (DataError, ValueError, FileNotFoundError, PermissionError, CheckpointError, WriteError) as err:
         raise SystemExit(f"microdit-eval: error: {err}") from None
     return entry
 

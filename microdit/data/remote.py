@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from microdit.data.manifest import DataError, Manifest, ShardInfo, sha256_of
-from microdit.files import private_tmp, remove_stale_tmps
+from microdit.files import private_tmp, remove_stale_tmps, write_atomic
 
 SCHEMES = ("http://", "https://", "s3://", "gs://", "pipe:")
 CACHE_ENV = "MICRODIT_SHARD_CACHE"
@@ -147,7 +147,7 @@ class ShardCache:
             path.unlink(missing_ok=True)
             raise DataError(f"shard {file_url(url, info.name)} does not match its manifest entry (size or sha256): "
                             "corrupt or replaced at the source")
-        (folder / "url").write_text(url)
+        write_atomic(folder / "url", url.encode())
         return path
 
     def _evict(self, incoming: int) -> None:

@@ -112,10 +112,11 @@ def evaluate_coco(checkpoint: str | Path, coco: str | Path, settings, count: int
     import dataclasses
 
     from microdit.encoders import load_autoencoder, load_text_encoder
-    from microdit.eval.evaluate import evaluate
+    from microdit.eval.evaluate import check_writable_run, evaluate
     from microdit.run import encoder_names, load_model
 
     loaded = load_model(checkpoint, settings.use_ema, "cpu")
+    check_writable_run(loaded.run_dir)  # before COCO is prepared and encoded
     text_name, ae_name = encoder_names(loaded)
     autoencoder, text = load_autoencoder(ae_name), load_text_encoder(text_name)
     size = resolution or loaded.model.cfg.input_size[0] * autoencoder.downsample

@@ -24,7 +24,7 @@ from microdit.data.reader import read_dataset
 from microdit.diffusion import SamplerConfig, generate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import METRICS, EvalInputs, check_names
-from microdit.files import remove_stale_tmps, write_atomic
+from microdit.files import remove_stale_tmps, unwritable, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress
 from microdit.run import LoadedModel, check_fits_model, fit_problems, load_model, reason
@@ -120,6 +120,16 @@ def _check_datasets(loaded: LoadedModel, eval_dataset: str | Path, probe_dataset
     return manifest, probe_data
 
 
+def check_writable_run(run_dir: Path) -> None:
+    """Refuse, before any work, a run folder the evaluation cannot write: it keeps its generated
+    samples in ``RUN/eval/`` and adds its results to ``RUN/metrics.json`` (another's run, a shared
+    store: evaluate a copy)."""
+    if problem := unwritable(run_dir):
+        raise PermissionError(f"run {run_dir} {problem}: an evaluation keeps its samples in {run_dir / 'eval'} and "
+                              f"adds its results to {run_dir / METRICS_FILE}; copy the run to a folder you can write "
+                              "(cp -r) and evaluate the copy")
+
+
 def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, settings: EvalSettings,
              name: str | None = None, probe_dataset: str | Path | None = None, device: str = "cpu", rank: int = 0,
              world: int = 1, reference_dataset: str | Path | None = None) -> dict | None:
@@ -137,6 +147,7 @@ def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, set
     else:
         loaded = load_model(checkpoint, settings.use_ema, device)
     run_dir = loaded.run_dir
+    check_writable_run(run_dir)
     manifest, probe_data = _check_datasets(loaded, eval_dataset, probe_dataset, settings.metrics)
     real, real_labels, (real_texts, real_masks, real_captions) = read_dataset(
         eval_dataset, 2 * settings.num_samples, seed=settings.prompt_seed)  # prompts, then the real-vs-real twin

@@ -210,9 +210,9 @@ def dataset_probe(folder: str | Path, steps: int = 2000, limit: int = 20000) -> 
                          "and colour, cifar-captions' class): use another probe dataset, or metrics that need no "
                          "labels (fid, clip_fid, clip_score, kid)") from None
     probe.save(path)
-    path.with_suffix(".json").write_text(json.dumps({"values": probe.values, "heldout_accuracy": probe.heldout_accuracy,
-                                                     "samples": len(latents), "steps": steps, "fold": probe.net.fold},
-                                                    indent=2))
+    summary = {"values": probe.values, "heldout_accuracy": probe.heldout_accuracy, "samples": len(latents),
+               "steps": steps, "fold": probe.net.fold}
+    write_atomic(path.with_suffix(".json"), json.dumps(summary, indent=2).encode())
     return probe
 
 

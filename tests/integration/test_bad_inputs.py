@@ -610,6 +610,24 @@ def test_eval_of_a_run_trained_elsewhere(world, capsys, tmp_path, monkeypatch):
            "probe dataset (by default the run's training data", "give --probe-dataset", "data does not exist")
 
 
+def test_eval_of_a_run_one_cannot_write(world, capsys, tmp_path, monkeypatch):
+    """Another's run or a shared store: the evaluation writes into the run folder (RUN/eval/,
+    metrics.json), so a folder the user cannot write is refused at once, not after the probe has
+    trained and the samples are generated. (Tests may run as root, for whom every folder is
+    writable: the folder is made unwritable as the system answers a user for it.)"""
+    from microdit import files
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    before = snapshot(run)
+    access = files.os.access
+    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path) != run and access(path, mode))
+    msg = cli_error(eval_cli.main, ["run", str(run), "--dataset", str(world["data"]), "--num-samples", "2"], capsys)
+    record("`microdit-eval` a run folder the user cannot write", msg, f"run {run} is not writable: an evaluation "
+           f"keeps its samples in {run / 'eval'}", "copy the run to a folder you can write (cp -r)")
+    assert snapshot(run) == before
+
+
 def test_unknown_metric(world, capsys):
     msg = cli_error(eval_cli.main, ["run", str(world["run"]), "--dataset", str(world["data"]), "--metrics", "is"],
                     capsys)

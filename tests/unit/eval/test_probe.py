@@ -74,6 +74,36 @@ def test_dataset_probe_is_cached_per_training_length(synthetic, tmp_path):
     assert not torch.allclose(longer.predict(x)[0], probe.predict(x)[0])
 
 
+def test_a_probe_summary_on_a_full_disk_is_named_and_the_probe_kept(synthetic, tmp_path, monkeypatch):
+    """The disk fills between the probe and its JSON summary: the summary is named in one error and
+    not left half-written; the probe itself is cached and read, not trained again, next time."""
+    import errno
+    import os
+
+    from microdit import files
+
+    folder = tmp_path / "data"
+    shutil.copytree(synthetic / "train", folder)
+    fsync, calls = files.os.fsync, []
+
+    def second_fills(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", second_fills)
+    summary = probe_path(folder, 20).with_suffix(".json")
+    with pytest.raises(files.WriteError, match=rf"^{summary} could not be written \(No space left on device"):
+        dataset_probe(folder, steps=20, limit=300)
+    assert probe_path(folder, 20).is_file() and not summary.exists()
+    assert sorted(p.name for p in summary.parent.iterdir()) == [probe_path(folder, 20).name]  # no temporary left
+    monkeypatch.undo()
+    written = probe_path(folder, 20).stat().st_mtime_ns
+    dataset_probe(folder, steps=20, limit=300)
+    assert probe_path(folder, 20).stat().st_mtime_ns == written
+
+
 def test_distinct_attributes_leave_out_a_renamed_copy():
     from microdit.eval.probe import distinct_attributes
 
