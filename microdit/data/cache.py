@@ -41,5 +41,11 @@ def dataset_cache(folder: str | Path, relative: str) -> Path:
         resolved = str(folder.resolve())
         key = f"{folder.resolve().name}-{hashlib.sha256(resolved.encode()).hexdigest()[:12]}"
         path = user_cache_root() / key / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = ("beside the dataset" if path == beside else
+                 f"in the user's cache folder (the dataset folder is read-only; ${CACHE_ENV} or ~/.cache/microdit)")
+        raise PermissionError(f"the cache {relative} of dataset {folder} goes {where}, but {path.parent} cannot be "
+                              f"created ({err.strerror or err}): set {CACHE_ENV} to a folder you can write") from None
     return path

@@ -66,3 +66,17 @@ def test_a_read_only_dataset_is_hashed_once(read_only, tmp_path, monkeypatch):
     assert len(hashed) == 1  # one shard, hashed by the first check only
     assert not (read_only / "lat" / encode.VERIFIED).exists()
     assert any((tmp_path / "user-cache").glob(f"lat-*/{encode.VERIFIED}"))
+
+
+def test_a_user_cache_that_cannot_be_created_says_what_to_set(read_only, tmp_path, monkeypatch):
+    """A read-only dataset and a user cache folder that cannot be made (a read-only home): one line
+    naming the cache, the folder, and the variable that moves it."""
+    plain = tmp_path / "plain"
+    plain.write_text("a file where the cache folder would go: nothing can be created under it, even by root")
+    monkeypatch.setenv(cache.CACHE_ENV, str(plain / "cache"))
+    folder = read_only / "data"
+    folder.mkdir()
+    with pytest.raises(PermissionError, match=rf"^the cache probe/p\.pt of dataset {folder} goes in the user's cache "
+                                              rf"folder .*, but {plain / 'cache'}/data-\w+/probe cannot be created "
+                                              r"\(Not a directory\): set MICRODIT_CACHE to a folder you can write$"):
+        dataset_cache(folder, "probe/p.pt")
