@@ -36,7 +36,11 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
     kwargs = dict(total=total, initial=initial, unit=unit, unit_scale=True, disable=not enabled)
     if sys.stderr.isatty() and not _shared:
         return tqdm(iterable, dynamic_ncols=True, desc=desc, **kwargs)
-    return tqdm(iterable, file=_Lines(sys.stderr), mininterval=LOG_EVERY_S, ncols=120, desc=desc, **kwargs)
+    # miniters=1: every step looks at the clock, so a line comes every LOG_EVERY_S with the count of
+    # that moment (tqdm's own skipping let its monitor thread print lines with the count of the line
+    # before, and lines came further apart when the loop slowed down)
+    return tqdm(iterable, file=_Lines(sys.stderr), mininterval=LOG_EVERY_S, miniters=1, ncols=120, desc=desc,
+                **kwargs)
 
 
 def close_bars() -> None:

@@ -60,3 +60,27 @@ def test_a_process_sharing_a_terminal_writes_labelled_lines(monkeypatch):
     sys.stdout.write("unfinished")
     sys.stdout._close()
     assert out.getvalue().splitlines()[1:] == ["[worker 1] two", "[worker 1] lines!", "[worker 1] unfinished"]
+
+
+def test_log_lines_come_every_interval_with_the_count_of_their_moment(monkeypatch):
+    """A loop that slows down (here 0.02 s steps, then 0.05 s: a clock the test controls) still gets a
+    line every LOG_EVERY_S, and each line's count is the count at that moment (tqdm's skipping of
+    clock reads spaced the lines 2.5x the interval apart, and its monitor thread printed the count of
+    the line before)."""
+    import re
+
+    import tqdm.std
+
+    now = [0.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+    log = io.StringIO()
+    monkeypatch.setattr(progress_module.sys, "stderr", log)
+    monkeypatch.setattr(progress_module, "LOG_EVERY_S", 2.0)
+    for i in progress(range(300), desc="probe training", unit="step"):
+        now[0] += 0.02 if i < 100 else 0.05
+    lines = log.getvalue().splitlines()
+    counts = [float(m[1]) for line in lines if (m := re.search(r"\| ([\d.]+)/300 ", line))]
+    elapsed = [60 * int(m[1]) + int(m[2]) for line in lines if (m := re.search(r"\[(\d\d):(\d\d)", line))]
+    assert counts[0] == 0 and counts[-1] == 300 and counts == sorted(counts)
+    assert max(b - a for a, b in zip(elapsed[:-1], elapsed[1:], strict=True)) <= 3  # the interval, to the second
+    assert len(lines) >= 12 / 2  # 12 s of loop: a line every 2 s
