@@ -179,8 +179,10 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
     dst.parent.mkdir(parents=True, exist_ok=True)
     lock = f".{dst.name}.lock" if share.world == 1 else f".{dst.name}.rank-{share.rank}-of-{share.world}.lock"
     with acquire(dst.parent / lock, f"the encoding of {dst} (rank {share.rank} of {share.world})", wait=True):
-        if dst.is_dir() and any(dst.iterdir()) and not (dst / "manifest.json").is_file() \
-                and not any(dst.glob(".part-*.json")):
+        # Hidden files are another rank's work in progress (its part manifest being written, a shard's
+        # temporary) when it started first: only a visible file without any manifest is someone else's.
+        if dst.is_dir() and any(not p.name.startswith(".") for p in dst.iterdir()) \
+                and not (dst / "manifest.json").is_file() and not any(dst.glob(".part-*.json")):
             raise DataError(f"{dst} holds files but no manifest.json (not an encode to resume): encode into a new "
                             "or empty folder; nothing was changed")
         dst.mkdir(exist_ok=True)

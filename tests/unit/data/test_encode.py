@@ -204,6 +204,20 @@ def test_a_killed_rank_resumes_its_own_shards_only(images, tmp_path, encoders, m
     assert _shard_hashes(tmp_path / "lat") == _shard_hashes(tmp_path / "ref") and reference.samples == 30
 
 
+def test_a_rank_starting_while_another_writes_its_first_files_encodes(images, tmp_path, encoders):
+    """Ranks start at different times: one that finds the folder holding only another rank's hidden
+    work in progress (its part manifest being written: write_atomic's temporary) encodes its share;
+    it was refused as "holds files but no manifest.json" (seen in CI under load)."""
+    from microdit.data.encode import Share
+    from microdit.files import private_tmp
+
+    dst = tmp_path / "lat"
+    dst.mkdir()
+    private_tmp(dst / Share(0, 2).part).write_text("{")  # rank 0, between creating and renaming its part
+    part = encode_dataset(images, dst, *encoders, progress=False, share=Share(1, 2))
+    assert not part.complete and [s.name for s in part.shards] == ["latents-00001.tar"]
+
+
 def test_torchrun_ranks_count_their_own_share(images, tmp_path):
     import os
     import subprocess
