@@ -90,6 +90,25 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def create_exclusive(path: Path, data: bytes, kept: str) -> bool:
+    """Create ``path`` holding ``data`` only if it does not exist (``O_EXCL``: of several processes
+    one creates it); False if it exists. A write that fails removes the file again, so no empty or
+    cut record is left to be read as damaged; a full disk or quota raises :class:`WriteError` naming
+    ``path`` and what was ``kept``, other errors pass as they are."""
+    with naming_full_disk(path, kept):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    return True
+
+
 def write_figure(path: Path, fig, dpi: int = 120) -> None:
     """Save the matplotlib figure ``fig`` to ``path`` (its format from the suffix) with :func:`write_atomic`."""
     buffer = io.BytesIO()

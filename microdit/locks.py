@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from microdit.files import alive, naming_full_disk
+from microdit.files import alive, create_exclusive
 
 POLL = 1.0  # seconds between two looks at a lock while waiting for it
 SETTLE = 0.2  # seconds between writing a lock and reading its token back
@@ -97,21 +97,9 @@ class Lock:
 
 
 def _create(path: Path, owner: dict) -> bool:
-    """Create the lock file holding ``owner``; False if it exists. A full disk or quota raises
-    :class:`~microdit.files.WriteError` naming it, with no lock file left behind (an empty one would
-    look like a damaged lock and be refused on the next try)."""
-    with naming_full_disk(path, kept="no lock file was left behind"):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(owner, f)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-    return True
+    """Create the lock file holding ``owner``; False if it exists (:func:`microdit.files.create_exclusive`:
+    on a full disk no empty lock file is left to be refused as damaged on the next try)."""
+    return create_exclusive(path, json.dumps(owner).encode(), kept="no lock file was left behind")
 
 
 def acquire(path: str | Path, what: str, wait: bool, log=None) -> Lock:

@@ -27,7 +27,7 @@ from microdit.eval.job_rows import chance_table, reference_rows, stage_rows
 from microdit.eval.metrics import check_names, metric_columns
 from microdit.eval.trend import budget_tag
 from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
-from microdit.files import DISK_ERRNOS, naming_full_disk, unwritable, write_atomic
+from microdit.files import WriteError, create_exclusive, unwritable, write_atomic
 from microdit.job_runs import run_splits, sample_grid, train_and_evaluate
 from microdit.train.config import TrainConfig, summarize_changes
 from microdit.train.plan import prepare_synthetic, resolve
@@ -322,22 +322,16 @@ def report_dir(job: JobConfig, out: Path, claim: bool = False) -> Path:
     name = job.name or "job"
     owner = _owner(record)
     if owner is None and claim:
-        created = False
-        with naming_full_disk(record, kept="no run was trained and no record was left"):
-            try:
-                with open(record, "x") as f:  # exclusive: of two jobs starting together, one owns the folder
-                    created = True
-                    f.write(json.dumps({"job": name}) + "\n")
+        try:  # exclusive: of two jobs starting together, one owns the folder
+            if create_exclusive(record, (json.dumps({"job": name}) + "\n").encode(),
+                                kept="no run was trained and no record was left"):
                 return out
-            except FileExistsError:
-                owner = _owner(record)
-            except OSError as err:
-                if created:  # an empty record would be refused as damaged by the next try
-                    record.unlink(missing_ok=True)
-                if err.errno in DISK_ERRNOS:
-                    raise
-                raise ValueError(f"results folder {out} (--out, the job's report.out) is not writable: "
-                                 f"{err.strerror or err}") from None
+            owner = _owner(record)
+        except WriteError:
+            raise
+        except OSError as err:
+            raise ValueError(f"results folder {out} (--out, the job's report.out) is not writable: "
+                             f"{err.strerror or err}") from None
     return out if owner in (None, name) else out / name
 
 

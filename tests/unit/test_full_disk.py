@@ -214,7 +214,7 @@ def test_a_job_claiming_its_results_folder_on_a_full_disk_leaves_no_record(tmp_p
     from microdit import pipeline
 
     job = pipeline.compose_job("main")
-    monkeypatch.setattr(pipeline, "open", lambda p, mode: _FillingFile(open(p, mode), {"room": 3}), raising=False)
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: _FillingFile(open(fd, mode), {"room": 3}))
     with pytest.raises(WriteError, match=r"job\.json could not be written \(No space left on device; .*\); no run was "
                                          "trained and no record was left$"):
         pipeline.report_dir(job, tmp_path, claim=True)
