@@ -1,5 +1,6 @@
-"""A job's runs trained and evaluated: in this process, or in worker processes that take the runs
-from one queue (``JobConfig.workers``), each with its share of the threads. A run that finished is
+"""A job's runs trained and evaluated: in this process, or in worker processes that take every
+run's training, then every evaluation, from one queue (``JobConfig.workers``), each with its share
+of the threads. A run that finished is
 not trained again and an evaluation is cached, so a job stopped by an error or a signal continues
 where it stopped when run again. Then the runs' sample grid (:func:`sample_grid`).
 :mod:`microdit.pipeline` composes the job (``job`` here: its ``JobConfig``) and reports its rows.
@@ -33,30 +34,30 @@ def run_splits(cfg: TrainConfig, job):
 def train_and_evaluate(configs: list[TrainConfig], job) -> None:
     """Train each run that has not finished, then evaluate it (cached evaluations are kept); with
     ``job.workers`` > 1 (0: one per thread of this process, at most one per run), that many
-    processes take the runs from one queue, largest FLOP budget first, each with its share of the
-    threads (:func:`_worker`)."""
+    processes take tasks from one queue (:func:`_worker`), each with its share of the threads:
+    every run's training first, largest FLOP budget first, then as many evaluations, each of a run
+    whose training ended, in the order they end. The evaluations (20-30 s each in the main job)
+    fill the end, so that no worker waits out a whole run of another (the main job's 15 runs on 2
+    workers: the last run's training and evaluation alone, ~60 s, before)."""
     count = min(job.workers or torch.get_num_threads(), len(configs))
     if count <= 1:
         for i, cfg in enumerate(configs):
-            _train_and_evaluate_one(cfg, job, f"run {i + 1}/{len(configs)}")
+            _train_one(cfg, _label(i, configs))
+            _evaluate_one(cfg, job, _label(i, configs))
         return
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    # Largest budgets first, so that no worker is left with a long run after the others end.
-    for i in sorted(range(len(configs)), key=lambda i: -(configs[i].trainer.budget_flops or 0.0)):
-        queue.put(i)
-    for _ in range(count):
-        queue.put(None)
+    tasks, trained = context.Queue(), context.Queue()
+    for task in task_order(configs) + [None] * count:
+        tasks.put(task)
     threads = max(1, torch.get_num_threads() // count)
     print(f"[job] {count} workers, {threads} thread(s) each", file=sys.stderr)
-    workers = [context.Process(target=_worker, args=(queue, configs, job, threads, k)) for k in range(count)]
+    workers = [context.Process(target=_worker, args=(tasks, trained, configs, job, threads, k)) for k in range(count)]
     for w in workers:
         w.start()
     try:
-        for w in workers:
-            w.join()
+        _join(workers, trained)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or a SIGTERM (microdit.cli.stopping: SystemExit)
         if isinstance(stop, SystemExit) and stop.code not in SIGNAL_EXITS:
             raise
@@ -71,6 +72,33 @@ def train_and_evaluate(configs: list[TrainConfig], job) -> None:
         raise ValueError(outcome)
     if stopped := [c for c in codes if c]:  # none failed, some stopped at a signal: exit as a run of this
         raise SystemExit(stopped[0] if stopped[0] > 0 else 128 - stopped[0])  # process does (128 + signal)
+
+
+EVALUATE = "evaluate"  # a task of the queue: evaluate the next run whose training ended
+NOT_TRAINED = -1  # in place of a run on the trained queue: its worker ended during its training
+
+
+def task_order(configs: list[TrainConfig]) -> list:
+    """The tasks of a job's workers: each run's training (its index), largest FLOP budget first (a
+    long run is not left to the end), then one ``EVALUATE`` per run."""
+    return sorted(range(len(configs)), key=lambda i: -(configs[i].trainer.budget_flops or 0.0)) + [EVALUATE] * len(
+        configs)
+
+
+def _join(workers: list, trained) -> None:
+    """Wait for every worker. One that ends with an error or a signal may have ended during a
+    training, whose evaluation another worker would then wait for forever: a ``NOT_TRAINED`` takes
+    that run's place (the job fails or stops then; running it again evaluates what was trained)."""
+    from multiprocessing.connection import wait
+
+    alive = list(workers)
+    while alive:
+        wait([w.sentinel for w in alive])
+        for w in [w for w in alive if not w.is_alive()]:
+            alive.remove(w)
+            w.join()
+            if w.exitcode != 0:
+                trained.put(NOT_TRAINED)
 
 
 def workers_outcome(exitcodes: list[int]) -> str | None:
@@ -90,15 +118,20 @@ def workers_outcome(exitcodes: list[int]) -> str | None:
 SIGNAL_EXITS = {*STOP_EXITS, -signal.SIGINT, -signal.SIGTERM}
 
 
-def _worker(queue, configs: list[TrainConfig], job, threads: int, index: int) -> None:
-    """One worker process of :func:`train_and_evaluate`: runs from ``queue`` until its None."""
+def _worker(tasks, trained, configs: list[TrainConfig], job, threads: int, index: int) -> None:
+    """One worker process of :func:`train_and_evaluate`: tasks until its None; a run it trained goes
+    on the ``trained`` queue, where an ``EVALUATE`` task takes the next one from."""
     from microdit.run import RUN_ERRORS
 
     torch.set_num_threads(threads)
     share_terminal(f"[worker {index}]")
     try:
-        while (i := queue.get()) is not None:
-            _train_and_evaluate_one(configs[i], job, f"run {i + 1}/{len(configs)}")
+        while (task := tasks.get()) is not None:
+            if task != EVALUATE:
+                _train_one(configs[task], _label(task, configs))
+                trained.put(task)
+            elif (i := trained.get()) != NOT_TRAINED:
+                _evaluate_one(configs[i], job, _label(i, configs))
     except RUN_ERRORS as err:  # the user's to mend: one line, as the single-process job prints it
         print(f"error: {err}", file=sys.stderr)  # labelled [worker K] by share_terminal
         raise SystemExit(2) from None
@@ -107,15 +140,25 @@ def _worker(queue, configs: list[TrainConfig], job, threads: int, index: int) ->
         raise SystemExit(128 + signal.SIGINT) from None
 
 
-def _train_and_evaluate_one(cfg: TrainConfig, job, label: str) -> None:
-    """Train one run of ``job`` unless it finished, then evaluate it (cached evaluations are kept)."""
-    from microdit.eval import EvalSettings, evaluate
+def _label(i: int, configs: list[TrainConfig]) -> str:
+    return f"run {i + 1}/{len(configs)}: {configs[i].trainer.name} seed {configs[i].trainer.seed}"
+
+
+def _train_one(cfg: TrainConfig, label: str) -> None:
+    """Train one run of a job unless it finished."""
     from microdit.train.trainer import train
 
-    run = Path(cfg.trainer.run_dir) / cfg.trainer.name
-    print(f"[job] {label}: {cfg.trainer.name} seed {cfg.trainer.seed}", file=sys.stderr)
-    if not (run / "summary.json").is_file():
+    print(f"[job] {label}", file=sys.stderr)
+    if not (Path(cfg.trainer.run_dir) / cfg.trainer.name / "summary.json").is_file():
         train(cfg)
+
+
+def _evaluate_one(cfg: TrainConfig, job, label: str) -> None:
+    """Evaluate one trained run of ``job`` (cached evaluations are kept)."""
+    from microdit.eval import EvalSettings, evaluate
+
+    run = Path(cfg.trainer.run_dir) / cfg.trainer.name
+    print(f"[job] evaluate {label}", file=sys.stderr)
     _, held_out, probe_split = run_splits(cfg, job)
     seed = cfg.trainer.seed  # this seed's own noise (seeds 1e6 * s + i) and prompt draw
     settings = EvalSettings(num_samples=job.eval.num_samples, batch_size=100, probe_steps=job.eval.probe_steps,

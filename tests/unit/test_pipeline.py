@@ -3,6 +3,7 @@ and validated like any other), and a job runs end to end from a Python call."""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -199,6 +200,58 @@ def test_workers_share_a_jobs_runs_and_compute_what_one_process_does(tmp_path, m
         assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
     with pytest.raises(ValueError, match="workers must be a positive integer or 0"):
         compose_job("main", ["workers=-1"])
+
+
+def test_a_jobs_workers_train_every_run_before_they_evaluate():
+    """The main job's queue: its 15 trainings, largest budget first (the equal-steps arm, which has
+    no budget, last), then 15 evaluations, so that evaluations fill the end."""
+    from microdit.job_runs import EVALUATE, task_order
+
+    configs = job_configs(compose_job("main"), Path("runs"))
+    order = task_order(configs)
+    assert sorted(order[:15]) == list(range(15)) and order[15:] == [EVALUATE] * 15
+    budgets = [configs[i].trainer.budget_flops or 0.0 for i in order[:15]]
+    assert budgets == sorted(budgets, reverse=True) and budgets[-1] == 0.0
+
+
+@pytest.mark.slow
+def test_a_worker_that_fails_in_training_leaves_no_evaluation_waiting(tmp_path, monkeypatch):
+    """A worker that ends during a training (here: its run folder cannot be made) never puts that
+    run on the trained queue: the other worker, whose evaluations would wait for it, trains and
+    evaluates the other run and ends, and the job names the failed worker (no hang)."""
+    import multiprocessing
+    import threading
+
+    from microdit.job_runs import train_and_evaluate
+    from microdit.pipeline import prepare_data
+
+    monkeypatch.chdir(tmp_path)
+    small = ["trainer.budget_flops=1e10", "data.prepare_samples=128", "trainer.progress=false",
+             "stages.pretrain.warmup_images=0"]
+    job = compose_job("main", ["seeds=[0,1]", "workers=2", "eval.num_samples=4", "eval.held_out_samples=32",
+                               "eval.probe_steps=2", "eval.probe_samples=64", "report.contrasts=[]"])
+    job.experiments = job.experiments[:1]
+    configs = job_configs(job, tmp_path / "out", small)
+    prepare_data(configs, job)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "seed1").write_text("x")  # where seed 1's run folder would go
+    outcome = []
+
+    def run():
+        try:
+            train_and_evaluate(configs, job)
+        except ValueError as err:
+            outcome.append(str(err))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=600)
+    hung = thread.is_alive()
+    for child in multiprocessing.active_children():
+        child.terminate()
+    assert not hung, "the job waited forever for the evaluation of a run that was never trained"
+    assert len(outcome) == 1 and outcome[0].startswith("job worker(s) [") and "failed" in outcome[0]
+    assert (tmp_path / "out" / "seed0" / "cpu-naive75" / "metrics.json").is_file()
 
 
 @pytest.mark.slow
