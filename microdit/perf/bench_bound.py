@@ -24,8 +24,8 @@ from microdit.masking import MaskConfig
 from microdit.models import MicroDiT, preset_config
 from microdit.models.config import MicroDiTConfig
 from microdit.perf.bench_step import StepCase
-from microdit.perf.kernels import in_sequence_time, kernel_bound
-from microdit.perf.roofline import step_time, trace_step
+from microdit.perf.kernels import in_sequence_time, replay_time
+from microdit.perf.roofline import record_calls, step_time, trace_step
 from microdit.perf.timing import PeakProbe, cpu_device_model, fresh_pages, median_time
 from microdit.train.flops import flops_per_image
 
@@ -72,7 +72,10 @@ def _train_case(preset: str, ratio: float, batch: int, caption_len: int) -> Step
 def bench_bounds(presets=("nano", "micro"), batch: int = 32, caption_len: int = 8, repeats: int = 7,
                  compile: bool = True) -> dict:
     """Every case eager and (with ``compile``) compiled, timed round-robin between matmul probes,
-    with its kernel-sum bound and roofline prediction (measured at the end, alone)."""
+    with its kernel-sum bound measured in the same rounds, right after the case's steps (so a
+    change of the machine's speed moves the step and its bound together: measured minutes apart, a
+    bound once came out above its step), and its roofline prediction and in-sequence kernel times
+    (measured at the end)."""
     pairs = []
     for preset in presets:
         for ratio in RATIOS:
@@ -82,21 +85,25 @@ def bench_bounds(presets=("nano", "micro"), batch: int = 32, caption_len: int = 
             pairs.append([sample] + ([sample.variant(compile=True)] if compile else []))
     probe = PeakProbe()
     first = [[median_time(case, 1, 0) for case in pair] for pair in pairs]  # compiling, if any
-    times, peaks = [[[] for _ in pair] for pair in pairs], []
+    calls = [record_calls(pair[0]) for pair in pairs]
+    times, bounds, peaks = [[[] for _ in pair] for pair in pairs], [[] for _ in pairs], []
     for _ in range(repeats):
         peaks.append(probe())
-        for pair, slot in zip(pairs, times, strict=True):
+        for pair, slot, recorded, replays in zip(pairs, times, calls, bounds, strict=True):
             for case, bucket in zip(pair, slot, strict=True):
                 bucket.append(median_time(case, 1, 0))
+            with torch.no_grad():
+                replays.append(replay_time(recorded, repeats=BOUND_REPEATS))
     peak = statistics.median(peaks)
     device = cpu_device_model()
     rows = []
-    for pair, slot, firsts in zip(pairs, times, first, strict=True):
+    for pair, slot, firsts, replays in zip(pairs, times, first, bounds, strict=True):
         base = pair[0]
         info = {**base.info, "kind": base.info.get("kind", "train")}
         cfg = base.model.cfg
         sample = info["kind"] == "sample"
-        bound, in_place = kernel_bound(base), in_sequence_time(base)
+        bound = sorted(replays, key=lambda b: b["seconds"])[len(replays) // 2]  # the round of the median bound
+        in_place = in_sequence_time(base)
         slowed = {name: s - bound["by_name"].get(name, 0.0) for name, s in in_place["by_name"].items()}
         row = {"preset": info["preset"], "kind": info["kind"], "mask_ratio": info["mask_ratio"], "batch": batch,
                "flops_per_step": info["flops_per_step"], "bound_s": bound["seconds"],
@@ -112,6 +119,9 @@ def bench_bounds(presets=("nano", "micro"), batch: int = 32, caption_len: int = 
         rows.append(row)
     return {"matmul_peak_flop_per_s": peak, "threads": torch.get_num_threads(), "rows": rows,
             "device": vars(device)}
+
+
+BOUND_REPEATS = 3  # each distinct kernel's time alone in one round: the median of 3 after a warm-up call
 
 
 def _fresh_process_case(kind: str, preset: str, ratio: float, batch: int, caption_len: int, keep: bool,
@@ -187,8 +197,9 @@ def bounds_markdown(b: dict) -> list[str]:
     peak = b["matmul_peak_flop_per_s"]
     lines = ["", f"## The eight CPU cases against their bounds ({b['threads']} threads, matmul peak "
                  f"{peak / 1e9:.0f} GFLOP/s)", "",
-             "Bound: the step's own kernels timed alone (the kernel-sum bound); in sequence: the same kernels timed "
-             "where they run in the real step; roofline: the model at this CPU's figures (training steps only). "
+             "Bound: the step's own kernels timed alone (the kernel-sum bound), in the same rounds as the step; "
+             "in sequence: the same kernels timed where they run in the real step; roofline: the model at this "
+             "CPU's figures (training steps only). "
              "Eager / bound is how far the eager step is from its kernels; eager minus in-sequence is Python and "
              "autograd around the kernels, in-sequence minus bound what running in sequence costs the kernels "
              "(caches, fresh pages: the page faults per step).", "",

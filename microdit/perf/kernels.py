@@ -35,7 +35,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from microdit.perf.roofline import TensorSpec, record_calls
+from microdit.perf.roofline import TensorSpec
 
 
 def _real(value, device: torch.device):
@@ -89,14 +89,6 @@ def replay_time(calls: list[tuple], device: torch.device | str = "cpu", repeats:
         by_name[name] = by_name.get(name, 0.0) + seconds
     return {"seconds": sum(by_name.values()), "by_name": by_name, "calls": len(calls), "distinct": len(cache),
             "failed": sorted(set(failed))}
-
-
-def kernel_bound(step, device: torch.device | str = "cpu", repeats: int = 5) -> dict:
-    """The kernel-sum bound of ``step()`` (a training step, a sampling step): its calls recorded
-    while it runs, each distinct one replayed alone."""
-    calls = record_calls(step)
-    with torch.no_grad():
-        return replay_time(calls, device, repeats)
 
 
 class _InSequence(TorchDispatchMode):
