@@ -16,23 +16,33 @@ torch_pins=(torch==2.14.1 torchvision==0.29.1)
 
 stamp_of() { cat "$repo/pyproject.toml" "$repo/tools/env.sh" | sha256sum | cut -d' ' -f1; }
 
-if [ ! -x "$venv/bin/python" ]; then
-  echo "[env] creating $venv" >&2
-  "$python" -m venv "$venv"
-fi
 want="$(stamp_of)"
-have="$(cat "$venv/.microdit-install" 2>/dev/null || true)"
-if [ "$want" != "$have" ]; then
-  log="$venv/install.log"
-  echo "[env] installing microdit and its dependencies into $venv (first time: several minutes; log: $log)" >&2
-  if ! { "$venv/bin/python" -m pip install --upgrade pip &&
-         "$venv/bin/python" -m pip install --no-compile "${torch_pins[@]}" &&
-         "$venv/bin/python" -m pip install --no-compile -e "$repo[dev]" "${torch_pins[@]}"; } > "$log" 2>&1; then
-    tail -n 40 "$log" >&2
-    echo "[env] installation failed; full log: $log" >&2
-    exit 1
+if [ ! -x "$venv/bin/python" ] || [ "$want" != "$(cat "$venv/.microdit-install" 2>/dev/null || true)" ]; then
+  mkdir -p "$venv"
+  # Two commands started at once on a fresh clone (the README's two): one installs, the other
+  # waits for it (flock, where the system has it) instead of installing into the same folder.
+  if command -v flock > /dev/null; then
+    exec 9> "$venv/.install-lock"
+    flock -n 9 || { echo "[env] waiting for the other tools/env.sh that is installing into $venv" >&2; flock 9; }
   fi
-  echo "$want" > "$venv/.microdit-install"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "[env] creating $venv" >&2
+    rm -f "$venv/.microdit-install"
+    "$python" -m venv "$venv"
+  fi
+  if [ "$want" != "$(cat "$venv/.microdit-install" 2>/dev/null || true)" ]; then
+    log="$venv/install.log"
+    echo "[env] installing microdit and its dependencies into $venv (first time: several minutes; log: $log)" >&2
+    if ! { "$venv/bin/python" -m pip install --upgrade pip &&
+           "$venv/bin/python" -m pip install --no-compile "${torch_pins[@]}" &&
+           "$venv/bin/python" -m pip install --no-compile -e "$repo[dev]" "${torch_pins[@]}"; } > "$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      echo "[env] installation failed; full log: $log" >&2
+      exit 1
+    fi
+    echo "$want" > "$venv/.microdit-install"
+  fi
+  exec 9>&-  # the command does not hold the lock
 fi
 cd "$repo"
 export PATH="$venv/bin:$PATH" PYTHONPYCACHEPREFIX="$venv/pycache"
