@@ -30,6 +30,20 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """A bar in line mode: its closing line is left out where the last line said the same (the
+    final count and postfix, printed because the last step fell on the interval)."""
+
+    def display(self, msg=None, pos=None):
+        self._shown = (self.n, str(self.postfix))
+        return super().display(msg, pos)
+
+    def close(self) -> None:
+        if not self.disable and self.n and getattr(self, "_shown", None) == (self.n, str(self.postfix)):
+            self.leave = False  # tqdm then clears the line instead: nothing is written to a log
+        super().close()
+
+
 def progress(iterable=None, total: int | None = None, desc: str = "", unit: str = "it", initial: int = 0,
              enabled: bool = True) -> tqdm:
     """A progress bar over ``iterable`` (or ``total`` units updated by hand) for ``desc``."""
@@ -39,8 +53,8 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
     # miniters=1: every step looks at the clock, so a line comes every LOG_EVERY_S with the count of
     # that moment (tqdm's own skipping let its monitor thread print lines with the count of the line
     # before, and lines came further apart when the loop slowed down)
-    return tqdm(iterable, file=_Lines(sys.stderr), mininterval=LOG_EVERY_S, miniters=1, ncols=120, desc=desc,
-                **kwargs)
+    return _LogBar(iterable, file=_Lines(sys.stderr), mininterval=LOG_EVERY_S, miniters=1, ncols=120, desc=desc,
+                   **kwargs)
 
 
 def close_bars() -> None:

@@ -84,3 +84,31 @@ def test_log_lines_come_every_interval_with_the_count_of_their_moment(monkeypatc
     assert counts[0] == 0 and counts[-1] == 300 and counts == sorted(counts)
     assert max(b - a for a, b in zip(elapsed[:-1], elapsed[1:], strict=True)) <= 3  # the interval, to the second
     assert len(lines) >= 12 / 2  # 12 s of loop: a line every 2 s
+
+
+def test_a_log_gets_the_final_count_once(monkeypatch):
+    """Where the last step falls on the interval its line already says the final count: the bar's
+    closing line (the same count again) is left out; a postfix set after it still gets its line."""
+    import re
+
+    import tqdm.std
+
+    now = [0.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+    log = io.StringIO()
+    monkeypatch.setattr(progress_module.sys, "stderr", log)
+    monkeypatch.setattr(progress_module, "LOG_EVERY_S", 2.0)
+    for _ in progress(range(4), desc="generate", unit="chunk"):
+        now[0] += 1.0  # lines due at 2 s and 4 s: the second at the last step
+    counts = [m[1] for line in log.getvalue().splitlines() if (m := re.search(r"\| ([\d.]+)/4.00 ", line))]
+    assert counts == ["0.00", "2.00", "4.00"]
+    log.truncate(0)
+    log.seek(0)
+    bar = progress(total=4, desc="train", unit="img")
+    for _ in range(4):
+        now[0] += 1.0
+        bar.update(1)
+    bar.set_postfix(loss="0.5", refresh=False)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 4 and "loss=0.5" in lines[-1] and "4.00/4.00" in lines[-2]
