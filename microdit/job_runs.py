@@ -148,9 +148,11 @@ def _train_one(cfg: TrainConfig, label: str) -> None:
     """Train one run of a job unless it finished."""
     from microdit.train.trainer import train
 
+    if (Path(cfg.trainer.run_dir) / cfg.trainer.name / "summary.json").is_file():
+        print(f"[job] {label}: trained before", file=sys.stderr)
+        return
     print(f"[job] {label}", file=sys.stderr)
-    if not (Path(cfg.trainer.run_dir) / cfg.trainer.name / "summary.json").is_file():
-        train(cfg)
+    train(cfg)
 
 
 def _evaluate_one(cfg: TrainConfig, job, label: str) -> None:

@@ -134,8 +134,9 @@ def test_jobs_sharing_a_results_folder_keep_each_others_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
-    """What a notebook does: compose a job, run it, read the rows; a rerun reuses everything."""
+def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch, capfd):
+    """What a notebook does: compose a job, run it, read the rows; a rerun reuses everything (and
+    says of each run that it was trained before)."""
     monkeypatch.chdir(tmp_path)
     job = compose_job("main", ["seeds=[0]", "eval.num_samples=8", "eval.held_out_samples=64", "eval.probe_steps=5",
                                "report.columns=[probe_fd,probe_acc.colour,probe_acc.shape]"])
@@ -158,8 +159,11 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch):
         (s, n) for s in (0, 1) for n in ("cpu-naive75", "cpu-deferred75", "cpu-naive75-eqsteps")}
     entry = json.loads((tmp_path / "out" / "seed0" / "cpu-naive75" / "metrics.json").read_text())["entries"][0]
     assert (entry["seed"], entry["prompt_seed"]) == (0, 0)  # seed s: noise seeds 1e6 * s + i, prompts drawn with s
+    capfd.readouterr()
     again, _ = run_job(job, out=tmp_path / "out", extra=small)
     assert [r["eval.heldout.probe_fd"] for r in again] == [r["eval.heldout.probe_fd"] for r in rows]
+    said = capfd.readouterr().err.splitlines()  # the job's workers' lines: "[worker K] [job] ..."
+    assert any(line.endswith("] [job] run 2/3: cpu-deferred75 seed 0: trained before") for line in said)
     job.report.columns.append("probe_acc.shap")  # an attribute the labels do not have: refused before training
     with pytest.raises(ValueError, match=r"report.columns \['probe_acc.shap'\]: the probe of .* reads the "
                                          r"attributes \['class', 'colour', 'shape'\]"):
