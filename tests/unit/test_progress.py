@@ -62,13 +62,9 @@ def test_a_process_sharing_a_terminal_writes_labelled_lines(monkeypatch):
     assert out.getvalue().splitlines()[1:] == ["[worker 1] two", "[worker 1] lines!", "[worker 1] unfinished"]
 
 
-def test_log_lines_come_every_interval_with_the_count_of_their_moment(monkeypatch):
-    """A loop that slows down (here 0.02 s steps, then 0.05 s: a clock the test controls) still gets a
-    line every LOG_EVERY_S, and each line's count is the count at that moment (tqdm's skipping of
-    clock reads spaced the lines 2.5x the interval apart, and its monitor thread printed the count of
-    the line before)."""
-    import re
-
+def _a_log_with_a_clock(monkeypatch) -> tuple[list[float], io.StringIO]:
+    """A log file (not a terminal) for progress lines, a line due every 2 s, and tqdm's clock: the
+    test moves ``now[0]``."""
     import tqdm.std
 
     now = [0.0]
@@ -76,6 +72,17 @@ def test_log_lines_come_every_interval_with_the_count_of_their_moment(monkeypatc
     log = io.StringIO()
     monkeypatch.setattr(progress_module.sys, "stderr", log)
     monkeypatch.setattr(progress_module, "LOG_EVERY_S", 2.0)
+    return now, log
+
+
+def test_log_lines_come_every_interval_with_the_count_of_their_moment(monkeypatch):
+    """A loop that slows down (here 0.02 s steps, then 0.05 s: a clock the test controls) still gets a
+    line every LOG_EVERY_S, and each line's count is the count at that moment (tqdm's skipping of
+    clock reads spaced the lines 2.5x the interval apart, and its monitor thread printed the count of
+    the line before)."""
+    import re
+
+    now, log = _a_log_with_a_clock(monkeypatch)
     for i in progress(range(300), desc="probe training", unit="step"):
         now[0] += 0.02 if i < 100 else 0.05
     lines = log.getvalue().splitlines()
@@ -91,13 +98,7 @@ def test_a_log_gets_the_final_count_once(monkeypatch):
     closing line (the same count again) is left out; a postfix set after it still gets its line."""
     import re
 
-    import tqdm.std
-
-    now = [0.0]
-    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
-    log = io.StringIO()
-    monkeypatch.setattr(progress_module.sys, "stderr", log)
-    monkeypatch.setattr(progress_module, "LOG_EVERY_S", 2.0)
+    now, log = _a_log_with_a_clock(monkeypatch)
     for _ in progress(range(4), desc="generate", unit="chunk"):
         now[0] += 1.0  # lines due at 2 s and 4 s: the second at the last step
     counts = [m[1] for line in log.getvalue().splitlines() if (m := re.search(r"\| ([\d.]+)/4.00 ", line))]
