@@ -1,9 +1,9 @@
 """A job's runs trained and evaluated: in this process, or in worker processes that take every
 run's training, then every evaluation, from one queue (``JobConfig.workers``), each with its share
-of the threads. A run that finished is
-not trained again and an evaluation is cached, so a job stopped by an error or a signal continues
-where it stopped when run again. Then the runs' sample grid (:func:`sample_grid`).
-:mod:`microdit.pipeline` composes the job (``job`` here: its ``JobConfig``) and reports its rows.
+of the threads. A run that finished is not trained again and an evaluation is cached, so a job
+stopped by an error or a signal continues where it stopped when run again. Then the runs' sample
+grid (:func:`sample_grid`). :mod:`microdit.pipeline` composes the job (``job`` here: its
+``JobConfig``) and reports its rows.
 """
 
 from __future__ import annotations
