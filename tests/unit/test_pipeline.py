@@ -162,8 +162,8 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch, capfd):
     capfd.readouterr()
     again, _ = run_job(job, out=tmp_path / "out", extra=small)
     assert [r["eval.heldout.probe_fd"] for r in again] == [r["eval.heldout.probe_fd"] for r in rows]
-    said = capfd.readouterr().err.splitlines()  # the job's workers' lines: "[worker K] [job] ..."
-    assert any(line.endswith("] [job] run 2/3: cpu-deferred75 seed 0: trained before") for line in said)
+    said = capfd.readouterr().err.splitlines()  # a worker's lines start with "[worker K] "
+    assert any(line.endswith("[job] run 2/3: cpu-deferred75 seed 0: trained before") for line in said)
     job.report.columns.append("probe_acc.shap")  # an attribute the labels do not have: refused before training
     with pytest.raises(ValueError, match=r"report.columns \['probe_acc.shap'\]: the probe of .* reads the "
                                          r"attributes \['class', 'colour', 'shape'\]"):
