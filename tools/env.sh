@@ -15,9 +15,10 @@ python="${PYTHON:-python3}"
 torch_pins=(torch==2.14.1 torchvision==0.29.1)
 
 stamp_of() { cat "$repo/pyproject.toml" "$repo/tools/env.sh" | sha256sum | cut -d' ' -f1; }
-
 want="$(stamp_of)"
-if [ ! -x "$venv/bin/python" ] || [ "$want" != "$(cat "$venv/.microdit-install" 2>/dev/null || true)" ]; then
+installed() { [ -x "$venv/bin/python" ] && [ "$want" = "$(cat "$venv/.microdit-install" 2>/dev/null || true)" ]; }
+
+if ! installed; then
   mkdir -p "$venv"
   # Two commands started at once on a fresh clone (the README's two): one installs, the other
   # waits for it (flock, where the system has it) instead of installing into the same folder.
@@ -30,7 +31,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$want" != "$(cat "$venv/.microdit-install" 
     rm -f "$venv/.microdit-install"
     "$python" -m venv "$venv"
   fi
-  if [ "$want" != "$(cat "$venv/.microdit-install" 2>/dev/null || true)" ]; then
+  if ! installed; then  # the other command may have installed meanwhile
     log="$venv/install.log"
     echo "[env] installing microdit and its dependencies into $venv (first time: several minutes; log: $log)" >&2
     if ! { "$venv/bin/python" -m pip install --upgrade pip &&

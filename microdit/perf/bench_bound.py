@@ -24,7 +24,7 @@ from microdit.masking import MaskConfig
 from microdit.models import MicroDiT, preset_config
 from microdit.models.config import MicroDiTConfig
 from microdit.perf.bench_step import StepCase
-from microdit.perf.kernels import in_sequence_time, replay_time
+from microdit.perf.kernels import in_sequence_time, median_by, replay_time
 from microdit.perf.roofline import record_calls, step_time, trace_step
 from microdit.perf.timing import PeakProbe, cpu_device_model, fresh_pages, median_time
 from microdit.train.flops import flops_per_image
@@ -102,7 +102,7 @@ def bench_bounds(presets=("nano", "micro"), batch: int = 32, caption_len: int = 
         info = {**base.info, "kind": base.info.get("kind", "train")}
         cfg = base.model.cfg
         sample = info["kind"] == "sample"
-        bound = sorted(replays, key=lambda b: b["seconds"])[len(replays) // 2]  # the round of the median bound
+        bound = median_by(replays, lambda b: b["seconds"])  # the round of the median bound
         in_place = in_sequence_time(base)
         slowed = {name: s - bound["by_name"].get(name, 0.0) for name, s in in_place["by_name"].items()}
         row = {"preset": info["preset"], "kind": info["kind"], "mask_ratio": info["mask_ratio"], "batch": batch,
