@@ -16,6 +16,7 @@ import io
 import os
 import re
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,11 +140,28 @@ def unwritable(path: Path, folder: bool = True) -> str | None:
     if path.exists():
         if folder != path.is_dir():
             return not_a_folder(path) if folder else "is a folder, not a file"
-        return None if os.access(path if folder else path.parent, os.W_OK) else "is not writable"
+        why = _uncreatable_in(path if folder else path.parent)
+        return None if why is None else f"is not writable{why}"
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
         return f"cannot be created: {parent} is a file, not a folder"
-    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be created: {parent} is not writable"
+    why = _uncreatable_in(parent)
+    return None if why is None else f"cannot be created: {parent} is not writable{why}"
+
+
+def _uncreatable_in(folder: Path) -> str | None:
+    """Why no file can be made in the existing ``folder`` ("" or " (the system's reason)"; None:
+    one can). The permission bits (``os.access``) are asked first; where they say yes, a temporary
+    file is made there and removed at once, because they are not the whole answer: root may write
+    every folder by its bits, yet not ``/proc``, an NFS share that squashes root, or a folder an
+    ACL closes."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return ""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as err:
+        return f" ({err.strerror or err})"
 

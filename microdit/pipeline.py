@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
@@ -166,6 +167,8 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
         raise ValueError(f"job {spec}: {config_error(err)}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"job {spec}: not a readable YAML job file ({err})") from None
+    except yaml.YAMLError as err:  # the file's syntax (its line and column are in the message)
+        raise ValueError(f"job {spec}: not valid YAML: {' '.join(str(err).split())}") from None
     except ValueError as err:
         raise ValueError(f"job {spec}: {err}") from None
     problems = job.problems()

@@ -45,18 +45,19 @@ def main(argv: list[str] | None = None) -> None:
     outputs = [f"{name}.json", f"{name}.md"] + (["bench.partial.json"] if name == "bench" else [])
     if held := [f for f in outputs if (args.out / f).exists()]:  # an earlier measurement is never replaced
         parser.error(f"--out {args.out} already holds {', '.join(held)}: choose another folder or delete them")
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.gpu_plan is not None:
         try:
             cfg = compose_config(args.gpu_plan)
             validate(cfg, world_size=8)
         except ValueError as err:
             parser.error(f"--gpu-plan {' '.join(args.gpu_plan)}: {' '.join(str(err).split())}")
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    args.out.mkdir(parents=True, exist_ok=True)  # once the arguments are known good: a refused command leaves none
+    if args.gpu_plan is not None:
         results = gpu_plan(cfg)
         report = gpu_plan_markdown(results)
     else:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA device is visible to torch")
         results = {}
         with stopped_in_one_line("microdit-bench: stopped"):
             try:

@@ -772,7 +772,7 @@ def test_gpu_plan_bad_overrides(capsys, tmp_path):
     record("`microdit-bench --gpu-plan` optim.lr=inf", msg, "optim.lr must be a finite number, got inf")
     msg = cli_error(bench_cli.main, ["--out", str(tmp_path / "plan"), "--gpu-plan", "experiment=fig99"], capsys)
     record("`microdit-bench --gpu-plan` an unknown experiment", msg, "Could not find 'experiment/fig99'")
-    assert not any((tmp_path / "plan").iterdir())
+    assert not (tmp_path / "plan").exists()  # a refused command leaves no folder behind
     plain = tmp_path / "plain"
     plain.write_text("x")
     msg = cli_error(bench_cli.main, ["--out", str(plain / "bench"), "--quick"], capsys)
@@ -818,6 +818,10 @@ def test_cpu_job_into_folders_it_cannot_write(capfd, tmp_path, monkeypatch):
     record("`microdit-cpu-ablation` --out under a file", msg, f"results folder {blocker / 'out'}",
            f"cannot be created: {blocker} is a file, not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no dataset prepared, no folder made
+    if Path("/proc/self").is_dir():  # Linux: no file can be made in /proc, whatever its permission bits say to root
+        msg = cli_error(cpu_ablation.main, ["--out", "/proc/microdit-out"], capfd)
+        record("`microdit-cpu-ablation` --out under /proc", msg, "results folder /proc/microdit-out",
+               "cannot be created: /proc is not writable")
     out = tmp_path / "out"
     out.mkdir()
     (out / "seed1").write_text("x")  # where seed 1's run folders would go
@@ -849,6 +853,20 @@ def test_unknown_cpu_job(capsys):
     record("`microdit-cpu-ablation` --workers -2", msg, "workers must be a positive integer or 0", "-2")
     msg = cli_error(cpu_ablation.main, ["--job", "crossover", "budgets=[1e12,-1e12]"], capsys)
     record("`microdit-cpu-ablation` a negative budget", msg, "job crossover", "budgets must be distinct positive")
+
+
+@pytest.mark.parametrize("text, where", [("experiments: [cpu_masking_naive75\n", "line 2, column 1"),
+                                         ("experiments:\n  - a\n  b: 2\n", "line 3, column 3"),
+                                         ("\tseeds: [0]\n", "line 1, column 1")])
+def test_a_job_file_that_is_not_yaml(text, where, capsys, tmp_path):
+    """A job file with a YAML syntax error (an unclosed list, a key inside a list, a tab) is named
+    with the line and column of the fault, in one line, not with the YAML parser's traceback."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    msg = cli_error(cpu_ablation.main, ["--job", str(path), "--out", str(tmp_path / "out")], capsys)
+    record("`microdit-cpu-ablation` a job file with a YAML syntax error", msg, f"job {path}: not valid YAML",
+           f'in "{path}", {where}')
+    assert sorted(tmp_path.iterdir()) == [path]
 
 
 def test_manifest_fields_of_the_wrong_kind(world, capsys):
