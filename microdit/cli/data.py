@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microdit.cli.options import fraction, image_side, non_negative_int, positive_int
+from microdit.cli.options import fraction, image_side, non_negative_int, positive_int, synthetic_side
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
@@ -132,11 +132,11 @@ def cmd_verify(args: argparse.Namespace) -> None:
     print(f"{args.dir}: {len(manifest.shards)} shard(s), {manifest.samples} samples, all match the manifest")
 
 
-def _image_dataset_parser(sub, name: str, help_text: str, size: int) -> argparse.ArgumentParser:
-    """A sub-command that writes an image dataset: OUT, --size, --seed, --shard-size."""
+def _image_dataset_parser(sub, name: str, help_text: str, size: int, side=image_side) -> argparse.ArgumentParser:
+    """A sub-command that writes an image dataset: OUT, --size (of argparse type ``side``), --seed, --shard-size."""
     p = sub.add_parser(name, help=help_text)
     p.add_argument("out", type=Path, help="output folder of the image shards (must not hold a dataset)")
-    p.add_argument("--size", type=image_side, default=size, help="side of the square images (default: %(default)s)")
+    p.add_argument("--size", type=side, default=size, help="side of the square images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default: %(default)s)")
     p.add_argument("--shard-size", type=positive_int, default=2000, help="samples per shard (default: %(default)s)")
     return p
@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microdit-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = _image_dataset_parser(sub, "synthetic", "write the synthetic captioned dataset as image shards", 32)
+    p = _image_dataset_parser(sub, "synthetic", "write the synthetic captioned dataset as image shards", 32,
+                              synthetic_side)
     p.add_argument("--num-samples", type=positive_int, default=20000, help="number of samples (default: %(default)s)")
     p.add_argument("--scene", choices=SCENES, default="mixed", help="mixed: every attribute varies; one_object: one "
                    "large object in the middle of a white background (default: %(default)s)")

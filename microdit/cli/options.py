@@ -57,6 +57,17 @@ def image_side(text: str) -> int:
     return value
 
 
+def synthetic_side(text: str) -> int:
+    """An argparse type: a synthetic image side in pixels, MIN_SIDE ... MAX_SIDE (microdit.data.synthetic)."""
+    from microdit.data.synthetic import MIN_SIDE
+
+    value = image_side(text)
+    if value < MIN_SIDE:
+        raise argparse.ArgumentTypeError(f"expected a side of at least {MIN_SIDE} pixels (the smallest the shapes are "
+                                         f"drawn at), got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
     try:

@@ -344,7 +344,8 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why:
     ``FOLDER-images``), built and encoded when the folder holds none, with one line saying so (and
     ``why``, where a setting decides it); an
     existing complete dataset is kept as it is, and refused when its images were drawn with another
-    seed or scene, or are not synthetic (a dataset of the user's own under ``data.prepare=synthetic``)."""
+    seed or scene, it was encoded with other encoders than the recipe's, or it is not synthetic (a
+    dataset of the user's own under ``data.prepare=synthetic``)."""
     from microdit.data.images import write_image_dataset
     from microdit.encoders import load_autoencoder, load_text_encoder
 
@@ -359,6 +360,12 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why:
             raise DataError(f"{folder} holds the latents of {origin}, not a synthetic dataset: data.prepare="
                             "synthetic (the default data group) builds the synthetic dataset into data.folders[0]; "
                             "to train on this one, set data.prepare=none")
+        encoders = (manifest.autoencoder, manifest.text_encoder)
+        if None not in encoders and encoders != (recipe.autoencoder, recipe.text_encoder):
+            raise DataError(f"{folder} holds {manifest.autoencoder} latents with {manifest.text_encoder} captions, not "
+                            f"the run's {recipe.autoencoder} and {recipe.text_encoder} (encoder.autoencoder, "
+                            f"encoder.text_encoder): give these encoders another data folder (data.folders), or "
+                            f"delete {folder} to encode it again")
         return manifest
     if not (folder / "manifest.json").is_file():
         print(f"[data] {folder} holds no dataset: building the synthetic one there ({recipe.samples} images, "

@@ -39,6 +39,7 @@ SIZES = {"small": 0.13, "large": 0.21}  # half-extent as a fraction of the image
 POSITIONS = {"left": (0.5, 0.27), "right": (0.5, 0.73), "top": (0.27, 0.5), "bottom": (0.73, 0.5),
              "center": (0.5, 0.5)}  # (row, column) centres as fractions
 SCENES = ("mixed", "one_object")
+MIN_SIDE = 8  # the smallest image side the shapes are drawn at
 POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
                     "center": "in the middle"}
 SUPERSAMPLE = 4
@@ -133,8 +134,9 @@ def _caption_pair(a: dict, b: dict, horizontal: bool, background: str, rng: np.r
 def synthetic_sample(seed: int, index: int, size: int = 32, scene: str = "mixed") -> SyntheticSample:
     """The sample ``index`` of the synthetic dataset with ``seed``, drawn at ``size`` x ``size``, of
     ``scene`` (one of :data:`SCENES`, see the module docstring)."""
-    if not 8 <= size <= MAX_SIDE:
-        raise ValueError(f"synthetic image size must be in [8, {MAX_SIDE}] (the paper's largest is 512), got {size}")
+    if not MIN_SIDE <= size <= MAX_SIDE:
+        raise ValueError(f"synthetic image size must be in [{MIN_SIDE}, {MAX_SIDE}] (the paper's largest is 512), "
+                         f"got {size}")
     if scene not in SCENES:
         raise ValueError(f"synthetic scene must be one of {SCENES}, got {scene!r}")
     rng = np.random.default_rng([seed, index])

@@ -29,6 +29,16 @@ class EncoderConfig:
     autoencoder: str = "pixel:2"
     text_encoder: str = "offline:128:32"
 
+    def problems(self) -> list[str]:
+        """One message per name that names no encoder (checked without loading either)."""
+        out = []
+        for key, check in (("autoencoder", autoencoder_kind), ("text_encoder", _text_fields)):
+            try:
+                check(getattr(self, key))
+            except ValueError as err:
+                out.append(f"{key}: {err}")
+        return out
+
 
 _NAMED_VAES = {
     "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "vae", 0.13025),
@@ -36,57 +46,92 @@ _NAMED_VAES = {
 }
 
 
-def _int_fields(name: str, spec: str, count: int) -> list[int]:
+# The encoders named by a prefix and integer fields: the form, and each field's name and least value.
+_FORMS = {"pixel": ("pixel[:F]", (("F", 1),)),
+          "offline": ("offline[:DIM[:LENGTH[:SEED]]]", (("DIM", 1), ("LENGTH", 1), ("SEED", 0))),
+          "minilm": ("minilm[:LENGTH]", (("LENGTH", 1),))}
+
+
+def _int_fields(name: str) -> tuple[str, list[int]] | None:
+    """(prefix, its integer fields) of an encoder name of a :data:`_FORMS` form (None: another
+    kind of name); ValueError naming the form where a field is missing, not an integer, too small
+    or one too many."""
+    prefix = name.split(":", 1)[0]
+    if prefix not in _FORMS:
+        return None
+    form, fields = _FORMS[prefix]
+    parts = name.split(":")[1:]
     try:
-        return [int(v) for v in spec.split(":")[:count]] if spec else []
+        values = [int(v) for v in parts]
     except ValueError:
-        raise ValueError(f"encoder {name!r}: expected integer fields after the prefix, got {spec!r}") from None
+        values = None
+    if values is None or len(values) > len(fields) or any(v < low for v, (_, low) in zip(values, fields, strict=False)):
+        limits = ", ".join(f"{field} >= {low}" for field, low in fields)
+        raise ValueError(f"encoder {name!r}: expected {form} with integer fields ({limits})")
+    return prefix, values
 
 
-def load_autoencoder(name: str, dtype: torch.dtype = torch.float32) -> Autoencoder:
-    """The frozen autoencoder called ``name`` (see the module docstring)."""
-    if name == "pixel" or name.startswith("pixel:"):
-        fields = _int_fields(name, name[len("pixel:"):] if ":" in name else "", 1)
-        return PixelAutoencoder(fields[0] if fields else 1)
+def autoencoder_kind(name: str) -> str:
+    """What the autoencoder name ``name`` is (``pixel``, ``named``, ``folder`` or ``hub``), checked
+    without loading anything; ValueError for a name that is none of them."""
+    if name.split(":", 1)[0] == "pixel":
+        _int_fields(name)
+        return "pixel"
     if name in _NAMED_VAES:
-        source, subfolder, scale = _NAMED_VAES[name]
-        return DiffusersAutoencoder.from_pretrained(source, subfolder, name=name, scale=scale, dtype=dtype)
+        return "named"
     if Path(name).exists():
-        return DiffusersAutoencoder.from_pretrained(name, name=name, dtype=dtype)
+        return "folder"
     if "/" in name:
-        source, _, subfolder = name.partition(":")
-        return DiffusersAutoencoder.from_pretrained(source, subfolder or None, name=name, dtype=dtype)
+        return "hub"
     raise ValueError(f"unknown autoencoder {name!r}: use sdxl, ostris16, pixel, pixel:F, a hub id ORG/REPO[:SUBFOLDER] "
                      "or an existing local folder")
 
 
+def _text_fields(name: str) -> tuple[str, list[int] | str]:
+    """(kind, fields) of the text encoder name ``name``: ``openclip`` and the text after its
+    prefix, or ``offline`` / ``minilm`` and their integer fields; ValueError for any other name."""
+    if name.startswith("openclip:") and name[len("openclip:"):]:
+        return "openclip", name[len("openclip:"):]
+    parsed = _int_fields(name)
+    if parsed is None or parsed[0] == "pixel":
+        raise ValueError(f"unknown text encoder {name!r}: use openclip:ARCH[:PRETRAINED], openclip:hf-hub:ORG/REPO or "
+                         "offline[:DIM[:LENGTH[:SEED]]] or minilm[:LENGTH]")
+    return parsed
+
+
+def load_autoencoder(name: str, dtype: torch.dtype = torch.float32) -> Autoencoder:
+    """The frozen autoencoder called ``name`` (see the module docstring)."""
+    kind = autoencoder_kind(name)
+    if kind == "pixel":
+        fields = _int_fields(name)[1]
+        return PixelAutoencoder(fields[0] if fields else 1)
+    if kind == "named":
+        source, subfolder, scale = _NAMED_VAES[name]
+        return DiffusersAutoencoder.from_pretrained(source, subfolder, name=name, scale=scale, dtype=dtype)
+    if kind == "folder":
+        return DiffusersAutoencoder.from_pretrained(name, name=name, dtype=dtype)
+    source, _, subfolder = name.partition(":")
+    return DiffusersAutoencoder.from_pretrained(source, subfolder or None, name=name, dtype=dtype)
+
+
 def load_text_encoder(name: str, device: str | torch.device = "cpu") -> TextEncoder:
     """The frozen text encoder called ``name`` (see the module docstring)."""
-    if name.startswith("openclip:"):
-        return OpenClipTextEncoder.from_name(name[len("openclip:"):], device=device)
-    if name == "offline" or name.startswith("offline:"):
-        fields = _int_fields(name, name[len("offline:"):] if ":" in name else "", 3)
-        return OfflineTextEncoder(*fields).to(device)
-    if name == "minilm" or name.startswith("minilm:"):
-        fields = _int_fields(name, name[len("minilm:"):] if ":" in name else "", 1)
-        return MiniLMTextEncoder(*fields).to(device)
-    raise ValueError(f"unknown text encoder {name!r}: use openclip:ARCH[:PRETRAINED], openclip:hf-hub:ORG/REPO or "
-                     "offline[:DIM[:LENGTH[:SEED]]] or minilm[:LENGTH]")
+    kind, fields = _text_fields(name)
+    if kind == "openclip":
+        return OpenClipTextEncoder.from_name(fields, device=device)
+    return (OfflineTextEncoder if kind == "offline" else MiniLMTextEncoder)(*fields).to(device)
 
 
 def caption_length(name: str) -> int:
     """Caption tokens per image of the text encoder called ``name``, read from its name without
     loading it (openclip: 77; ``offline[:DIM[:LENGTH]]`` and ``minilm[:LENGTH]``: their defaults
     unless given): what a plan needs before any data is encoded."""
-    if name.startswith("openclip:"):
+    kind, fields = _text_fields(name)
+    if kind == "openclip":
         return 77
-    if name == "offline" or name.startswith("offline:"):
-        fields = _int_fields(name, name[len("offline:"):] if ":" in name else "", 3)
+    if kind == "offline":
         return fields[1] if len(fields) > 1 else OfflineTextEncoder.__init__.__defaults__[1]
-    if name == "minilm" or name.startswith("minilm:"):
-        fields = _int_fields(name, name[len("minilm:"):] if ":" in name else "", 1)
-        return fields[0] if fields else MiniLMTextEncoder.__init__.__defaults__[0]
-    raise ValueError(f"unknown text encoder {name!r}")
+    return fields[0] if fields else MiniLMTextEncoder.__init__.__defaults__[0]
 
 
 __all__ = [
@@ -98,6 +143,7 @@ __all__ = [
     "OpenClipTextEncoder",
     "PixelAutoencoder",
     "TextEncoder",
+    "autoencoder_kind",
     "caption_length",
     "load_autoencoder",
     "load_text_encoder",

@@ -221,8 +221,8 @@ def problems(cfg: TrainConfig, world_size: int = 1) -> list[str]:
     out = [f"model: {p}" for p in cfg.model.problems()]
     model = cfg.model.build_config() if not out else None
     for section, found in (("trainer", cfg.trainer.problems(world_size)), ("optim", cfg.optim.problems()),
-                           ("data", cfg.data.problems()), ("diffusion", cfg.diffusion.problems()),
-                           ("sampler", cfg.sampler.problems())):
+                           ("data", cfg.data.problems()), ("encoder", cfg.encoder.problems()),
+                           ("diffusion", cfg.diffusion.problems()), ("sampler", cfg.sampler.problems())):
         out += [f"{section}: {p}" for p in found]
     stages = cfg.active_stages()
     if not stages:

@@ -709,7 +709,8 @@ def test_data_bad_options(world, capsys, tmp_path):
                     capsys)
     record("`microdit-data encode` an unknown autoencoder", msg, "unknown autoencoder 'vqgan'")
     msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--size", "4"], capsys)
-    record("`microdit-data synthetic` images of 4 px", msg, "synthetic image size must be in [8, 1024]", "got 4")
+    record("`microdit-data synthetic` images of 4 px", msg, "argument --size: expected a side of at least 8 pixels",
+           "got '4'")
     msg = cli_error(data_cli.main, ["synthetic", str(tmp_path / "syn"), "--size", "100000"], capsys)
     record("`microdit-data synthetic` images of 100000 px", msg, "argument --size: expected an image side of at most "
            "1024 pixels, got '100000'")

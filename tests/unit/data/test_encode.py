@@ -274,6 +274,9 @@ def test_what_a_latent_dataset_was_encoded_from(images, tmp_path, encoders, monk
     assert f"[data] {built} holds no dataset: building the synthetic one there (12 images" in capsys.readouterr().err
     build_synthetic_dataset(SyntheticRecipe(str(built), 12, 16, 0, "pixel:2", "offline:32:16"), progress=False)
     assert capsys.readouterr().err == ""  # kept as it is, silently
+    with pytest.raises(DataError, match=r"built holds pixel:2 latents with offline:32:16 captions, not the run's "
+                                        r"pixel:2 and minilm \(encoder\.autoencoder, encoder\.text_encoder\)"):
+        build_synthetic_dataset(SyntheticRecipe(str(built), 12, 16, 0, "pixel:2", "minilm"), progress=False)
     encode_dataset(images, tmp_path / "lat", *encoders, progress=False)
     assert encoded_from(built) is None and encoded_from(tmp_path / "lat") is None
     own = tmp_path / "mine-img"  # the same pictures under another source, as a prepared set records it

@@ -57,6 +57,30 @@ def test_unknown_autoencoder_name():
         load_autoencoder("pixel:two")
 
 
+@pytest.mark.parametrize("autoencoder, text_encoder, wrong", [
+    ("nosuch", "offline:128:32", ["autoencoder: unknown autoencoder 'nosuch'"]),
+    ("pixel:0", "offline:0", ["autoencoder: encoder 'pixel:0': expected pixel[:F] with integer fields (F >= 1)",
+                              "text_encoder: encoder 'offline:0': expected offline[:DIM[:LENGTH[:SEED]]]"]),
+    ("pixel:2", "offline:128:32:0:9", ["text_encoder: encoder 'offline:128:32:0:9': expected offline"]),
+    ("pixel:2", "offline:128:", ["text_encoder: encoder 'offline:128:': expected offline"]),
+    ("pixel:2", "minilm:0", ["text_encoder: encoder 'minilm:0': expected minilm[:LENGTH]"]),
+    ("pixel:2", "openclip:", ["text_encoder: unknown text encoder 'openclip:'"]),
+    ("offline:128", "pixel:2", ["autoencoder: unknown autoencoder 'offline:128'",
+                                      "text_encoder: unknown text encoder 'pixel:2'"]),
+    ("sdxl", "openclip:ViT-H-14-378-quickgelu:dfn5b", []), ("ORG/REPO:vae", "minilm", []), ("pixel", "offline", []),
+])
+def test_a_config_names_encoders_that_exist(autoencoder, text_encoder, wrong):
+    """A run's encoder names are checked with the rest of its config, without loading anything: a
+    name of no encoder, a field that is not an integer or too small, or one field too many is an
+    error naming the key, where before it trained on an existing dataset and failed at sampling."""
+    from microdit.encoders import EncoderConfig
+
+    found = EncoderConfig(autoencoder, text_encoder).problems()
+    assert len(found) == len(wrong) and all(part in line for part, line in zip(wrong, found, strict=True)), found
+    if not any(w.startswith("text_encoder") for w in wrong) and not text_encoder.startswith("openclip"):
+        assert load_text_encoder(text_encoder) is not None  # a name that passes builds the encoder it names
+
+
 @pytest.fixture(scope="module")
 def small_clip(small_clip_arch):
     return load_text_encoder(f"openclip:{small_clip_arch}")
