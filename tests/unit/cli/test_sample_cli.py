@@ -33,9 +33,10 @@ def test_prompts_from_a_pipe(tmp_path):
     try:
         assert read_prompts(_args(prompts_file=fifo)) == ["a red circle", "a blue square"]
     finally:
+        writer.join(timeout=10)  # a writer whose text was read ends at once (it may still be alive a moment after)
         if writer.is_alive():  # the pipe was not read: read it, so that the writer ends and the test fails
             fifo.read_text()
-        writer.join()
+            writer.join()
 
 
 def test_prompts_from_standard_input(monkeypatch):
