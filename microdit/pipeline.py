@@ -93,6 +93,7 @@ class JobConfig:
 
     experiments: list[str] = field(default_factory=list)
     name: str = ""  # set by compose_job: the job's name in conf/job, or its YAML file's stem
+    file: str = ""  # set by compose_job: a job file's resolved path ("" for a job of conf/job)
     seeds: list[int] = field(default_factory=lambda: [0])
     workers: int = 1
     budgets: list[float] = field(default_factory=list)
@@ -175,6 +176,7 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
     if problems:
         raise ValueError(f"job {spec}: " + "; ".join(problems))
     job.name = job.name or (path.stem if is_file else spec)
+    job.file = str(path.resolve()) if is_file else ""
     return job
 
 
@@ -316,17 +318,19 @@ def report(configs: list[TrainConfig], job: JobConfig, out: Path, results: Path)
 
 def report_dir(job: JobConfig, out: Path, claim: bool = False) -> Path:
     """Where ``job``'s report files land: ``out`` itself when ``out`` is its own (the first job to
-    report there, recorded in ``out/job.json``), else ``out/<job name>``. Jobs may share a results
-    folder to reuse each other's runs (images vs steps trains in the main job's ``runs/cpu`` and
-    reuses its runs) without one job's ``results.*`` replacing another's. ``claim``: record ``job``
-    as the owner of a folder that has none (a job does once its checks passed, just before it
-    trains, so that a job refused before training owns nothing)."""
+    report there, recorded in ``out/job.json``: its name, and a job file's path), else
+    ``out/<job name>``. Jobs may share a results folder to reuse each other's runs (images vs steps
+    trains in the main job's ``runs/cpu`` and reuses its runs) without one job's ``results.*``
+    replacing another's; a job file named like the folder's job (a copy of ``main.yaml``) is
+    refused rather than taken for it. ``claim``: record ``job`` as the owner of a folder that has
+    none (a job does once its checks passed, just before it trains, so that a job refused before
+    training owns nothing)."""
     record = out / OWNER
-    name = job.name or "job"
+    mine = {"job": job.name or "job"} | ({"file": job.file} if job.file else {})
     owner = _owner(record)
     if owner is None and claim:
         try:  # exclusive: of two jobs starting together, one owns the folder
-            if create_exclusive(record, (json.dumps({"job": name}) + "\n").encode(),
+            if create_exclusive(record, (json.dumps(mine) + "\n").encode(),
                                 kept="no run was trained and no record was left"):
                 return out
             owner = _owner(record)
@@ -335,13 +339,23 @@ def report_dir(job: JobConfig, out: Path, claim: bool = False) -> Path:
         except OSError as err:
             raise ValueError(f"results folder {out} (--out, the job's report.out) is not writable: "
                              f"{err.strerror or err}") from None
-    return out if owner in (None, name) else out / name
+    if owner is None or owner == mine:
+        return out
+    if owner["job"] == mine["job"]:
+        raise ValueError(f"results folder {out} holds the results of job {owner['job']!r} from "
+                         f"{owner.get('file', 'conf/job')}, not from {mine.get('file', 'conf/job')}: give this job "
+                         "another report.out (or another name) so that neither replaces the other's results")
+    return out / mine["job"]
 
 
-def _owner(record: Path) -> str | None:
-    """The job named in a results folder's ``job.json`` (None: no record)."""
+def _owner(record: Path) -> dict | None:
+    """The job recorded in a results folder's ``job.json`` (``{"job": NAME}``, with ``"file"`` for
+    a job file; None: no record)."""
     try:
-        return json.loads(record.read_text())["job"] if record.exists() else None
+        owner = json.loads(record.read_text()) if record.exists() else None
+        if owner is not None and not (isinstance(owner["job"], str) and isinstance(owner.get("file", ""), str)):
+            raise TypeError
+        return owner
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f"{record}: expected {{\"job\": NAME}}, the job whose results are in {record.parent}; "
                          "delete it to give the folder to this job") from None

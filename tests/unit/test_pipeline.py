@@ -120,6 +120,19 @@ def test_jobs_sharing_a_results_folder_keep_each_others_results(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("experiments: [cpu_masking_naive75]\n")
     assert report_dir(compose_job(str(path)), out) == out / "mine"  # a job file: its stem
+    copy = tmp_path / "copy" / "main.yaml"  # a copy of the main job, changed: not the job whose results are there
+    copy.parent.mkdir()
+    copy.write_text((CONF_DIR / "job" / "main.yaml").read_text().replace("seeds: [0, 1, 2, 3, 4]", "seeds: [0, 1]"))
+    with pytest.raises(ValueError, match=rf"results folder {out} holds the results of job 'main' from conf/job, not "
+                                         rf"from {copy}: give this job another report.out"):
+        report_dir(compose_job(str(copy)), out, claim=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert report_dir(compose_job(str(copy)), elsewhere, claim=True) == elsewhere  # its own folder: its own
+    assert json.loads((elsewhere / "job.json").read_text()) == {"job": "main", "file": str(copy)}
+    assert report_dir(compose_job(str(copy)), elsewhere) == elsewhere
+    with pytest.raises(ValueError, match=rf"holds the results of job 'main' from {copy}, not from conf/job"):
+        report_dir(main, elsewhere)
     (out / "job.json").write_text("not json")
     with pytest.raises(ValueError, match=r"job\.json: expected \{\"job\": NAME\}"):
         report_dir(main, out)
