@@ -366,14 +366,17 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why:
                             f"the run's {recipe.autoencoder} and {recipe.text_encoder} (encoder.autoencoder, "
                             f"encoder.text_encoder): give these encoders another data folder (data.folders), or "
                             f"delete {folder} to encode it again")
+        _refuse_other_draw(folder, recipe.differs(manifest), images)
         return manifest
     if not (folder / "manifest.json").is_file():
         print(f"[data] {folder} holds no dataset: building the synthetic one there ({recipe.samples} images, "
               f"scene {scene}, seed {seed}{'; ' + why if why else ''})", file=sys.stderr)
     autoencoder = load_autoencoder(recipe.autoencoder)
-    if not (images / "manifest.json").is_file():
+    size = recipe.latent_size * autoencoder.downsample if recipe.latent_size else recipe.size
+    if (images / "manifest.json").is_file():
+        _refuse_other_draw(images, recipe.differs(load_manifest(images), size), folder)
+    else:
         try:
-            size = recipe.latent_size * autoencoder.downsample if recipe.latent_size else recipe.size
             samples = synthetic_samples(seed, recipe.samples, size, scene)
             write_image_dataset(images, samples, size, list(SHAPES), source)
         except DataError:
@@ -381,3 +384,11 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why:
                 raise
             # another process built the same images meanwhile: they are a pure function of (seed, index)
     return encode_dataset(images, folder, autoencoder, load_text_encoder(recipe.text_encoder), progress=progress)
+
+
+def _refuse_other_draw(folder: Path, found: str | None, other: Path) -> None:
+    """A synthetic dataset (latents or images) drawn at another sample count or size than asked."""
+    if found:
+        raise DataError(f"{folder} holds {found} (data.prepare_samples and data.prepare_size; a job's held-out "
+                        f"and probe splits: eval.held_out_samples, eval.probe_samples): give them another folder, "
+                        f"or delete {folder} and {other} to build them again")

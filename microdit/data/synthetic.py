@@ -26,10 +26,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from microdit.data.images import MAX_SIDE
+
+if TYPE_CHECKING:
+    from microdit.data.manifest import Manifest
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "hexagon", "heart", "bar")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 230), "yellow": (240, 210, 40),
@@ -210,4 +214,17 @@ class SyntheticRecipe:
         """A split for the probe that no generator trains or is evaluated on: ``samples`` images
         drawn with the seed after the held-out split's into ``FOLDER-probe``."""
         return dataclasses.replace(self, folder=self.folder + "-probe", samples=samples, seed=self.seed + 2)
+
+    def differs(self, manifest: Manifest, size: int | None = None) -> str | None:
+        """What a built dataset's ``manifest`` holds where it is not this recipe's sample count
+        and size (its latents; or with ``size``, its images of that side), else None."""
+        if size is None and self.latent_size:
+            found, wanted, unit = (manifest.latent_shape or [0])[-2:], [self.latent_size] * 2, ("latents of ", "")
+        else:
+            found, wanted, unit = manifest.image_size, [size or self.size] * 2, ("images of ", " px")
+        if manifest.samples == self.samples and found == wanted:
+            return None
+        side = "x".join(map(str, found or ["?"]))
+        return (f"{manifest.samples} synthetic {unit[0]}{side}{unit[1]}, not the {self.samples} of "
+                f"{wanted[0]}x{wanted[1]}{unit[1]} asked for")
 

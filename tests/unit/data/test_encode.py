@@ -1,8 +1,10 @@
 """Encoding image shards into latent shards: round trip, resumable after an interruption, bad samples."""
 
+import dataclasses
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +262,31 @@ def test_each_launcher_gives_its_share():
     for bad in ({"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "2", "WORLD_SIZE": "2"}):
         with pytest.raises(DataError, match="rank"):
             Share.from_env(bad)
+
+
+def test_a_synthetic_dataset_of_another_count_or_size_is_refused(tmp_path):
+    """A built synthetic dataset (latents, or its images where the latents are gone) is kept only
+    at the sample count and size asked for; otherwise refused, nothing changed. A stage at its own
+    resolution compares latent sides."""
+    from microdit.data.encode import build_synthetic_dataset
+    from microdit.data.synthetic import SyntheticRecipe
+
+    recipe = SyntheticRecipe(str(tmp_path / "lat"), 12, 16, 0, "pixel:2", "offline:32:16")
+    build_synthetic_dataset(recipe, progress=False)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and ".cache" not in p.parts}
+    for other, found in ((dataclasses.replace(recipe, samples=20), "images of 16x16 px, not the 20 of 16x16 px"),
+                         (dataclasses.replace(recipe, size=32), "images of 16x16 px, not the 12 of 32x32 px"),
+                         (dataclasses.replace(recipe, latent_size=16), "latents of 8x8, not the 12 of 16x16")):
+        with pytest.raises(DataError, match=re.escape(f"lat holds 12 synthetic {found} asked for (data.")):
+            build_synthetic_dataset(other, progress=False)
+    assert build_synthetic_dataset(dataclasses.replace(recipe, latent_size=8), progress=False).samples == 12
+    shutil.rmtree(tmp_path / "lat")  # the images are left: they are checked before being encoded
+    with pytest.raises(DataError, match=r"lat-images holds 12 synthetic images of 16x16 px, not the 20 of 16x16 px "
+                                        r"asked for .* or delete .*lat-images and .*lat to build them again"):
+        build_synthetic_dataset(dataclasses.replace(recipe, samples=20), progress=False)
+    assert not (tmp_path / "lat").exists()
+    assert all(p.read_bytes() == b for p, b in before.items() if p.exists())
+    assert build_synthetic_dataset(recipe, progress=False).samples == 12
 
 
 def test_what_a_latent_dataset_was_encoded_from(images, tmp_path, encoders, monkeypatch, capsys):
