@@ -15,6 +15,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from microdit.files import unwritable
+
 CACHE_ENV = "MICRODIT_CACHE"
 
 
@@ -24,10 +26,12 @@ def user_cache_root() -> Path:
 
 
 def _writable(path: Path, stop: Path) -> bool:
-    """Whether ``path`` can be created or written: its first existing ancestor up to ``stop`` is writable."""
+    """Whether ``path`` can be created or written: its first existing ancestor up to ``stop`` is a
+    folder that takes a file (:func:`microdit.files.unwritable`: its permission bits, then a file
+    made there and removed, since root passes every bit yet may not write a read-only mount)."""
     while not path.exists() and path != stop:
         path = path.parent
-    return os.access(path, os.W_OK)
+    return path.is_dir() and unwritable(path) is None
 
 
 def dataset_cache(folder: str | Path, relative: str) -> Path:

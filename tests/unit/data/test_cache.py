@@ -21,7 +21,7 @@ def read_only(monkeypatch, tmp_path):
     shared.mkdir()
     real_access = os.access
     monkeypatch.setattr(cache.os, "access", lambda p, mode: False if str(p).startswith(str(shared)) and
-                        mode == os.W_OK else real_access(p, mode))
+                        mode & os.W_OK else real_access(p, mode))
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "user-cache"))
     return shared
 
@@ -54,9 +54,10 @@ def test_a_cache_already_beside_a_read_only_dataset_is_read_there(read_only):
 
 def test_a_read_only_dataset_is_hashed_once(read_only, tmp_path, monkeypatch):
     data_main(["synthetic", str(tmp_path / "img"), "--num", "6", "--size", "16"])
-    data_main(["encode", str(tmp_path / "img"), str(read_only / "lat"), "--text-encoder", "offline:32:8",
+    data_main(["encode", str(tmp_path / "img"), str(tmp_path / "lat"), "--text-encoder", "offline:32:8",
                "--device", "cpu"])
-    shutil.rmtree(tmp_path / "user-cache", ignore_errors=True)  # as if built elsewhere, then shared
+    shutil.copytree(tmp_path / "lat", read_only / "lat")  # built elsewhere, then shared
+    shutil.rmtree(tmp_path / "user-cache", ignore_errors=True)
     (read_only / "lat" / encode.VERIFIED).unlink(missing_ok=True)
     hashed = []
     real = encode.sha256_of
@@ -80,3 +81,13 @@ def test_a_user_cache_that_cannot_be_created_says_what_to_set(read_only, tmp_pat
                                               rf"folder .*, but {plain / 'cache'}/data-\w+/probe cannot be created "
                                               r"\(Not a directory\): set MICRODIT_CACHE to a folder you can write$"):
         dataset_cache(folder, "probe/p.pt")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux's /proc")
+def test_a_folder_that_takes_no_file_caches_in_the_user_cache(tmp_path, monkeypatch):
+    """The permission bits are not the whole answer: root passes them for /proc (as for a read-only
+    mount or an NFS share that squashes root), where no file can be made; such a dataset folder's
+    caches go to the user cache, not to a PermissionError at mkdir."""
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "user-cache"))
+    path = dataset_cache("/proc", "probe/p.pt")
+    assert path.is_relative_to(tmp_path / "user-cache") and path.parent.is_dir()
