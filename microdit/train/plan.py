@@ -168,11 +168,15 @@ def stage_at(stages: list[Stage], index: int) -> Stage:
     return stages[min(index, len(stages) - 1)]
 
 
+def synthetic_recipes(cfg: TrainConfig) -> list[SyntheticRecipe]:
+    """The synthetic datasets a run with ``data.prepare=synthetic`` builds where missing: that of
+    its ``data.folders[0]`` and of every stage (its resolved ``dataset`` recipe), each once."""
+    return list(dict.fromkeys([_recipe(cfg, StageConfig(), cfg.data)] + [stage.dataset for stage in resolve(cfg)]))
+
+
 def prepare_synthetic(cfg: TrainConfig) -> None:
-    """Build and encode, where missing, the synthetic dataset of the run's ``data.folders[0]`` and
-    of every stage (its resolved ``dataset`` recipe), each once."""
-    recipes = [_recipe(cfg, StageConfig(), cfg.data)] + [stage.dataset for stage in resolve(cfg)]
-    for recipe in dict.fromkeys(recipes):
+    """Build and encode, where missing, the run's :func:`synthetic_recipes`."""
+    for recipe in synthetic_recipes(cfg):
         build_synthetic_dataset(recipe, cfg.trainer.progress,
                                 why="data.prepare=synthetic; with data.prepare=none a missing folder is an error")
 

@@ -1,6 +1,7 @@
 """The experiment language as a library: jobs are Hydra configs (composed, inherited, overridden
 and validated like any other), and a job runs end to end from a Python call."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -9,10 +10,11 @@ import pytest
 import yaml
 
 from microdit.eval.metrics import EXTRACTORS
-from microdit.experiment import CONF_DIR
+from microdit.experiment import CONF_DIR, compose_config
+from microdit.job_runs import run_splits
 from microdit.pipeline import JobConfig, compose_job, job_configs, report_dir, run_job
 from microdit.pretrained import WeightsUnavailable
-from microdit.train.plan import resolve, unused_budget
+from microdit.train.plan import resolve, synthetic_recipes, unused_budget
 
 JOBS = sorted(p.stem for p in (CONF_DIR / "job").glob("*.yaml"))
 
@@ -29,6 +31,32 @@ def test_every_job_composes_and_its_runs_validate(name, tmp_path):
     assert all(str(c.trainer.run_dir).startswith(str(tmp_path / "seed")) for c in configs)
     # no run carries a budget it does not use (its trainer would print a note per run)
     assert [c.trainer.name for c in configs if unused_budget(resolve(c), c.trainer.budget_flops)] == []
+
+
+def test_no_two_built_in_configs_ask_one_folder_for_two_datasets():
+    """A synthetic folder holds one dataset (another sample count, size, seed, scene or encoders
+    there is refused when a run prepares it), so the default run, every protocol and experiment and
+    every job's runs with their held-out and probe splits ask each folder for one recipe: the default
+    run's 20,000 images and cpu_ablation's 10,000 once shared data/synthetic, and whichever ran first
+    decided what the other trained on."""
+    asked = {}
+    configs = [("default", compose_config([]))]
+    configs += [(f"protocol {p.stem}", compose_config([f"protocol={p.stem}"]))
+                for p in (CONF_DIR / "protocol").glob("*.yaml")]
+    configs += [(f"experiment {p.stem}", compose_config([f"experiment={p.stem}"]))
+                for p in (CONF_DIR / "experiment").glob("*.yaml")]
+    for name in JOBS:
+        job = compose_job(name)
+        configs += [(f"job {name}", cfg, job) for cfg in job_configs(job, Path("runs"))]
+    for who, cfg, *job in configs:
+        if cfg.data.prepare != "synthetic":
+            continue
+        recipes = synthetic_recipes(cfg) + (list(run_splits(cfg, job[0])[1:]) if job else [])
+        for recipe in recipes:
+            asked.setdefault(recipe.folder, {}).setdefault(dataclasses.replace(recipe, folder=""), set()).add(who)
+    shared = {folder: by for folder, by in asked.items() if len(by) > 1}
+    assert shared == {}
+    assert {"data/synthetic", "data/synthetic-ablation", "data/synthetic-minilm-one-object-probe"} <= set(asked)
 
 
 def test_a_job_inherits_another_and_says_only_what_differs():

@@ -96,7 +96,8 @@ def test_run_changes_name_what_would_mix_two_runs(tmp_path):
     saved = run_config(tmp_path / "config.yaml")
     assert run_changes(saved, cfg) == []
     moved = compose_config(["protocol=cpu_ablation", "trainer.run_dir=/scratch/runs", "trainer.threads=1",
-                            "trainer.grad_accum=2", "sampler.steps=40", "data.folders=[/mnt/shared/data/synthetic]"])
+                            "trainer.grad_accum=2", "sampler.steps=40",
+                            "data.folders=[/mnt/shared/data/synthetic-ablation]"])
     assert run_changes(saved, moved) == []
     other = compose_config(["protocol=cpu_ablation", "trainer.budget_flops=1.6e13", "stages.pretrain.mask.ratio=0.5",
                             "data.folders=[data/synthetic-minilm]", "trainer.seed=1"])
