@@ -390,5 +390,5 @@ def _refuse_other_draw(folder: Path, found: str | None, other: Path) -> None:
     """A synthetic dataset (latents or images) drawn at another sample count or size than asked."""
     if found:
         raise DataError(f"{folder} holds {found} (data.prepare_samples and data.prepare_size; a job's held-out "
-                        f"and probe splits: eval.held_out_samples, eval.probe_samples): give them another folder, "
-                        f"or delete {folder} and {other} to build them again")
+                        f"and probe splits: eval.held_out_samples, eval.probe_samples): give them another folder "
+                        f"(data.folders), or delete {folder} and {other} to build them again")
