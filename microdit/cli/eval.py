@@ -1,6 +1,6 @@
 """``microdit-eval``: measure a run, or build reference statistics.
 
-    microdit-eval run runs/my-run --dataset data/synthetic-eval --num-samples 1000 --metrics probe
+    microdit-eval run runs/my-run --dataset held-out --num-samples 300   # synthetic data: its held-out split
     microdit-eval run runs/my-run --dataset data/cc-eval --metrics fid,clip_fid,clip_score,probe --device cuda
     microdit-eval stats data/cc-eval-images --metrics fid,clip_fid   # cache reference statistics
     microdit-eval coco runs/xl-final --coco data/coco2014 --device cuda   # COCO-30K FID and CLIP score (Table 3)
@@ -19,7 +19,7 @@ from microdit.cli.options import add_sampler_options, positive_int, sampler_over
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError, load_manifest
 from microdit.eval import coco
-from microdit.eval.evaluate import EvalSettings, evaluate
+from microdit.eval.evaluate import HELD_OUT, HELD_OUT_SAMPLES, EvalSettings, evaluate, held_out_split
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import EXTRACTORS, METRICS, check_names, reference_stats, stats_metrics
 from microdit.files import WriteError
@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     p = sub.add_parser("run", help="generate samples and compute metrics into the run's metrics.json")
     p.add_argument("run", type=Path, help="run folder (latest checkpoint) or checkpoint folder")
-    p.add_argument("--dataset", type=Path, required=True, help="evaluation latent dataset (held-out split)")
+    p.add_argument("--dataset", required=True,
+                   help=f"evaluation latent dataset (held-out split); '{HELD_OUT}': the held-out split of the run's "
+                        f"synthetic training data (FOLDER-eval, {HELD_OUT_SAMPLES} images drawn with the next seed, "
+                        "built where missing: what the CPU jobs evaluate on; a folder of that name: ./held-out)")
     p.add_argument("--name", help="name of this evaluation (default: the dataset folder's name)")
     p.add_argument("--probe-dataset", type=Path, help="dataset the probe is trained on (default: the run's data)")
     p.add_argument("--probe-steps", type=positive_int, default=EvalSettings.probe_steps,
@@ -125,7 +128,8 @@ def _evaluate(args: argparse.Namespace) -> dict | None:
             entry = coco.evaluate_coco(args.run, args.coco, settings, args.captions, args.coco_seed, args.resolution,
                                        args.name, device, info.rank, info.world_size)
         else:
-            entry = evaluate(args.run, args.dataset, settings, args.name, args.probe_dataset, device, info.rank,
+            dataset = held_out_split(args.run) if args.dataset == HELD_OUT else Path(args.dataset)
+            entry = evaluate(args.run, dataset, settings, args.name, args.probe_dataset, device, info.rank,
                              info.world_size)
     except (DataError, ValueError, FileNotFoundError, PermissionError, CheckpointError, WriteError) as err:
         raise SystemExit(f"microdit-eval: error: {err}") from None

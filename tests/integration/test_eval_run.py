@@ -119,6 +119,43 @@ def test_eval_cli_errors(run, capsys):
         eval_main(["run", str(run), "--dataset", str(run / "nowhere")])
 
 
+def test_eval_on_the_held_out_split_of_a_runs_synthetic_data(run, tmp_path, monkeypatch, capsys):
+    """`--dataset held-out`: the split a CPU job evaluates a run on (FOLDER-eval: 1,000 images drawn
+    with the next seed, its encoders), built where missing and then reused; refused in one line for
+    a run trained on data of its own and for an export, which keeps no training config."""
+    from microdit.eval.evaluate import HELD_OUT_SAMPLES
+    from microdit.job_runs import run_splits
+    from microdit.pipeline import JobConfig
+
+    monkeypatch.chdir(tmp_path)  # the run's data folder is relative, as a job's are
+    overrides = [o for o in base_overrides(tmp_path, Path("data/syn"), "syn") if o != "data.prepare=none"]
+    cfg = compose_config([*overrides, "data.prepare_samples=40"])
+    train(cfg)
+    args = ["run", str(tmp_path / "runs" / "syn"), "--dataset", "held-out", "--num-samples", "4", "--steps", "2",
+            "--probe-steps", "5", "--batch-size", "4"]
+    eval_main(args)
+    split = run_splits(cfg, JobConfig())[1]
+    assert split.folder == "data/syn-eval" and HELD_OUT_SAMPLES == JobConfig().eval.held_out_samples
+    manifest = load_manifest("data/syn-eval")
+    assert manifest.samples == 1000 and load_manifest("data/syn-eval-images").source == "synthetic(seed=1)"
+    assert manifest.text_encoder == cfg.encoder.text_encoder and manifest.autoencoder == cfg.encoder.autoencoder
+    entry = read_metrics(tmp_path / "runs" / "syn")[-1]
+    assert entry["eval_dataset"] == "data/syn-eval" and entry["name"] == "syn-eval" and entry["num_samples"] == 4
+    capsys.readouterr()
+    eval_main(args)  # the split is reused, not drawn again
+    assert "building" not in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--dataset held-out: .*tiny trained on data of its own \(.*data, "
+                                         r"data\.prepare=none\), which has no synthetic held-out split"):
+        eval_main(["run", str(run), "--dataset", "held-out"])
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(next((tmp_path / "runs" / "syn").rglob(name)), export / name)
+    with pytest.raises(SystemExit, match=r"^microdit-eval: error: --dataset held-out: .*export is an export, which "
+                                         r"keeps no training config"):
+        eval_main(["run", str(export), "--dataset", "held-out"])
+
+
 def test_sample_cli_text_and_image_to_image(run, tmp_path):
     sample_main([str(run), "--prompt", "a red circle on the left", "--prompt", "a blue star", "--steps", "3",
                  "--out", str(tmp_path / "t2i"), "--seed", "7"])
