@@ -2,6 +2,7 @@
 write markdown tables (mean ± 95% confidence interval over the runs of a group, e.g. seeds) and plots.
 
     microdit-results runs --out results.csv
+    microdit-results runs --group-by trainer.group,stages.pretrain.mask.ratio   # every quality column
     microdit-results runs --group-by trainer.group,stages.pretrain.mask.ratio,model.overrides.mixer_depth \\
         --metrics eval.synthetic-eval.probe_fd,eval.synthetic-eval.probe_acc_mean,cost.flops --markdown table.md
     microdit-results runs --plot stages.pretrain.mask.ratio:eval.synthetic-eval.probe_fd \\
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from pathlib import Path
 
+from microdit.eval.metrics import quality_columns
 from microdit.eval.results import collect, contrast_table, markdown_table, plot, write_csv
 from microdit.files import WriteError, not_a_folder, write_atomic
 from microdit.train.logging import training_plot
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group-by", default="", help="comma-separated config keys, one table line per value "
                         "(default: none, one line)")
     parser.add_argument("--metrics", default="", help="comma-separated columns to aggregate into a table "
-                        "(default: none, no table)")
+                        "(default: none, no table; with --group-by, the runs' quality columns: FID and CLIP score "
+                        "where measured, else the probe's)")
     parser.add_argument("--contrasts", action="append", default=[], metavar="'A vs B'",
                         help="a planned contrast between two values of the first --group-by key (repeatable): "
                              "the table then reports these only, paired by seed, instead of every pair")
@@ -111,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         roots = ", ".join(f"{r}" + ("" if r.is_dir() else f" ({not_a_folder(r)})") for r in args.roots)
         raise SystemExit(f"microdit-results: error: no run folders (with config.yaml) under {roots}")
+    if args.group_by and not args.metrics:
+        args.metrics = ",".join(quality_columns(rows))
+        if not args.metrics:
+            print("microdit-results: no run is evaluated yet (microdit-eval run RUN --dataset ...): no table; "
+                  "--metrics names the columns to aggregate", file=sys.stderr)
     try:
         check_options(args, rows)
         table = results_table(args, rows)  # before anything is written: its errors are the options'

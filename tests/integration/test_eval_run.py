@@ -216,3 +216,15 @@ def test_results_cli(run, tmp_path, capsys):
     assert (tmp_path / "results-training.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().count("\n") == 2
     assert (tmp_path / "results-eval_quick_probe_fd-vs-eval_quick_nimg.png").stat().st_size > 1000
+    # --group-by alone (the README's command): a table of the runs' quality columns, here the probe's
+    results_main([str(run.parent), "--out", str(tmp_path / "grouped.csv"), "--group-by", "stages.pretrain.mask.ratio"])
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| stages"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[0] == "stages.pretrain.mask.ratio" and columns[-1] == "runs"
+    assert {"eval.quick.probe_acc_mean", "eval.quick.probe_fd", "eval.quick.probe_kid"} <= set(columns)
+    assert {c.rsplit(".", 1)[-1] for c in columns[1:-1]} == {"probe_acc_mean", "probe_fd", "probe_kid"}
+    unevaluated = tmp_path / "unevaluated"
+    shutil.copytree(run, unevaluated / "tiny", ignore=shutil.ignore_patterns("metrics.json", "eval"))
+    results_main([str(unevaluated), "--out", str(tmp_path / "none.csv"), "--group-by", "stages.pretrain.mask.ratio"])
+    out, err = capsys.readouterr()
+    assert "| stages" not in out and "no run is evaluated yet (microdit-eval run RUN --dataset ...): no table" in err
