@@ -4,9 +4,10 @@ the runs Hydra's basic sweeper launches."""
 import itertools
 import math
 
+import pytest
 from hydra import compose, initialize_config_dir
 
-from microdit.experiment import CONF_DIR, sweep_points
+from microdit.experiment import CONF_DIR, compose_config, sweep_points
 
 
 def as_dicts(points: list[list[str]]) -> list[dict[str, str]]:
@@ -41,3 +42,22 @@ def test_an_experiments_own_sweep_is_expanded_and_the_command_line_wins():
     others = {k: v for k, v in params.items() if k != pinned}
     assert len(points) == math.prod(len(v) for v in others.values())
     assert {tuple(p[k] for k in others) for p in points} == set(itertools.product(*others.values()))
+
+
+def test_an_experiment_of_ones_own_outside_the_package(tmp_path, monkeypatch):
+    """The README's way to add an ablation to an installed package: a conf/experiment/ of one's own,
+    found through Hydra's search path (a relative file:// path reads from the working folder);
+    its sweep is expanded like a built-in experiment's, and without the search path it is not found."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /protocol: cpu_ablation\n"
+        "model: {overrides: {mixer_depth: 1}}\n"
+        "hydra: {sweeper: {params: {stages.pretrain.mask.ratio: '0.5,0.75'}}}\n")
+    monkeypatch.chdir(tmp_path)
+    overrides = ["experiment=mine", "hydra.searchpath=[file://conf]"]
+    cfg = compose_config(overrides)
+    assert cfg.model.overrides.mixer_depth == 1 and cfg.trainer.run_dir == "runs/cpu"
+    points = as_dicts(sweep_points(overrides))
+    assert sorted(p["stages.pretrain.mask.ratio"] for p in points) == ["0.5", "0.75"]
+    with pytest.raises(ValueError, match="Could not find 'experiment/mine'"):
+        compose_config(["experiment=mine"])
