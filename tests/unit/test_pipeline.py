@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from microdit.cli.eval import main as eval_main
 from microdit.eval.metrics import EXTRACTORS
 from microdit.experiment import CONF_DIR, compose_config
 from microdit.job_runs import run_splits
@@ -200,6 +201,12 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch, capfd):
         (s, n) for s in (0, 1) for n in ("cpu-naive75", "cpu-deferred75", "cpu-naive75-eqsteps")}
     entry = json.loads((tmp_path / "out" / "seed0" / "cpu-naive75" / "metrics.json").read_text())["entries"][0]
     assert (entry["seed"], entry["prompt_seed"]) == (0, 0)  # seed s: noise seeds 1e6 * s + i, prompts drawn with s
+    data = "data/synthetic-minilm-one-object"  # experiments/README's command for one run's evaluation by hand
+    eval_main(["run", "out/seed0/cpu-naive75", "--dataset", f"{data}-eval", "--probe-dataset", f"{data}-probe",
+               "--probe-steps", "5", "--num-samples", "8", "--batch-size", "100", "--seed", "0", "--prompt-seed", "0",
+               "--name", "by-hand"])
+    by_hand = json.loads((tmp_path / "out" / "seed0" / "cpu-naive75" / "metrics.json").read_text())["entries"][-1]
+    assert by_hand["name"] == "by-hand" and by_hand["metrics"] == entry["metrics"]
     capfd.readouterr()
     again, _ = run_job(job, out=tmp_path / "out", extra=small)
     assert [r["eval.heldout.probe_fd"] for r in again] == [r["eval.heldout.probe_fd"] for r in rows]
