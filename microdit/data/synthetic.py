@@ -227,4 +227,3 @@ class SyntheticRecipe:
         side = "x".join(map(str, found or ["?"]))
         return (f"{manifest.samples} synthetic {unit[0]}{side}{unit[1]}, not the {self.samples} of "
                 f"{wanted[0]}x{wanted[1]}{unit[1]} asked for")
-
