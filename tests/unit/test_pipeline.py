@@ -63,7 +63,8 @@ def test_no_two_built_in_configs_ask_one_folder_for_two_datasets():
 def test_a_job_inherits_another_and_says_only_what_differs():
     study, one_object = compose_job("masking_study"), compose_job("masking_study_one_object")
     assert one_object.experiments == study.experiments and one_object.seeds == study.seeds
-    assert one_object.eval == study.eval
+    assert dataclasses.replace(one_object.eval, probe_samples=study.eval.probe_samples) == study.eval
+    assert one_object.eval.probe_samples == 2000  # the probe split its committed results were measured with
     assert one_object.overrides != study.overrides and one_object.report != study.report
     text = (CONF_DIR / "job" / "masking_study_one_object.yaml").read_text()
     assert "experiments" not in yaml.safe_load(text)  # the five cells are written once
