@@ -24,7 +24,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from microdit import run as runs
-from microdit.eval.evaluate import HELD_OUT_SAMPLES
 from microdit.eval.job_rows import chance_table, reference_rows, stage_rows
 from microdit.eval.metrics import check_names, metric_columns
 from microdit.eval.trend import budget_tag
@@ -48,7 +47,7 @@ class JobEval:
     spread across seeds includes the evaluation's. With ``evaluate_stages`` every stage end is
     evaluated, not only the run's end."""
 
-    held_out_samples: int = HELD_OUT_SAMPLES
+    held_out_samples: int = runs.HELD_OUT_SAMPLES
     num_samples: int = 300
     probe_steps: int = 1000
     probe_samples: int = 5000

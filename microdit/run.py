@@ -1,7 +1,8 @@
 """A trained run as its readers see it: the checkpoint folder format, the network of a run,
 checkpoint or export with its config and the encoders its data was encoded with, the one check
 that a dataset or text encoder fits a network (the trainer applies it to its stages' data too:
-:func:`check_stage_data`), and prompts -> images with a loaded model.
+:func:`check_stage_data`), the held-out split of a run's synthetic data (:func:`held_out_split`), and
+prompts -> images with a loaded model.
 
 The trainer writes runs (:mod:`microdit.train.checkpoint` holds the write side); its sample grids,
 ``microdit-sample`` and ``microdit-eval`` read them through this module. A run folder holds
@@ -28,7 +29,13 @@ from microdit.encoders import load_autoencoder, load_text_encoder
 from microdit.files import WriteError
 from microdit.locks import LockHeld
 from microdit.models import MicroDiT, MicroDiTConfig
-from microdit.models.microdit import PRETRAINED_WEIGHTS, WEIGHTS_KEY, pretrained_encoders, pretrained_metadata
+from microdit.models.microdit import (
+    PRETRAINED_CONFIG,
+    PRETRAINED_WEIGHTS,
+    WEIGHTS_KEY,
+    pretrained_encoders,
+    pretrained_metadata,
+)
 from microdit.train.config import TrainConfig, run_changes
 from microdit.train.guard import NonFiniteError
 from microdit.train.plan import Stage, resolve, stage_at
@@ -36,6 +43,10 @@ from microdit.train.plan import Stage, resolve, stage_at
 CONFIG = "config.yaml"
 META = "meta.json"
 STATE = "state.pt"
+
+
+HELD_OUT = "held-out"  # microdit-eval run --dataset held-out: the run's own held-out split (held_out_split)
+HELD_OUT_SAMPLES = 1000  # images in a synthetic dataset's held-out split, FOLDER-eval (every CPU job's default)
 
 
 class CheckpointError(RuntimeError):
@@ -128,6 +139,30 @@ def saved_config_changes(folder: Path, cfg: TrainConfig) -> list[str]:
     """:func:`~microdit.train.config.run_changes` between the config written in ``folder`` (a run
     or a checkpoint, ``FOLDER/config.yaml``) and ``cfg``; none when ``folder`` holds no config."""
     return run_changes(run_config(folder / CONFIG), cfg) if (folder / CONFIG).is_file() else []
+
+
+def held_out_split(run: str | Path) -> Path:
+    """The held-out split of the synthetic dataset a run (or checkpoint) trained on, built where
+    missing: ``FOLDER-eval``, :data:`HELD_OUT_SAMPLES` images drawn with the seed after the
+    training set's, encoded alike; the split every CPU job evaluates its runs on. ``FOLDER`` is the
+    run's ``data.folders[0]`` as its config names it (from where it trained)."""
+    from microdit.data.encode import build_synthetic_dataset
+
+    try:
+        config = resolve_checkpoint(run) / CONFIG
+    except FileNotFoundError:
+        if not (Path(run) / PRETRAINED_CONFIG).is_file():
+            raise
+        raise ValueError(f"--dataset {HELD_OUT}: {run} is an export, which keeps no training config to draw the "
+                         "split from: give --dataset a held-out split of the data it was trained on") from None
+    cfg = run_config(config)
+    if cfg.data.prepare != "synthetic":
+        raise ValueError(f"--dataset {HELD_OUT}: {run} trained on data of its own ({cfg.data.folders[0]}, "
+                         f"data.prepare={cfg.data.prepare}), which has no synthetic held-out split: give --dataset "
+                         "a held-out split of that data")
+    split = resolve(cfg)[0].dataset.held_out(HELD_OUT_SAMPLES)
+    build_synthetic_dataset(split)
+    return Path(split.folder)
 
 
 @dataclass

@@ -19,13 +19,13 @@ from microdit.cli.options import add_sampler_options, positive_int, sampler_over
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError, load_manifest
 from microdit.eval import coco
-from microdit.eval.evaluate import HELD_OUT, HELD_OUT_SAMPLES, EvalSettings, evaluate, held_out_split
+from microdit.eval.evaluate import EvalSettings, evaluate
 from microdit.eval.features import CLIP_FID_MODEL, CLIP_SCORE_MODEL
 from microdit.eval.metrics import EXTRACTORS, METRICS, check_names, reference_stats, stats_metrics
 from microdit.files import WriteError
 from microdit.host_memory import keep_freed_memory
 from microdit.launch import adopt_launcher_env, local_device
-from microdit.run import CheckpointError
+from microdit.run import HELD_OUT, HELD_OUT_SAMPLES, CheckpointError, held_out_split
 
 
 def _generation_options(p: argparse.ArgumentParser, device: str) -> None:

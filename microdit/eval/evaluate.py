@@ -27,11 +27,9 @@ from microdit.eval.metrics import METRICS, EvalInputs, check_names
 from microdit.files import remove_stale_tmps, unwritable, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress
-from microdit.run import LoadedModel, check_fits_model, fit_problems, load_model, reason, resolve_checkpoint, run_config
+from microdit.run import LoadedModel, check_fits_model, fit_problems, load_model, reason
 
 METRICS_FILE = "metrics.json"
-HELD_OUT = "held-out"  # microdit-eval run --dataset held-out: the run's own held-out split (held_out_split)
-HELD_OUT_SAMPLES = 1000  # images in a synthetic dataset's held-out split, FOLDER-eval (every CPU job's default)
 
 
 @dataclass
@@ -120,32 +118,6 @@ def _check_datasets(loaded: LoadedModel, eval_dataset: str | Path, probe_dataset
             raise DataError(f"probe dataset {probe_data} does not fit the model: {'; '.join(problems)}: the probe "
                             "needs data of the model's autoencoder and resolution")
     return manifest, probe_data
-
-
-def held_out_split(run: str | Path) -> Path:
-    """The held-out split of the synthetic dataset a run (or checkpoint) trained on, built where
-    missing: ``FOLDER-eval``, :data:`HELD_OUT_SAMPLES` images drawn with the seed after the
-    training set's, encoded alike; the split every CPU job evaluates its runs on. ``FOLDER`` is the
-    run's ``data.folders[0]`` as its config names it (from where it trained)."""
-    from microdit.data.encode import build_synthetic_dataset
-    from microdit.models.microdit import PRETRAINED_CONFIG
-    from microdit.train.plan import resolve
-
-    try:
-        config = resolve_checkpoint(run) / "config.yaml"
-    except FileNotFoundError:
-        if not (Path(run) / PRETRAINED_CONFIG).is_file():
-            raise
-        raise ValueError(f"--dataset {HELD_OUT}: {run} is an export, which keeps no training config to draw the "
-                         "split from: give --dataset a held-out split of the data it was trained on") from None
-    cfg = run_config(config)
-    if cfg.data.prepare != "synthetic":
-        raise ValueError(f"--dataset {HELD_OUT}: {run} trained on data of its own ({cfg.data.folders[0]}, "
-                         f"data.prepare={cfg.data.prepare}), which has no synthetic held-out split: give --dataset "
-                         "a held-out split of that data")
-    split = resolve(cfg)[0].dataset.held_out(HELD_OUT_SAMPLES)
-    build_synthetic_dataset(split)
-    return Path(split.folder)
 
 
 def check_writable_run(run_dir: Path) -> None:

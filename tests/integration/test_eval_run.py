@@ -123,9 +123,9 @@ def test_eval_on_the_held_out_split_of_a_runs_synthetic_data(run, tmp_path, monk
     """`--dataset held-out`: the split a CPU job evaluates a run on (FOLDER-eval: 1,000 images drawn
     with the next seed, its encoders), built where missing and then reused; refused in one line for
     a run trained on data of its own and for an export, which keeps no training config."""
-    from microdit.eval.evaluate import HELD_OUT_SAMPLES
     from microdit.job_runs import run_splits
     from microdit.pipeline import JobConfig
+    from microdit.run import HELD_OUT_SAMPLES
 
     monkeypatch.chdir(tmp_path)  # the run's data folder is relative, as a job's are
     overrides = [o for o in base_overrides(tmp_path, Path("data/syn"), "syn") if o != "data.prepare=none"]
