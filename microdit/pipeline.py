@@ -120,6 +120,10 @@ class JobConfig:
         for name in ("held_out_samples", "num_samples", "probe_steps", "probe_samples"):
             if getattr(self.eval, name) < 1:
                 out.append(f"eval.{name} must be a positive integer, got {getattr(self.eval, name)}")
+        if 1 <= self.eval.held_out_samples < 2 * self.eval.num_samples:
+            out.append(f"eval.held_out_samples must be at least 2 x eval.num_samples ({2 * self.eval.num_samples}: "
+                       "each evaluation's prompts and as many other real images for the real-vs-real row), got "
+                       f"{self.eval.held_out_samples}")
         try:
             check_names(self.eval.metrics, where="eval.metrics: ")
         except ValueError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         entry = _evaluate(args)
     if entry is not None:
         print(json.dumps(entry["metrics"], indent=2))
+        if "probe_fd" in entry["metrics"] and "probe_fd_real" not in entry["metrics"]:
+            print(f"microdit-eval: no real-vs-real floor (probe_fd_real, probe_kid_real) to read probe_fd against: "
+                  f"{entry['eval_dataset']} holds fewer than 2 x {entry['num_samples']} images (the prompts' and as "
+                  "many others); evaluate fewer samples (--num-samples) to measure it", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> dict | None:

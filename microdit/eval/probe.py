@@ -250,7 +250,8 @@ def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dic
     - ``probe_fd``: Fréchet distance in probe features; ``probe_kid``: KID there (unbiased at
       small N); with ``real_twin`` (other real latents of the set, as many as there are
       references) the same two between real and real, ``probe_fd_real`` / ``probe_kid_real``: the
-      floor a generator is measured against at this sample count;
+      floor a generator is measured against at this sample count (not measured from fewer: both
+      distances grow as the count falls, so a floor from a smaller twin would read too high);
     - ``probe_acc.<attribute>``: the fraction of samples whose predicted attribute is the prompt's,
       with its 95% bootstrap interval over the prompts (``probe_acc_low`` / ``probe_acc_high``:
       the evaluation's own uncertainty, for one seed);
@@ -276,7 +277,7 @@ def probe_metrics(probe: Probe, generated: torch.Tensor, prompt_labels: list[dic
         out.update({"probe_acc": acc, "probe_acc_mean": float(np.mean([acc[k] for k in distinct])),
                     "probe_acc_low": low, "probe_acc_high": high,
                     "probe_chance": chance, "probe_chance_mean": float(np.mean([chance[k] for k in distinct]))})
-    if real_twin is not None and len(real_twin) >= 2:
+    if real_twin is not None and len(real_twin) == len(reference) >= 2:
         twin_features, _ = probe.predict(real_twin)
         out["probe_fd_real"] = frechet_distance(FeatureStats.of(twin_features), FeatureStats.of(ref_features))
         out["probe_kid_real"] = kernel_inception_distance(twin_features, ref_features)[0]

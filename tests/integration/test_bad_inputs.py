@@ -800,7 +800,7 @@ def test_cpu_job_whose_data_does_not_fit_its_model(capfd, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     argv = ["--out", str(out), "--seeds", "0", "--data", str(tmp_path / "syn"), "eval.held_out_samples=32",
-            "eval.probe_samples=64", "--override", "data.prepare_samples=64",
+            "eval.num_samples=16", "eval.probe_samples=64", "--override", "data.prepare_samples=64",
             "--override", "encoder.text_encoder=offline:128:32"]
     msg = cli_error(cpu_ablation.main, argv, capfd)
     record("`microdit-cpu-ablation` a dataset that does not fit the job's model", msg, "does not fit the model",

@@ -119,6 +119,25 @@ def test_eval_cli_errors(run, capsys):
         eval_main(["run", str(run), "--dataset", str(run / "nowhere")])
 
 
+def test_a_real_vs_real_floor_only_at_the_samples_count(run, tmp_path, capsys):
+    """probe_fd_real / probe_kid_real compare as many real images with the references as were
+    generated: an evaluation set under 2 x n measures no floor (was: one from the fewer left, which
+    reads too high) and the command says why in one line; at 2 x n the floor is there."""
+    data = run.parent.parent / "data"  # 96 images
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval", "metrics.json"))
+    args = ["run", str(copy), "--dataset", str(data), "--steps", "2", "--probe-steps", "30", "--batch-size", "25"]
+    eval_main([*args, "--num-samples", "50"])
+    out, err = capsys.readouterr()
+    assert "probe_fd" in json.loads(out) and "probe_fd_real" not in json.loads(out)
+    assert err.splitlines()[-1] == (f"microdit-eval: no real-vs-real floor (probe_fd_real, probe_kid_real) to read "
+                                    f"probe_fd against: {data} holds fewer than 2 x 50 images (the prompts' and as "
+                                    "many others); evaluate fewer samples (--num-samples) to measure it")
+    eval_main([*args, "--num-samples", "48"])
+    out, err = capsys.readouterr()
+    assert {"probe_fd_real", "probe_kid_real"} <= set(json.loads(out)) and "real-vs-real" not in err
+
+
 def test_eval_on_the_held_out_split_of_a_runs_synthetic_data(run, tmp_path, monkeypatch, capsys):
     """`--dataset held-out`: the split a CPU job evaluates a run on (FOLDER-eval: 1,000 images drawn
     with the next seed, its encoders), built where missing and then reused; refused in one line for

@@ -112,6 +112,8 @@ def test_job_overrides_and_bad_values():
     for overrides, message in ((["eval.bogus=1"], "Key 'bogus' not in 'JobEval'"),
                                (["seeds=[0,x]"], "could not be converted to Integer"),
                                (["eval.probe_steps=0"], "eval.probe_steps must be a positive integer"),
+                               (["eval.held_out_samples=299"], "eval.held_out_samples must be at least 2 x "
+                                                               "eval.num_samples (300: each evaluation's prompts"),
                                (["eval.metrics=[fid,nope]"], "eval.metrics: unknown metric(s) ['nope']"),
                                (["report.columns=[probe_fdd,probe_acc.shape]"],
                                 "report.columns ['probe_fdd'] are not written by eval.metrics ['probe']"),

@@ -115,7 +115,8 @@ def test_distinct_attributes_leave_out_a_renamed_copy():
 
 def test_shuffled_chance_and_real_floor(synthetic):
     """On real held-out latents the probe reads the prompts far above the shuffled-prompt chance,
-    and real vs real at the same n is a small distance: the rows a table reads its arms against."""
+    and real vs real at the same n is a small distance: the rows a table reads its arms against
+    (measured only at the same n)."""
     from microdit.data.reader import read_dataset
     from microdit.eval.probe import dataset_probe, probe_metrics
 
@@ -132,6 +133,8 @@ def test_shuffled_chance_and_real_floor(synthetic):
     assert noisy["probe_fd"] > out["probe_fd_real"] and noisy["probe_kid"] > out["probe_kid_real"]
     again = probe_metrics(probe, real, labels[:150], real, twin, seed=4)
     assert again["probe_acc"] == out["probe_acc"]  # only the shuffle depends on the seed
+    short = probe_metrics(probe, real, labels[:150], real, twin[:149], seed=3)  # a floor at another n: none
+    assert "probe_fd_real" not in short and "probe_kid_real" not in short and short["probe_fd"] == out["probe_fd"]
 
 
 def test_bootstrap_interval_over_prompts():
