@@ -7,6 +7,8 @@
   command line's sweeps crossed with the experiment's own ``hydra.sweeper.params``), found with
   Hydra's public override parser, so every point is validated before any job starts.
 - :func:`validate_run`: everything checked before a run starts, without its data.
+- :func:`equal_steps`: the overrides that give a run another run's optimizer steps;
+  :func:`quoted`: a path or any text as one value of an override.
 
 Jobs, lists of such runs trained and evaluated together, are :mod:`microdit.pipeline`.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 
-from microdit.train.config import TrainConfig, to_train_config, validate
+from microdit.train.config import LENGTHS, TrainConfig, to_train_config, validate
 from microdit.train.plan import check_plan, resolve
 
 CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
@@ -86,6 +88,28 @@ def validate_run(cfg: TrainConfig) -> None:
 
     validate(cfg)
     check_plan(resolve(cfg, caption_length(cfg.encoder.text_encoder)), cfg.trainer.plan_check, say=lambda line: None)
+
+
+def quoted(text: str | Path) -> str:
+    """``text`` as one quoted value of a Hydra override (``trainer.run_dir=...``): a path with ``=``,
+    ``,``, spaces, brackets, quotes or ``${`` stays one string, as it was."""
+    return "'" + str(text).replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def equal_steps(run: TrainConfig, leader: TrainConfig) -> list[str]:
+    """The overrides that make each stage of ``run`` that ``leader`` also has take as many optimizer
+    steps as the leader's stage of that name, sized as :func:`validate_run` sizes them (the caption
+    length of the leader's text encoder): the paper's equal-steps protocol at whatever budget, batch
+    size or masking the leader is given."""
+    from microdit.encoders import caption_length
+
+    own = {stage.name for stage in resolve(run)}
+    out = []
+    for stage in resolve(leader, caption_length(leader.encoder.text_encoder)):
+        if stage.name in own:
+            out += [f"stages.{stage.name}.{k}=null" for k in LENGTHS if k != "steps"]
+            out.append(f"stages.{stage.name}.steps={stage.steps}")
+    return out
 
 
 def sweep_points(overrides: list[str]) -> list[list[str]]:

@@ -27,7 +27,7 @@ from microdit import run as runs
 from microdit.eval.job_rows import chance_table, reference_rows, stage_rows
 from microdit.eval.metrics import check_names, metric_columns
 from microdit.eval.trend import budget_tag
-from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, validate_run
+from microdit.experiment import CONF_DIR, compose_config, compose_named, config_error, equal_steps, quoted, validate_run
 from microdit.files import WriteError, create_exclusive, unwritable, write_atomic
 from microdit.job_runs import run_splits, sample_grid, train_and_evaluate
 from microdit.train.config import TrainConfig, summarize_changes
@@ -89,7 +89,11 @@ class JobConfig:
     (``trainer.budget_flops``), its runs named ``ARM-TAG`` (``cpu-naive75-3e12``: :func:`budget_tag`);
     the largest budget's runs use ``largest_budget_seeds`` where given (more seeds where a
     crossing would be decided). The report's contrasts then name arms and are tested at every
-    budget, and the trend of each contrast's gap with compute is fitted (:mod:`microdit.eval.trend`)."""
+    budget, and the trend of each contrast's gap with compute is fitted (:mod:`microdit.eval.trend`).
+
+    ``equal_steps`` (``{ARM: LEADER}``) gives each stage of ARM, where the job runs ARM, as many
+    optimizer steps as LEADER's stage of that name at the same seed and budget (the paper's
+    equal-steps protocol), sized from LEADER as it runs (``--budget-flops``, a batch size, ...)."""
 
     experiments: list[str] = field(default_factory=list)
     name: str = ""  # set by compose_job: the job's name in conf/job, or its YAML file's stem
@@ -99,6 +103,7 @@ class JobConfig:
     budgets: list[float] = field(default_factory=list)
     largest_budget_seeds: list[int] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    equal_steps: dict[str, str] = field(default_factory=dict)
     eval: JobEval = field(default_factory=JobEval)
     report: JobReport = field(default_factory=JobReport)
 
@@ -113,6 +118,8 @@ class JobConfig:
             out.append(f"workers must be a positive integer or 0 (one per thread), got {self.workers}")
         if any(s < 0 for s in self.largest_budget_seeds):
             out.append(f"largest_budget_seeds must be non-negative integers, got {self.largest_budget_seeds}")
+        if set(self.equal_steps) & set(self.equal_steps.values()):
+            out.append(f"equal_steps: a run that takes another's steps leads none, got {self.equal_steps}")
         if self.largest_budget_seeds and not self.budgets:
             out.append("largest_budget_seeds needs budgets (a list of FLOP budgets)")
         if any(not b > 0 for b in self.budgets) or len(set(self.budgets)) != len(self.budgets):
@@ -122,8 +129,7 @@ class JobConfig:
                 out.append(f"eval.{name} must be a positive integer, got {getattr(self.eval, name)}")
         if 1 <= self.eval.held_out_samples < 2 * self.eval.num_samples:
             out.append(f"eval.held_out_samples must be at least 2 x eval.num_samples ({2 * self.eval.num_samples}: "
-                       "each evaluation's prompts and as many other real images for the real-vs-real row), got "
-                       f"{self.eval.held_out_samples}")
+                       f"prompts, and as many real images for real vs real), got {self.eval.held_out_samples}")
         try:
             check_names(self.eval.metrics, where="eval.metrics: ")
         except ValueError as err:
@@ -201,33 +207,43 @@ def _run_points(job: JobConfig) -> list[tuple[float | None, list[int]]]:
 
 
 def job_configs(job: JobConfig, out: Path, extra: list[str] | None = None) -> list[TrainConfig]:
-    """The resolved and validated config of every run of ``job``, experiment-major, then budget,
-    then seed (the runs of seed ``s`` live in ``out/seed<s>/<trainer.name>``), with ``extra``
-    overrides for every run: a bad experiment or override stops the job before anything trains, and
-    so does a run folder that was written with another config (its results would not be this job's)
-    or cannot be written."""
-    configs = []
-    for entry in job.experiments:
-        name, *own = entry.split()
-        for budget, seeds in _run_points(job):
-            for seed in seeds:
-                configs.append(_run_config(job, entry, name, own, budget, seed, out, extra))
+    """The validated config of every run of ``job`` (``equal_steps`` applied), experiment-major,
+    then budget, then seed (seed ``s``'s runs in ``out/seed<s>/<trainer.name>``), with ``extra``
+    overrides for every run: a bad run stops the job before anything trains (:func:`_check_run`)."""
+    points = [(e, budget, seed) for e in job.experiments for budget, seeds in _run_points(job) for seed in seeds]
+    configs = [_run_config(job, *point, out, extra) for point in points]
     names = {arm_of(c, job)[0] for c in configs}
-    arms = sorted({arm for c in job.report.contrasts for arm in c.split(" vs ")} - names)
-    if arms:
-        raise ValueError(f"report.contrasts name {arms}, which no run of the job is called (runs: {sorted(names)})")
+    for key, arms in (("report.contrasts", {arm for c in job.report.contrasts for arm in c.split(" vs ")}),
+                      ("equal_steps", {lead for arm, lead in job.equal_steps.items() if arm in names})):
+        if arms - names:
+            raise ValueError(f"{key} name {sorted(arms - names)}, which no run is called (runs: {sorted(names)})")
+    at = {(arm_of(c, job)[0], *point[1:]): c for c, point in zip(configs, points, strict=True)}
+    for i in sorted(range(len(points)), key=lambda i: arm_of(configs[i], job)[0] in job.equal_steps):
+        if (leader := job.equal_steps.get(arm_of(configs[i], job)[0])) is not None:  # after every leader
+            configs[i] = _run_config(job, *points[i], out, extra, equal_steps(configs[i], at[(leader, *points[i][1:])]))
+        _check_run(configs[i], points[i][0])
     return configs
 
 
-def _run_config(job: JobConfig, entry: str, name: str, own: list[str], budget: float | None, seed: int, out: Path,
-                extra: list[str] | None) -> TrainConfig:
+def _run_config(job: JobConfig, entry: str, budget: float | None, seed: int, out: Path, extra: list[str] | None,
+                steps: list[str] = ()) -> TrainConfig:
+    name, *own = entry.split()
     at = [] if budget is None else [f"trainer.budget_flops={budget}"]
-    overrides = [f"experiment={name}", f"trainer.seed={seed}", f"trainer.run_dir={out / f'seed{seed}'}",
-                 *job.overrides, *own, *at, *(extra or [])]
+    overrides = [f"experiment={name}", f"trainer.seed={seed}", f"trainer.run_dir={quoted(out / f'seed{seed}')}",
+                 *job.overrides, *own, *at, *(extra or []), *steps]
     try:
         cfg = compose_config(overrides)
-        if budget is not None:
-            cfg.trainer.name = f"{cfg.trainer.name}-{budget_tag(cfg.trainer.budget_flops)}"
+    except ValueError as err:
+        raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
+    if budget is not None:
+        cfg.trainer.name = f"{cfg.trainer.name}-{budget_tag(cfg.trainer.budget_flops)}"
+    return cfg
+
+
+def _check_run(cfg: TrainConfig, entry: str) -> None:
+    """A run that is not valid, or whose folder was written with another config (its results would
+    not be this job's) or cannot be written, stops the job before anything trains."""
+    try:
         validate_run(cfg)
     except ValueError as err:
         raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
@@ -239,7 +255,6 @@ def _run_config(job: JobConfig, entry: str, name: str, own: list[str], budget: f
     problem = unwritable(run)  # else each worker would meet it, after the data and the probe were prepared
     if problem:
         raise ValueError(f"run folder {run} {problem}")
-    return cfg
 
 
 def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
@@ -274,16 +289,10 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
         settings = EvalSettings(metrics=list(job.eval.metrics), probe_steps=job.eval.probe_steps)
         networks = EvalInputs.load_networks(job.eval.metrics, load_manifest(held_out.folder).autoencoder, settings,
                                             probe_dataset=probe_split.folder if probe else None)
-        if probe:
-            check_attributes(job, networks[("probe",)].values, data)
-
-
-def check_attributes(job: JobConfig, attributes, data: Path) -> None:
-    """A report column of one attribute (``probe_acc.shape``) names one the probe of ``data``
-    reads (``attributes``): checked once the probe exists, before any run trains."""
-    unknown = [c for c in job.report.columns if "." in c and c.split(".", 1)[1] not in attributes]
-    if unknown:
-        raise ValueError(f"report.columns {unknown}: the probe of {data} reads the attributes {sorted(attributes)}")
+        attributes = networks[("probe",)].values if probe else None  # a report column of one attribute
+        unknown = [c for c in job.report.columns if probe and "." in c and c.split(".", 1)[1] not in attributes]
+        if unknown:  # (probe_acc.shape) names one the probe reads: checked before any run trains
+            raise ValueError(f"report.columns {unknown}: the probe of {data} reads the attributes {sorted(attributes)}")
 
 
 def report(configs: list[TrainConfig], job: JobConfig, out: Path, results: Path) -> tuple[list[dict], str]:

@@ -3,7 +3,7 @@ several seeds, each run evaluated with the offline probe metrics on a held-out s
 dataset, then one table with every number as mean ± 95% confidence interval over the seeds.
 
     microdit-cpu-ablation                                  # the main job (the README's command)
-    microdit-cpu-ablation --job masking_study              # the CPU masking study (≈ 60 min)
+    microdit-cpu-ablation --job masking_study              # the CPU masking study (≈ 40 min)
     microdit-cpu-ablation --job main seeds=[0] eval.num_samples=50 report.out=runs/quick
     microdit-cpu-ablation --job crossover --workers 2      # two one-thread processes share the runs
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
 from microdit.cli.stopping import stopped_in_one_line
+from microdit.experiment import quoted
 from microdit.pipeline import RESULTS, compose_job, report_dir, run_job
 from microdit.run import RUN_ERRORS
 
@@ -41,7 +42,7 @@ def job_overrides(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"--seeds: expected comma-separated integers (e.g. 0,1,2), got {args.seeds!r}") from None
     out += [f"eval.num_samples={args.num_samples}"] if args.num_samples else []
     out += [f"eval.probe_steps={args.probe_steps}"] if args.probe_steps else []
-    out += [f"report.out={args.out}"] if args.out else []
+    out += [f"report.out={quoted(args.out)}"] if args.out else []
     out += [f"workers={args.workers}"] if args.workers is not None else []
     return out + list(args.job_overrides)
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("job_overrides", nargs="*", metavar="JOB_KEY=VALUE",
                         help="overrides of the job's own fields (e.g. seeds=[0,1] eval.num_samples=100)")
     args = parser.parse_intermixed_args(argv)  # KEY=VALUE arguments before and after options
-    extra = [*([f"data.folders=[{args.data}]"] if args.data else []), *args.override,
+    extra = [*([f"data.folders=[{quoted(args.data)}]"] if args.data else []), *args.override,
              *([f"trainer.budget_flops={args.budget_flops}"] if args.budget_flops else [])]
     with stopped_in_one_line(STOPPED):  # Ctrl-C, kill or SLURM, outside a run's training too
         try:

@@ -77,6 +77,17 @@ def test_the_main_jobs_equal_steps_arm_takes_deferreds_steps(tmp_path):
     assert eqsteps.steps == deferred.steps and eqsteps.images == deferred.images  # the paper's protocol
     flops = {name: plan.images * plan.flops_per_image for name, plan in plans.items()}
     assert abs(flops["cpu-naive75"] / flops["cpu-deferred75"] - 1) < 0.01  # naive75 and deferred75: equal FLOPs
+    assert (eqsteps.steps, configs["cpu-naive75-eqsteps"].trainer.budget_flops) == (944, None)  # as committed
+    for extra in (["trainer.budget_flops=5e11"], ["trainer.batch_size=16"]):  # --budget-flops, another batch
+        other = {c.trainer.name: resolve(c, caption_len=32)[0]
+                 for c in job_configs(compose_job("main", ["seeds=[0]"]), tmp_path / extra[0], extra)}
+        assert other["cpu-naive75-eqsteps"].steps == other["cpu-deferred75"].steps != 944, extra
+    job = compose_job("main", ["seeds=[0]"])
+    job.equal_steps = {"cpu-naive75-eqsteps": "cpu-deferred"}
+    with pytest.raises(ValueError, match=r"equal_steps name \['cpu-deferred'\], which no run is called"):
+        job_configs(job, tmp_path / "bad")
+    job.equal_steps = {"cpu-naive75-eqsteps": "cpu-deferred75", "cpu-deferred75": "cpu-naive75"}  # a chain
+    assert job.problems() == [f"equal_steps: a run that takes another's steps leads none, got {job.equal_steps}"]
     study = {c.trainer.name: resolve(c, caption_len=32)[0]
              for c in job_configs(compose_job("images_vs_steps", ["seeds=[0]"]), tmp_path / "ivs")}
     assert study["cpu-naive75-eqsteps"].steps == study["cpu-deferred75"].steps  # as its comments say
@@ -113,7 +124,7 @@ def test_job_overrides_and_bad_values():
                                (["seeds=[0,x]"], "could not be converted to Integer"),
                                (["eval.probe_steps=0"], "eval.probe_steps must be a positive integer"),
                                (["eval.held_out_samples=299"], "eval.held_out_samples must be at least 2 x "
-                                                               "eval.num_samples (300: each evaluation's prompts"),
+                                                               "eval.num_samples (300: prompts, and as many real"),
                                (["eval.metrics=[fid,nope]"], "eval.metrics: unknown metric(s) ['nope']"),
                                (["report.columns=[probe_fdd,probe_acc.shape]"],
                                 "report.columns ['probe_fdd'] are not written by eval.metrics ['probe']"),
@@ -185,11 +196,12 @@ def test_a_job_runs_end_to_end_from_python(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     job = compose_job("main", ["seeds=[0]", "eval.num_samples=8", "eval.held_out_samples=64", "eval.probe_steps=5",
                                "report.columns=[probe_fd,probe_acc.colour,probe_acc.shape]"])
-    job.experiments[2] = job.experiments[2].replace("steps=944", "steps=2")  # a test-sized equal-steps arm
     small = ["trainer.budget_flops=2e10", "data.prepare_samples=256", "trainer.progress=false",
              "stages.pretrain.warmup_images=0", "trainer.threads=1"]
     rows, table = run_job(job, out=tmp_path / "out", extra=small)
     assert [r["trainer.name"] for r in rows] == ["cpu-naive75", "cpu-deferred75", "cpu-naive75-eqsteps"]
+    images = {r["trainer.name"]: r["cost.images"] for r in rows}  # equal steps at the test's budget, as sized
+    assert images["cpu-naive75-eqsteps"] == images["cpu-deferred75"] < images["cpu-naive75"]
     assert (tmp_path / "out" / "samples.png").is_file() and "cpu-naive75-eqsteps" in (
         tmp_path / "out" / "samples.md").read_text()
     assert all(isinstance(r["eval.heldout.probe_fd"], float) for r in rows)

@@ -90,3 +90,25 @@ def test_every_help_page_formats(command, monkeypatch):
     for parser in parsers_of(COMMANDS[command], monkeypatch):
         page = parser.format_help()
         assert page.startswith("usage:") and "%(" not in page, parser.prog
+
+
+def test_a_path_with_an_overrides_characters_stays_one_path(monkeypatch, tmp_path):
+    """`--out runs/lr=1e-3` was Hydra's "mismatched input '='", `--data data/a,b` trained on a
+    folder `data/a` it built and then refused `b`: a path with `=`, `,`, spaces, brackets, quotes or
+    `${` reaches the job and every run's config as the one path it is."""
+    from microdit.pipeline import job_configs
+
+    seen = {}
+
+    def fake_run_job(job, extra=None):
+        seen.update(job=job, extra=extra)
+        raise Captured
+
+    monkeypatch.setattr(cpu_ablation, "run_job", fake_run_job)
+    odd = tmp_path / "lr=1e-3, it's [a] {b} ${x}"
+    with pytest.raises(Captured):
+        cpu_ablation.main(["--out", str(odd / "out"), "--data", str(odd / "data"), "seeds=[0]"])
+    assert seen["job"].report.out == str(odd / "out")
+    configs = job_configs(seen["job"], odd / "out", seen["extra"])
+    paths = {(c.data.folders[0], c.trainer.run_dir) for c in configs}
+    assert paths == {(str(odd / "data"), str(odd / "out" / "seed0"))}
