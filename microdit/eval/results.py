@@ -286,6 +286,9 @@ def contrast_table(rows: list[dict], contrasts: list[str], metrics: list[str], m
         lines.append(f"| {contrast} | {where} | {metric} | {r.delta} | {'–' if r.dz is None else f'{r.dz:.2f}'} | "
                      f"{'–' if r.p is None else f'{r.p:.2g}'} | {'–' if holm_p is None else f'{holm_p:.2g}'} | "
                      f"{tost} |")
-    lines.append(f"\nPlanned contrasts only; Holm over the {len(adjusted)} tests of this table. Runs are paired by "
-                 f"{pair}. Equivalence is claimed only where TOST gives p < {ALPHA} at the stated margin.")
+    family = (f"Holm over the {len(adjusted)} tests of this table" if adjusted else "no test: " + (
+        "one pair of runs per contrast (one seed), and a paired test needs two" if all(t[3].delta.n < 2 for t in tests)
+        else "no paired difference varies"))
+    lines.append(f"\nPlanned contrasts only; {family}. Runs are paired by {pair}. Equivalence is claimed only where "
+                 f"TOST gives p < {ALPHA} at the stated margin.")
     return "\n".join(lines)

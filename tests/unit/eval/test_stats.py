@@ -68,5 +68,10 @@ def test_contrast_table_corrects_over_its_declared_family_only():
     assert "| A vs B | pretrain | m | 1.017 ± 0.072 (n=3) |" in table and "±2: p = 0.00014" in table
     assert "Holm over the 1 tests" in table  # k does not vary between the paired runs: no test
     assert "vs C" not in table and "C vs" not in table  # an undeclared arm is not tested
+    one_seed = contrast_table([r for r in rows if r["trainer.seed"] == 0], ["A vs B"], ["m"])
+    assert "| A vs B | pretrain | m | 1 (one seed) |" in one_seed and "Holm over" not in one_seed
+    assert "no test: one pair of runs per contrast (one seed), and a paired test needs two." in one_seed
+    constant = contrast_table(rows, ["A vs B"], ["k"])
+    assert "no test: no paired difference varies." in constant
     with pytest.raises(ValueError, match="expected 'ARM vs ARM'"):
         contrast_table(rows, ["A and B"], ["m"])
