@@ -161,8 +161,13 @@ def held_out_split(run: str | Path) -> Path:
                          f"data.prepare={cfg.data.prepare}), which has no synthetic held-out split: give --dataset "
                          "a held-out split of that data")
     split = resolve(cfg)[0].dataset.held_out(HELD_OUT_SAMPLES)
+    folder = Path(split.folder)
+    if (folder / "manifest.json").is_file() and (found := split.differs(dataset_manifest(folder))):
+        raise ValueError(f"--dataset {HELD_OUT}: {folder} holds {found} (a job's split, drawn with its "
+                         f"eval.held_out_samples): evaluate on it as it is with --dataset {folder}, or delete {folder} "
+                         f"and {folder}-images to draw the {HELD_OUT_SAMPLES:,} again")
     build_synthetic_dataset(split)
-    return Path(split.folder)
+    return folder
 
 
 @dataclass

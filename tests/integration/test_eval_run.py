@@ -142,9 +142,11 @@ def test_eval_on_the_held_out_split_of_a_runs_synthetic_data(run, tmp_path, monk
     """`--dataset held-out`: the split a CPU job evaluates a run on (FOLDER-eval: 1,000 images drawn
     with the next seed, its encoders), built where missing and then reused; refused in one line for
     a run trained on data of its own and for an export, which keeps no training config."""
+    from microdit.data.encode import build_synthetic_dataset
     from microdit.job_runs import run_splits
     from microdit.pipeline import JobConfig
     from microdit.run import HELD_OUT_SAMPLES
+    from microdit.train.plan import resolve
 
     monkeypatch.chdir(tmp_path)  # the run's data folder is relative, as a job's are
     overrides = [o for o in base_overrides(tmp_path, Path("data/syn"), "syn") if o != "data.prepare=none"]
@@ -163,6 +165,13 @@ def test_eval_on_the_held_out_split_of_a_runs_synthetic_data(run, tmp_path, monk
     capsys.readouterr()
     eval_main(args)  # the split is reused, not drawn again
     assert "building" not in capsys.readouterr().err
+    shutil.rmtree("data/syn-eval"), shutil.rmtree("data/syn-eval-images")
+    build_synthetic_dataset(resolve(cfg)[0].dataset.held_out(20))  # a job's smaller split in the same folder
+    with pytest.raises(SystemExit, match=r"--dataset held-out: data/syn-eval holds 20 synthetic images of 32x32 px, "
+                                         r"not the 1000 .* asked for \(a job's split, .*\): evaluate on it as it is "
+                                         r"with --dataset data/syn-eval, or delete data/syn-eval and "):
+        eval_main(args)
+    eval_main([*args[:2], "--dataset", "data/syn-eval", *args[4:]])
     with pytest.raises(SystemExit, match=r"--dataset held-out: .*tiny trained on data of its own \(.*data, "
                                          r"data\.prepare=none\), which has no synthetic held-out split"):
         eval_main(["run", str(run), "--dataset", "held-out"])
