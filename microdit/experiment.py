@@ -6,7 +6,8 @@
 - :func:`sweep_points`: the override list of every run of ``microdit-train -m OVERRIDES`` (the
   command line's sweeps crossed with the experiment's own ``hydra.sweeper.params``), found with
   Hydra's public override parser, so every point is validated before any job starts.
-- :func:`validate_run`: everything checked before a run starts, without its data.
+- :func:`validate_run`: everything checked before a run starts, without its data;
+  :func:`refused_key`: which key of a YAML file a schema refuses.
 - :func:`equal_steps`: the overrides that give a run another run's optimizer steps;
   :func:`quoted`: a path or any text as one value of an override.
 
@@ -20,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from microdit.train.config import LENGTHS, TrainConfig, to_train_config, validate
 from microdit.train.plan import check_plan, resolve
@@ -39,6 +41,29 @@ def config_error(err: Exception) -> str:
     reason = str(cause).splitlines()[0] if cause is not None and str(cause) else ""
     text = " ".join(" ".join(head).split())
     return f"{text} ({reason})" if reason and reason not in text else text
+
+
+def refused_key(schema: type, path: Path) -> str:
+    """``"KEY: "`` (or ``"KEY.SUB: "``) for the first key of the YAML file ``path`` that the dataclass
+    ``schema`` refuses on its own (a list where it takes a mapping, a mapping where it takes a
+    number), so that OmegaConf's merge errors, which name no key, can be told where; "" if none."""
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    def refused(part: dict) -> bool:
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), part)
+        except OmegaConfBaseException:
+            return True
+        return False
+
+    data = OmegaConf.load(path)
+    for key, value in data.items() if isinstance(data, DictConfig) else ():
+        if refused({key: value}):
+            nested = isinstance(value, DictConfig) and not refused({key: {}})  # the schema takes a mapping here
+            subs = [sub for sub in value if refused({key: {sub: value[sub]}})] if nested else []
+            return f"{key}.{subs[0]}: " if subs else f"{key}: "
+    return ""
 
 
 def compose_named(config_name: str, overrides: list[str], hydra_config: bool = False):

@@ -159,6 +159,7 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
     errors naming the key or file."""
     from omegaconf.errors import OmegaConfBaseException
 
+    from microdit.experiment import refused_key
     overrides = list(overrides or [])
     path = Path(spec)
     is_file = path.suffix in (".yaml", ".yml")
@@ -175,7 +176,7 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
             node = compose_named("jobs", [f"job={spec}", *overrides])
         job = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(JobConfig), node))
     except OmegaConfBaseException as err:  # a job file's keys or values (Hydra's errors: _compose)
-        raise ValueError(f"job {spec}: {config_error(err)}") from None
+        raise ValueError(f"job {spec}: {refused_key(JobConfig, path) if is_file else ''}{config_error(err)}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"job {spec}: not a readable YAML job file ({err})") from None
     except yaml.YAMLError as err:  # the file's syntax (its line and column are in the message)

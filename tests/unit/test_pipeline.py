@@ -138,6 +138,18 @@ def test_job_overrides_and_bad_values():
         compose_job("nope")
 
 
+def test_a_job_files_value_of_the_wrong_kind_is_named_by_its_key(tmp_path):
+    """OmegaConf's merge errors name no key ("Cannot merge DictConfig with ListConfig full_key: "):
+    the job file's key that the schema refuses is named before them."""
+    path = tmp_path / "mine.yaml"
+    for body, key in (("equal_steps: [a, b]", "equal_steps"), ("seeds: {a: 1}", "seeds"), ("eval: [1]", "eval"),
+                      ("report: {columns: {a: 1}}", "report.columns"),
+                      ("eval: {num_samples: [3]}", "eval.num_samples")):
+        path.write_text(f"experiments: [cpu_masking_naive75]\n{body}\n")
+        with pytest.raises(ValueError, match=rf"^job {path}: {key}: \S"):
+            compose_job(str(path))
+
+
 def test_a_job_file_outside_conf(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("experiments: [cpu_masking_naive75]\nseeds: [1]\neval: {num_samples: 9}\n")
