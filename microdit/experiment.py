@@ -8,7 +8,8 @@
   Hydra's public override parser, so every point is validated before any job starts.
 - :func:`validate_run`: everything checked before a run starts, without its data;
   :func:`refused_key`: which key of a YAML file a schema refuses.
-- :func:`equal_steps`: the overrides that give a run another run's optimizer steps;
+- :func:`sized_stages`: a run's stages sized without its data; :func:`equal_steps`: the overrides that
+  give a run another run's optimizer steps;
   :func:`quoted`: a path or any text as one value of an override.
 
 Jobs, lists of such runs trained and evaluated together, are :mod:`microdit.pipeline`.
@@ -24,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from microdit.train.config import LENGTHS, TrainConfig, to_train_config, validate
-from microdit.train.plan import check_plan, resolve
+from microdit.train.plan import Stage, check_plan, resolve
 
 CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
 
@@ -109,10 +110,16 @@ def validate_run(cfg: TrainConfig) -> None:
     """Everything checked before a run starts, without its data: the config (:func:`validate`)
     and, with the caption length its text encoder gives, the sized plan (an EMA that never starts,
     a warm-up longer than its stage: refused unless ``trainer.plan_check=warn``)."""
+    validate(cfg)
+    check_plan(sized_stages(cfg), cfg.trainer.plan_check, say=lambda line: None)
+
+
+def sized_stages(cfg: TrainConfig) -> list[Stage]:
+    """``cfg``'s stages resolved and sized without its data: at the caption length of its text
+    encoder (the trainer sizes them at its dataset's, which a job checks to fit)."""
     from microdit.encoders import caption_length
 
-    validate(cfg)
-    check_plan(resolve(cfg, caption_length(cfg.encoder.text_encoder)), cfg.trainer.plan_check, say=lambda line: None)
+    return resolve(cfg, caption_length(cfg.encoder.text_encoder))
 
 
 def quoted(text: str | Path) -> str:
@@ -123,14 +130,11 @@ def quoted(text: str | Path) -> str:
 
 def equal_steps(run: TrainConfig, leader: TrainConfig) -> list[str]:
     """The overrides that make each stage of ``run`` that ``leader`` also has take as many optimizer
-    steps as the leader's stage of that name, sized as :func:`validate_run` sizes them (the caption
-    length of the leader's text encoder): the paper's equal-steps protocol at whatever budget, batch
-    size or masking the leader is given."""
-    from microdit.encoders import caption_length
-
+    steps as the leader's stage of that name (:func:`sized_stages`): the paper's equal-steps
+    protocol at whatever budget, batch size or masking the leader is given."""
     own = {stage.name for stage in resolve(run)}
     out = []
-    for stage in resolve(leader, caption_length(leader.encoder.text_encoder)):
+    for stage in sized_stages(leader):
         if stage.name in own:
             out += [f"stages.{stage.name}.{k}=null" for k in LENGTHS if k != "steps"]
             out.append(f"stages.{stage.name}.steps={stage.steps}")
