@@ -18,7 +18,8 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampler (default: the run's own sampler config)")
     group.add_argument("--solver", choices=SOLVERS, help="EDM solver")
     group.add_argument("--steps", type=int, help="number of noise levels")
-    group.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = conditional only)")
+    group.add_argument("--cfg-scale", type=float,
+                       help="classifier-free guidance scale (1 = conditional only, 0 = unconditional)")
     group.add_argument("--churn", type=float, help="EDM S_churn (0 = deterministic)")
 
 

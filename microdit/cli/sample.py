@@ -57,6 +57,12 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         prompts += lines
     if not prompts:
         raise SystemExit("microdit-sample: error: give --prompt (repeatable) or --prompts-file")
+    empty = [f"{i:04d}" for i, p in enumerate(prompts) if not p.strip()]
+    if empty:  # the text encoder's embedding of "", which no training caption dropout gives
+        which = f"prompt {empty[0]} is" if len(empty) == 1 else f"prompts {', '.join(empty)} are"
+        print(f"microdit-sample: {which} empty: sampled with the text encoder's embedding of an "
+              "empty caption, which is not the unconditional input (training drops a caption to the all-zero "
+              "embedding); for unconditional samples give --cfg-scale 0", file=sys.stderr)
     return prompts
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from microdit.cli.sample import read_prompts
+from microdit.encoders.text import OfflineTextEncoder
 
 
 def _args(prompt=None, prompts_file=None) -> argparse.Namespace:
@@ -58,3 +59,18 @@ def test_a_prompts_file_that_gives_no_prompts_is_named(tmp_path, case):
     with pytest.raises(SystemExit) as stop:
         read_prompts(_args(prompts_file=path))
     assert str(stop.value.code).startswith(f"microdit-sample: error: prompts file {path} {expected}")
+
+
+def test_an_empty_prompt_is_said_not_to_be_the_unconditional_model(capsys):
+    """An empty prompt is sampled as the text encoder encodes "" (its start and end tokens: not the
+    all-zero caption that training's dropout gives), and the command says so and what gives
+    unconditional samples (``--cfg-scale 0``: tests/unit/diffusion/test_samplers.py)."""
+    assert read_prompts(_args(["a red circle", "", "  "])) == ["a red circle", "", "  "]
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "prompts 0001, 0002 are empty" in said and "--cfg-scale 0" in said
+    emb, mask = OfflineTextEncoder(dim=16, length=8).encode([""])
+    assert mask.any() and emb.abs().sum() > 0
+    read_prompts(_args(["", "a red circle"]))
+    assert "microdit-sample: prompt 0000 is empty: sampled with" in capsys.readouterr().err
+    read_prompts(_args(["a red circle"]))
+    assert capsys.readouterr().err == ""

@@ -80,6 +80,19 @@ def test_cfg_scale_one_equals_conditional(net):
     torch.testing.assert_close(guided, cond, rtol=1e-10, atol=1e-10)
 
 
+def test_cfg_scale_zero_is_the_unconditional_model(net):
+    """``--cfg-scale 0`` samples the unconditional model (the all-zero caption, every token attended,
+    as training's caption dropout gives it), whatever the prompt and its padding mask."""
+    y = torch.randn(2, 4, net.cfg.caption_dim, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, False]])
+    x = torch.randn(2, 12, 16, 16, dtype=torch.float64)
+    sigma = torch.tensor(1.3, dtype=torch.float64)
+    uncond = guided_denoiser(net, torch.zeros_like(y), 0.9, dtype=torch.float64)(x, sigma)
+    guided = guided_denoiser(net, y, 0.9, cfg_scale=0.0, y_uncond=torch.zeros_like(y), y_mask=mask,
+                             dtype=torch.float64)(x, sigma)
+    torch.testing.assert_close(guided, uncond, rtol=1e-10, atol=1e-10)
+
+
 def test_cfg_batch_equals_two_passes(net):
     y = torch.randn(2, 4, net.cfg.caption_dim, dtype=torch.float64)
     x = torch.randn(2, 12, 16, 16, dtype=torch.float64)

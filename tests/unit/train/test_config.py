@@ -35,7 +35,9 @@ def test_unknown_keys_are_rejected_with_hydras_reason():
     (["~stages.pretrain"], "stages is empty"),
     (["stages.pretrain=null"], "stages is empty"),
     (["stages.pretrain.steps=10"], "stages.pretrain: give exactly one of images, steps, flops, budget_fraction; got "
-                                   "images, steps"),
+                                   "images, steps (set the others to null, e.g. images=null)"),
+    (["stages.pretrain.images=null"], "stages.pretrain: give exactly one of images, steps, flops, budget_fraction; got "
+                                      "none"),
     (["stages.pretrain.images=null", "stages.pretrain.budget_fraction=1.0"],
      "budget_fraction needs trainer.budget_flops"),
     (["stages.pretrain.mask.strategy=block", "stages.pretrain.mask.block_size=3"],
