@@ -43,13 +43,14 @@ def main(cfg: DictConfig) -> None:
             suffix = f"{suffix[:100]}-{hashlib.sha1(suffix.encode()).hexdigest()[:10]}"
         run_cfg.trainer.name = f"{run_cfg.trainer.name}-{suffix}"
     try:
-        adopt_launcher_env()  # one process per task under submitit / srun (microdit.launch)
+        process = adopt_launcher_env()  # one process per task under submitit / srun (microdit.launch)
         summary = train(run_cfg)
     except RUN_ERRORS as err:
         print(f"microdit-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"[train] done: {summary['nimg']} images, final loss {summary['final_loss']:.4f}, "
-          f"{summary['images_per_s']:.1f} img/s, MFU {summary['mfu']:.1%}, {summary['dollars']:.4f} $")
+    if process.rank == 0:  # the run's summary.json; each other rank timed its own share of the run
+        print(f"[train] done: {summary['nimg']} images, final loss {summary['final_loss']:.4f}, "
+              f"{summary['images_per_s']:.1f} img/s, MFU {summary['mfu']:.1%}, {summary['dollars']:.4f} $")
 
 
 def hydra_arguments(argv: list[str]) -> argparse.Namespace:

@@ -183,7 +183,10 @@ def test_two_processes_equal_one_process(tmp_path, data):
     one = base_overrides(tmp_path, data, "one") + ["trainer.grad_accum=2"]
     two = base_overrides(tmp_path, data, "two")
     run_train(one)
-    run_train(two, nproc=2)
+    said = run_train(two, nproc=2).stdout
+    summary = json.loads((tmp_path / "runs" / "two" / "summary.json").read_text())
+    assert said.count("[train] done") == 1  # rank 0's line, the run's summary (each rank times its own share)
+    assert f"{summary['images_per_s']:.1f} img/s" in said
     a, b = stats(tmp_path / "runs" / "one"), stats(tmp_path / "runs" / "two")
     assert [r["nimg"] for r in a] == [r["nimg"] for r in b]
     for ra, rb in zip(a, b, strict=True):
