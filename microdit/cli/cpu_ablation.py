@@ -20,13 +20,15 @@ gets this job's in OUT/<job name>/. ``probe_fd`` (lower is better) and ``probe_a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.experiment import quoted
-from microdit.pipeline import RESULTS, compose_job, report_dir, run_job
+from microdit.pipeline import RESULTS, JobConfig, compose_job, report_dir, run_job
 from microdit.run import RUN_ERRORS
+from microdit.train.config import TrainConfig
 
 STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluations and checkpoints are kept: run "
            "the job again to continue")
@@ -44,7 +46,20 @@ def job_overrides(args: argparse.Namespace) -> list[str]:
     out += [f"eval.probe_steps={args.probe_steps}"] if args.probe_steps else []
     out += [f"report.out={quoted(args.out)}"] if args.out else []
     out += [f"workers={args.workers}"] if args.workers is not None else []
-    return out + list(args.job_overrides)
+    return out + [refuse_run_key(arg) for arg in args.job_overrides]
+
+
+JOB_FIELDS = {f.name for f in dataclasses.fields(JobConfig)}
+RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"protocol", "experiment"}  # and Hydra's groups
+
+
+def refuse_run_key(arg: str) -> str:
+    """``arg`` (a JOB_KEY=VALUE argument), unless it sets a run's config (``trainer.plan_check=warn``,
+    ``protocol=cpu_study``), which the job's schema would refuse without saying where it goes."""
+    key = arg.split("=", 1)[0].lstrip("+~")
+    if key.split(".")[0] in RUN_KEYS - JOB_FIELDS:
+        raise ValueError(f"{arg} sets every run's config, not a field of the job: give it as --override {arg}")
+    return arg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra Hydra override for every run (repeatable, e.g. sampler.steps=20)")
     parser.add_argument("job_overrides", nargs="*", metavar="JOB_KEY=VALUE",
-                        help="overrides of the job's own fields (e.g. seeds=[0,1] eval.num_samples=100)")
+                        help="overrides of the job's own fields (e.g. seeds=[0,1] eval.num_samples=100; "
+                        "a run's key, such as trainer.plan_check=warn, goes to --override)")
     args = parser.parse_intermixed_args(argv)  # KEY=VALUE arguments before and after options
     extra = [*([f"data.folders=[{quoted(args.data)}]"] if args.data else []), *args.override,
              *([f"trainer.budget_flops={args.budget_flops}"] if args.budget_flops else [])]

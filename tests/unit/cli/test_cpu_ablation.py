@@ -52,3 +52,22 @@ def test_sigterm_outside_training_stops_the_job_with_its_line(monkeypatch, capsy
     assert stop.value.code == 128 + signal.SIGTERM
     assert capsys.readouterr().err == cpu_ablation.STOPPED + "\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("arg", ["trainer.plan_check=warn", "protocol=cpu_study", "+stages.pretrain.lr=1e-3",
+                                 "~model.overrides"])
+def test_a_runs_key_among_the_jobs_is_pointed_to_override(arg, monkeypatch, capsys):
+    """A run's key given where the job's fields go (after a job's plan check said
+    "trainer.plan_check=warn runs it anyway") is refused naming --override, before anything runs;
+    the job's own fields (eval.*, seeds, report.*) pass."""
+    monkeypatch.setattr(cpu_ablation, "run_job", lambda job, extra=None: pytest.fail("the job ran"))
+    with pytest.raises(SystemExit) as stop:
+        cpu_ablation.main(["--seeds", "0", arg])
+    assert stop.value.code == (f"microdit-cpu-ablation: error: {arg} sets every run's config, not a field of the "
+                               f"job: give it as --override {arg}")
+    ran = []
+    monkeypatch.setattr(cpu_ablation, "run_job", lambda job, extra=None: ran.append((job, extra)) or (None, ""))
+    monkeypatch.setattr(cpu_ablation, "report_dir", lambda job, out: out)
+    cpu_ablation.main(["eval.num_samples=30", "report.out=elsewhere", "--override", arg])
+    [(job, extra)] = ran
+    assert job.eval.num_samples == 30 and extra == [arg]
