@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,12 @@ def _prepare_parser(sub) -> None:
     """The ``prepare`` sub-command."""
     p = sub.add_parser("prepare", help="download one of the paper's datasets and build its image shards by the "
                        "paper's filter and resize rules (resumable)",
-                       description="Sources and their layouts: see microdit.data.sources. Without --from, the files "
-                       "are downloaded first into --raw-dir (default OUT-raw), in the source's own layout.")
+                       description="Without --from, the files are downloaded first into --raw-dir (default OUT-raw), "
+                       "in the source's own layout; with --from, that folder must hold them so.",
+                       epilog="layouts:\n" + "\n".join(textwrap.fill(f"{name}: {source.layout}", 100,
+                                                                      initial_indent="  ", subsequent_indent="    ")
+                                                        for name, source in sorted(SOURCES.items())) + "\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", choices=sorted(SOURCES), help="which dataset")
     p.add_argument("out", type=Path, help="output folder of the image shards (new, or a partial prepare to resume)")
     p.add_argument("--from", dest="from_dir", type=Path,

@@ -212,7 +212,7 @@ def prepare_dataset(source: Source, raw: str | Path, out: str | Path, rules: Rul
                         f"the {source.name} files)")
     units = source.units(raw)
     if not units:
-        raise DataError(f"{raw}: no {source.name} files found in its layout (see `microdit-data prepare --help`)")
+        raise DataError(f"{raw}: no {source.name} files found; expected its layout: {source.layout}")
     units = units[:max(1, math.ceil(len(units) * fraction))]
     described = _describe(source, raw.resolve(), rules)
     if out.exists() and not out.is_dir():

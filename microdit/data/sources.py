@@ -9,25 +9,8 @@ MicroDiT trains on 37M real and synthetic images from five public datasets and e
   a chunk of a list of images) and the (key, image bytes, caption) samples of each unit;
 - its licence terms, written into the prepared dataset's manifest.
 
-Layouts (as the hosts publish them):
-- ``cc12m``: ``pixparse/cc12m-wds`` on the Hub, webdataset tars ``cc12m-train-NNNN.tar`` of
-  ``KEY.jpg`` + ``KEY.txt`` (+ ``KEY.json``); 2,176 tars.
-- ``sa1b``: Segment-Anything-1B tars ``sa_NNNNNN.tar`` of ``sa_ID.jpg`` + ``sa_ID.json`` (masks,
-  unused) from Meta's expiring links (``--links``: the tab-separated ``file_name  cdn_link`` list of
-  the SA-1B download page), with the released LLaVA long captions (``PixArt-alpha/SAM-LLaVA-
-  Captions10M``: ``SA1B_caption.tar.gz`` of ``sa_ID.txt``, extracted to ``captions/``).
-- ``jdb``: ``JourneyDB/JourneyDB`` on the Hub (gated: accept its terms): ``data/train/imgs/NNN.tgz``
-  of ``NNN/NAME.jpg`` and the prompts in ``data/train/train_anno_realease_repath.jsonl.tgz``
-  (one JSON line per image: ``img_path`` ``./NNN/NAME.jpg``, ``prompt``); 200 archives.
-- ``diffdb``: ``poloclub/diffusiondb`` on the Hub: ``diffusiondb-large-part-{1,2}/part-NNNNNN.zip`` of
-  ``.webp`` images and ``metadata-large.parquet`` (``image_name``, ``prompt``, ``part_id``,
-  ``image_nsfw``, ``prompt_nsfw``); 14,000 zips.
-- ``textcaps``: ``TextCaps_0.1_train.json`` / ``TextCaps_0.1_val.json`` (``data``: entries with
-  ``image_id``, ``image_path`` ``train/ID.jpg``, ``caption_str``) and ``train_val_images.zip`` of
-  ``train_images/ID.jpg``.
-- ``coco2014``: ``annotations_trainval2014.zip`` (``annotations/captions_val2014.json``: ``images``
-  with ``id`` and ``file_name``, ``annotations`` with ``image_id`` and ``caption``) and
-  ``val2014.zip`` (``val2014/COCO_val2014_000000ID.jpg``); either may also lie extracted.
+Layouts: each source's ``layout`` below, as the hosts publish them (also what ``microdit-data
+prepare --help`` lists, and what a ``--from`` folder holding none of the source's files is told).
 """
 
 from __future__ import annotations
@@ -77,6 +60,7 @@ class Source:
     units: Callable[[Path], list[str]]
     read: Callable[[Path, str], Iterator[RawSample]]
     files: Callable[[float, dict], list[Download]]
+    layout: str = ""  # the files, as the host publishes them: what --from must hold
     min_side: int = 256  # the paper's filter: drop images whose short side is below this
     max_side: int = 512  # ... and resize the short side to this when larger (0: keep the size)
 
@@ -319,20 +303,35 @@ def _coco_files(fraction: float, _: dict) -> list[Download]:
 SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("cc12m", "Conceptual 12M (pixparse/cc12m-wds)",
            "CC12M terms: free to use for any purpose, Google LLC acknowledged as the data source; each image "
-           "belongs to its owner", 2176, _cc12m_units, _cc12m_read, _cc12m_files),
+           "belongs to its owner", 2176, _cc12m_units, _cc12m_read, _cc12m_files,
+           "pixparse/cc12m-wds on the Hub: webdataset tars cc12m-train-NNNN.tar of KEY.jpg + KEY.txt (+ KEY.json); "
+           "2,176 tars"),
     Source("sa1b", "Segment Anything 1B with PixArt's LLaVA captions",
            "SA-1B Dataset Research License (Meta): research use only, no redistribution; captions from "
-           "PixArt-alpha/SAM-LLaVA-Captions10M", 1000, _sa1b_units, _sa1b_read, _sa1b_files),
+           "PixArt-alpha/SAM-LLaVA-Captions10M", 1000, _sa1b_units, _sa1b_read, _sa1b_files,
+           "Segment-Anything-1B tars sa_NNNNNN.tar of sa_ID.jpg + sa_ID.json (masks, unused) from Meta's expiring "
+           "links (--links: the tab-separated file_name, cdn_link list of the SA-1B download page), with the "
+           "released LLaVA long captions (PixArt-alpha/SAM-LLaVA-Captions10M: SA1B_caption.tar.gz of sa_ID.txt, "
+           "extracted to captions/)"),
     Source("jdb", "JourneyDB (JourneyDB/JourneyDB, gated)",
            "JourneyDB terms of use: non-commercial research only, accepted on the Hub before download",
-           200, _jdb_units, _jdb_read, _jdb_files),
+           200, _jdb_units, _jdb_read, _jdb_files,
+           "JourneyDB/JourneyDB on the Hub (gated: accept its terms): data/train/imgs/NNN.tgz of NNN/NAME.jpg and "
+           "the prompts in data/train/train_anno_realease_repath.jsonl.tgz (one JSON line per image: img_path "
+           "./NNN/NAME.jpg, prompt); 200 archives"),
     Source("diffdb", "DiffusionDB large (poloclub/diffusiondb)", "CC0 1.0 (images and prompts)", 14000,
-           _diffdb_units, _diffdb_read, _diffdb_files),
+           _diffdb_units, _diffdb_read, _diffdb_files,
+           "poloclub/diffusiondb on the Hub: diffusiondb-large-part-N/part-NNNNNN.zip (N = 1, 2) of .webp images and "
+           "metadata-large.parquet (image_name, prompt, part_id, image_nsfw, prompt_nsfw); 14,000 zips"),
     Source("textcaps", "TextCaps 0.1 (train + val)",
            "annotations CC BY 4.0; images from Open Images, CC BY 2.0 per image", 1,
-           *_listed(_textcaps_images, "train_images", "train_val_images.zip", _key), _textcaps_files),
+           *_listed(_textcaps_images, "train_images", "train_val_images.zip", _key), _textcaps_files,
+           "TextCaps_0.1_train.json / TextCaps_0.1_val.json (data: entries with image_id, image_path train/ID.jpg, "
+           "caption_str) and train_val_images.zip of train_images/ID.jpg (or extracted)"),
     Source("coco2014", "MS-COCO 2014 validation (the paper's evaluation set)",
            "annotations CC BY 4.0 (COCO Consortium); images under the Flickr terms of use of each image", 1,
            *_listed(_coco_images, "val2014", "val2014.zip", lambda i: f"coco_{i:012d}"), _coco_files,
-           min_side=0, max_side=0),
+           "annotations_trainval2014.zip (annotations/captions_val2014.json: images with id and file_name, "
+           "annotations with image_id and caption) and val2014.zip (val2014/COCO_val2014_000000ID.jpg); either may "
+           "also lie extracted", min_side=0, max_side=0),
 )}

@@ -140,6 +140,25 @@ def test_bad_inputs_end_in_one_line(raw, tmp_path, capsys):
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_each_sources_layout_names_its_files_and_is_shown(source, raw, tmp_path, capsys):
+    """Each source's ``layout`` (what ``prepare --help`` lists and a ``--from`` folder holding none of
+    the source's files is told) names every top-level file and folder of its fixture, which is built
+    in the host's real layout (its last number as N: ``cc12m-train-0000.tar`` is ``cc12m-train-NNNN.tar``)."""
+    layout = SOURCES[source].layout
+    for entry in (raw / source).iterdir():
+        numbered = re.sub(r"\d+(?=\D*$)", lambda m: "N" * len(m.group()), entry.name)  # its last number
+        assert entry.name in layout or numbered in layout, (entry.name, layout)
+    with pytest.raises(SystemExit):
+        data_main(["prepare", "--help"])
+    assert f"{source}: {layout[:40]}" in " ".join(capsys.readouterr().out.split())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        data_main(["prepare", source, str(tmp_path / "out"), "--from", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and (f"expected its layout: {layout}" in err or " is missing: " in err), err
+
+
 def test_downloads_skip_what_is_there_and_explain_gated_sets(tmp_path, monkeypatch):
     from huggingface_hub import errors
 
