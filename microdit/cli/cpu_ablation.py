@@ -30,6 +30,8 @@ from microdit.pipeline import RESULTS, JobConfig, compose_job, report_dir, run_j
 from microdit.run import RUN_ERRORS
 from microdit.train.config import TrainConfig
 
+JOB_FIELDS = {f.name for f in dataclasses.fields(JobConfig)}
+RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"protocol", "experiment"}  # and Hydra's groups
 STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluations and checkpoints are kept: run "
            "the job again to continue")
 
@@ -47,10 +49,6 @@ def job_overrides(args: argparse.Namespace) -> list[str]:
     out += [f"report.out={quoted(args.out)}"] if args.out else []
     out += [f"workers={args.workers}"] if args.workers is not None else []
     return out + [refuse_run_key(arg) for arg in args.job_overrides]
-
-
-JOB_FIELDS = {f.name for f in dataclasses.fields(JobConfig)}
-RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"protocol", "experiment"}  # and Hydra's groups
 
 
 def refuse_run_key(arg: str) -> str:

@@ -60,7 +60,7 @@ class Source:
     units: Callable[[Path], list[str]]
     read: Callable[[Path, str], Iterator[RawSample]]
     files: Callable[[float, dict], list[Download]]
-    layout: str = ""  # the files, as the host publishes them: what --from must hold
+    layout: str  # the files, as the host publishes them: what --from must hold
     min_side: int = 256  # the paper's filter: drop images whose short side is below this
     max_side: int = 512  # ... and resize the short side to this when larger (0: keep the size)
 
