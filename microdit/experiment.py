@@ -37,6 +37,12 @@ def config_error(err: Exception) -> str:
     (``Key 'bogus' not in 'TrainerConfig'``, ``Value 'abc' could not be converted to Integer``),
     that reason. Hydra's advice to append a key (``+key=...``) is left out: the schema refuses
     unknown keys either way."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, name = err.missing_cfg_file.rsplit("/", 1)
+        return (f"no config '{name}' in group {group} (built in: {' '.join(err.options or [])}); one of your own: "
+                f"keep it as conf/{group}/{name}.yaml and add the override 'hydra.searchpath=[file://conf]'")
     head = [line for line in str(err).splitlines() if line.strip() and not line.startswith("To append")]
     cause = err.__cause__
     reason = str(cause).splitlines()[0] if cause is not None and str(cause) else ""

@@ -31,7 +31,7 @@ from microdit.run import RUN_ERRORS
 from microdit.train.config import TrainConfig
 
 JOB_FIELDS = {f.name for f in dataclasses.fields(JobConfig)}
-RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"protocol", "experiment"}  # and Hydra's groups
+RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"protocol", "experiment", "hydra"}  # and groups
 STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluations and checkpoints are kept: run "
            "the job again to continue")
 

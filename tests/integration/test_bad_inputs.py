@@ -277,7 +277,7 @@ CONFIG_CASES = [
     ("negative learning rate", ["stages.pretrain.lr=-1e-3"], "lr must be > 0"),
     ("NaN learning rate", ["optim.lr=nan"], "optim.lr must be a finite number, got nan"),
     ("unknown preset", ["model.preset=giant"], "unknown model preset 'giant'"),
-    ("unknown experiment", ["experiment=fig99"], "Could not find 'experiment/fig99'"),
+    ("unknown experiment", ["experiment=fig99"], "no config 'fig99' in group experiment (built in: beta2 "),
     ("unknown key", ["+trainer.bogus=1"], "unknown config key(s) ['trainer.bogus']"),
     ("mistyped key", ["trainer.bogus=1"], "Could not override 'trainer.bogus'. (Key 'bogus' not in 'TrainerConfig')"),
     ("a word for an integer", ["trainer.batch_size=abc"], "trainer.batch_size=abc (Value 'abc' of type 'str' could "
@@ -772,7 +772,7 @@ def test_gpu_plan_bad_overrides(capsys, tmp_path):
     msg = cli_error(bench_cli.main, ["--out", str(tmp_path / "plan"), "--gpu-plan", "optim.lr=inf"], capsys)
     record("`microdit-bench --gpu-plan` optim.lr=inf", msg, "optim.lr must be a finite number, got inf")
     msg = cli_error(bench_cli.main, ["--out", str(tmp_path / "plan"), "--gpu-plan", "experiment=fig99"], capsys)
-    record("`microdit-bench --gpu-plan` an unknown experiment", msg, "Could not find 'experiment/fig99'")
+    record("`microdit-bench --gpu-plan` an unknown experiment", msg, "no config 'fig99' in group experiment")
     assert not (tmp_path / "plan").exists()  # a refused command leaves no folder behind
     plain = tmp_path / "plain"
     plain.write_text("x")

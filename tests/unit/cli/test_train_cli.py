@@ -59,5 +59,8 @@ def test_an_experiment_of_ones_own_outside_the_package(tmp_path, monkeypatch):
     assert cfg.model.overrides.mixer_depth == 1 and cfg.trainer.run_dir == "runs/cpu"
     points = as_dicts(sweep_points(overrides))
     assert sorted(p["stages.pretrain.mask.ratio"] for p in points) == ["0.5", "0.75"]
-    with pytest.raises(ValueError, match="Could not find 'experiment/mine'"):
+    with pytest.raises(ValueError) as refused:
         compose_config(["experiment=mine"])
+    assert str(refused.value).endswith("one of your own: keep it as conf/experiment/mine.yaml and add the override "
+                                       "'hydra.searchpath=[file://conf]'")
+    assert "Config search path" not in str(refused.value) and "fig6_naive " in str(refused.value)

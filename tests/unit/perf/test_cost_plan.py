@@ -48,7 +48,7 @@ def test_fig6_sits_on_the_papers_compute_axis(capsys):
 def test_bad_overrides_and_sweep_points_are_named(capsys):
     with pytest.raises(SystemExit, match=r"microdit-plan: error: sweep point .*optim.lr=nan.*finite"):
         plan_cli.main(["-m", "optim.lr=1e-3,nan"])
-    with pytest.raises(SystemExit, match=r"Could not find 'experiment/fig99'"):
+    with pytest.raises(SystemExit, match=r"no config 'fig99' in group experiment"):
         plan_cli.main(["experiment=fig99"])
     with pytest.raises(SystemExit):
         plan_cli.main(["--mfu", "2"])
