@@ -112,12 +112,13 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return [list(point) for point in itertools.product(*choices)]
 
 
-def validate_run(cfg: TrainConfig) -> None:
+def validate_run(cfg: TrainConfig, warn: str = "trainer.plan_check=warn") -> None:
     """Everything checked before a run starts, without its data: the config (:func:`validate`)
     and, with the caption length its text encoder gives, the sized plan (an EMA that never starts,
-    a warm-up longer than its stage: refused unless ``trainer.plan_check=warn``)."""
+    a warm-up longer than its stage: refused unless ``trainer.plan_check=warn``; ``warn`` says how
+    the caller's user sets that)."""
     validate(cfg)
-    check_plan(sized_stages(cfg), cfg.trainer.plan_check, say=lambda line: None)
+    check_plan(sized_stages(cfg), cfg.trainer.plan_check, say=lambda line: None, warn=warn)
 
 
 def sized_stages(cfg: TrainConfig) -> list[Stage]:

@@ -96,6 +96,19 @@ def test_the_main_jobs_equal_steps_arm_takes_deferreds_steps(tmp_path):
     assert abs(study["cpu-naive75-b13"].images / study["cpu-naive75"].images - 1) < 0.01
 
 
+def test_a_jobs_plan_check_says_how_to_run_it_anyway(tmp_path):
+    """A job's run whose warm-up outlasts its stage (the main job at a test-sized budget) is refused
+    naming the command-line form that runs it anyway (a run's key goes to --override); with it, every
+    run is composed."""
+    job = compose_job("main", ["seeds=[0]"])
+    with pytest.raises(ValueError) as refused:
+        job_configs(job, tmp_path, ["trainer.budget_flops=5e10"])
+    assert str(refused.value).startswith("job entry 'cpu_masking_naive75 protocol=cpu_prompt': stages.pretrain: "
+                                         "warmup_images=1600 is longer than the stage")
+    assert str(refused.value).endswith("(microdit-cpu-ablation --override trainer.plan_check=warn runs it anyway)")
+    assert len(job_configs(job, tmp_path, ["trainer.budget_flops=5e10", "trainer.plan_check=warn"])) == 3
+
+
 def test_a_budget_job_trains_each_arm_at_each_budget(tmp_path):
     from microdit.eval.trend import budget_tag
     from microdit.pipeline import arm_of
