@@ -57,9 +57,9 @@ def test_sigterm_outside_training_stops_the_job_with_its_line(monkeypatch, capsy
 @pytest.mark.parametrize("arg", ["trainer.plan_check=warn", "protocol=cpu_study", "+stages.pretrain.lr=1e-3",
                                  "~model.overrides", "hydra.searchpath=[file://conf]"])
 def test_a_runs_key_among_the_jobs_is_pointed_to_override(arg, monkeypatch, capsys):
-    """A run's key given where the job's fields go (after a job's plan check said
-    "trainer.plan_check=warn runs it anyway") is refused naming --override, before anything runs;
-    the job's own fields (eval.*, seeds, report.*) pass."""
+    """A run's key given where the job's fields go (as microdit-train's "trainer.plan_check=warn
+    runs it anyway" or the README's searchpath would suggest) is refused naming --override, before
+    anything runs; the job's own fields (eval.*, seeds, report.*) pass."""
     monkeypatch.setattr(cpu_ablation, "run_job", lambda job, extra=None: pytest.fail("the job ran"))
     with pytest.raises(SystemExit) as stop:
         cpu_ablation.main(["--seeds", "0", arg])
