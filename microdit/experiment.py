@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from microdit.train.config import LENGTHS, TrainConfig, to_train_config, validate
-from microdit.train.plan import Stage, check_plan, resolve
+from microdit.train.plan import RUN_ANYWAY, Stage, check_plan, resolve
 
 CONF_DIR = Path(str(resources.files("microdit.conf")))  # the top-level conf/ (installed: microdit/conf)
 
@@ -112,13 +112,13 @@ def _expand(overrides: list[str]) -> list[list[str]]:
     return [list(point) for point in itertools.product(*choices)]
 
 
-def validate_run(cfg: TrainConfig, warn: str = "trainer.plan_check=warn") -> None:
+def validate_run(cfg: TrainConfig, run_anyway: str = RUN_ANYWAY) -> None:
     """Everything checked before a run starts, without its data: the config (:func:`validate`)
     and, with the caption length its text encoder gives, the sized plan (an EMA that never starts,
-    a warm-up longer than its stage: refused unless ``trainer.plan_check=warn``; ``warn`` says how
-    the caller's user sets that)."""
+    a warm-up longer than its stage: refused unless ``trainer.plan_check=warn``; ``run_anyway``
+    says how the caller's user sets that)."""
     validate(cfg)
-    check_plan(sized_stages(cfg), cfg.trainer.plan_check, say=lambda line: None, warn=warn)
+    check_plan(sized_stages(cfg), cfg.trainer.plan_check, say=lambda line: None, run_anyway=run_anyway)
 
 
 def sized_stages(cfg: TrainConfig) -> list[Stage]:

@@ -159,7 +159,7 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
     errors naming the key or file."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from microdit.experiment import refused_key
+    from microdit.experiment import refused_key  # on the error path only
     overrides = list(overrides or [])
     path = Path(spec)
     is_file = path.suffix in (".yaml", ".yml")
@@ -245,7 +245,7 @@ def _check_run(cfg: TrainConfig, entry: str) -> None:
     """A run that is not valid, or whose folder was written with another config (its results would
     not be this job's) or cannot be written, stops the job before anything trains."""
     try:
-        validate_run(cfg, warn="microdit-cpu-ablation --override trainer.plan_check=warn")
+        validate_run(cfg, run_anyway="microdit-cpu-ablation --override trainer.plan_check=warn")
     except ValueError as err:
         raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
     run = Path(cfg.trainer.run_dir) / cfg.trainer.name

@@ -25,13 +25,14 @@ from pathlib import Path
 
 from microdit.cli.options import positive_float, positive_int
 from microdit.cli.stopping import stopped_in_one_line
-from microdit.experiment import quoted
+from microdit.experiment import CONF_DIR, quoted
 from microdit.pipeline import RESULTS, JobConfig, compose_job, report_dir, run_job
 from microdit.run import RUN_ERRORS
 from microdit.train.config import TrainConfig
 
 JOB_FIELDS = {f.name for f in dataclasses.fields(JobConfig)}
-RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"protocol", "experiment", "hydra"}  # and groups
+GROUPS = {g.name for g in CONF_DIR.iterdir() if g.is_dir() and any(g.glob("*.yaml"))} - {"job"}  # job/: jobs.yaml's
+RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | GROUPS | {"hydra"}  # what a run's overrides set
 STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluations and checkpoints are kept: run "
            "the job again to continue")
 

@@ -81,11 +81,9 @@ class StageConfig:
         grid = self.model_config(model).base_grid if model is not None else None
         out = [f"mask: {p}" for p in self.mask.problems(grid)] + [f"ema: {p}" for p in self.ema.problems()]
         lengths = [k for k in LENGTHS if getattr(self, k) is not None]
-        if len(lengths) > 1:  # e.g. the protocol's images and a command line's steps: one must go
-            out.append(f"give exactly one of {', '.join(LENGTHS)}; got {', '.join(lengths)} (set the others to "
-                       f"null, e.g. {lengths[0]}=null)")
-        elif not lengths:
-            out.append(f"give exactly one of {', '.join(LENGTHS)}; got none")
+        if len(lengths) != 1:  # two: e.g. the protocol's images and a command line's steps, one must go
+            fix = f" (set the others to null, e.g. {lengths[0]}=null)" if lengths else ""
+            out.append(f"give exactly one of {', '.join(LENGTHS)}; got {', '.join(lengths) or 'none'}{fix}")
         elif getattr(self, lengths[0]) <= 0:
             out.append(f"{lengths[0]} must be > 0, got {getattr(self, lengths[0])}")
         if self.lr is not None and self.lr <= 0:

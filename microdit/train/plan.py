@@ -150,14 +150,17 @@ def unused_budget(stages: list[Stage], budget: float | None) -> list[str]:
             "its own images, steps or FLOPs"]
 
 
+RUN_ANYWAY = "trainer.plan_check=warn"  # what runs a refused plan, as a run's command line sets it
+
+
 def check_plan(stages: list[Stage], mode: str, say=print, budget: float | None = None,
-               warn: str = "trainer.plan_check=warn") -> None:
-    """Refuse (``mode`` ``error``: one line with every problem, and ``warn``, how to run it anyway)
-    or report (``warn``: a line each through ``say``) the :func:`plan_problems` of ``stages``; say
-    where ``budget`` sizes no stage."""
+               run_anyway: str = RUN_ANYWAY) -> None:
+    """Refuse (``mode`` ``error``: one line with every problem and ``run_anyway``, how the caller's
+    user runs it all the same) or report (``warn``: a line each through ``say``) the
+    :func:`plan_problems` of ``stages``; say where ``budget`` sizes no stage."""
     problems = plan_problems(stages)
     if problems and mode == "error":
-        raise ValueError("; ".join(problems) + f" ({warn} runs it anyway)")
+        raise ValueError("; ".join(problems) + f" ({run_anyway} runs it anyway)")
     for problem in problems:
         say(f"[train] warning: {problem}")
     for note in unused_budget(stages, budget):
