@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from microdit.data import DataError, Manifest, verify_dataset
+from microdit.data.manifest import no_manifest
 from microdit.data.remote import dataset_manifest, is_remote
 from microdit.diffusion import EDMConfig, SamplerConfig, generate
 from microdit.encoders import load_autoencoder, load_text_encoder
@@ -257,6 +258,9 @@ def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
     for stage in stages:
         for i, folder in enumerate(stage.data.folders):
             if not is_remote(folder) and not (Path(folder) / "manifest.json").is_file():
+                if Path(folder).is_dir() and any(Path(folder).iterdir()):
+                    raise DataError(f"dataset {folder} (stage {stage.name!r}): {no_manifest(folder)}, then "
+                                    "microdit-data encode OUT LATENTS, and train on LATENTS")
                 raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
                                 "(or set data.prepare=synthetic for the synthetic dataset)")
             try:  # sizes and sha256 (then cached); seen at the resolution the stage reads

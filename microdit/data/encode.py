@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -70,11 +71,10 @@ class Share:
 
 class CaptionCache:
     """A text encoder's output (float16, as the shards store it) per distinct caption, kept up to
-    ``limit`` bytes: a dataset whose captions repeat (the synthetic one-object scene: 480 distinct in
-    5,000) encodes each once. A caption's encoding does not depend on the captions batched with it
-    (each is padded to the encoder's length), so the shards are the ones encoding every batch
-    whole would write: byte for byte on the CPU (the tests compare them), up to float rounding
-    where a GPU picks other kernels for other batch sizes."""
+    ``limit`` bytes: a dataset whose captions repeat (the one-object scene: 480 distinct in 5,000)
+    encodes each once. A caption's encoding does not depend on the captions batched with it (each is
+    padded to the encoder's length), so the shards are those of encoding every batch whole: byte for
+    byte on the CPU (the tests compare them), up to float rounding where a GPU picks other kernels."""
 
     def __init__(self, text: TextEncoder, limit: int = 256 * 2**20) -> None:
         self.text, self.limit, self.kept, self.bytes = text, limit, {}, 0
@@ -140,8 +140,6 @@ def _start_manifest(src: Manifest, dst: Path, autoencoder: Autoencoder, text: Te
 
 
 def _load_part(path: Path) -> Manifest:
-    import json
-
     try:
         return Manifest.from_dict(json.loads(path.read_text()), str(path), check_total=False)
     except ValueError as err:
@@ -179,10 +177,7 @@ def encode_dataset(src_folder: str | Path, dst_folder: str | Path, autoencoder: 
     dst.parent.mkdir(parents=True, exist_ok=True)
     lock = f".{dst.name}.lock" if share.world == 1 else f".{dst.name}.rank-{share.rank}-of-{share.world}.lock"
     with acquire(dst.parent / lock, f"the encoding of {dst} (rank {share.rank} of {share.world})", wait=True):
-        # Hidden files are another rank's work in progress (its part manifest being written, a shard's
-        # temporary) when it started first: only a visible file without any manifest is someone else's.
-        if dst.is_dir() and any(not p.name.startswith(".") for p in dst.iterdir()) \
-                and not (dst / "manifest.json").is_file() and not any(dst.glob(".part-*.json")):
+        if _holds_others(dst):
             raise DataError(f"{dst} holds files but no manifest.json (not an encode to resume): encode into a new "
                             "or empty folder; nothing was changed")
         dst.mkdir(exist_ok=True)
@@ -289,8 +284,6 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
     the shards (the trainer checks every dataset at start; the first time hashes it). A dataset
     behind a URL (:mod:`microdit.data.remote`) has its manifest read; each shard is checked when
     the shard cache fetches it."""
-    import json
-
     from microdit.data.remote import is_remote, load_remote_manifest
 
     if is_remote(folder):
@@ -326,6 +319,13 @@ def verify_dataset(folder: str | Path, count_samples: bool = True) -> Manifest:
     except OSError:
         pass  # nowhere to write (a full disk): verified again next time
     return manifest
+
+
+def _holds_others(folder: Path) -> bool:
+    """``folder`` holds files no encode wrote: hidden files are another rank's work in progress (its
+    part manifest, a shard's temporary), only a visible file without any manifest is someone else's."""
+    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()) \
+        and not (folder / "manifest.json").is_file() and not any(folder.glob(".part-*.json"))
 
 
 def encoded_from(folder: str | Path) -> str | None:
@@ -368,6 +368,12 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why:
                             f"delete {folder} to encode it again")
         _refuse_other_draw(folder, recipe.differs(manifest), images)
         return manifest
+    if _holds_others(folder):
+        raise DataError(f"{folder} holds files but no manifest.json: data.prepare=synthetic (the default data "
+                        "group) builds the synthetic dataset into data.folders[0], a new or empty folder; nothing was "
+                        "changed. To train on a download of one of the paper's sets: microdit-data prepare SOURCE OUT "
+                        f"--from {folder}, microdit-data encode OUT LATENTS, then data.folders=[LATENTS] "
+                        "data.prepare=none")
     if not (folder / "manifest.json").is_file():
         print(f"[data] {folder} holds no dataset: building the synthetic one there ({recipe.samples} images, "
               f"scene {scene}, seed {seed}{'; ' + why if why else ''})", file=sys.stderr)

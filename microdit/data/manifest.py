@@ -139,6 +139,13 @@ def _field_problems(m: Manifest) -> list[str]:
     return out
 
 
+def no_manifest(folder: str | Path) -> str:
+    """Why an existing ``folder`` without ``manifest.json`` is no dataset, and how a download (the
+    paper's five sets, COCO: :mod:`microdit.data.sources`) becomes one."""
+    return (f"{Path(folder) / MANIFEST} is missing: not a microdit dataset folder (or its writing never finished); "
+            f"a download of one of the paper's sets becomes one with microdit-data prepare SOURCE OUT --from {folder}")
+
+
 def load_manifest(folder: str | Path, check_total: bool = True) -> Manifest:
     """Read ``folder/manifest.json`` with clear errors for a missing or malformed file
     (``check_total``: see :meth:`Manifest.from_dict`)."""
@@ -146,7 +153,7 @@ def load_manifest(folder: str | Path, check_total: bool = True) -> Manifest:
     if not Path(folder).is_dir():
         raise DataError(f"dataset folder {folder} {not_a_folder(folder)}")
     if not path.is_file():
-        raise DataError(f"{path} is missing: not a microdit dataset folder (or its writing never finished)")
+        raise DataError(no_manifest(folder))
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as err:

@@ -81,6 +81,9 @@ def coco30k_dataset(coco: str | Path, resolution: int, autoencoder, text, count:
     ``coco`` when missing (one read of the prepared set; resumable; concurrent builders wait for one
     another)."""
     coco = Path(coco)
+    if coco.is_dir() and not (coco / "manifest.json").is_file():
+        raise DataError(f"{coco}: not a prepared coco2014 dataset (no manifest.json); the COCO 2014 validation "
+                        f"download becomes one with microdit-data prepare coco2014 OUT --from {coco}: give OUT")
     base = coco.with_name(f"{coco.name}-coco30k-s{seed}-n{count}-{resolution}px")
     images = base.with_name(base.name + "-images")
     if not (images / "manifest.json").is_file():

@@ -3,6 +3,7 @@ FID and CLIP score with random-init networks of the real architectures, and the 
 
 import importlib
 import json
+import re
 
 import nbformat
 import pytest
@@ -12,7 +13,7 @@ from nbclient import NotebookClient
 from microdit.cli.data import main as data_main
 from microdit.cli.eval import main as eval_main
 from microdit.cli.results import main as results_main
-from microdit.data import load_manifest
+from microdit.data import DataError, load_manifest
 from microdit.eval.coco import coco30k_pairs
 from microdit.eval.features import InceptionFeatures
 from microdit.eval.frechet import FeatureStats, frechet_distance
@@ -59,6 +60,19 @@ def test_the_caption_draw_is_fixed_one_caption_per_image(coco):
     assert pairs == coco30k_pairs(coco, count=4, seed=0) and pairs != coco30k_pairs(coco, count=4, seed=1)
     assert len({key for key, _, _ in pairs}) == 4 and len(coco30k_pairs(coco)) == load_manifest(coco).samples == 6
     assert all(caption.startswith("A teal disc") for _, caption, _ in pairs)
+
+
+def test_the_raw_download_is_named_with_the_command_that_prepares_it(coco):
+    """--coco given the COCO download itself: one line with the prepare command; nothing built beside it."""
+    from microdit.eval.coco import coco30k_dataset
+
+    raw = coco.parent / "raw" / "coco2014"
+    before = sorted(raw.parent.iterdir())
+    with pytest.raises(DataError, match=re.escape(f"{raw}: not a prepared coco2014 dataset (no manifest.json); the "
+                                                  f"COCO 2014 validation download becomes one with microdit-data "
+                                                  f"prepare coco2014 OUT --from {raw}: give OUT")):
+        coco30k_dataset(raw, 16, None, None, count=4)
+    assert sorted(raw.parent.iterdir()) == before
 
 
 def test_the_evaluation_set_is_built_in_one_read_of_the_drawn_pairs(coco, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ SIGTERM checkpoint, NaN guard, 2 processes == 1 process, budgets, init_from, cle
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -293,6 +294,12 @@ def test_init_from_and_incompatible_checkpoint(tmp_path, data):
 def test_clear_errors(tmp_path, data):
     with pytest.raises(DataError, match=r"dataset .*nowhere \(stage 'pretrain'\) is missing"):
         Trainer(compose_config(base_overrides(tmp_path, tmp_path / "nowhere", "x")))
+    download = tmp_path / "jdb-download"  # a download given where a dataset is read: how it becomes one
+    (download / "data" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match=re.escape(f"dataset {download} (stage 'pretrain'): {download}/manifest.json is "
+                                                  f"missing") + r".* prepare SOURCE OUT --from .*jdb-download, then "
+                                                  r"microdit-data encode OUT LATENTS, and train on LATENTS$"):
+        Trainer(compose_config(base_overrides(tmp_path, download, "x")))
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)

@@ -289,6 +289,24 @@ def test_a_synthetic_dataset_of_another_count_or_size_is_refused(tmp_path):
     assert build_synthetic_dataset(recipe, progress=False).samples == 12
 
 
+def test_the_synthetic_dataset_is_not_built_into_a_folder_of_other_files(tmp_path, capsys):
+    """data.prepare=synthetic on a folder holding a download (files, no manifest): refused before
+    anything is built or said to be, naming how a download becomes a dataset; nothing written."""
+    from microdit.data.encode import build_synthetic_dataset
+    from microdit.data.synthetic import SyntheticRecipe
+
+    download = tmp_path / "coco"
+    (download / "val2014").mkdir(parents=True)
+    (download / "val2014" / "COCO_val2014_000000000042.jpg").write_bytes(b"jpeg")
+    with pytest.raises(DataError, match=re.escape(f"{download} holds files but no manifest.json: data.prepare=")
+                       + r"synthetic .*nothing was changed\. .* microdit-data prepare SOURCE OUT --from .*coco, "
+                         r"microdit-data encode OUT LATENTS, then data.folders=\[LATENTS\] data.prepare=none$"):
+        build_synthetic_dataset(SyntheticRecipe(str(download), 12, 16, 0, "pixel:2", "offline:32:16"), progress=False)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "coco", "coco/val2014", "coco/val2014/COCO_val2014_000000000042.jpg"]
+    assert "building" not in capsys.readouterr().err
+
+
 def test_what_a_latent_dataset_was_encoded_from(images, tmp_path, encoders, monkeypatch, capsys):
     """Synthetic images (a built dataset, `microdit-data synthetic` + encode, a copy whose images are
     gone): None; images of another source: named. A synthetic build says it is building, once."""

@@ -11,7 +11,8 @@ from microdit.data.manifest import Manifest, ShardInfo, save_manifest
 def test_manifest_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_manifest(tmp_path / "nope")
-    with pytest.raises(DataError, match="manifest.json is missing"):
+    with pytest.raises(DataError, match=f"manifest.json is missing: .* a download of one of the paper's sets becomes "
+                                        f"one with microdit-data prepare SOURCE OUT --from {tmp_path}$"):
         load_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
