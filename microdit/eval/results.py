@@ -93,6 +93,11 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
 
 def read_csv(path: str | Path) -> list[dict]:
     """Rows of a results.csv with numbers, booleans and empty cells (None) restored."""
+    if not Path(path).is_file():  # most often a notebook run before its table was written
+        why = "is a folder, not a file" if Path(path).exists() else "does not exist"
+        raise FileNotFoundError(f"results table {path} ({Path(path).resolve()}) {why}: microdit-results "
+                                "RUNS --out FILE writes one (the notebooks read ../runs/results.csv, or the file the "
+                                "environment variable MICRODIT_RESULTS names)")
     with open(path, newline="") as f:
         return [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
 

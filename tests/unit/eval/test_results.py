@@ -1,7 +1,10 @@
 """Results: run folders -> results.csv round trip, grouped tables, plots, selection by sweep group."""
 
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 from microdit.eval import record_metrics
 from microdit.eval.results import collect, flatten, markdown_table, plot, read_csv, select, write_csv
@@ -32,6 +35,16 @@ def test_results_csv_round_trip_and_tables(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 1000
     assert flatten({"a": {"b": [1, 2]}, "c": [{"d": 1}]}) == {"a.b": [1, 2], "c.0.d": 1}
 
+
+
+def test_a_missing_results_table_says_what_writes_it(tmp_path, monkeypatch):
+    """A notebook run before its table exists: the path as given and where it leads, and the command."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for given, why in (("../runs/results.csv", "does not exist"), ("runs", "is a folder, not a file")):
+        with pytest.raises(FileNotFoundError, match=re.escape(f"results table {given} ({(tmp_path / given).resolve()}) "
+                                                              f"{why}: microdit-results RUNS --out FILE writes one")):
+            read_csv(given)
 
 
 def test_select_by_sweep_group_not_by_name_prefix(tmp_path):
