@@ -250,6 +250,17 @@ def check_fits_model(manifest: Manifest, where: str | Path, model: MicroDiTConfi
                         f"fit the model: " + "; ".join(problems) + (f": {hint}" if hint else ""))
 
 
+def _how_to_encode(folder: str, stages: list[Stage]) -> str:
+    """The command that encodes a dataset into ``folder`` as the run reads it: the run's encoders
+    (its stages' recipes carry them) and the resolutions of every stage reading it."""
+    recipe = stages[0].dataset
+    sizes = sorted({s.data.resolution for s in stages if folder in s.data.folders and s.data.resolution})
+    return (f"encode one there with this run's encoders (microdit-data encode IMAGES {folder} --autoencoder "
+            f"{recipe.autoencoder} --text-encoder {recipe.text_encoder}"
+            f"{' --resolutions ' + ' '.join(map(str, sizes)) if sizes else ''}; IMAGES from microdit-data prepare "
+            "or cifar-captions)")
+
+
 def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
     """Every stage's datasets exist, match their manifests and fit the stage's network; returns the
     caption length (tokens, one for the whole run) and, per stage, the encoders its first dataset
@@ -261,8 +272,9 @@ def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
                 if Path(folder).is_dir() and any(Path(folder).iterdir()):
                     raise DataError(f"dataset {folder} (stage {stage.name!r}): {no_manifest(folder)}, then "
                                     "microdit-data encode OUT LATENTS, and train on LATENTS")
-                raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: build it with microdit-data "
-                                "(or set data.prepare=synthetic for the synthetic dataset)")
+                how = _how_to_encode(folder, stages)
+                raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: {how}, or set "
+                                "data.prepare=synthetic to build the synthetic dataset there")
             try:  # sizes and sha256 (then cached); seen at the resolution the stage reads
                 manifest = verify_dataset(folder, count_samples=False).at(stage.data.resolution)
             except DataError as err:

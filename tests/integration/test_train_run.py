@@ -292,8 +292,11 @@ def test_init_from_and_incompatible_checkpoint(tmp_path, data):
 
 
 def test_clear_errors(tmp_path, data):
-    with pytest.raises(DataError, match=r"dataset .*nowhere \(stage 'pretrain'\) is missing"):
-        Trainer(compose_config(base_overrides(tmp_path, tmp_path / "nowhere", "x")))
+    with pytest.raises(DataError, match=r"dataset .*nowhere \(stage 'pretrain'\) is missing: encode one there with "
+                                        r"this run's encoders \(microdit-data encode IMAGES .*nowhere --autoencoder "
+                                        r"pixel:4 --text-encoder offline:256:32 --resolutions 64;"):
+        Trainer(compose_config(base_overrides(tmp_path, tmp_path / "nowhere", "x") + [
+            "encoder.autoencoder=pixel:4", "encoder.text_encoder=offline:256:32", "data.resolution=64"]))
     download = tmp_path / "jdb-download"  # a download given where a dataset is read: how it becomes one
     (download / "data" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match=re.escape(f"dataset {download} (stage 'pretrain'): {download}/manifest.json is "
