@@ -9,12 +9,16 @@ denoise with the prompt).
 
 Sampler options default to the run's own sampler config; an --out folder that already holds
 samples is refused, never overwritten, and so is one that another microdit-sample is writing to
-(it holds the lock file ``OUT/.lock`` while it samples).
+(it holds the lock file ``OUT/.lock`` while it samples). Beside the images, ``prompts.txt`` (index,
+seed, prompt) and ``sampling.json``: how they were drawn (the checkpoint and its images seen, which
+weights, the encoders, the whole sampler config, seeds, init image and sigma_start).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -66,10 +70,14 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
+SETTINGS = "sampling.json"  # how the samples in a folder were drawn
+
+
 def refuse_existing_samples(out: Path) -> None:
     """Refuse an output folder that already holds samples (nothing written before is overwritten)
     or that cannot be written (a file, under a file, not writable), before the model is loaded."""
-    earlier = sorted(p.name for p in (out / "prompts.txt", out / "grid.png", out / "0000.png") if p.exists())
+    earlier = sorted(p.name for p in (out / "prompts.txt", out / SETTINGS, out / "grid.png", out / "0000.png")
+                     if p.exists())
     if earlier:
         raise FileExistsError(f"--out {out} already holds samples ({', '.join(earlier)}): choose another folder "
                               "or delete them")
@@ -77,14 +85,16 @@ def refuse_existing_samples(out: Path) -> None:
         raise FileExistsError(f"--out {out} {problem}")
 
 
-def write_samples(out: Path, images: torch.Tensor, seeds: list[int], prompts: list[str]) -> None:
-    """The PNGs, ``prompts.txt`` (index, seed, prompt) and ``grid.png`` in ``out``: all of them or none
-    (on a full disk the written ones are removed: a folder with some of them would refuse the next try)."""
+def write_samples(out: Path, images: torch.Tensor, seeds: list[int], prompts: list[str], settings: dict) -> None:
+    """The PNGs, ``prompts.txt`` (index, seed, prompt), ``sampling.json`` (``settings``) and
+    ``grid.png`` in ``out``: all of them or none (on a full disk the written ones are removed: a
+    folder with some of them would refuse the next try)."""
     listing = "".join(f"{i:04d}\t{seed}\t{p}\n" for i, (seed, p) in enumerate(zip(seeds, prompts, strict=True)))
     outputs = [(out / f"{i:04d}.png", png_bytes(image.permute(1, 2, 0).numpy())) for i, image in enumerate(images)]
+    outputs += [(out / "prompts.txt", listing.encode()), (out / SETTINGS, json.dumps(settings, indent=1).encode())]
     written = []
     try:
-        for path, data in [*outputs, (out / "prompts.txt", listing.encode())]:
+        for path, data in outputs:
             write_atomic(path, data)
             written.append(path)
         save_grid(images, out / "grid.png", columns=min(8, len(images)))
@@ -130,6 +140,17 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"microdit-sample: error: {' '.join(str(err).split())}") from None
 
 
+def _settings(args: argparse.Namespace, loaded, draw: PromptSampler, sampler, seeds: list[int], device) -> dict:
+    """What ``sampling.json`` records: everything the images depend on besides the prompts."""
+    return {"checkpoint": str(loaded.checkpoint.resolve()), "nimg": loaded.nimg, "weights": loaded.weights,
+            "text_encoder": draw.text.name, "autoencoder": draw.autoencoder.name,
+            "sampler": dataclasses.asdict(sampler), "use_text_mask": loaded.config.data.use_text_mask,
+            "seeds": seeds, "same_noise": args.same_noise,
+            "init_image": str(args.init_image.resolve()) if args.init_image else None,
+            "sigma_start": args.sigma_start if args.init_image else None, "batch_size": args.batch_size,
+            "device": str(device)}
+
+
 def sample(args: argparse.Namespace, prompts: list[str]) -> None:
     """Generate ``prompts`` with the run or export ``args.run`` and write the PNGs and grid."""
     if not args.run.exists():
@@ -169,7 +190,7 @@ def sample(args: argparse.Namespace, prompts: list[str]) -> None:
         images = draw(loaded.model, prompts, seeds, loaded.config.diffusion, sampler,
                       loaded.config.data.use_text_mask, args.batch_size, x_init, args.sigma_start,
                       show_progress=True)  # (N, 3, H, W) uint8
-        write_samples(args.out, images, seeds, prompts)
+        write_samples(args.out, images, seeds, prompts, _settings(args, loaded, draw, sampler, seeds, device))
     count = f"{len(images)} image" + ("s" if len(images) != 1 else "")
     print(f"{count} from {loaded.checkpoint} ({loaded.weights}) in {args.out}", file=sys.stderr)
 

@@ -1,6 +1,7 @@
 """End-to-end trainer runs on a tiny synthetic dataset: two stages, exact resume after kill -9,
 SIGTERM checkpoint, NaN guard, 2 processes == 1 process, budgets, init_from, clear errors."""
 
+import dataclasses
 import json
 import os
 import re
@@ -87,6 +88,12 @@ def test_two_stage_run_end_to_end(tmp_path, data):
     sample_main([str(run), *prompts, "--out", str(tmp_path / "more"), "--device", "cpu", "--steps", "3"])
     assert not np.array_equal(np.array(Image.open(tmp_path / "more" / "grid.png")),
                               np.array(Image.open(run / "samples" / grids[-1])))
+    settings = json.loads((tmp_path / "more" / "sampling.json").read_text())  # how they were drawn
+    assert settings["sampler"] == {**dataclasses.asdict(cfg.sampler), "steps": 3} != dataclasses.asdict(cfg.sampler)
+    assert (settings["checkpoint"], settings["nimg"], settings["weights"]) == (str(runs.latest(run).resolve()), 96,
+                                                                               "EMA weights")
+    assert settings["seeds"] == list(range(len(prompts) // 2)) and settings["init_image"] is None
+    assert (settings["text_encoder"], settings["autoencoder"]) == (cfg.encoder.text_encoder, cfg.encoder.autoencoder)
     state, _ = runs.load(runs.latest(run))
     assert state["ema"] is not None
     assert not torch.equal(state["ema"]["final.linear.weight"], state["model"]["final.linear.weight"])
