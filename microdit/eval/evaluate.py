@@ -186,6 +186,28 @@ def evaluate(checkpoint: str | Path | LoadedModel, eval_dataset: str | Path, set
     return entry
 
 
+# The fields of a metrics.json entry its readers use (an entry's key, the results table), by kind.
+ENTRY_FIELDS = {"name": str, "nimg": int, "ema": bool, "sampler": dict, "num_samples": int, "seed": int,
+                "metrics": dict}
+_KINDS = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
+
+
+def _entries(path: Path) -> list[dict]:
+    """The entries of the metrics.json at ``path``; ValueError naming the first field that is not
+    of its kind (``ENTRY_FIELDS``): a hand-edited or foreign file."""
+    found = json.loads(path.read_text())
+    entries = found.get("entries") if isinstance(found, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError('expected an object {"entries": [...]}')
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"entries[{i}] is a {type(entry).__name__}, not an object")
+        for name, kind in ENTRY_FIELDS.items():
+            if not isinstance(entry.get(name), kind) or (kind is int and isinstance(entry.get(name), bool)):
+                raise ValueError(f"entries[{i}].{name}: expected {_KINDS[kind]}, got {entry.get(name)!r}")
+    return entries
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """Entries of a run's metrics.json (empty if none). A damaged file is named in a warning and
     read as empty, so one bad run does not stop a table of many."""
@@ -193,8 +215,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     try:
-        return json.loads(path.read_text())["entries"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        return _entries(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         print(f"warning: {path} is not a readable metrics file ({reason(err)}); its run is read without metrics",
               file=sys.stderr)
         return []
@@ -214,8 +236,8 @@ def record_metrics(run_dir: str | Path, entry: dict) -> None:
         entries = []
         if path.is_file():
             try:
-                entries = json.loads(path.read_text())["entries"]
-            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+                entries = _entries(path)
+            except (OSError, UnicodeDecodeError, ValueError) as err:
                 aside = path.with_name(f"{METRICS_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
                 path.replace(aside)
                 print(f"warning: {path} was not a readable metrics file ({reason(err)}); kept as {aside}, and a new "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from microdit.eval.stats import (
 )
 from microdit.eval.trend import budget_tag
 from microdit.files import write_atomic, write_figure
+from microdit.run import reason
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -42,13 +44,34 @@ def flatten(value, prefix: str = "") -> dict:
     return out
 
 
-def run_row(run_dir: Path) -> dict:
-    """One row: run name and folder, flattened config, cost (summary.json), latest metrics per eval name."""
-    row = {"run": run_dir.name, "run_dir": str(run_dir)}
-    row.update(flatten(yaml.safe_load((run_dir / "config.yaml").read_text())))
+def _read_mapping(path: Path, load, what: str, then: str) -> dict | None:
+    """The mapping ``load`` reads from ``path``; None, with a warning naming the file (``what`` it
+    should be, and ``then``: what the table does without it), where it is damaged or no mapping."""
+    try:
+        found = load(path.read_text())
+        why = f"it holds a {type(found).__name__}, not a mapping"
+    except yaml.YAMLError as err:  # its message's lines say where
+        found, why = None, " ".join(str(err).split())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        found, why = None, reason(err)
+    if isinstance(found, dict):
+        return found
+    print(f"warning: {path} is not a readable {what} ({why}); {then}", file=sys.stderr)
+    return None
+
+
+def run_row(run_dir: Path) -> dict | None:
+    """One row: run name and folder, flattened config, cost (summary.json), latest metrics per eval
+    name. A damaged file is named in a warning, so one bad run does not stop a table of many: the
+    run is left out without its config, read without its cost or metrics (:func:`read_metrics`)."""
+    config = _read_mapping(run_dir / "config.yaml", yaml.safe_load, "run config", "the run is left out of the table")
+    if config is None:
+        return None
+    row = {"run": run_dir.name, "run_dir": str(run_dir), **flatten(config)}
     summary = run_dir / "summary.json"
-    if summary.is_file():
-        row.update({f"cost.{k}": v for k, v in json.loads(summary.read_text()).items()})
+    if summary.is_file() and (cost := _read_mapping(summary, json.loads, "cost summary", "the run is read without "
+                                                    "its cost")) is not None:
+        row.update({f"cost.{k}": v for k, v in cost.items()})
     latest: dict[str, dict] = {}
     for entry in read_metrics(run_dir):
         if entry["name"] not in latest or entry["nimg"] >= latest[entry["name"]]["nimg"]:
@@ -64,7 +87,7 @@ def collect(roots: list[str | Path]) -> list[dict]:
     folder, with meta.json, nor a model export, with model.safetensors), sorted by folder."""
     runs = sorted({p.parent for root in roots for p in Path(root).rglob("config.yaml")
                    if not (p.parent / "meta.json").exists() and not (p.parent / "model.safetensors").exists()})
-    return [run_row(r) for r in runs]
+    return [row for row in map(run_row, runs) if row is not None]
 
 
 def _parse(text: str):

@@ -35,6 +35,7 @@ from microdit.data.encode import build_synthetic_dataset
 from microdit.data.manifest import save_manifest
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.data.synthetic import SyntheticRecipe
+from microdit.eval.results import read_csv
 from microdit.job_runs import train_and_evaluate
 from microdit.pipeline import compose_job, job_configs
 
@@ -911,6 +912,34 @@ def test_a_damaged_metrics_file(world, capsys, tmp_path):
     err = capsys.readouterr().err
     record("`microdit-eval` into a damaged metrics.json", one_line(err), "kept as", "metrics.json.damaged-")
     assert [p.read_text() for p in (runs_dir / "bad").glob("metrics.json.damaged-*")] == ['{"entries": [']
+
+
+@pytest.mark.parametrize("file, text, expected, then", [
+    ("metrics.json", '{"entries": [{"name": 3}]}', "entries[0].name: expected a string, got 3", "read without metrics"),
+    ("metrics.json", '{"entries": [{"name": "ev", "nimg": "96"}]}', "entries[0].nimg: expected an integer, got '96'",
+     "read without metrics"),
+    ("metrics.json", "[]", 'expected an object {"entries": [...]}', "read without metrics"),
+    ("summary.json", "{bad", "Expecting property name", "read without its cost"),
+    ("summary.json", "[1, 2]", "it holds a list, not a mapping", "read without its cost"),
+    ("config.yaml", "a: [b", "line 1, column 4", "left out of the table"),
+    ("config.yaml", "- 1", "it holds a list, not a mapping", "left out of the table")])
+def test_a_runs_damaged_file_leaves_the_table_of_the_others(world, capsys, tmp_path, file, text, expected, then):
+    """microdit-results over runs one of which has a hand-edited or foreign file: a warning naming
+    it, and the table of the others (and of what the damaged run still has)."""
+    runs_dir = tmp_path / "runs"
+    for name in ("good", "bad"):
+        shutil.copytree(world["run"], runs_dir / name)
+    eval_cli.main(["run", str(runs_dir / "good"), "--dataset", str(world["data"]), "--num-samples", "2", "--steps",
+                   "2", "--probe-steps", "5"])
+    (runs_dir / "bad" / file).write_text(text)
+    capsys.readouterr()
+    results_cli.main([str(runs_dir), "--out", str(tmp_path / "r.csv")])
+    err = capsys.readouterr().err
+    record(f"`microdit-results` over a {file} holding {text}", one_line(err.split("warning: ")[1]),
+           f"{runs_dir / 'bad' / file} is not a readable", expected, then)
+    rows = {row["run"]: row for row in read_csv(tmp_path / "r.csv")}
+    assert "eval.data.probe_fd" in rows["good"] and "cost.flops" in rows["good"]
+    assert ("bad" in rows) == (file != "config.yaml")
 
 
 def test_truncated_generated_chunk_and_export(world, capsys, tmp_path):
