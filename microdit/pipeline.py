@@ -112,12 +112,13 @@ class JobConfig:
         out = []
         if not self.experiments or not all(e.split() for e in self.experiments):
             out.append(f"experiments must be a non-empty list of 'NAME [KEY=VALUE ...]', got {self.experiments}")
-        if not self.seeds or any(s < 0 for s in self.seeds):
-            out.append(f"seeds must be a non-empty list of non-negative integers, got {self.seeds}")
+        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            out.append(f"seeds must be a non-empty list of distinct non-negative integers, got {self.seeds}")
         if self.workers < 0:
             out.append(f"workers must be a positive integer or 0 (one per thread), got {self.workers}")
-        if any(s < 0 for s in self.largest_budget_seeds):
-            out.append(f"largest_budget_seeds must be non-negative integers, got {self.largest_budget_seeds}")
+        if any(s < 0 for s in self.largest_budget_seeds) or len(set(self.largest_budget_seeds)) != len(
+                self.largest_budget_seeds):
+            out.append(f"largest_budget_seeds must be distinct non-negative integers, got {self.largest_budget_seeds}")
         if set(self.equal_steps) & set(self.equal_steps.values()):
             out.append(f"equal_steps: a run that takes another's steps leads none, got {self.equal_steps}")
         if self.largest_budget_seeds and not self.budgets:
@@ -137,15 +138,13 @@ class JobConfig:
         if not self.report.columns:
             out.append("report.columns must name at least one evaluation column")
         written = metric_columns(self.eval.metrics)
-        unknown = [c for c in self.report.columns if c.split(".")[0] not in written]
-        if unknown:
+        if unknown := [c for c in self.report.columns if c.split(".")[0] not in written]:
             out.append(f"report.columns {unknown} are not written by eval.metrics {self.eval.metrics} (their columns: "
                        f"{', '.join(written)}; one per attribute as probe_acc.shape)")
         for contrast in self.report.contrasts:
             if len(contrast.split(" vs ")) != 2:
                 out.append(f"report.contrasts: expected 'ARM vs ARM' (trainer.name of two runs), got {contrast!r}")
-        unknown = sorted(set(self.report.margins) - set(self.report.columns))
-        if unknown:
+        if unknown := sorted(set(self.report.margins) - set(self.report.columns)):
             out.append(f"report.margins: {unknown} are not report.columns {self.report.columns}")
         return out
 
@@ -183,8 +182,7 @@ def compose_job(spec: str, overrides: list[str] | None = None) -> JobConfig:
         raise ValueError(f"job {spec}: not valid YAML: {' '.join(str(err).split())}") from None
     except ValueError as err:
         raise ValueError(f"job {spec}: {err}") from None
-    problems = job.problems()
-    if problems:
+    if problems := job.problems():
         raise ValueError(f"job {spec}: " + "; ".join(problems))
     job.name = job.name or (path.stem if is_file else spec)
     job.file = str(path.resolve()) if is_file else ""
@@ -213,6 +211,12 @@ def job_configs(job: JobConfig, out: Path, extra: list[str] | None = None) -> li
     overrides for every run: a bad run stops the job before anything trains (:func:`_check_run`)."""
     points = [(e, budget, seed) for e in job.experiments for budget, seeds in _run_points(job) for seed in seeds]
     configs = [_run_config(job, *point, out, extra) for point in points]
+    folders: dict[Path, str] = {}
+    for c, (entry, *_) in zip(configs, points, strict=True):
+        if (folder := Path(c.trainer.run_dir) / c.trainer.name) in folders:
+            raise ValueError(f"job entries {folders[folder]!r} and {entry!r} both train the run {folder} (one "
+                             "trainer.name at one seed and budget): give one its own trainer.name=NAME")
+        folders[folder] = entry
     names = {arm_of(c, job)[0] for c in configs}
     for key, arms in (("report.contrasts", {arm for c in job.report.contrasts for arm in c.split(" vs ")}),
                       ("equal_steps", {lead for arm, lead in job.equal_steps.items() if arm in names})):
@@ -249,12 +253,10 @@ def _check_run(cfg: TrainConfig, entry: str) -> None:
     except ValueError as err:
         raise ValueError(f"job entry {entry!r}: {' '.join(str(err).split())}") from None
     run = Path(cfg.trainer.run_dir) / cfg.trainer.name
-    changes = runs.saved_config_changes(run, cfg)
-    if changes:
+    if changes := runs.saved_config_changes(run, cfg):
         raise ValueError(f"run {run} was written with another config ({summarize_changes(changes)}); its "
                          f"results are not this job's: pass another --out, or delete {run} to train it again")
-    problem = unwritable(run)  # else each worker would meet it, after the data and the probe were prepared
-    if problem:
+    if problem := unwritable(run):  # else each worker would meet it, after the data and the probe were prepared
         raise ValueError(f"run folder {run} {problem}")
 
 
@@ -290,9 +292,8 @@ def prepare_data(configs: list[TrainConfig], job: JobConfig) -> None:
         settings = EvalSettings(metrics=list(job.eval.metrics), probe_steps=job.eval.probe_steps)
         networks = EvalInputs.load_networks(job.eval.metrics, load_manifest(held_out.folder).autoencoder, settings,
                                             probe_dataset=probe_split.folder if probe else None)
-        attributes = networks[("probe",)].values if probe else None  # a report column of one attribute
-        unknown = [c for c in job.report.columns if probe and "." in c and c.split(".", 1)[1] not in attributes]
-        if unknown:  # (probe_acc.shape) names one the probe reads: checked before any run trains
+        attributes = networks[("probe",)].values if probe else None  # probe_acc.shape: checked before training
+        if unknown := [c for c in job.report.columns if probe and "." in c and c.split(".", 1)[1] not in attributes]:
             raise ValueError(f"report.columns {unknown}: the probe of {data} reads the attributes {sorted(attributes)}")
 
 
@@ -379,8 +380,7 @@ def run_job(job: JobConfig, out: str | Path | None = None, extra: list[str] | No
     """Train what is missing, evaluate what is not cached, and return (rows, markdown table) of
     ``job`` (results under ``out``, default ``job.report.out``; ``extra`` overrides every run)."""
     out = Path(out or job.report.out)
-    problem = unwritable(out)  # before anything is prepared or created
-    if problem:
+    if problem := unwritable(out):  # before anything is prepared or created
         raise ValueError(f"results folder {out} (--out, the job's report.out) {problem}")
     out.mkdir(parents=True, exist_ok=True)
     configs = job_configs(job, out, extra)

@@ -4,6 +4,7 @@ and validated like any other), and a job runs end to end from a Python call."""
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,19 @@ def test_a_jobs_plan_check_says_how_to_run_it_anyway(tmp_path):
     assert len(job_configs(job, tmp_path, ["trainer.budget_flops=5e10", "trainer.plan_check=warn"])) == 3
 
 
+def test_two_job_entries_that_train_one_run_folder_are_refused(tmp_path):
+    """Two entries giving one trainer.name (at a seed): one folder, two configs; refused before
+    anything trains, naming both (each run of a job is one row of its table)."""
+    entries = "[cpu_masking_naive75,'cpu_masking_naive75 stages.pretrain.mask.ratio=0.5']"
+    job = compose_job("main", ["seeds=[0]", "report.contrasts=[]", f"experiments={entries}"])
+    with pytest.raises(ValueError, match=re.escape("job entries 'cpu_masking_naive75' and 'cpu_masking_naive75 stages."
+                                                   f"pretrain.mask.ratio=0.5' both train the run {tmp_path}/seed0/"
+                                                   "cpu-naive75 (one trainer.name at one seed and budget): give one "
+                                                   "its own trainer.name=NAME")):
+        job_configs(job, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_budget_job_trains_each_arm_at_each_budget(tmp_path):
     from microdit.eval.trend import budget_tag
     from microdit.pipeline import arm_of
@@ -125,7 +139,8 @@ def test_a_budget_job_trains_each_arm_at_each_budget(tmp_path):
     for overrides, message in ((["budgets=[1e12,1e12]"], "budgets must be distinct positive FLOP counts"),
                                (["budgets=[0]"], "budgets must be distinct positive FLOP counts"),
                                (["budgets=[]"], "largest_budget_seeds needs budgets"),
-                               (["largest_budget_seeds=[-1]"], "largest_budget_seeds must be non-negative")):
+                               (["largest_budget_seeds=[-1]"], "largest_budget_seeds must be distinct non-negative"),
+                               (["largest_budget_seeds=[0,1,1]"], "largest_budget_seeds must be distinct")):
         with pytest.raises(ValueError, match=r"^job crossover: .*" + message):
             compose_job("crossover", overrides)
 
@@ -143,7 +158,9 @@ def test_job_overrides_and_bad_values():
                                 "report.columns ['probe_fdd'] are not written by eval.metrics ['probe']"),
                                (["eval.metrics=[fid]"], "report.columns ['probe_acc.shape', 'probe_acc.colour', "
                                                         "'probe_fd', 'probe_kid'] are not written by eval.metrics"),
-                               (["experiments=[]"], "experiments must be a non-empty list")):
+                               (["experiments=[]"], "experiments must be a non-empty list"),
+                               (["seeds=[0,1,0]"], "seeds must be a non-empty list of distinct non-negative integers, "
+                                                   "got [0, 1, 0]")):
         with pytest.raises(ValueError, match=r"^job main: .*" + message.replace("(", r"\(").replace(")", r"\)")
                            .replace("[", r"\[").replace("]", r"\]")):
             compose_job("main", overrides)
