@@ -269,6 +269,8 @@ def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
     for stage in stages:
         for i, folder in enumerate(stage.data.folders):
             if not is_remote(folder) and not (Path(folder) / "manifest.json").is_file():
+                if Path(folder).is_file():
+                    raise DataError(f"dataset {folder} (stage {stage.name!r}) is a file, not a folder")
                 if Path(folder).is_dir() and any(Path(folder).iterdir()):
                     raise DataError(f"dataset {folder} (stage {stage.name!r}): {no_manifest(folder)}, then "
                                     "microdit-data encode OUT LATENTS, and train on LATENTS")

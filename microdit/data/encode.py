@@ -342,16 +342,23 @@ def encoded_from(folder: str | Path) -> str | None:
 def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why: str = "") -> Manifest:
     """The synthetic dataset of ``recipe`` as latents in ``recipe.folder`` (its images in
     ``FOLDER-images``), built and encoded when the folder holds none, with one line saying so (and
-    ``why``, where a setting decides it); an
-    existing complete dataset is kept as it is, and refused when its images were drawn with another
-    seed or scene, it was encoded with other encoders than the recipe's, or it is not synthetic (a
-    dataset of the user's own under ``data.prepare=synthetic``)."""
+    ``why``, where a setting decides it); an existing complete dataset is kept as it is, and refused
+    when its images were drawn with another seed or scene, it was encoded with other encoders than
+    the recipe's, or it is not synthetic (a dataset of the user's own under ``data.prepare=synthetic``);
+    a file or a folder of other files is refused before anything is built."""
     from microdit.data.images import write_image_dataset
     from microdit.encoders import load_autoencoder, load_text_encoder
 
     folder, seed, scene = Path(recipe.folder), recipe.seed, recipe.scene
     images = folder.with_name(folder.name + "-images")
     source = synthetic_source(seed, scene)
+    if folder.is_file() or _holds_others(folder):
+        what = "is a file, not a folder" if folder.is_file() else "holds files but no manifest.json"
+        download = "" if folder.is_file() else (f". To train on a download of one of the paper's sets: microdit-data "
+                                                f"prepare SOURCE OUT --from {folder}, microdit-data encode OUT "
+                                                "LATENTS, then data.folders=[LATENTS] data.prepare=none")
+        raise DataError(f"{folder} {what}: data.prepare=synthetic (the default data group) builds the synthetic "
+                        f"dataset into data.folders[0], a new or empty folder; nothing was changed{download}")
     if (images / "manifest.json").is_file() and (found := load_manifest(images).source) != source:
         raise DataError(f"{images}: holds {found}, not {source}: give this scene or seed another dataset folder, "
                         f"or delete {folder} and {images} to rebuild them")
@@ -368,12 +375,6 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why:
                             f"delete {folder} to encode it again")
         _refuse_other_draw(folder, recipe.differs(manifest), images)
         return manifest
-    if _holds_others(folder):
-        raise DataError(f"{folder} holds files but no manifest.json: data.prepare=synthetic (the default data "
-                        "group) builds the synthetic dataset into data.folders[0], a new or empty folder; nothing was "
-                        "changed. To train on a download of one of the paper's sets: microdit-data prepare SOURCE OUT "
-                        f"--from {folder}, microdit-data encode OUT LATENTS, then data.folders=[LATENTS] "
-                        "data.prepare=none")
     if not (folder / "manifest.json").is_file():
         print(f"[data] {folder} holds no dataset: building the synthetic one there ({recipe.samples} images, "
               f"scene {scene}, seed {seed}{'; ' + why if why else ''})", file=sys.stderr)
@@ -385,10 +386,9 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why:
         try:
             samples = synthetic_samples(seed, recipe.samples, size, scene)
             write_image_dataset(images, samples, size, list(SHAPES), source)
-        except DataError:
+        except DataError:  # unless another process built the same images meanwhile (a function of seed, index)
             if not (images / "manifest.json").is_file():
                 raise
-            # another process built the same images meanwhile: they are a pure function of (seed, index)
     return encode_dataset(images, folder, autoencoder, load_text_encoder(recipe.text_encoder), progress=progress)
 
 

@@ -310,6 +310,9 @@ def test_clear_errors(tmp_path, data):
                                                   f"missing") + r".* prepare SOURCE OUT --from .*jdb-download, then "
                                                   r"microdit-data encode OUT LATENTS, and train on LATENTS$"):
         Trainer(compose_config(base_overrides(tmp_path, download, "x")))
+    (tmp_path / "train.log").write_text("")
+    with pytest.raises(DataError, match=r"^dataset .*train.log \(stage 'pretrain'\) is a file, not a folder$"):
+        Trainer(compose_config(base_overrides(tmp_path, tmp_path / "train.log", "x")))
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)

@@ -290,8 +290,9 @@ def test_a_synthetic_dataset_of_another_count_or_size_is_refused(tmp_path):
 
 
 def test_the_synthetic_dataset_is_not_built_into_a_folder_of_other_files(tmp_path, capsys):
-    """data.prepare=synthetic on a folder holding a download (files, no manifest): refused before
-    anything is built or said to be, naming how a download becomes a dataset; nothing written."""
+    """data.prepare=synthetic on a folder holding a download (files, no manifest), or on a file:
+    refused before anything is built or said to be (it once built the 20,000 images beside it before
+    refusing), naming how a download becomes a dataset; nothing written."""
     from microdit.data.encode import build_synthetic_dataset
     from microdit.data.synthetic import SyntheticRecipe
 
@@ -304,6 +305,12 @@ def test_the_synthetic_dataset_is_not_built_into_a_folder_of_other_files(tmp_pat
         build_synthetic_dataset(SyntheticRecipe(str(download), 12, 16, 0, "pixel:2", "offline:32:16"), progress=False)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "coco", "coco/val2014", "coco/val2014/COCO_val2014_000000000042.jpg"]
+    (tmp_path / "train.log").write_text("a log")  # a file given as the folder: nothing built beside it either
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'train.log'} is a file, not a folder: data.prepare=")
+                       + r"synthetic .*nothing was changed$"):
+        build_synthetic_dataset(SyntheticRecipe(str(tmp_path / "train.log"), 12, 16, 0, "pixel:2", "offline:32:16"),
+                                progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco", "train.log"]
     assert "building" not in capsys.readouterr().err
 
 
