@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from microdit.cli.options import file_or_folder
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.experiment import compose_config
 from microdit.files import WriteError, unwritable, write_atomic
@@ -30,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="microdit-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer configurations (a few minutes on 2 cores)")
-    parser.add_argument("--out", type=Path, default=Path("bench"), help="output folder (default: %(default)s); one "
-                        "that holds an earlier measurement is refused")
+    parser.add_argument("--out", type=file_or_folder, default=Path("bench"), help="output folder (default: "
+                        "%(default)s); one that holds an earlier measurement is refused")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="device to measure (default: %(default)s)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (compiling takes ~1 min)")

@@ -23,7 +23,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from microdit.cli.options import positive_float, positive_int
+from microdit.cli.options import file_or_folder, positive_float, positive_int
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.experiment import CONF_DIR, quoted
 from microdit.pipeline import RESULTS, JobConfig, compose_job, report_dir, run_job
@@ -40,7 +40,7 @@ STOPPED = ("microdit-cpu-ablation: the job was stopped; finished runs, evaluatio
 def job_overrides(args: argparse.Namespace) -> list[str]:
     """The job-field overrides of the command line: its flags, then its KEY=VALUE arguments."""
     out = []
-    if args.seeds:
+    if args.seeds is not None:  # "" is no seed, not the job's seeds
         try:
             out.append(f"seeds=[{','.join(str(int(s)) for s in args.seeds.split(','))}]")
         except ValueError:
@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="microdit-cpu-ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--job", default="main", help="a job name in conf/job or a job YAML file (default: main)")
-    parser.add_argument("--out", type=Path, help="where the runs and results land (default: the job's report.out)")
+    parser.add_argument("--out", type=file_or_folder, help="where the runs and results land (default: the job's "
+                        "report.out)")
     parser.add_argument("--seeds", help="comma-separated seeds instead of the job's (e.g. 0,1,2)")
-    parser.add_argument("--data", type=Path, help="training dataset folder for every run (default: each "
+    parser.add_argument("--data", type=file_or_folder, help="training dataset folder for every run (default: each "
                         "experiment's own; its held-out split is FOLDER-eval)")
     parser.add_argument("--budget-flops", type=positive_float, help="override the shared compute budget of every run")
     parser.add_argument("--num-samples", type=positive_int, help="generated samples per evaluation (default: the job's "

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from microdit.cli.options import fraction, image_side, non_negative_int, positive_int, synthetic_side
+from microdit.cli.options import file_or_folder, fraction, image_side, non_negative_int, positive_int, synthetic_side
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError, encode_dataset, load_manifest, verify_dataset, write_image_dataset
 from microdit.data import cifar_captions as cc
@@ -136,7 +136,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 def _image_dataset_parser(sub, name: str, help_text: str, size: int, side=image_side) -> argparse.ArgumentParser:
     """A sub-command that writes an image dataset: OUT, --size (of argparse type ``side``), --seed, --shard-size."""
     p = sub.add_parser(name, help=help_text)
-    p.add_argument("out", type=Path, help="output folder of the image shards (must not hold a dataset)")
+    p.add_argument("out", type=file_or_folder, help="output folder of the image shards (must not hold a dataset)")
     p.add_argument("--size", type=side, default=size, help="side of the square images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sample seed (default: %(default)s)")
     p.add_argument("--shard-size", type=positive_int, default=2000, help="samples per shard (default: %(default)s)")
@@ -154,10 +154,11 @@ def _prepare_parser(sub) -> None:
                                                         for name, source in sorted(SOURCES.items())) + "\n",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", choices=sorted(SOURCES), help="which dataset")
-    p.add_argument("out", type=Path, help="output folder of the image shards (new, or a partial prepare to resume)")
-    p.add_argument("--from", dest="from_dir", type=Path,
+    p.add_argument("out", type=file_or_folder, help="output folder of the image shards (new, or a partial prepare to "
+                   "resume)")
+    p.add_argument("--from", dest="from_dir", type=file_or_folder,
                    help="build from files already downloaded in the source's own layout (no network)")
-    p.add_argument("--raw-dir", type=Path, help="where downloads go (default: OUT-raw)")
+    p.add_argument("--raw-dir", type=file_or_folder, help="where downloads go (default: OUT-raw)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--fraction", type=fraction, default=1.0,
                       help="the first fraction of the source's archives (default: %(default)s)")
@@ -170,15 +171,16 @@ def _prepare_parser(sub) -> None:
                    help="resize the short side to this when larger (paper: 512; 0: keep sizes; coco2014: 0)")
     p.add_argument("--nsfw-threshold", type=float, help="drop DiffusionDB samples whose image or prompt NSFW score is "
                    "above this (the reference's 0.2)")
-    p.add_argument("--links", type=Path, help="sa1b: the file_name/cdn_link list of the SA-1B download page")
+    p.add_argument("--links", type=file_or_folder, help="sa1b: the file_name/cdn_link list of the SA-1B download page")
     p.set_defaults(func=cmd_prepare)
 
 
 def _encode_parser(sub) -> None:
     """The ``encode`` sub-command."""
     p = sub.add_parser("encode", help="encode image shards into latent shards (resumable)")
-    p.add_argument("src", type=Path, help="image dataset folder (shards + manifest.json)")
-    p.add_argument("dst", type=Path, help="output folder of the latent shards (empty, or a partial encode to resume)")
+    p.add_argument("src", type=file_or_folder, help="image dataset folder (shards + manifest.json)")
+    p.add_argument("dst", type=file_or_folder, help="output folder of the latent shards (empty, or a partial encode "
+                   "to resume)")
     p.add_argument("--autoencoder", default=EncoderConfig.autoencoder,
                    help="sdxl, ostris16, pixel, pixel:F, ORG/REPO[:SUB] or a folder (default: %(default)s, the "
                         "default model's input)")
@@ -213,10 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synthetic)
     p = _image_dataset_parser(sub, "cifar-captions", "build cifar-captions image shards", 256)
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--from-folder", type=Path, help="ROOT/<class>/*.jpg|png")
-    group.add_argument("--from-dump", type=Path, help="img2dataset output: webdataset .tar or .parquet files")
-    group.add_argument("--from-torchvision", type=Path, help="download CIFAR-10 into this folder (online)")
-    p.add_argument("--captions-file", type=Path, help="JSON {'<class>/<file>': caption} for --from-folder")
+    group.add_argument("--from-folder", type=file_or_folder, help="ROOT/<class>/*.jpg|png")
+    group.add_argument("--from-dump", type=file_or_folder, help="img2dataset output: webdataset .tar or .parquet files")
+    group.add_argument("--from-torchvision", type=file_or_folder, help="download CIFAR-10 into this folder (online)")
+    p.add_argument("--captions-file", type=file_or_folder, help="JSON {'<class>/<file>': caption} for --from-folder")
     p.add_argument("--test", action="store_true", help="CIFAR-10 test split instead of train")
     p.add_argument("--min-side", type=positive_int, default=256,
                    help="images with a shorter side are skipped (default: %(default)s)")
@@ -224,13 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     _prepare_parser(sub)
     _encode_parser(sub)
     p = sub.add_parser("inspect", help="show a dataset's manifest and a few samples")
-    p.add_argument("dir", type=Path, help="image or latent dataset folder")
+    p.add_argument("dir", type=file_or_folder, help="image or latent dataset folder")
     p.add_argument("--num-samples", type=positive_int, default=8, help="samples to show (default: %(default)s)")
-    p.add_argument("--grid", type=Path, help="save a PNG grid of the (decoded) samples (a new file)")
+    p.add_argument("--grid", type=file_or_folder, help="save a PNG grid of the (decoded) samples (a new file)")
     p.add_argument("--full", action="store_true", help="print the whole manifest")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("verify", help="check shards against the manifest's sizes and sha256")
-    p.add_argument("dir", type=Path, help="image or latent dataset folder")
+    p.add_argument("dir", type=file_or_folder, help="image or latent dataset folder")
     p.set_defaults(func=cmd_verify)
     return parser
 

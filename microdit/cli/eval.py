@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
+from microdit.cli.options import add_sampler_options, file_or_folder, positive_int, sampler_overrides
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError, load_manifest
 from microdit.eval import coco
@@ -52,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     p = sub.add_parser("run", help="generate samples and compute metrics into the run's metrics.json")
-    p.add_argument("run", type=Path, help="run folder (latest checkpoint) or checkpoint folder")
+    p.add_argument("run", type=file_or_folder, help="run folder (latest checkpoint) or checkpoint folder")
     p.add_argument("--dataset", required=True,
                    help=f"evaluation latent dataset (held-out split); '{HELD_OUT}': the held-out split of the run's "
                         f"synthetic training data (FOLDER-eval, {HELD_OUT_SAMPLES} images drawn with the next seed, "
                         "built where missing: what the CPU jobs evaluate on; a folder of that name: ./held-out)")
     p.add_argument("--name", help="name of this evaluation (default: the dataset folder's name)")
-    p.add_argument("--probe-dataset", type=Path, help="dataset the probe is trained on (default: the run's data)")
+    p.add_argument("--probe-dataset", type=file_or_folder, help="dataset the probe is trained on (default: the run's "
+                   "data)")
     p.add_argument("--probe-steps", type=positive_int, default=EvalSettings.probe_steps,
                    help="training steps of the probe (cached per dataset and length; probe metrics compare only "
                         "under one probe: microdit-cpu-ablation uses its job's probe_steps; default: %(default)s)")
@@ -71,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_options(p, device)
     p = sub.add_parser("coco", help="COCO-30K: FID and CLIP score on 30k COCO 2014 validation captions, as the "
                        "paper's Table 3 (microdit.eval.coco)")
-    p.add_argument("run", type=Path, help="run folder (latest checkpoint), checkpoint folder or converted checkpoint")
-    p.add_argument("--coco", type=Path, required=True, help="prepared COCO 2014 validation images "
+    p.add_argument("run", type=file_or_folder, help="run folder (latest checkpoint), checkpoint folder or converted "
+                   "checkpoint")
+    p.add_argument("--coco", type=file_or_folder, required=True, help="prepared COCO 2014 validation images "
                    "(microdit-data prepare coco2014 DIR)")
     p.add_argument("--captions", type=positive_int, default=coco.CAPTIONS,
                    help="captions drawn, one per image (default: %(default)s)")
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="fid,clip_score", help="comma-separated (default: %(default)s)")
     _generation_options(p, device)
     p = sub.add_parser("stats", help="cache reference feature statistics of a dataset")
-    p.add_argument("dataset", type=Path, help="image or latent dataset folder")
+    p.add_argument("dataset", type=file_or_folder, help="image or latent dataset folder")
     p.add_argument("--metrics", required=True, help=f"comma-separated, from {','.join(stats_metrics())}")
     p.add_argument("--num-samples", type=positive_int, default=50000,
                    help="images to use at most (default: %(default)s)")

@@ -2,12 +2,14 @@
 and ``microdit-eval`` each default to the run's own ``sampler`` config (what its training grids
 used), so ``microdit-sample RUN`` reproduces the run's grids and an option changes only the field
 it names. Counts (``--batch-size``, ``--num-samples``, ...) are read by :func:`positive_int` and
-budgets by :func:`positive_float`, so a bad value is argparse's one-line error naming the option."""
+budgets by :func:`positive_float` and files and folders by :func:`file_or_folder` (an empty one is not the
+working directory), so a bad value is argparse's one-line error naming the option."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from microdit.data.images import MAX_SIDE
 from microdit.diffusion import SOLVERS
@@ -26,6 +28,14 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
 def sampler_overrides(args: argparse.Namespace) -> dict:
     """The sampler fields given on the command line."""
     return {k: getattr(args, k) for k in ("solver", "steps", "cfg_scale", "churn") if getattr(args, k) is not None}
+
+
+def file_or_folder(text: str) -> Path:
+    """An argparse type: a file or folder, never empty (``Path("")`` is the working directory: a
+    mistyped ``--out ""`` would write there)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file or folder, got {text!r}")
+    return Path(text)
 
 
 def positive_int(text: str) -> int:

@@ -16,6 +16,7 @@ import difflib
 import sys
 from pathlib import Path
 
+from microdit.cli.options import file_or_folder
 from microdit.eval.metrics import quality_columns
 from microdit.eval.results import collect, contrast_table, markdown_table, plot, write_csv
 from microdit.files import WriteError, not_a_folder, write_atomic
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``microdit-results``."""
     parser = argparse.ArgumentParser(prog="microdit-results", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path, help="folders searched for run folders")
-    parser.add_argument("--out", type=Path, default=Path("results.csv"),
+    parser.add_argument("roots", nargs="+", type=file_or_folder, help="folders searched for run folders")
+    parser.add_argument("--out", type=file_or_folder, default=Path("results.csv"),
                         help="CSV of all runs (default: %(default)s); it replaces an earlier output of this command, "
                              "never another file")
     parser.add_argument("--group-by", default="", help="comma-separated config keys, one table line per value "
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                              "the table then reports these only, paired by seed, instead of every pair")
     parser.add_argument("--margin", action="append", default=[], metavar="METRIC=M",
                         help="equivalence margin of a --metrics column for the contrasts' TOST (repeatable)")
-    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--markdown", type=file_or_folder, help="also write the table here")
     parser.add_argument("--plot", action="append", default=[], help="X:Y columns; repeatable; PNG next to --out")
     parser.add_argument("--plot-group", help="one line per value of this column (default: one line)")
     parser.add_argument("--training-plot", action="store_true",

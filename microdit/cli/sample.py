@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from microdit.cli.options import add_sampler_options, positive_int, sampler_overrides
+from microdit.cli.options import add_sampler_options, file_or_folder, positive_int, sampler_overrides
 from microdit.cli.stopping import stopped_in_one_line
 from microdit.data import DataError
 from microdit.data.images import from_uint8, png_bytes, resize_center_crop, save_grid
@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``microdit-sample``."""
     parser = argparse.ArgumentParser(prog="microdit-sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="run folder (latest checkpoint), checkpoint folder or export "
+    parser.add_argument("run", type=file_or_folder, help="run folder (latest checkpoint), checkpoint folder or export "
                         "(model.safetensors + config.json)")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    parser.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line (- reads them "
-                        "from standard input)")
-    parser.add_argument("--out", type=Path, default=Path("samples"), help="output folder; one that already holds "
-                        "samples is refused, not overwritten (default: %(default)s)")
+    parser.add_argument("--prompts-file", type=file_or_folder, help="a text file with one prompt per line (- reads "
+                        "them from standard input)")
+    parser.add_argument("--out", type=file_or_folder, default=Path("samples"), help="output folder; one that already "
+                        "holds samples is refused, not overwritten (default: %(default)s)")
     add_sampler_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default: %(default)s)")
     parser.add_argument("--same-noise", action="store_true", help="every image starts from the noise of --seed, "
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                         "checkpoint recorded it)")
     parser.add_argument("--autoencoder", help="default: the one the run's dataset was encoded with (as its "
                         "checkpoint recorded it)")
-    parser.add_argument("--init-image", type=Path, help="image-to-image: start from this image")
+    parser.add_argument("--init-image", type=file_or_folder, help="image-to-image: start from this image")
     parser.add_argument("--sigma-start", type=float, help="noise level the init image is taken to (default: "
                         f"{SIGMA_START}; only with --init-image)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

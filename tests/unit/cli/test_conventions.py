@@ -112,3 +112,28 @@ def test_a_path_with_an_overrides_characters_stays_one_path(monkeypatch, tmp_pat
     configs = job_configs(seen["job"], odd / "out", seen["extra"])
     paths = {(c.data.folders[0], c.trainer.run_dir) for c in configs}
     assert paths == {(str(odd / "data"), str(odd / "out" / "seed0"))}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_an_empty_file_or_folder_is_refused_not_taken_for_the_working_directory(command, monkeypatch):
+    """`--out ""` (an unset shell variable) was Path(""), the working directory: every option or
+    argument naming a file or folder is read by options.file_or_folder, which refuses it."""
+    from pathlib import Path
+
+    from microdit.cli.options import file_or_folder
+
+    for parser in parsers_of(COMMANDS[command], monkeypatch):
+        for action in parser._actions:
+            assert action.type is not Path, f"{parser.prog} {action.dest}: type=Path takes '' for the working directory"
+    for given in ("", "  "):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"expected a file or folder, got {given!r}"):
+            file_or_folder(given)
+    assert file_or_folder("runs/x") == Path("runs/x")
+
+
+def test_empty_seeds_are_refused_not_the_jobs_seeds(monkeypatch):
+    """`microdit-cpu-ablation --seeds ""` ran the job with its own seeds."""
+    monkeypatch.setattr(cpu_ablation, "run_job", lambda *a, **k: pytest.fail("the job ran"))
+    with pytest.raises(SystemExit, match=r"^microdit-cpu-ablation: error: --seeds: expected comma-separated integers "
+                                         r"\(e.g. 0,1,2\), got ''$"):
+        cpu_ablation.main(["--seeds", ""])
