@@ -166,6 +166,8 @@ class TrainerConfig:
     def _range_problems(self) -> list[str]:
         plain = self.name and "/" not in self.name and self.name not in (".", "..")
         out = [] if plain else [f"name {self.name!r} must be a plain folder name (the run folder under run_dir)"]
+        if not str(self.run_dir).strip():  # Path("") is the working directory: an unset variable, not a choice
+            out.append(f"run_dir {self.run_dir!r} must name a folder (. for the working directory)")
         for key in ("threads", "seed", "sample_seed", "log_every_images", "ckpt_every_images", "sample_every_images",
                     "keep_checkpoints", "peak_flops", "price_per_device_hour"):  # 0: default / never / keep all
             if getattr(self, key) < 0:

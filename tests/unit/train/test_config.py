@@ -69,6 +69,7 @@ def test_unknown_keys_are_rejected_with_hydras_reason():
     (["trainer.seed=-1"], "trainer: seed must be >= 0, got -1"),
     (["trainer.name="], "trainer: name '' must be a plain folder name"),
     (["trainer.name=../elsewhere"], "trainer: name '../elsewhere' must be a plain folder name"),
+    (["trainer.run_dir="], "trainer: run_dir '' must name a folder (. for the working directory)"),
     (["trainer.keep_checkpoints=-2"], "trainer: keep_checkpoints must be >= 0, got -2"),
     (["trainer.log_every_images=-5"], "trainer: log_every_images must be >= 0"),
     (["trainer.budget_flops=-1e12"], "trainer: budget_flops must be > 0 when set"),
