@@ -116,9 +116,8 @@ class JobConfig:
             out.append(f"seeds must be a non-empty list of distinct non-negative integers, got {self.seeds}")
         if self.workers < 0:
             out.append(f"workers must be a positive integer or 0 (one per thread), got {self.workers}")
-        if any(s < 0 for s in self.largest_budget_seeds) or len(set(self.largest_budget_seeds)) != len(
-                self.largest_budget_seeds):
-            out.append(f"largest_budget_seeds must be distinct non-negative integers, got {self.largest_budget_seeds}")
+        if len(set(more := self.largest_budget_seeds)) != len(more) or any(s < 0 for s in more):
+            out.append(f"largest_budget_seeds must be distinct non-negative integers, got {more}")
         if set(self.equal_steps) & set(self.equal_steps.values()):
             out.append(f"equal_steps: a run that takes another's steps leads none, got {self.equal_steps}")
         if self.largest_budget_seeds and not self.budgets:
@@ -137,13 +136,14 @@ class JobConfig:
             out.append(str(err))
         if not self.report.columns:
             out.append("report.columns must name at least one evaluation column")
+        if not self.report.out.strip():  # Path("") is the working directory
+            out.append(f"report.out {self.report.out!r} must name a folder (. for the working directory)")
         written = metric_columns(self.eval.metrics)
-        if unknown := [c for c in self.report.columns if c.split(".")[0] not in written]:
+        if self.eval.metrics and (unknown := [c for c in self.report.columns if c.split(".")[0] not in written]):
             out.append(f"report.columns {unknown} are not written by eval.metrics {self.eval.metrics} (their columns: "
                        f"{', '.join(written)}; one per attribute as probe_acc.shape)")
-        for contrast in self.report.contrasts:
-            if len(contrast.split(" vs ")) != 2:
-                out.append(f"report.contrasts: expected 'ARM vs ARM' (trainer.name of two runs), got {contrast!r}")
+        out += [f"report.contrasts: expected 'ARM vs ARM' (trainer.name of two runs), got {contrast!r}"
+                for contrast in self.report.contrasts if len(contrast.split(" vs ")) != 2]
         if unknown := sorted(set(self.report.margins) - set(self.report.columns)):
             out.append(f"report.margins: {unknown} are not report.columns {self.report.columns}")
         return out

@@ -72,9 +72,10 @@ def check_names(names: list[str], allowed: list[str] | None = None, where: str =
     """``names`` if each is a registered metric (and in ``allowed``); else one clear ValueError,
     its message starting with ``where`` (e.g. ``"--metrics: "``)."""
     allowed = list(METRICS) if allowed is None else allowed
-    unknown = sorted(set(names) - set(allowed)) or ([] if names else ["(none)"])
-    if unknown:
-        raise ValueError(f"{where}unknown metric(s) {unknown}; choose from {','.join(allowed)}")
+    unknown = sorted(set(names) - set(allowed))
+    if unknown or not names:
+        found = f"unknown metric(s) {unknown}" if unknown else "no metric given"
+        raise ValueError(f"{where}{found}; choose from {','.join(allowed)}")
     return names
 
 

@@ -159,6 +159,8 @@ def test_job_overrides_and_bad_values():
                                (["eval.metrics=[fid]"], "report.columns ['probe_acc.shape', 'probe_acc.colour', "
                                                         "'probe_fd', 'probe_kid'] are not written by eval.metrics"),
                                (["experiments=[]"], "experiments must be a non-empty list"),
+                               (["report.out="], "report.out '' must name a folder (. for the working directory)"),
+                               (["eval.metrics=[]"], "eval.metrics: no metric given; choose from probe,"),
                                (["seeds=[0,1,0]"], "seeds must be a non-empty list of distinct non-negative integers, "
                                                    "got [0, 1, 0]")):
         with pytest.raises(ValueError, match=r"^job main: .*" + message.replace("(", r"\(").replace(")", r"\)")

@@ -31,6 +31,8 @@ def test_registry_names_and_directions():
         register(Metric("bad", "", "probe", lambda inputs: {}, {"bad": "up"}))
     with pytest.raises(ValueError, match=r"--metrics: unknown metric\(s\) \['nope'\]"):
         check_names(["probe", "nope"], where="--metrics: ")
+    with pytest.raises(ValueError, match=r"^eval.metrics: no metric given; choose from probe,"):
+        check_names([], where="eval.metrics: ")
 
 
 def test_the_probe_declares_the_columns_an_evaluation_writes():
