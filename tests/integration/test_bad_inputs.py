@@ -514,7 +514,8 @@ def test_sample_on_a_full_disk(world, capsys, tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()) == []
     monkeypatch.setattr(files.os, "fsync", fsync)  # space freed: the same command samples
     sample_cli.main(argv)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.png", "0001.png", "grid.png", "prompts.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.png", "0001.png", "grid.png", "prompts.txt",
+                                                                 "sampling.json"]
 
 
 def test_eval_bad_options(world, capsys):
