@@ -132,6 +132,11 @@ def not_a_folder(path: Path) -> str:
     return "is a file, not a folder" if Path(path).exists() else "does not exist"
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` cannot be read as a file: ``"does not exist"`` or ``"is a folder, not a file"``."""
+    return "is a folder, not a file" if Path(path).exists() else "does not exist"
+
+
 def unwritable(path: Path, folder: bool = True) -> str | None:
     """Why ``path`` cannot be written as a folder (``folder``) or a file, checked before any work
     and without creating anything (None: it can): an existing path of the other kind, or a
@@ -139,7 +144,7 @@ def unwritable(path: Path, folder: bool = True) -> str | None:
     path = Path(path)
     if path.exists():
         if folder != path.is_dir():
-            return not_a_folder(path) if folder else "is a folder, not a file"
+            return not_a_folder(path) if folder else not_a_file(path)
         why = _uncreatable_in(path if folder else path.parent)
         return None if why is None else f"is not writable{why}"
     parent = path.absolute().parent

@@ -27,7 +27,7 @@ from microdit.data.manifest import no_manifest
 from microdit.data.remote import dataset_manifest, is_remote
 from microdit.diffusion import EDMConfig, SamplerConfig, generate
 from microdit.encoders import load_autoencoder, load_text_encoder
-from microdit.files import WriteError
+from microdit.files import WriteError, not_a_folder
 from microdit.locks import LockHeld
 from microdit.models import MicroDiT, MicroDiTConfig
 from microdit.models.microdit import (
@@ -270,7 +270,7 @@ def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
         for i, folder in enumerate(stage.data.folders):
             if not is_remote(folder) and not (Path(folder) / "manifest.json").is_file():
                 if Path(folder).is_file():
-                    raise DataError(f"dataset {folder} (stage {stage.name!r}) is a file, not a folder")
+                    raise DataError(f"dataset {folder} (stage {stage.name!r}) {not_a_folder(folder)}")
                 if Path(folder).is_dir() and any(Path(folder).iterdir()):
                     raise DataError(f"dataset {folder} (stage {stage.name!r}): {no_manifest(folder)}, then "
                                     "microdit-data encode OUT LATENTS, and train on LATENTS")

@@ -22,11 +22,11 @@ from PIL import Image
 
 from microdit.data.cache import dataset_cache
 from microdit.data.images import IMAGE_EXTS, decode_image, from_uint8, resize_center_crop
-from microdit.data.manifest import DataError, Manifest, load_manifest, save_manifest, sha256_of
+from microdit.data.manifest import DataError, Manifest, from_download, load_manifest, save_manifest, sha256_of
 from microdit.data.shards import ShardWriter, iter_shard, npy_bytes
 from microdit.data.synthetic import SHAPES, SyntheticRecipe, synthetic_samples, synthetic_source
 from microdit.encoders import Autoencoder, TextEncoder
-from microdit.files import DISK_ERRNOS, remove_stale_tmps, write_atomic
+from microdit.files import DISK_ERRNOS, not_a_folder, remove_stale_tmps, write_atomic
 from microdit.locks import acquire
 from microdit.progress import progress as progress_bar
 
@@ -353,10 +353,10 @@ def build_synthetic_dataset(recipe: SyntheticRecipe, progress: bool = True, why:
     images = folder.with_name(folder.name + "-images")
     source = synthetic_source(seed, scene)
     if folder.is_file() or _holds_others(folder):
-        what = "is a file, not a folder" if folder.is_file() else "holds files but no manifest.json"
-        download = "" if folder.is_file() else (f". To train on a download of one of the paper's sets: microdit-data "
-                                                f"prepare SOURCE OUT --from {folder}, microdit-data encode OUT "
-                                                "LATENTS, then data.folders=[LATENTS] data.prepare=none")
+        what = not_a_folder(folder) if folder.is_file() else "holds files but no manifest.json"
+        download = "" if folder.is_file() else (f". To train on a download of one of the paper's sets: "
+                                                f"{from_download(folder)}, microdit-data encode OUT LATENTS, then "
+                                                "data.folders=[LATENTS] data.prepare=none")
         raise DataError(f"{folder} {what}: data.prepare=synthetic (the default data group) builds the synthetic "
                         f"dataset into data.folders[0], a new or empty folder; nothing was changed{download}")
     if (images / "manifest.json").is_file() and (found := load_manifest(images).source) != source:

@@ -139,11 +139,16 @@ def _field_problems(m: Manifest) -> list[str]:
     return out
 
 
+def from_download(folder: str | Path, source: str = "SOURCE") -> str:
+    """How a download in ``folder`` (the paper's five sets, COCO: :mod:`microdit.data.sources`)
+    becomes a dataset: the command, said alike wherever a folder without a manifest is met."""
+    return f"microdit-data prepare {source} OUT --from {folder}"
+
+
 def no_manifest(folder: str | Path) -> str:
-    """Why an existing ``folder`` without ``manifest.json`` is no dataset, and how a download (the
-    paper's five sets, COCO: :mod:`microdit.data.sources`) becomes one."""
+    """Why an existing ``folder`` without ``manifest.json`` is no dataset, and how a download becomes one."""
     return (f"{Path(folder) / MANIFEST} is missing: not a microdit dataset folder (or its writing never finished); "
-            f"a download of one of the paper's sets becomes one with microdit-data prepare SOURCE OUT --from {folder}")
+            f"a download of one of the paper's sets becomes one with {from_download(folder)}")
 
 
 def load_manifest(folder: str | Path, check_total: bool = True) -> Manifest:

@@ -37,6 +37,7 @@ import numpy as np
 
 from microdit.data import DataError, encode_dataset, load_manifest, write_image_dataset
 from microdit.data.images import decode_image, resize_center_crop
+from microdit.data.manifest import from_download
 from microdit.data.shards import iter_shard
 
 CAPTIONS = 30000
@@ -83,7 +84,7 @@ def coco30k_dataset(coco: str | Path, resolution: int, autoencoder, text, count:
     coco = Path(coco)
     if coco.is_dir() and not (coco / "manifest.json").is_file():
         raise DataError(f"{coco}: not a prepared coco2014 dataset (no manifest.json); the COCO 2014 validation "
-                        f"download becomes one with microdit-data prepare coco2014 OUT --from {coco}: give OUT")
+                        f"download becomes one with {from_download(coco, 'coco2014')}: give OUT")
     base = coco.with_name(f"{coco.name}-coco30k-s{seed}-n{count}-{resolution}px")
     images = base.with_name(base.name + "-images")
     if not (images / "manifest.json").is_file():

@@ -26,7 +26,7 @@ from microdit.eval.stats import (
     summarize,
 )
 from microdit.eval.trend import budget_tag
-from microdit.files import write_atomic, write_figure
+from microdit.files import not_a_file, write_atomic, write_figure
 from microdit.run import reason
 
 
@@ -117,8 +117,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
 def read_csv(path: str | Path) -> list[dict]:
     """Rows of a results.csv with numbers, booleans and empty cells (None) restored."""
     if not Path(path).is_file():  # most often a notebook run before its table was written
-        why = "is a folder, not a file" if Path(path).exists() else "does not exist"
-        raise FileNotFoundError(f"results table {path} ({Path(path).resolve()}) {why}: microdit-results "
+        raise FileNotFoundError(f"results table {path} ({Path(path).resolve()}) {not_a_file(path)}: microdit-results "
                                 "RUNS --out FILE writes one (the notebooks read ../runs/results.csv, or the file the "
                                 "environment variable MICRODIT_RESULTS names)")
     with open(path, newline="") as f:
