@@ -250,15 +250,21 @@ def check_fits_model(manifest: Manifest, where: str | Path, model: MicroDiTConfi
                         f"fit the model: " + "; ".join(problems) + (f": {hint}" if hint else ""))
 
 
-def _how_to_encode(folder: str, stages: list[Stage]) -> str:
-    """The command that encodes a dataset into ``folder`` as the run reads it: the run's encoders
-    (its stages' recipes carry them) and the resolutions of every stage reading it."""
+def _no_dataset(folder: str, stage: Stage, stages: list[Stage]) -> str:
+    """Why a stage's local ``folder`` without a manifest is no dataset, and what makes one there: a
+    file; a download (how it becomes a dataset); else the command that encodes one as the run reads
+    it (the run's encoders, which its stages' recipes carry, and every reading stage's resolution)."""
+    where = f"dataset {folder} (stage {stage.name!r})"
+    if Path(folder).is_file():
+        return f"{where} {not_a_folder(folder)}"
+    if Path(folder).is_dir() and any(Path(folder).iterdir()):
+        return f"{where}: {no_manifest(folder)}, then microdit-data encode OUT LATENTS, and train on LATENTS"
     recipe = stages[0].dataset
     sizes = sorted({s.data.resolution for s in stages if folder in s.data.folders and s.data.resolution})
-    return (f"encode one there with this run's encoders (microdit-data encode IMAGES {folder} --autoencoder "
-            f"{recipe.autoencoder} --text-encoder {recipe.text_encoder}"
+    return (f"{where} is missing: encode one there with this run's encoders (microdit-data encode IMAGES {folder} "
+            f"--autoencoder {recipe.autoencoder} --text-encoder {recipe.text_encoder}"
             f"{' --resolutions ' + ' '.join(map(str, sizes)) if sizes else ''}; IMAGES from microdit-data prepare "
-            "or cifar-captions)")
+            "or cifar-captions), or set data.prepare=synthetic to build the synthetic dataset there")
 
 
 def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
@@ -269,14 +275,7 @@ def check_stage_data(stages: list[Stage]) -> tuple[int, list[dict]]:
     for stage in stages:
         for i, folder in enumerate(stage.data.folders):
             if not is_remote(folder) and not (Path(folder) / "manifest.json").is_file():
-                if Path(folder).is_file():
-                    raise DataError(f"dataset {folder} (stage {stage.name!r}) {not_a_folder(folder)}")
-                if Path(folder).is_dir() and any(Path(folder).iterdir()):
-                    raise DataError(f"dataset {folder} (stage {stage.name!r}): {no_manifest(folder)}, then "
-                                    "microdit-data encode OUT LATENTS, and train on LATENTS")
-                how = _how_to_encode(folder, stages)
-                raise DataError(f"dataset {folder} (stage {stage.name!r}) is missing: {how}, or set "
-                                "data.prepare=synthetic to build the synthetic dataset there")
+                raise DataError(_no_dataset(folder, stage, stages))
             try:  # sizes and sha256 (then cached); seen at the resolution the stage reads
                 manifest = verify_dataset(folder, count_samples=False).at(stage.data.resolution)
             except DataError as err:
